@@ -1,0 +1,479 @@
+"""ISMail settings: one JSON file, ``DATA/ismail.json``, read at start-up and written by the GUI.
+
+The model:
+
+* A missing file means "all defaults"; a missing key means "that key's default".  The file
+  therefore only needs to hold what the user changed.
+* Validation is strict about what we know (types, ranges, address syntax) and lenient about
+  what we do not: an unknown key is a warning, never an error, so a file written by a newer
+  ISMail still loads.  Unknown top-level keys are kept in ``Settings.extra`` and written back
+  by ``save()``.
+* Every problem is reported at once, one line per problem, naming the dotted key, the bad
+  value and what is allowed, so a user editing the file by hand can fix everything in one go.
+* ``validate()`` is the single source of truth for what is valid: ``from_dict()`` copies the
+  raw JSON values into a ``Settings`` and then runs ``validate()`` on it, and the GUI runs the
+  same function on the ``Settings`` it builds.
+* ``load()`` never writes; ``save()`` writes nothing unless the settings are valid, and then
+  replaces the file atomically so a crash leaves the old or the new file, never half of one.
+"""
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ismail.fsutil import atomic_write
+
+log = logging.getLogger("ismail.config")
+
+SETTINGS_FILE = "ismail.json"
+TLS_MODES = ("none", "starttls", "starttls-optional", "tls")
+_LISTEN_FORM = 'expected "ip:port", e.g. "0.0.0.0:25" or "[::]:25"'
+_DNS_FORM = 'expected "ip" or "ip:port", e.g. "192.0.2.53", "192.0.2.53:5353" or "[2001:db8::53]:53"'
+_HOST_FORM = 'expected letters, digits and hyphens in dot-separated labels, e.g. "mail.example.com"'
+_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?", re.ASCII)
+_PORT_RE = re.compile(r"[0-9]{1,5}", re.ASCII)
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid host/domain name (RFC 1123 syntax), or None if it is."""
+    if not name:
+        return "the name is empty"
+    if len(name) > 253:
+        return "the name is longer than 253 characters"
+    for label in name.split("."):
+        if not label:
+            return "it has an empty label (two dots in a row, or a dot at the start or end)"
+        if len(label) > 63:
+            return f"label {label[:20] + '...'!r} is longer than 63 characters"
+        if not _LABEL_RE.fullmatch(label):
+            return f"label {label!r} may hold only letters, digits and inner hyphens"
+    return None
+
+
+def default_server_name() -> str:
+    """This machine's name for the SMTP greeting; only names that would pass validation are used."""
+    for lookup in (socket.getfqdn, socket.gethostname):
+        try:
+            name = lookup()
+        except OSError:
+            continue
+        if name and host_name_problem(name) is None:
+            return name
+    return "localhost"
+
+
+@dataclass
+class IncomingSettings:
+    max_connections: int = 20
+    max_per_host: int = 5
+
+
+@dataclass
+class OutgoingSettings:
+    max_connections: int = 2
+    mx_port: int = 25
+
+
+@dataclass
+class SmartHostSettings:
+    enabled: bool = False
+    host: str = ""
+    port: int = 25
+    exclusive: bool = True
+    authenticate: bool = False
+    account: str = ""
+    password: str = ""
+    tls: str = "starttls"
+    verify_certificate: bool = True
+
+
+@dataclass
+class TimeoutSettings:
+    command_seconds: int = 300
+
+
+@dataclass
+class RetrySettings:
+    first_seconds: int = 300
+    max_interval_seconds: int = 4000
+    lifetime_hours: int = 120
+    warn_hours: int = 0
+
+
+_SECTIONS: dict[str, type] = {
+    "incoming": IncomingSettings, "outgoing": OutgoingSettings, "smarthost": SmartHostSettings,
+    "timeouts": TimeoutSettings, "retry": RetrySettings,
+}
+_RANGES: dict[str, tuple[int, int]] = {
+    "incoming.max_connections": (10, 100), "incoming.max_per_host": (1, 10),
+    "outgoing.max_connections": (1, 20), "outgoing.mx_port": (1, 65535),
+    "max_message_size_mb": (1, 2000), "smarthost.port": (1, 65535),
+    "timeouts.command_seconds": (10, 3600),
+    "retry.first_seconds": (1, 86400), "retry.max_interval_seconds": (1, 86400),
+    "retry.lifetime_hours": (1, 720), "retry.warn_hours": (0, 720),
+}
+_BOOLS = ("smarthost.enabled", "smarthost.exclusive", "smarthost.authenticate",
+          "smarthost.verify_certificate")
+
+
+def split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
+    """Parse "ip", "ip:port", "v6" or "[v6]:port"; ValueError carries a reason fit for the user."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("missing ']' after the IPv6 address")
+        host, rest = text[1:end], text[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise ValueError("unexpected text after ']'")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        # A bare IPv6 address cannot carry a port: its last group would be taken for one.
+        if need_port:
+            raise ValueError("an IPv6 address must be written in brackets")
+        host, port_text = text, None
+    else:
+        host, port_text = text, None
+    if not host:
+        raise ValueError("the IP address is missing")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if text.startswith("[") and ip.version != 6:
+        raise ValueError("only IPv6 addresses go in brackets")
+    if port_text is None:
+        if need_port:
+            raise ValueError("the port is missing")
+        return host, None
+    if not _PORT_RE.fullmatch(port_text):
+        raise ValueError(f"port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be 1–65535")
+    return host, port
+
+
+@dataclass
+class Settings:
+    server_name: str = field(default_factory=default_server_name)
+    primary_domain: str = "localhost"
+    additional_domains: list[str] = field(default_factory=list)
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:25"])
+    incoming: IncomingSettings = field(default_factory=IncomingSettings)
+    outgoing: OutgoingSettings = field(default_factory=OutgoingSettings)
+    max_message_size_mb: int = 50
+    trusted_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    smarthost: SmartHostSettings = field(default_factory=SmartHostSettings)
+    timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
+    dns_servers: list[str] = field(default_factory=list)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    extra: dict = field(default_factory=dict)
+
+    def local_domains(self) -> frozenset[str]:
+        return frozenset(d.lower() for d in [self.primary_domain, *self.additional_domains])
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in self.local_domains()
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """[("0.0.0.0", 25), ("::", 2525)]; raises ValueError on an entry validate() would refuse."""
+        return [split_host_port(entry, need_port=True) for entry in self.listen]  # type: ignore[misc]
+
+    def trusted_network_objects(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; they must match IPv4 rules.
+        mapped = getattr(addr, "ipv4_mapped", None)
+        candidates = [addr] if mapped is None else [addr, mapped]
+        return any(a in net for net in self.trusted_network_objects() for a in candidates)
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_size_mb * 1024 * 1024
+
+
+@dataclass
+class FieldError:
+    key: str      # dotted setting name ("listen" for every listen[i] entry); "" for whole-file problems
+    message: str  # a full sentence naming the key, the bad value and what is allowed
+
+
+class ConfigError(Exception):
+    """Settings that cannot be used; ``str()`` gives one line per problem."""
+
+    def __init__(self, errors: list[FieldError], path: Path | None = None, source: str | None = None):
+        self.errors = list(errors)
+        self.path = Path(path) if path is not None else None
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        prefix = str(self.path) if self.path is not None else self.source
+        return "\n".join(f"{prefix}: {e.message}" if prefix else e.message for e in self.errors)
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except ValueError:  # a container that holds itself
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _err(key: str, value: Any, text: str, label: str | None = None) -> FieldError:
+    return FieldError(key, f"{label or key} = {_show(value)} {text}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_list(errors: list[FieldError], key: str, value: Any, form: str, check) -> None:
+    """Each string item is handed to ``check`` which returns a problem text or None."""
+    if not isinstance(value, list):
+        errors.append(_err(key, value, f"is not a list ({form})"))
+        return
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            errors.append(_err(key, item, f"is not a string ({form})", f"{key}[{i}]"))
+        elif (problem := check(item)) is not None:
+            errors.append(_err(key, item, f"is not valid: {problem} ({form})", f"{key}[{i}]"))
+
+
+def _reason(parse, *args: Any) -> str | None:
+    """The ValueError text ``parse`` raises for ``args``, or None when it accepts them."""
+    try:
+        parse(*args)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def validate(settings: Settings) -> list[FieldError]:
+    """Every problem in ``settings``, in table order; [] when they can be used as they are."""
+    errors: list[FieldError] = []
+
+    def host(key: str, value: Any, allow_ip: bool = False) -> None:
+        if not isinstance(value, str):
+            errors.append(_err(key, value, f"is not a string ({_HOST_FORM})"))
+            return
+        if allow_ip and value:
+            try:
+                ipaddress.ip_address(value)
+                return
+            except ValueError:
+                pass
+        problem = host_name_problem(value)
+        if problem:
+            errors.append(_err(key, value, f"is not a valid {'host name' if allow_ip else 'domain name'}: "
+                                           f"{problem} ({_HOST_FORM})"))
+
+    host("server_name", settings.server_name)
+    host("primary_domain", settings.primary_domain)
+    doms = settings.additional_domains
+    _check_list(errors, "additional_domains", doms, _HOST_FORM, host_name_problem)
+    if isinstance(doms, list):
+        primary = settings.primary_domain.lower() if isinstance(settings.primary_domain, str) else None
+        seen: set[str] = set()
+        for i, d in enumerate(doms):
+            if not isinstance(d, str):
+                continue
+            label = f"additional_domains[{i}]"
+            if d.lower() == primary:
+                errors.append(_err("additional_domains", d, "is the primary domain already "
+                                   "(each domain may be listed only once)", label))
+            elif d.lower() in seen:
+                errors.append(_err("additional_domains", d, "is listed twice "
+                                   "(each domain may be listed only once)", label))
+            seen.add(d.lower())
+    _check_list(errors, "listen", settings.listen, _LISTEN_FORM, lambda t: _reason(split_host_port, t, True))
+    if settings.listen == []:
+        errors.append(_err("listen", [], f"is not valid: at least one address is needed ({_LISTEN_FORM})"))
+
+    def value_of(key: str) -> Any:
+        section, _, attr = key.rpartition(".")
+        return getattr(getattr(settings, section), attr) if section else getattr(settings, attr)
+
+    for key, (lo, hi) in _RANGES.items():
+        value = value_of(key)
+        if not _is_int(value):
+            errors.append(_err(key, value, f"is not a whole number (expected an integer {lo}–{hi})"))
+        elif not lo <= value <= hi:
+            errors.append(_err(key, value, f"is out of range (allowed {lo}–{hi})"))
+
+    _check_list(errors, "trusted_networks", settings.trusted_networks,
+                'expected networks such as "192.168.0.0/16" or "fe80::/10"',
+                lambda t: _reason(ipaddress.ip_network, t, False))
+    sh = settings.smarthost
+    for key in _BOOLS:
+        if not isinstance(value_of(key), bool):
+            errors.append(_err(key, value_of(key), "is not true or false (expected a boolean)"))
+    if sh.enabled is True and sh.host == "":
+        errors.append(_err("smarthost.host", "", "is not valid: a SmartHost is required when "
+                           "smarthost.enabled is true (expected a host name or IP address)"))
+    elif sh.host != "":
+        host("smarthost.host", sh.host, allow_ip=True)
+    for key in ("smarthost.account", "smarthost.password"):
+        if not isinstance(value_of(key), str):
+            errors.append(_err(key, value_of(key), "is not a string (expected text)"))
+    if sh.authenticate is True and sh.account == "":
+        errors.append(_err("smarthost.account", "", "is not valid: an account name is required "
+                           "when smarthost.authenticate is true"))
+    if not isinstance(sh.tls, str) or sh.tls not in TLS_MODES:
+        errors.append(_err("smarthost.tls", sh.tls, "is not valid (expected one of "
+                           + ", ".join(f'"{m}"' for m in TLS_MODES) + ")"))
+    _check_list(errors, "dns_servers", settings.dns_servers, _DNS_FORM,
+                lambda t: _reason(split_host_port, t, False))
+    if not isinstance(settings.extra, dict):
+        errors.append(_err("extra", settings.extra, "is not a dict of unknown settings"))
+    return errors
+
+
+def from_dict(data: dict, source: str = SETTINGS_FILE) -> tuple[Settings, list[str]]:
+    """Validated Settings and warnings from parsed JSON; ConfigError lists every problem found."""
+    if not isinstance(data, dict):
+        raise ConfigError([FieldError("", f"must hold a JSON object ({{...}}), not {_show(data)}")],
+                          source=source)
+    data = copy.deepcopy(data)  # the caller's dict must not end up shared with Settings
+    known = {f.name for f in fields(Settings)} - {"extra"}
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    warnings: list[str] = []
+    errors: list[FieldError] = []
+    for key, value in data.items():
+        if key not in known:
+            # A newer ISMail may have written it; keep it so saving here does not lose it.
+            warnings.append(f"{source}: unknown setting {key!r} ignored")
+            extra[key] = value
+            continue
+        cls = _SECTIONS.get(key)
+        if cls is None:
+            kwargs[key] = value
+            continue
+        names = [f.name for f in fields(cls)]
+        if not isinstance(value, dict):
+            errors.append(_err(key, value, "is not valid: expected an object {...} with the keys "
+                               + ", ".join(names)))
+            continue
+        for sub in value:
+            if sub not in names:
+                warnings.append(f"{source}: unknown setting {key + '.' + str(sub)!r} ignored")
+        kwargs[key] = cls(**{k: v for k, v in value.items() if k in names})
+    settings = Settings(**kwargs, extra=extra)
+    errors += validate(settings)
+    if errors:
+        raise ConfigError(errors, source=source)
+    settings.primary_domain = settings.primary_domain.lower()
+    settings.additional_domains = [d.lower() for d in settings.additional_domains]
+    return settings, warnings
+
+
+def to_dict(settings: Settings) -> dict:
+    """JSON-ready dict: sections as nested dicts, unknown keys from ``extra`` at the top level."""
+    out = copy.deepcopy(settings.extra) if isinstance(settings.extra, dict) else {}
+    known = asdict(settings)
+    del known["extra"]
+    out.update(known)  # a known key always wins over a stray copy in extra
+    return out
+
+
+def redacted(settings: Settings) -> dict:
+    """to_dict() safe to print: a non-empty SmartHost password becomes "********"."""
+    out = to_dict(settings)
+    if out["smarthost"].get("password"):
+        out["smarthost"]["password"] = "********"
+    return out
+
+
+def default_data_dir(environ: Mapping[str, str] = os.environ, platform: str = sys.platform) -> Path:
+    """$ISMAIL_HOME, else %APPDATA%\\ISMail on Windows, else $XDG_DATA_HOME/ismail (~/.local/share)."""
+    home = environ.get("ISMAIL_HOME", "")
+    if home:
+        return Path(home)
+    if platform == "win32":
+        appdata = environ.get("APPDATA", "")
+        return Path(appdata) / "ISMail" if appdata else Path.home() / "AppData" / "Roaming" / "ISMail"
+    xdg = environ.get("XDG_DATA_HOME", "")
+    if xdg:
+        return Path(xdg) / "ismail"
+    return Path.home() / ".local" / "share" / "ismail"
+
+
+def resolve_data_dir(cli_value: str | None, environ: Mapping[str, str] = os.environ,
+                     platform: str = sys.platform) -> Path:
+    """--data-dir wins over everything else."""
+    return Path(cli_value) if cli_value else default_data_dir(environ, platform)
+
+
+def settings_path(data_dir: Path) -> Path:
+    return Path(data_dir) / SETTINGS_FILE
+
+
+def load(path: Path) -> tuple[Settings, list[str]]:
+    """Settings from ``path`` (defaults if it does not exist) and warnings; never writes the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # Notepad may have added a byte-order mark
+    except FileNotFoundError:
+        log.info("%s not found; using default settings", path)
+        return Settings(), []
+    except UnicodeDecodeError as exc:
+        raise ConfigError([FieldError("", f"is not UTF-8 text (bad byte at offset {exc.start})")],
+                          path=path) from None
+    except OSError as exc:
+        raise ConfigError([FieldError("", f"cannot be read: {exc.strerror or exc}")], path=path) from None
+    duplicates: list[str] = []
+
+    def keep_last(pairs: list[tuple[str, Any]]) -> dict:
+        obj: dict = {}
+        for k, v in pairs:
+            if k in obj:
+                duplicates.append(k)
+            obj[k] = v
+        return obj
+
+    try:
+        data = json.loads(text, object_pairs_hook=keep_last)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([FieldError("", f"is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                                          f"column {exc.colno}")], path=path) from None
+    try:
+        settings, warnings = from_dict(data, source=str(path))
+    except ConfigError as exc:
+        exc.path = path
+        raise
+    warnings += [f"{path}: setting {k!r} appears more than once; the last value is used" for k in duplicates]
+    log.info("loaded settings from %s", path)
+    return settings, warnings
+
+
+def save(settings: Settings, path: Path) -> None:
+    """Validate, then atomically replace ``path``; on any problem the old file is left as it was."""
+    path = Path(path)
+    errors = validate(settings)
+    if errors:
+        raise ConfigError(errors, path=path)
+    try:
+        text = json.dumps(to_dict(settings), indent=2, ensure_ascii=False) + "\n"
+    except (TypeError, ValueError) as exc:  # only extra can hold something JSON cannot express
+        raise ConfigError([FieldError("extra", f"extra cannot be written as JSON: {exc}")],
+                          path=path) from None
+    # Owner-only permissions: the file may hold the SmartHost password.
+    atomic_write(path, text.encode("utf-8"), mode=0o600)
+    log.info("saved settings to %s", path)
