@@ -1,0 +1,157 @@
+"""The command line: ``python3 -m ismail [--data-dir DIR] COMMAND``.
+
+Every failure is one clear line on stderr and a non-zero exit code (2 for bad
+settings or usage, 1 for anything else), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import __version__
+from .accounts import AccountError, AccountStore
+from .config import ConfigError, Settings, load, redacted, resolve_data_dir, settings_path
+
+log = logging.getLogger("ismail.main")
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ismail", description="ISMail: a mail server for your own domains.")
+    p.add_argument("--version", action="version", version=f"ISMail {__version__}")
+    p.add_argument("--data-dir", metavar="DIR", help="data folder (default: $ISMAIL_HOME, "
+                   "else %%APPDATA%%\\ISMail on Windows, ~/.local/share/ismail elsewhere)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    sub.add_parser("run", help="serve SMTP in the foreground until Ctrl+C or SIGTERM")
+    sub.add_parser("check-config", help="validate the settings and print them (without secrets)")
+    acc = sub.add_parser("account", help="manage local accounts")
+    acc_sub = acc.add_subparsers(dest="action", metavar="ACTION")
+    acc_sub.required = True
+    for name, text in (("add", "add an account (password from stdin, or prompted)"),
+                       ("remove", "remove an account (its mailbox folder is kept)"),
+                       ("passwd", "set an account's password (from stdin, or prompted)")):
+        acc_sub.add_parser(name, help=text).add_argument("address")
+    acc_sub.add_parser("list", help="list accounts, built-in postmaster/root included")
+    return p
+
+
+def load_settings(data_dir: Path) -> Settings:
+    try:
+        settings, warnings = load(settings_path(data_dir))
+    except ConfigError as e:
+        raise CommandError(str(e), EXIT_CONFIG) from e
+    for warning in warnings:
+        log.warning("%s", warning)
+    return settings
+
+
+def read_password(confirm: bool) -> str:
+    if sys.stdin is not None and sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Repeat password: ") != first:
+            raise CommandError("the passwords do not match")
+        return first
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    return line.rstrip("\r\n")
+
+
+def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
+    settings = load_settings(data_dir)
+    store = AccountStore(data_dir)
+    domains = sorted(settings.local_domains())
+    try:
+        store.load()
+        if args.action == "list":
+            for info in store.list(domains):
+                note = " (built in)" if info.builtin else ""
+                note += "" if info.has_password else " (no password)"
+                print(f"{info.address}{note}\t{info.mailbox}")
+        elif args.action == "add":
+            info = store.add(args.address, read_password(confirm=True), domains)
+            print(f"added {info.address}; mailbox {info.mailbox}")
+        elif args.action == "passwd":
+            store.set_password(args.address, read_password(confirm=True))
+            print(f"password changed for {args.address.lower()}")
+        elif args.action == "remove":
+            store.remove(args.address)
+            print(f"removed {args.address.lower()}; its mailbox folder was kept")
+    except AccountError as e:
+        raise CommandError(str(e)) from e
+    return 0
+
+
+def cmd_check_config(data_dir: Path) -> int:
+    settings = load_settings(data_dir)
+    print(f"# {settings_path(data_dir)}: valid")
+    print(json.dumps(redacted(settings), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_run(data_dir: Path) -> int:
+    from .logsetup import setup_logging
+    from .service import MailServer, StartupError
+
+    settings = load_settings(data_dir)
+    try:
+        setup_logging(data_dir, to_stderr=True)
+    except OSError as e:
+        raise CommandError(f"cannot write the log in {data_dir / 'logs'}: {e.strerror or e}") from e
+    server = MailServer(settings, data_dir)
+    try:
+        server.start()
+    except StartupError as e:
+        raise CommandError(str(e)) from e
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %s received: stopping", signum)
+        stop.set()
+
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):  # SIGBREAK: Ctrl+Break on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="ismail: %(message)s")
+    try:
+        data_dir = resolve_data_dir(args.data_dir)
+        if args.command == "run":
+            return cmd_run(data_dir)
+        if args.command == "check-config":
+            return cmd_check_config(data_dir)
+        return cmd_account(args, data_dir)
+    except CommandError as e:
+        print(f"ismail: error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("ismail: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"ismail: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Local delivery into Maildirs (the `new/ cur/ tmp/` layout any Maildir reader knows).
+
+One message for several local mailboxes is written once, into the first mailbox's
+tmp/, fsync'd, then hard-linked into each mailbox's new/ (a copy where the file
+system has no links), and each new/ folder is fsync'd.  Only then is the message
+acknowledged.  If any step fails, the links already made are removed again, so a
+temporary failure (the client will retry) never leaves a half-delivered message.
+
+Files are stored with LF line ends, the Maildir convention on disk; the SMTP
+stream's CRLF is restored when a message is sent on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from .fsutil import fsync_dir, unique_name
+from .spool import MessageBuffer
+
+log = logging.getLogger("ismail.maildir")
+
+
+def _lf_chunks(header: bytes, body: MessageBuffer):
+    """The message with CRLF turned into LF, even where a chunk boundary splits a CRLF."""
+    yield header.replace(b"\r\n", b"\n")
+    carry = b""
+    for chunk in body.chunks():
+        chunk = carry + chunk
+        if chunk.endswith(b"\r"):
+            chunk, carry = chunk[:-1], b"\r"
+        else:
+            carry = b""
+        yield chunk.replace(b"\r\n", b"\n")
+    if carry:
+        yield carry
+
+
+def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer) -> list[Path]:
+    """Store one message in every mailbox given; returns the new files. Raises OSError."""
+    boxes = list(dict.fromkeys(mailboxes))  # a mailbox named twice gets one copy
+    first = boxes[0]
+    for box in boxes:
+        if not (box / "new").is_dir():  # one stat per message instead of three mkdirs
+            for sub in ("tmp", "new", "cur"):
+                (box / sub).mkdir(parents=True, exist_ok=True)
+    tmp = first / "tmp" / unique_name()
+    placed: list[Path] = []
+    try:
+        with open(tmp, "xb") as f:
+            for chunk in _lf_chunks(header, body):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        if len(boxes) == 1:
+            dest = first / "new" / tmp.name
+            os.replace(tmp, dest)
+            placed.append(dest)
+        else:
+            for box in boxes:
+                dest = box / "new" / unique_name()
+                _link_or_copy(tmp, dest)
+                placed.append(dest)
+            tmp.unlink()
+        for box in boxes:
+            fsync_dir(box / "new")
+    except BaseException:
+        for path in [tmp, *placed]:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        raise
+    return placed
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        # FAT volumes and some network shares have no hard links.
+        tmp = dest.parent.parent / "tmp" / dest.name
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+
+
+def clean_tmp(mailbox_root: Path) -> int:
+    """Remove our own leftovers in every mailbox's tmp/ after a crash; returns how many."""
+    removed = 0
+    if not mailbox_root.is_dir():
+        return 0
+    for tmpdir in mailbox_root.glob("*/*/tmp"):
+        for leftover in tmpdir.iterdir():
+            # Only files named the way we name them: a mail client may keep its own here.
+            if ".M" in leftover.name and "P" in leftover.name and leftover.is_file():
+                try:
+                    leftover.unlink()
+                    removed += 1
+                except OSError as e:
+                    log.warning("could not remove %s: %s", leftover, e)
+    if removed:
+        log.info("removed %d unfinished local deliveries left by a crash", removed)
+    return removed

@@ -1,0 +1,169 @@
+"""MailServer: the one object that owns ISMail's state and wires its stages.
+
+    receiver (listeners, limiter) -> session -> accept_message -> maildir (local)
+                                                              \\-> spool (outgoing queue)
+
+``start()`` prepares the data folder (clearing what a crash left half-written),
+binds every listening address (all or none) and serves each in its own thread.
+``apply(settings)`` puts new settings into force without a restart: limits hold
+for the next connection, connections already open keep theirs.  ``stop()`` stops
+accepting, lets sessions in the middle of a message finish for a grace period and
+tells idle ones ``421``.  The GUI and the command line drive it through these three
+calls and read ``stats``; nothing else is shared.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from pathlib import Path
+
+from .accounts import AccountStore
+from .config import Settings
+from .limits import ConnectionLimiter
+from .maildir import clean_tmp, deliver
+from .receiver import Listener
+from .session import Envelope
+from .spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
+from .stats import Stats
+
+log = logging.getLogger("ismail.service")
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why in words a user understands."""
+
+
+class MailServer:
+    def __init__(self, settings: Settings, data_dir: Path) -> None:
+        self.settings = settings
+        self.data_dir = Path(data_dir)
+        self.stats = Stats()
+        self.limiter = ConnectionLimiter(settings.incoming.max_connections,
+                                         settings.incoming.max_per_host)
+        self.accounts = AccountStore(self.data_dir)
+        self.spool = Spool(self.data_dir / "queue")
+        self.spill_dir = self.spool.tmp
+        self.stopping = False
+        self._listeners: dict[tuple[str, int], Listener] = {}
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()  # guards listener changes (start, apply, stop)
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.accounts.load()
+            queued = self.spool.prepare()
+            clean_tmp(self.accounts.mailbox_root)
+        except OSError as e:
+            raise StartupError(f"cannot use the data folder {self.data_dir}: {e.strerror or e}") from e
+        if queued:
+            log.info("%d message(s) waiting in the outgoing queue", len(queued))
+        self.stopping = False
+        with self._lock:
+            self._open_listeners(self.settings.listen_addresses())
+        log.info("ISMail serving SMTP on %s as %s", ", ".join(self.listening()),
+                 self.settings.server_name)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting; wait up to ``grace`` seconds for sessions to end."""
+        self.stopping = True
+        with self._lock:
+            listeners = list(self._listeners.values())
+            self._listeners.clear()
+        for listener in listeners:
+            self._close_listener(listener)
+        deadline = time.monotonic() + grace
+        while self.stats.get("connections_current") > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.stats.get("connections_current")
+        if left:
+            log.warning("stopped with %d session(s) still open", left)
+        log.info("ISMail stopped; %s", self.stats.summary())
+
+    def listening(self) -> list[str]:
+        with self._lock:
+            return [listener.label for listener in self._listeners.values()]
+
+    def apply(self, settings: Settings) -> None:
+        """New settings, in force for every connection that arrives from now on."""
+        self.settings = settings
+        self.limiter.resize(settings.incoming.max_connections, settings.incoming.max_per_host)
+        with self._lock:
+            if not self.stopping and set(settings.listen_addresses()) != set(self._listeners):
+                wanted = settings.listen_addresses()
+                self._open_listeners([a for a in wanted if a not in self._listeners])
+                for addr in [a for a in self._listeners if a not in wanted]:
+                    self._close_listener(self._listeners.pop(addr))
+        log.info("settings applied: incoming %d total / %d per host, listening on %s",
+                 settings.incoming.max_connections, settings.incoming.max_per_host,
+                 ", ".join(settings.listen))
+
+    def _open_listeners(self, addresses: list[tuple[str, int]]) -> None:
+        opened: dict[tuple[str, int], Listener] = {}
+        try:
+            for host, port in addresses:
+                opened[(host, port)] = Listener(host, port, self)
+        except OSError as e:
+            for listener in opened.values():
+                listener.server_close()
+            raise StartupError(_bind_problem(host, port, e)) from e
+        for addr, listener in opened.items():
+            thread = threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.2},
+                                      name=f"listen-{listener.label}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            self._listeners[addr] = listener
+
+    @staticmethod
+    def _close_listener(listener: Listener) -> None:
+        listener.shutdown()
+        listener.server_close()
+
+    # -- what sessions call ----------------------------------------------------------------------
+    def lookup_mailbox(self, local: str, domain: str) -> Path | None:
+        return self.accounts.mailbox_for(local, domain)
+
+    def accept_message(self, envelope: Envelope, body: MessageBuffer) -> None:
+        """Make the message durable everywhere it goes; raises OSError if it cannot."""
+        received = envelope.received_header(self.settings.server_name)
+        placed: list[Path] = []
+        if envelope.mailboxes:
+            header = f"Return-Path: <{envelope.sender}>\r\n".encode("utf-8") + received
+            placed = deliver(list(envelope.mailboxes.values()), header, body)
+        remote = envelope.remote_recipients
+        if remote:
+            entry = QueueEntry(id=envelope.id, sender=envelope.sender,
+                               recipients=[QueuedRecipient(r) for r in remote],
+                               arrival=envelope.received_at, client_ip=envelope.client_ip,
+                               helo=envelope.helo, size=envelope.size,
+                               smtputf8=envelope.smtputf8, body=envelope.body_type)
+            try:
+                self.spool.enqueue(entry, received, body)
+            except BaseException:
+                # The client will be told to try again: take back the local copies too,
+                # or the retry would deliver them twice.
+                for path in placed:
+                    path.unlink(missing_ok=True)
+                raise
+            self.stats.add("recipients_queued", len(remote))
+        self.stats.add("recipients_local", len(envelope.mailboxes))
+        log.info("%s: from=<%s> to=%s size=%d client=%s local=%d queued=%d", envelope.id,
+                 envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients), envelope.size,
+                 envelope.client_ip, len(envelope.mailboxes), len(remote))
+
+
+def _bind_problem(host: str, port: int, e: OSError) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+        why = "the port is already in use by another program (another mail server?)"
+    elif e.errno in (errno.EACCES, errno.EPERM, getattr(errno, "WSAEACCES", -1)):
+        why = ("permission denied (ports below 1024 need administrator/root rights; "
+               "choose a port such as 2525 in the settings)")
+    elif e.errno in (errno.EADDRNOTAVAIL, getattr(errno, "WSAEADDRNOTAVAIL", -1)):
+        why = "this computer has no such address"
+    else:
+        why = e.strerror or str(e)
+    return f"cannot listen on {where}: {why}"

@@ -1,0 +1,425 @@
+"""The SMTP conversation (RFC 5321) as a state machine: bytes in, reply bytes out.
+
+A Session owns no socket.  The receiver feeds it whatever arrived
+(``feed(data)``) and sends back what it returns; every complete line in the input
+is answered in order, so a pipelining client (RFC 2920) gets its replies in one
+write.  Each verb is a method ``smtp_<VERB>`` found by name, as in aiosmtpd.
+
+What the session needs from the server is small: the settings in force when the
+connection arrived, the counters, a mailbox lookup and ``accept_message`` (which
+makes the message durable and raises OSError when it cannot).
+
+DATA is read with one rule only: a line ends with CRLF, and the message ends with
+CRLF "." CRLF.  A bare LF or bare CR anywhere in the text is never a line end; the
+message is read to its real end and refused (550 5.5.2), so no "smuggled" command
+hidden behind LF.LF or similar can ever run (see SMTP smuggling, 2023).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Protocol
+
+from .addresses import AddressSyntaxError, Path as SmtpPath, parse_argument, relay_trick
+from .config import Settings
+from .fsutil import new_queue_id
+from .replies import is_error, multiline, reply
+from .spool import MessageBuffer
+from .stats import Stats
+
+log = logging.getLogger("ismail.session")
+
+COMMAND_LINE_LIMIT = 512      # octets including CRLF (RFC 5321 §4.5.3.1.4)
+MAIL_EXTENSION_ALLOWANCE = 64  # SIZE=, BODY= and SMTPUTF8 lengthen MAIL FROM (RFC 1870 §3)
+TEXT_LINE_LIMIT = 1000        # octets including CRLF (§4.5.3.1.6)
+MAX_RECIPIENTS = 1000
+MAX_ERRORS = 20               # Postfix's smtpd_hard_error_limit
+
+HELP_TEXT = ["2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY",
+             "2.0.0 See RFC 5321. End data with <CR><LF>.<CR><LF>"]
+
+
+class Server(Protocol):
+    """What a session asks of the mail server (MailServer implements it)."""
+
+    stats: Stats
+    spill_dir: Path
+
+    def lookup_mailbox(self, local: str, domain: str) -> Path | None: ...
+    def accept_message(self, envelope: "Envelope", body: MessageBuffer) -> None: ...
+
+
+@dataclass
+class Envelope:
+    id: str
+    sender: str
+    recipients: list[str] = field(default_factory=list)
+    mailboxes: dict[str, Path] = field(default_factory=dict)  # local recipients -> Maildir
+    helo: str = ""
+    client_ip: str = ""
+    protocol: str = "SMTP"
+    smtputf8: bool = False
+    body_type: str = "7BIT"
+    received_at: float = 0.0
+    size: int = 0
+
+    @property
+    def remote_recipients(self) -> list[str]:
+        return [r for r in self.recipients if r not in self.mailboxes]
+
+    def received_header(self, server_name: str) -> bytes:
+        """The trace header of RFC 5321 §4.4 (`for` only when there is one recipient)."""
+        ip = f"IPv6:{self.client_ip}" if ":" in self.client_ip else self.client_ip
+        lines = [f"Received: from {self.helo or 'unknown'} ([{ip}])",
+                 f"\tby {server_name} (ISMail) with {self.protocol} id {self.id}"]
+        date = formatdate(self.received_at, localtime=True)
+        if len(self.recipients) == 1:
+            lines.append(f"\tfor <{self.recipients[0]}>; {date}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{date}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+class Session:
+    def __init__(self, server: Server, settings: Settings, client_ip: str,
+                 trusted: bool, authenticated: bool = False) -> None:
+        self.server = server
+        self.settings = settings  # a connection keeps the settings it started with
+        self.client_ip = client_ip
+        self.trusted = trusted
+        self.authenticated = authenticated
+        self.helo: str | None = None
+        self.esmtp = False
+        self.errors = 0
+        self.closing = False          # QUIT answered or too many errors: hang up after sending
+        self.quit = False             # the client said QUIT
+        self.messages = 0
+        self._buf = bytearray()
+        self._skip_line = False       # discarding the rest of an over-long command line
+        self._reset()
+
+    # -- the receiver's side ---------------------------------------------------------------
+    def greeting(self) -> bytes:
+        return reply(220, "", f"{self.settings.server_name} ESMTP ISMail")
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL and the end of DATA: a stop waits for this to finish."""
+        return self._mail is not None or self._data is not None
+
+    def feed(self, data: bytes) -> bytes:
+        """Take bytes from the client; return every reply due, in order."""
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        while not self.closing:
+            if self._data is not None:
+                pos = self._read_data(buf, pos, out)
+                if self._data is not None:
+                    break
+                continue
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                if len(buf) - pos > COMMAND_LINE_LIMIT + MAIL_EXTENSION_ALLOWANCE:
+                    pos = len(buf)
+                    if not self._skip_line:
+                        self._skip_line = True
+                        self._answer(out, reply(500, "5.5.2", "Error: line too long"))
+                break
+            line = bytes(buf[pos:nl + 1])
+            pos = nl + 1
+            if self._skip_line:  # the tail of an over-long line that was already answered
+                self._skip_line = False
+                continue
+            self._answer(out, self._command(line))
+        del buf[:pos]
+        if self.closing:
+            buf.clear()
+        return b"".join(out)
+
+    def timeout_reply(self) -> bytes:
+        self.closing = True
+        return reply(421, "4.4.2", f"{self.settings.server_name} Error: timeout exceeded")
+
+    def shutdown_reply(self) -> bytes:
+        self.closing = True
+        return reply(421, "4.3.2", f"{self.settings.server_name} Service shutting down, try again later")
+
+    # -- commands ------------------------------------------------------------------------------
+    def _answer(self, out: list[bytes], data: bytes) -> None:
+        out.append(data)
+        if is_error(data) and not self.closing:
+            self.errors += 1
+            self.server.stats.add("protocol_errors")
+            if self.errors >= MAX_ERRORS:
+                self.closing = True
+                out.append(reply(421, "4.7.0", f"{self.settings.server_name} Error: too many errors"))
+
+    def _command(self, raw: bytes) -> bytes:
+        line_limit = COMMAND_LINE_LIMIT
+        if raw[:5].upper() == b"MAIL ":
+            line_limit += MAIL_EXTENSION_ALLOWANCE
+        if len(raw) > line_limit:
+            return reply(500, "5.5.2", "Error: line too long")
+        try:
+            line = raw.rstrip(b"\r\n").decode("utf-8")
+        except UnicodeDecodeError:
+            return reply(500, "5.5.2", "Error: command is not valid UTF-8")
+        if not line.isprintable():
+            return reply(500, "5.5.2", "Error: control characters in command")
+        verb, _, arg = line.partition(" ")
+        handler = getattr(self, "smtp_" + verb.upper(), None) if verb.isalpha() else None
+        if handler is None:
+            if verb.upper() in ("STARTTLS", "AUTH", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML"):
+                return reply(502, "5.5.1", f"Error: {verb.upper()} not implemented")
+            return reply(500, "5.5.2", "Error: command not recognized")
+        return handler(arg.strip())
+
+    def smtp_EHLO(self, arg: str) -> bytes:
+        bad = self._helo_error(arg)
+        if bad:
+            return bad
+        self.helo, self.esmtp = arg, True
+        self._reset()
+        return multiline(250, [f"{self.settings.server_name} Hello {arg} [{self.client_ip}]",
+                               *self.extensions()])
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords, in one place (STARTTLS and AUTH join here when they exist)."""
+        return ["PIPELINING", f"SIZE {self.settings.max_message_bytes}", "8BITMIME",
+                "ENHANCEDSTATUSCODES", "SMTPUTF8", "HELP"]
+
+    def smtp_HELO(self, arg: str) -> bytes:
+        bad = self._helo_error(arg)
+        if bad:
+            return bad
+        self.helo, self.esmtp = arg, False
+        self._reset()
+        return reply(250, "", self.settings.server_name)
+
+    def _helo_error(self, arg: str) -> bytes | None:
+        if not arg:
+            return reply(501, "5.5.4", "Syntax: EHLO hostname")
+        if " " in arg or len(arg) > 255:
+            return reply(501, "5.5.4", "Error: invalid host name")
+        return None
+
+    def smtp_MAIL(self, arg: str) -> bytes:
+        if self.helo is None:
+            return reply(503, "5.5.1", "Error: send HELO/EHLO first")
+        if self._mail is not None:
+            return reply(503, "5.5.1", "Error: nested MAIL command")
+        try:
+            path, params = parse_argument(arg, "FROM")
+        except AddressSyntaxError as e:
+            return reply(501, "5.1.7", f"Bad sender address syntax: {e}")
+        if params and not self.esmtp:
+            return reply(555, "5.5.4", "MAIL parameters need EHLO")
+        smtputf8, body = False, "7BIT"
+        for key, value in params.items():
+            if key == "SIZE":
+                if not value or not value.isdigit():
+                    return reply(501, "5.5.4", "Bad SIZE parameter")
+                if int(value) > self.settings.max_message_bytes:
+                    return reply(552, "5.3.4", "Message size exceeds fixed limit")
+            elif key == "BODY":
+                if (value or "").upper() not in ("7BIT", "8BITMIME"):
+                    return reply(501, "5.5.4", "Bad BODY parameter (7BIT or 8BITMIME)")
+                body = value.upper()
+            elif key == "SMTPUTF8" and value is None:
+                smtputf8 = True
+            else:
+                return reply(555, "5.5.4", f"Unsupported MAIL parameter {key}")
+        if not path.is_ascii and not smtputf8:
+            return reply(553, "5.6.7", "Sender address needs SMTPUTF8")
+        self._mail = path
+        self._smtputf8, self._body = smtputf8, body
+        return reply(250, "2.1.0", "Ok")
+
+    def smtp_RCPT(self, arg: str) -> bytes:
+        if self._mail is None:
+            return reply(503, "5.5.1", "Error: need MAIL command")
+        if len(self._rcpts) >= MAX_RECIPIENTS:
+            return reply(452, "4.5.3", "Error: too many recipients")
+        try:
+            path, params = parse_argument(arg, "TO")
+        except AddressSyntaxError as e:
+            return reply(501, "5.1.3", f"Bad recipient address syntax: {e}")
+        if path.null:
+            return reply(501, "5.1.3", "Bad recipient address syntax: empty address")
+        if params:
+            return reply(555, "5.5.4", f"Unsupported RCPT parameter {next(iter(params))}")
+        if not path.is_ascii and not self._smtputf8:
+            return reply(553, "5.6.7", "Recipient address needs SMTPUTF8")
+        answer = self._route(path)
+        if answer[:1] == b"5":
+            log.info("%s: RCPT <%s> refused: %s", self.client_ip, path.address,
+                     answer.decode("utf-8", "replace").strip())
+        return answer
+
+    def _route(self, path: SmtpPath) -> bytes:
+        """Decide a recipient: a local mailbox, the outgoing queue, or a refusal."""
+        may_relay = self.trusted or self.authenticated
+        if not may_relay and relay_trick(path):
+            self.server.stats.add("relay_refused")
+            return reply(554, "5.7.1", f"<{path.address}>: Relay access denied")
+        local, domain = path.local, path.domain
+        if not domain:
+            if local.lower() != "postmaster":  # RFC 5321 §4.5.1: <postmaster> alone is valid
+                return reply(553, "5.1.3", f"<{path.address}>: Address must include a domain")
+            domain = self.settings.primary_domain
+        address = f"{path.address}@{domain}" if not path.domain else path.address
+        # A source route is ignored (RFC 5321 §3.6.1); strangers using one were refused above.
+        if self.settings.is_local_domain(domain):
+            box = self.server.lookup_mailbox(local, domain)
+            if box is None:
+                return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+            self._rcpts.append(address)
+            self._mailboxes[address] = box
+            return reply(250, "2.1.5", "Ok")
+        if not may_relay:
+            self.server.stats.add("relay_refused")
+            return reply(554, "5.7.1", f"<{address}>: Relay access denied")
+        self._rcpts.append(address)
+        return reply(250, "2.1.5", "Ok")
+
+    def smtp_DATA(self, arg: str) -> bytes:
+        if arg:
+            return reply(501, "5.5.4", "Syntax: DATA")
+        if self._mail is None:
+            return reply(503, "5.5.1", "Error: need MAIL command")
+        if not self._rcpts:
+            return reply(554, "5.5.1", "Error: no valid recipients")
+        self._data = MessageBuffer(self.server.spill_dir)
+        self._data_prev_crlf = True  # the DATA command's own CRLF starts the first line
+        self._data_flaw = None
+        self._data_tail = b""
+        self._data_skipping = False
+        return reply(354, "", "End data with <CR><LF>.<CR><LF>")
+
+    def smtp_RSET(self, arg: str) -> bytes:
+        if arg:
+            return reply(501, "5.5.4", "Syntax: RSET")
+        self._reset()
+        return reply(250, "2.0.0", "Ok")
+
+    def smtp_NOOP(self, arg: str) -> bytes:
+        return reply(250, "2.0.0", "Ok")
+
+    def smtp_QUIT(self, arg: str) -> bytes:
+        self.closing = self.quit = True
+        self._reset()
+        return reply(221, "2.0.0", "Bye")
+
+    def smtp_HELP(self, arg: str) -> bytes:
+        return multiline(214, HELP_TEXT)
+
+    def smtp_VRFY(self, arg: str) -> bytes:
+        if not arg:
+            return reply(501, "5.5.4", "Syntax: VRFY address")
+        # Never confirm or deny an account: that would hand out the user list.
+        return reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_EXPN(self, arg: str) -> bytes:
+        return reply(502, "5.5.1", "Error: EXPN not available")
+
+    def _reset(self) -> None:
+        self._mail: SmtpPath | None = None
+        self._rcpts: list[str] = []
+        self._mailboxes: dict[str, Path] = {}
+        self._smtputf8 = False
+        self._body = "7BIT"
+        buffer = getattr(self, "_data", None)
+        if buffer is not None:
+            buffer.close()
+        self._data: MessageBuffer | None = None
+
+    # -- DATA -------------------------------------------------------------------------------
+    def _read_data(self, buf: bytearray, pos: int, out: list[bytes]) -> int:
+        """Consume message lines from buf[pos:]; at the end of data, answer and leave DATA mode."""
+        data = self._data
+        limit = self.settings.max_message_bytes
+        while True:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                if len(buf) - pos > TEXT_LINE_LIMIT:
+                    # An over-long line: remember only its last byte (is the coming LF a CRLF?).
+                    self._data_tail = bytes(buf[-1:])
+                    self._data_skipping = True
+                    self._flaw("long")
+                    pos = len(buf)
+                return pos
+            line = bytes(buf[pos:nl + 1])
+            pos = nl + 1
+            if self._data_skipping:
+                self._data_skipping = False
+                crlf = line.endswith(b"\r\n") or (line == b"\n" and self._data_tail == b"\r")
+                self._data_prev_crlf = crlf
+                if not crlf:
+                    self._flaw("bare")
+                continue
+            crlf = line.endswith(b"\r\n")
+            if crlf and self._data_prev_crlf and line == b".\r\n":
+                self._answer(out, self._end_of_data())
+                return pos
+            if not crlf or b"\r" in line[:-2]:
+                self._flaw("bare")
+            elif len(line) > TEXT_LINE_LIMIT:
+                self._flaw("long")
+            if line[:1] == b"." and self._data_prev_crlf:
+                line = line[1:]  # undo dot-stuffing (RFC 5321 §4.5.2)
+            self._data_prev_crlf = crlf
+            if self._data_flaw is None:
+                if data.size + len(line) > limit:
+                    self._flaw("size")
+                else:
+                    data.write(line)
+
+    def _flaw(self, kind: str) -> None:
+        if self._data_flaw is None:
+            self._data_flaw = kind
+            self._data.close()  # nothing more is kept of a message that will be refused
+
+    def _end_of_data(self) -> bytes:
+        flaw, data = self._data_flaw, self._data
+        stats = self.server.stats
+        try:
+            if flaw == "bare":
+                stats.add("messages_refused")
+                return reply(550, "5.5.2", "Message refused: bare CR or LF in the text "
+                                           "(lines must end with CRLF)")
+            if flaw == "long":
+                stats.add("messages_refused")
+                return reply(550, "5.5.2", f"Message refused: a line is longer than "
+                                           f"{TEXT_LINE_LIMIT} octets")
+            if flaw == "size":
+                stats.add("messages_refused")
+                return reply(552, "5.3.4", "Message size exceeds fixed limit")
+            protocol = ("UTF8SMTP" if self._smtputf8 else "ESMTP") if self.esmtp else "SMTP"
+            if self.authenticated:
+                protocol += "A"
+            envelope = Envelope(
+                id=new_queue_id(), sender=self._mail.address, recipients=list(self._rcpts),
+                mailboxes=dict(self._mailboxes), helo=self.helo or "", client_ip=self.client_ip,
+                protocol=protocol, smtputf8=self._smtputf8, body_type=self._body,
+                received_at=time.time(), size=data.size)
+            try:
+                self.server.accept_message(envelope, data)
+            except OSError as e:
+                log.error("%s: could not store message from <%s>: %s", self.client_ip,
+                          envelope.sender, e)
+                return reply(452, "4.3.1", "Insufficient system storage, try again later")
+            except Exception:
+                log.exception("%s: unexpected error while storing a message", self.client_ip)
+                return reply(451, "4.3.0", "Local error in processing, try again later")
+            self.messages += 1
+            stats.add("messages_received")
+            stats.add("bytes_received", envelope.size)
+            return reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
+        finally:
+            self._reset()

@@ -1,0 +1,180 @@
+"""Shared test helpers: real ISMail processes on loopback, real peer programs, free ports.
+
+A test that needs a program nobody here wrote (swaks, smtp-source, nmap, ...) calls
+``require_program``: on a developer machine without it the test is skipped, but
+with CI=true in the environment a missing program is a failure, so CI can never
+pass by skipping.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_program(test: unittest.TestCase, name: str, path: str | None = None) -> str:
+    """The full path of a peer program; skip (developer machine) or fail (CI) without it."""
+    found = path if path and os.path.exists(path) else shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed (see .ci/run for the Debian packages)"
+    if IN_CI:
+        test.fail(message + " - CI=true, so this is a failure, not a skip")
+    raise unittest.SkipTest(message)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_banner(host: str, port: int, timeout: float = 15.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                banner = s.recv(512)
+                s.sendall(b"QUIT\r\n")
+                if banner.startswith(b"220"):
+                    return banner
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"no 220 greeting on {host}:{port} within {timeout}s ({last})")
+
+
+def cli(data_dir: Path, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `python3 -m ismail --data-dir DIR ARGS` from the project root."""
+    return subprocess.run([sys.executable, "-m", "ismail", "--data-dir", str(data_dir), *args],
+                          cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+class ServerProcess:
+    """A real `python3 -m ismail run` on a loopback port, with its own data folder."""
+
+    def __init__(self, settings: dict | None = None, accounts: tuple[str, ...] = ("user@example.test",),
+                 data_dir: Path | None = None) -> None:
+        self.owns_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ismail-test-"))
+        self.port = free_port()
+        base = {"server_name": "mx.example.test", "primary_domain": "example.test",
+                "listen": [f"127.0.0.1:{self.port}"],
+                # Nothing a test starts may send mail beyond loopback: a SmartHost on a closed
+                # loopback port holds anything that would go out.
+                "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True,
+                              "tls": "none"}}
+        base.update(settings or {})
+        self.settings = base
+        self.write_settings()
+        for address in accounts:
+            r = cli(self.data_dir, "account", "add", address, stdin="secret-pw\n")
+            if r.returncode != 0:
+                raise AssertionError(f"account add {address} failed: {r.stderr}")
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.data_dir / "run.stderr"
+
+    def write_settings(self) -> None:
+        (self.data_dir / "ismail.json").write_text(json.dumps(self.settings, indent=1))
+
+    def start(self) -> "ServerProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ismail", "--data-dir", str(self.data_dir), "run"],
+                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            wait_for_banner("127.0.0.1", self.port)
+        except AssertionError:
+            self.stop()
+            raise AssertionError("ISMail did not start:\n" + self.log_path.read_text(errors="replace")[-3000:])
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.owns_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def maildir(self, address: str = "user@example.test") -> Path:
+        local, domain = address.lower().split("@")
+        return self.data_dir / "mailboxes" / domain / local
+
+    def count(self, address: str = "user@example.test") -> int:
+        box = self.maildir(address)
+        return sum(len(os.listdir(box / sub)) for sub in ("new", "cur") if (box / sub).is_dir())
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class SMTPTalk:
+    """A raw SMTP client on a socket, for exact bytes and exact replies."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None, timeout: float = 10):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        self.buf = b""
+
+    def reply(self) -> bytes:
+        """One whole reply (all lines of a multi-line one)."""
+        lines = []
+        while True:
+            while b"\r\n" not in self.buf:
+                data = self.sock.recv(65536)
+                if not data:
+                    if lines or self.buf:
+                        return b"".join(lines) + self.buf
+                    return b""
+                self.buf += data
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line + b"\r\n")
+            if len(line) < 4 or line[3:4] != b"-":
+                return b"".join(lines)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def cmd(self, line: str | bytes) -> bytes:
+        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

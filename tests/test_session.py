@@ -1,0 +1,325 @@
+"""The SMTP state machine, fed bytes directly (no sockets), against a real spool and Maildirs."""
+import json
+import mailbox
+import re
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+from ismail.config import from_dict
+from ismail.service import MailServer
+from ismail.session import MAX_ERRORS, Session
+
+REPLY_LINE = re.compile(rb"^[2-5][0-9]{2}[ -][^\r\n]*\r\n$")
+
+
+def codes(data: bytes) -> list[int]:
+    """The reply codes of the final line of each reply in data."""
+    lines = data.split(b"\r\n")[:-1]
+    return [int(line[:3]) for line in lines if line[3:4] == b" "]
+
+
+class SessionTestCase(unittest.TestCase):
+    settings = {}
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="ismail-session-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        base = {"server_name": "mx.example.test", "primary_domain": "example.test",
+                "additional_domains": ["other.test"], "listen": ["127.0.0.1:2525"]}
+        base.update(self.settings)
+        self.config, _ = from_dict(base)
+        self.server = MailServer(self.config, self.dir)
+        self.server.accounts.load()
+        self.server.spool.prepare()
+        self.server.accounts.add("user@example.test", "pw", self.config.local_domains())
+
+    def session(self, trusted=False, ip="192.0.2.1") -> Session:
+        s = Session(self.server, self.config, ip, trusted=trusted)
+        self.assertTrue(s.greeting().startswith(b"220 mx.example.test ESMTP"))
+        return s
+
+    def talk(self, s: Session, *lines: str | bytes) -> list[bytes]:
+        """Send each line separately; return each answer."""
+        out = []
+        for line in lines:
+            raw = line if isinstance(line, bytes) else line.encode() + b"\r\n"
+            out.append(s.feed(raw))
+        return out
+
+    def maildir(self, local="user", domain="example.test"):
+        return mailbox.Maildir(self.dir / "mailboxes" / domain / local, factory=None, create=False)
+
+    def queued(self):
+        return sorted((self.dir / "queue" / "messages").glob("*.json"))
+
+
+class CommandsTest(SessionTestCase):
+    def test_ehlo_advertises_the_extensions(self):
+        s = self.session()
+        answer = s.feed(b"EHLO client.example\r\n")
+        for ext in (b"PIPELINING", b"SIZE 52428800", b"8BITMIME", b"ENHANCEDSTATUSCODES", b"SMTPUTF8"):
+            self.assertIn(b"250-" + ext + b"\r\n" if ext != b"SMTPUTF8" else b"SMTPUTF8", answer)
+        self.assertTrue(all(REPLY_LINE.match(l + b"\r\n") for l in answer.split(b"\r\n")[:-1]))
+        self.assertEqual(codes(answer), [250])
+
+    def test_a_full_local_delivery(self):
+        s = self.session()
+        r = self.talk(s, "EHLO c.example", "MAIL FROM:<a@example.org>", "RCPT TO:<User@Example.TEST>", "DATA")
+        self.assertEqual([codes(x) for x in r], [[250], [250], [250], [354]])
+        self.assertTrue(r[1].startswith(b"250 2.1.0"))
+        self.assertTrue(r[2].startswith(b"250 2.1.5"))
+        end = s.feed(b"Subject: t\r\n\r\nhello\r\n..leading dot\r\n.\r\n")
+        self.assertRegex(end, rb"^250 2\.0\.0 Ok: queued as [0-9A-F]{16}\r\n$")
+        box = self.maildir()
+        self.assertEqual(len(box), 1)
+        text = box.get_bytes(next(iter(box.keys()))).decode()
+        self.assertTrue(text.startswith("Return-Path: <a@example.org>\nReceived: from c.example ([192.0.2.1])\n"))
+        self.assertIn("by mx.example.test (ISMail) with ESMTP id", text)
+        self.assertIn("for <User@example.test>", text)  # the local part as the client wrote it
+        self.assertTrue(text.endswith("\nhello\n.leading dot\n"))
+        self.assertNotIn("\r", text)
+        self.assertEqual(self.server.stats.get("messages_received"), 1)
+
+    def test_pipelined_commands_get_all_replies_in_one_answer(self):
+        s = self.session()
+        answer = s.feed(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<user@example.test>\r\n"
+                        b"RCPT TO:<nobody@example.test>\r\nDATA\r\n")
+        self.assertEqual(codes(answer), [250, 250, 250, 550, 354])
+        self.assertIn(b"550 5.1.1 <nobody@example.test>", answer)
+        answer = s.feed(b"x\r\n.\r\nQUIT\r\n")
+        self.assertEqual(codes(answer), [250, 221])
+        self.assertTrue(s.closing and s.quit)
+
+    def test_commands_out_of_order(self):
+        s = self.session()
+        self.assertTrue(s.feed(b"MAIL FROM:<a@b.example>\r\n").startswith(b"503 5.5.1"))
+        s.feed(b"HELO c\r\n")
+        self.assertTrue(s.feed(b"RCPT TO:<user@example.test>\r\n").startswith(b"503 5.5.1"))
+        self.assertTrue(s.feed(b"DATA\r\n").startswith(b"503 5.5.1"))
+        s.feed(b"MAIL FROM:<a@b.example>\r\n")
+        self.assertTrue(s.feed(b"MAIL FROM:<a@b.example>\r\n").startswith(b"503 5.5.1"))
+        self.assertTrue(s.feed(b"DATA\r\n").startswith(b"554 5.5.1"))
+        self.assertEqual(codes(s.feed(b"RSET\r\n")), [250])
+        self.assertTrue(s.feed(b"RCPT TO:<user@example.test>\r\n").startswith(b"503"))
+
+    def test_vrfy_and_expn_reveal_nothing(self):
+        s = self.session()
+        known = s.feed(b"VRFY user@example.test\r\n")
+        unknown = s.feed(b"VRFY nobody@example.test\r\n")
+        self.assertTrue(known.startswith(b"252 "))
+        self.assertEqual(known, unknown)
+        self.assertTrue(s.feed(b"EXPN staff\r\n").startswith(b"502 5.5.1"))
+
+    def test_malformed_commands_get_5xx_with_a_reason(self):
+        s = self.session()
+        for line in (b"\r\n", b"FOO bar\r\n", b"EHLO\r\n", b"MAIL FROM:<a@b\r\n", b"\xff\xfe\r\n",
+                     b"NOOP \x01\r\n", b"STARTTLS\r\n"):
+            answer = s.feed(line)
+            self.assertRegex(answer, rb"^5[0-9]{2} 5\.[0-9]\.[0-9]+ \S", line)
+        s.feed(b"HELO c\r\n")
+        self.assertTrue(s.feed(b"MAIL FROM:<a@b.example> FOO=1\r\n").startswith(b"555 5.5.4"))
+        self.assertTrue(s.feed(b"MAIL FROM:a@b@c\r\n").startswith(b"501 5.1.7"))
+
+    def test_mail_parameters_need_ehlo(self):
+        s = self.session()
+        s.feed(b"HELO c\r\n")
+        self.assertTrue(s.feed(b"MAIL FROM:<a@b.example> SIZE=10\r\n").startswith(b"555"))
+        s.feed(b"EHLO c\r\n")
+        self.assertTrue(s.feed(b"MAIL FROM:<a@b.example> SIZE=10 BODY=8BITMIME\r\n").startswith(b"250"))
+
+    def test_size_over_the_limit_is_refused_at_mail(self):
+        s = self.session()
+        s.feed(b"EHLO c\r\n")
+        answer = s.feed(b"MAIL FROM:<a@b.example> SIZE=%d\r\n" % (50 * 1024 * 1024 + 1))
+        self.assertTrue(answer.startswith(b"552 5.3.4"))
+
+    def test_non_ascii_address_needs_smtputf8(self):
+        s = self.session(trusted=True)
+        s.feed(b"EHLO c\r\n")
+        self.assertTrue(s.feed("MAIL FROM:<jos\u00e9@example.org>\r\n".encode()).startswith(b"553 5.6.7"))
+        self.assertTrue(s.feed("MAIL FROM:<jos\u00e9@example.org> SMTPUTF8\r\n".encode()).startswith(b"250"))
+        self.assertTrue(s.feed("RCPT TO:<\u7528\u6237@\u4f8b\u5b50.test>\r\n".encode()).startswith(b"250"))
+
+    def test_too_many_errors_closes_with_421(self):
+        s = self.session()
+        answers = b"".join(s.feed(b"BOGUS\r\n") for _ in range(MAX_ERRORS))
+        self.assertTrue(answers.endswith(b"\r\n") and b"421 4.7.0" in answers)
+        self.assertTrue(s.closing)
+        self.assertEqual(codes(answers).count(500), MAX_ERRORS)
+        self.assertEqual(s.feed(b"NOOP\r\n"), b"")  # nothing is answered after the 421
+
+    def test_over_long_command_line(self):
+        s = self.session()
+        answer = s.feed(b"NOOP " + b"x" * 600 + b"\r\n")
+        self.assertTrue(answer.startswith(b"500 5.5.2"))
+        # Sent in pieces, the line is answered once, and the session goes on.
+        answer = s.feed(b"NOOP " + b"y" * 5000) + s.feed(b"y" * 5000) + s.feed(b"\r\nNOOP\r\n")
+        self.assertEqual(codes(answer), [500, 250])
+
+    def test_mail_line_may_be_longer_for_its_parameters(self):
+        s = self.session(trusted=True)
+        s.feed(b"EHLO c\r\n")
+        local = b"a" * 64
+        domain = b".".join([b"b" * 60] * 3) + b".ex"  # 254 octets with the brackets
+        line = b"MAIL FROM:<" + local + b"@" + domain + b"> SIZE=1000 BODY=8BITMIME SMTPUTF8\r\n"
+        self.assertGreater(len(line), 250)
+        self.assertTrue(s.feed(line).startswith(b"250"), line)
+
+
+class RelayTest(SessionTestCase):
+    def rcpt(self, s: Session, address: str) -> bytes:
+        s.feed(b"RSET\r\n")
+        s.feed(b"MAIL FROM:<antispam@[192.0.2.10]>\r\n")
+        return s.feed(b"RCPT TO:" + address.encode() + b"\r\n")
+
+    def test_strangers_may_only_send_to_our_domains(self):
+        s = self.session(trusted=False)
+        s.feed(b"EHLO x\r\n")
+        answer = self.rcpt(s, "<victim@remote.example>")
+        self.assertTrue(answer.startswith(b"554 5.7.1"), answer)
+        self.assertIn(b"Relay access denied", answer)
+        self.assertTrue(self.rcpt(s, "<user@example.test>").startswith(b"250"))
+        self.assertTrue(self.rcpt(s, "<postmaster@other.test>").startswith(b"250"))
+        self.assertTrue(self.rcpt(s, "<ROOT@other.test>").startswith(b"250"))
+        self.assertTrue(self.rcpt(s, "<postmaster>").startswith(b"250"))
+        self.assertEqual(self.server.stats.get("relay_refused"), 1)
+
+    def test_every_nmap_relay_pattern_is_refused_from_a_stranger(self):
+        s = self.session(trusted=False)
+        s.feed(b"EHLO x\r\n")
+        srvip, srvhost, ext = "[192.0.2.1]", "mx.example.test", "nmap.scanme.org"
+        for pattern in (f"<relaytest@{ext}>", f"<relaytest%{ext}@{srvip}>", f"<relaytest%{ext}@{srvhost}>",
+                        f'<"relaytest@{ext}">', f'<"relaytest%{ext}">', f"<relaytest@{ext}@{srvip}>",
+                        f'<"relaytest@{ext}"@{srvip}>', f"<relaytest@{ext}@{srvhost}>",
+                        f"<@{srvip}:relaytest@{ext}>", f"<@{srvhost}:relaytest@{ext}>",
+                        f"<{ext}!relaytest>", f"<{ext}!relaytest@{srvip}>", f"<{ext}!relaytest@{srvhost}>",
+                        f"<relaytest%{ext}@example.test>", f"<{ext}!relaytest@example.test>",
+                        f"<@example.test:relaytest@{ext}>", f'<"relaytest@{ext}"@example.test>'):
+            answer = self.rcpt(s, pattern)
+            self.assertTrue(answer[:1] == b"5", (pattern, answer))
+        self.assertEqual(self.queued(), [])
+
+    def test_trusted_clients_relay_into_the_queue(self):
+        s = self.session(trusted=True, ip="127.0.0.1")
+        s.feed(b"EHLO x\r\n")
+        answers = self.talk(s, "MAIL FROM:<me@example.test>", "RCPT TO:<friend@remote.example>",
+                            "RCPT TO:<user@example.test>", "DATA")
+        self.assertEqual([codes(a) for a in answers], [[250], [250], [250], [354]])
+        self.assertTrue(s.feed(b"Subject: out\r\n\r\nbody\r\n.\r\n").startswith(b"250"))
+        [env] = self.queued()
+        entry = json.loads(env.read_text())
+        self.assertEqual(entry["sender"], "me@example.test")
+        self.assertEqual([r["address"] for r in entry["recipients"]], ["friend@remote.example"])
+        self.assertEqual(entry["client_ip"], "127.0.0.1")
+        eml = env.with_suffix(".eml").read_bytes()
+        self.assertTrue(eml.startswith(b"Received: from x ([127.0.0.1])\r\n"))
+        self.assertNotIn(b"Return-Path", eml)
+        self.assertTrue(eml.endswith(b"\r\n\r\nbody\r\n"))
+        self.assertEqual(len(self.maildir()), 1)  # the local recipient got its copy
+
+    def test_unknown_local_user_is_refused_at_rcpt(self):
+        s = self.session(trusted=True)
+        s.feed(b"EHLO x\r\nMAIL FROM:<>\r\n")
+        self.assertTrue(s.feed(b"RCPT TO:<ghost@example.test>\r\n").startswith(b"550 5.1.1"))
+
+
+class DataTest(SessionTestCase):
+    def start(self, s):
+        answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<user@example.test>\r\nDATA\r\n")
+        self.assertEqual(codes(answer), [250, 250, 250, 354])
+
+    def test_bare_lf_and_bare_cr_are_refused_and_nothing_stored(self):
+        for body in (b"a\nb\r\n", b"a\rb\r\n", b"a\r\n\n", b"ok\r\nend\r"):
+            s = self.session()
+            self.start(s)
+            answer = s.feed(body + b"\r\n.\r\n")
+            self.assertTrue(answer.startswith(b"550 5.5.2"), (body, answer))
+            self.assertEqual(len(self.maildir()), 0)
+
+    def test_smuggling_variants_never_end_the_message(self):
+        smuggled = b"MAIL FROM:<evil@b.example>\r\nRCPT TO:<user@example.test>\r\nDATA\r\nforged\r\n"
+        for end in (b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r", b"\r.\r\n"):
+            s = self.session()
+            self.start(s)
+            answer = s.feed(b"Subject: x\r\n\r\ntext" + end + smuggled)
+            self.assertEqual(answer, b"", end)  # nothing ran: still inside the first message
+            answer = s.feed(b".\r\n")
+            self.assertEqual(codes(answer), [550], end)
+            self.assertEqual(len(self.maildir()), 0, end)
+
+    def test_the_real_end_only_after_crlf(self):
+        s = self.session()
+        self.start(s)
+        self.assertEqual(s.feed(b"a\r\n"), b"")
+        self.assertEqual(s.feed(b"."), b"")
+        self.assertEqual(s.feed(b"\r"), b"")
+        self.assertTrue(s.feed(b"\n").startswith(b"250"))
+
+    def test_data_split_in_every_possible_place(self):
+        data = b"Subject: split\r\n\r\nline one\r\n..dot\r\n.\r\n"
+        for cut in range(1, len(data)):
+            s = self.session()
+            self.start(s)
+            answer = s.feed(data[:cut]) + s.feed(data[cut:])
+            self.assertEqual(codes(answer), [250], cut)
+        bodies = {m.get_payload() for _, m in self.maildir().iteritems()}
+        self.assertEqual(bodies, {"line one\n.dot\n"})
+
+    def test_too_long_text_line_is_refused(self):
+        s = self.session()
+        self.start(s)
+        answer = s.feed(b"x" * 999 + b"\r\n")
+        answer += s.feed(b"y" * 1200 + b"\r\n.\r\n")
+        self.assertTrue(answer.startswith(b"550 5.5.2"), answer)
+        self.assertIn(b"1000", answer)
+        self.assertEqual(len(self.maildir()), 0)
+        s = self.session()
+        self.start(s)
+        self.assertTrue(s.feed(b"x" * 998 + b"\r\n.\r\n").startswith(b"250"))  # exactly 1000 octets
+
+    def test_long_line_arriving_in_pieces_then_real_end(self):
+        s = self.session()
+        self.start(s)
+        answer = b"".join(s.feed(b"z" * 700) for _ in range(5)) + s.feed(b"\r\n.\r\n")
+        self.assertEqual(codes(answer), [550])
+        self.assertEqual(len(self.maildir()), 0)
+
+    def test_oversize_message_gets_552_and_nothing_is_stored(self):
+        self.server.settings = self.config
+        self.config.max_message_size_mb = 1
+        s = self.session()
+        self.start(s)
+        chunk = (b"x" * 98 + b"\r\n") * 1000
+        answer = b"".join(s.feed(chunk) for _ in range(11)) + s.feed(b".\r\n")
+        self.assertEqual(codes(answer), [552])
+        self.assertTrue(answer.startswith(b"552 5.3.4"))
+        self.assertEqual(len(self.maildir()), 0)
+        self.assertEqual(list((self.dir / "queue" / "tmp").iterdir()), [])
+
+    def test_large_message_spills_to_disk_and_arrives_whole(self):
+        s = self.session()
+        self.start(s)
+        line = b"0123456789" * 9 + b"\r\n"
+        for _ in range(30):
+            s.feed(line * 1000)  # 2.8 MB in all: over the in-memory threshold
+        self.assertTrue(s.feed(b".\r\n").startswith(b"250"))
+        [(key, msg)] = list(self.maildir().iteritems())
+        self.assertEqual(msg.get_payload().count("0123456789" * 9 + "\n"), 30000)
+
+    def test_disk_failure_is_a_temporary_error_and_the_session_goes_on(self):
+        s = self.session()
+        self.start(s)
+        box = self.dir / "mailboxes" / "example.test" / "user"
+        shutil.rmtree(box)
+        box.write_text("not a folder")  # delivery into it fails with an OSError
+        answer = s.feed(b"hi\r\n.\r\n")
+        self.assertTrue(answer.startswith(b"452 4.3.1"), answer)
+        box.unlink()
+        self.start(s)
+        self.assertTrue(s.feed(b"hi\r\n.\r\n").startswith(b"250"))
+
+
+if __name__ == "__main__":
+    unittest.main()
