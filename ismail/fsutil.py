@@ -56,13 +56,14 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
 
 
 # Maildir names carry the host name; "/" and ":" cannot appear in them (Maildir spec).
+_PID = os.getpid()  # ISMail never forks
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
 
 
 def unique_name() -> str:
     """A Maildir-style unique file name: time, microseconds, process and a serial, host."""
     now = time.time()
-    return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next_serial()}.{_HOST}"
+    return f"{int(now)}.M{int(now % 1 * 1e6)}P{_PID}Q{next_serial()}.{_HOST}"
 
 
 def new_queue_id() -> str:

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import socketserver
+import struct
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -33,6 +34,30 @@ log = logging.getLogger("ismail.receiver")
 
 POLL_SECONDS = 1.0
 RECV_BYTES = 65536
+# What a read or write that waited POLL_SECONDS raises, on either kind of socket below.
+WAITED = (socket.timeout, BlockingIOError)
+
+
+def prepare_socket(sock: socket.socket) -> None:
+    """Make reads and writes give up after POLL_SECONDS, so the thread can look around.
+
+    POSIX: a blocking socket with kernel time-outs (SO_RCVTIMEO/SO_SNDTIMEO) costs one
+    system call per read; Python's own time-out adds a poll() before each, and every
+    system call hands the GIL over once more.  Windows: Python's own time-out, because
+    there a socket whose SO_RCVTIMEO expired is documented as unusable afterwards.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    if os.name == "nt":
+        sock.settimeout(POLL_SECONDS)
+        return
+    sock.settimeout(None)
+    whole = int(POLL_SECONDS)
+    timeval = struct.pack("@ll", whole, int((POLL_SECONDS - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def client_ip(address: str) -> str:
@@ -138,19 +163,14 @@ class Connection:
 
     def run(self) -> None:
         ms, sock, session = self.ms, self.sock, self.session
-        log.info("connect from %s port %s", self.ip, self.port)
         started = time.monotonic()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        prepare_socket(sock)
         self._send(session.greeting())
         deadline = time.monotonic() + self.timeout
         while not session.closing:
-            sock.settimeout(POLL_SECONDS)
             try:
                 data = sock.recv(RECV_BYTES)
-            except socket.timeout:
+            except WAITED:
                 if ms.stopping and not session.in_transaction:
                     self._send(session.shutdown_reply())
                 elif time.monotonic() > deadline:
@@ -170,14 +190,23 @@ class Connection:
                 self._send(out)
             if ms.stopping and not session.closing and not session.in_transaction:
                 self._send(session.shutdown_reply())
-        log.info("disconnect from %s: %d message(s), %d error(s), %.1fs%s", self.ip,
-                 session.messages, session.errors, time.monotonic() - started,
-                 "" if session.quit else " (no QUIT)")
+        log.info("connection from %s port %s: %d message(s), %d error(s), %.2fs%s", self.ip,
+                 self.port, session.messages, session.errors, time.monotonic() - started,
+                 "" if session.quit else ", no QUIT")
 
     def _send(self, data: bytes) -> None:
-        # A client that does not read its replies is given the whole command timeout.
-        self.sock.settimeout(self.timeout)
-        try:
-            self.sock.sendall(data)
-        except OSError:
-            self.session.closing = True
+        """Send it all; a client that reads nothing for the whole command timeout is dropped."""
+        view = memoryview(data)
+        deadline = time.monotonic() + self.timeout
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except WAITED:
+                if time.monotonic() < deadline:
+                    continue
+                self.session.closing = True
+                return
+            except OSError:
+                self.session.closing = True
+                return
+            view = view[sent:]
