@@ -1,0 +1,276 @@
+"""No acknowledged message is lost: SIGKILL the server under load, restart it, count.
+
+Several client threads send numbered messages as fast as the server takes them.
+A message counts as acknowledged only once its ``250`` after DATA has arrived.  In
+the middle of that, the server process is killed with SIGKILL (no chance to clean
+up), then started again on the same data folder.  What a user would then check:
+
+* every acknowledged message is in the Maildir exactly once, complete;
+* no file in the Maildir is partial (each parses and its body is the body sent);
+* nothing is left half-written in Maildir tmp/ or in DATA/queue/tmp;
+* for a message with a remote recipient too, the outgoing queue holds a complete
+  entry (.eml and a readable .json) for every acknowledged message, and no .eml
+  without its .json survives the restart.
+"""
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import re
+import sys
+import threading
+import time
+import unittest
+from pathlib import Path
+
+from tests.support import ServerProcess, SMTPTalk
+
+THREADS = 8
+MESSAGES_PER_CONNECTION = 5      # then QUIT and reconnect: the kill also finds connects and QUITs
+KILL_AFTER_SECONDS = 1.5
+KILL_AFTER_ACKS = 2000           # kill earlier than 1.5 s on a very fast machine
+MIN_ACKS_BEFORE_KILL = 20        # ... but never before the load has really started
+LOAD_TIME_LIMIT = 20.0           # fail rather than wait forever for the first acknowledgements
+SENDER = "sender@example.org"
+LOCAL = "user@example.test"
+REMOTE = "x@remote.test"
+QUEUED_AS = re.compile(rb"^250 .*queued as ([0-9A-Za-z]+)")
+
+
+class UnexpectedReply(Exception):
+    pass
+
+
+def body_lines(token: str) -> list[str]:
+    """The body for a token: 2-7 KB of lines that name the token and their number."""
+    serial = int(token.rsplit("-", 1)[1])
+    count = 30 + (serial * 7) % 70
+    return [f"{token} line {i:03d} " + "abcdefghijklmnopqrstuvwxyz0123456789"[: 20 + (i * 11) % 17] for i in range(count)]
+
+
+def message_bytes(token: str) -> bytes:
+    """The DATA text for a token, dot-stuffed, with its terminating CRLF.CRLF."""
+    lines = [f"From: <{SENDER}>", f"To: <{LOCAL}>", f"Subject: crash test {token}",
+             f"Message-ID: <{token}@crash.example.org>", "", *body_lines(token)]
+    text = "".join(("." + line if line.startswith(".") else line) + "\r\n" for line in lines)
+    return text.encode("ascii") + b".\r\n"
+
+
+def expected_body(token: str, eol: str) -> str:
+    return "".join(line + eol for line in body_lines(token))
+
+
+class Load:
+    """Shared state of the client threads."""
+
+    def __init__(self, port: int, recipients: list[str], run_id: str) -> None:
+        self.port = port
+        self.recipients = recipients
+        self.run_id = run_id
+        self.lock = threading.Lock()
+        self.acked: dict[str, str] = {}     # token -> queue id from "250 ... queued as ID"
+        self.attempted: set[str] = set()    # DATA text sent (maybe acknowledged, maybe not)
+        self.errors: list[str] = []         # failures while the server was still alive
+        self.stop = threading.Event()
+        self.killing = threading.Event()    # set just before the SIGKILL
+        self.deadline = time.monotonic() + LOAD_TIME_LIMIT + 10
+
+    def acks(self) -> int:
+        with self.lock:
+            return len(self.acked)
+
+    def expect(self, reply: bytes, code: bytes) -> bytes:
+        if not reply.startswith(code):
+            raise UnexpectedReply(f"expected {code!r}, got {reply!r}")
+        return reply
+
+    def client(self, index: int) -> None:
+        serial = 0
+        try:
+            while not self.stop.is_set() and time.monotonic() < self.deadline:
+                with SMTPTalk(self.port, timeout=15) as c:
+                    self.expect(c.reply(), b"220")
+                    self.expect(c.cmd(f"EHLO client{index}.example.org"), b"250")
+                    for _ in range(MESSAGES_PER_CONNECTION):
+                        if self.stop.is_set():
+                            break
+                        serial += 1
+                        token = f"{self.run_id}-{index:02d}-{serial:05d}"
+                        self.expect(c.cmd(f"MAIL FROM:<{SENDER}>"), b"250")
+                        for rcpt in self.recipients:
+                            self.expect(c.cmd(f"RCPT TO:<{rcpt}>"), b"250")
+                        self.expect(c.cmd("DATA"), b"354")
+                        with self.lock:
+                            self.attempted.add(token)
+                        c.send(message_bytes(token))
+                        reply = c.reply()
+                        # Any 250 counts, even one cut short: the server only says it once
+                        # the message is on disk.
+                        if reply.startswith(b"250"):
+                            m = QUEUED_AS.match(reply)
+                            with self.lock:
+                                self.acked[token] = m.group(1).decode() if m else ""
+                        else:
+                            raise UnexpectedReply(f"after DATA: {reply!r}")
+                    c.cmd("QUIT")
+        except (OSError, UnexpectedReply) as e:
+            # After the kill, a dropped connection just means "not acknowledged".
+            if not self.killing.is_set():
+                with self.lock:
+                    self.errors.append(f"client {index}: {type(e).__name__}: {e}")
+
+
+def files_in(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+class CrashTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.server = ServerProcess({"incoming": {"max_connections": 100, "max_per_host": 10}})
+        self.addCleanup(self.server.cleanup)
+        self.threads: list[threading.Thread] = []
+        self.load: Load | None = None
+        self.addCleanup(self._stop_clients)
+
+    def _stop_clients(self) -> None:
+        if self.load is not None:
+            self.load.stop.set()
+        for t in self.threads:
+            t.join(20)
+
+    def run_and_kill(self, recipients: list[str], run_id: str) -> Load:
+        """Load the server from THREADS clients, SIGKILL it mid-flight, wait for the clients."""
+        server = self.server
+        server.start()
+        load = self.load = Load(server.port, recipients, run_id)
+        self.threads = [threading.Thread(target=load.client, args=(i,), name=f"crash-client-{i}",
+                                         daemon=True) for i in range(THREADS)]
+        started = time.monotonic()
+        for t in self.threads:
+            t.start()
+        while True:
+            time.sleep(0.02)
+            elapsed, acks = time.monotonic() - started, load.acks()
+            if acks >= KILL_AFTER_ACKS or (elapsed >= KILL_AFTER_SECONDS and acks >= MIN_ACKS_BEFORE_KILL):
+                break
+            if elapsed > LOAD_TIME_LIMIT or load.errors:
+                break
+        self.assertEqual(load.errors, [], "clients failed before the kill:\n" + server.log_text()[-3000:])
+        self.assertGreaterEqual(load.acks(), MIN_ACKS_BEFORE_KILL,
+                                "too few messages acknowledged to test anything:\n" + server.log_text()[-3000:])
+        load.killing.set()
+        server.kill()
+        killed_at = time.monotonic() - started
+        for t in self.threads:
+            t.join(20)
+        self.assertFalse(any(t.is_alive() for t in self.threads), "a client thread did not end")
+        self.assertEqual(load.errors, [])
+        with load.lock:
+            in_flight = len(load.attempted) - len(load.acked)
+        print(f"\n[crash] killed after {killed_at:.2f}s: {len(load.acked)} acknowledged, "
+              f"{in_flight} sent without an acknowledgement", file=sys.stderr)
+        return load
+
+    def restart(self) -> None:
+        """Start again on the same data folder (same port); start-up must clean up."""
+        self.server.start()
+
+    def parse_maildir(self, load: Load) -> dict[str, list[Path]]:
+        """token -> the files holding it; every file must be complete and ours."""
+        box = self.server.maildir(LOCAL)
+        found: dict[str, list[Path]] = {}
+        for path in files_in(box / "new") + files_in(box / "cur"):
+            raw = path.read_bytes()
+            msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+            subject = msg["Subject"] or ""
+            self.assertTrue(subject.startswith("crash test "), f"{path.name}: Subject {subject!r}")
+            token = subject[len("crash test "):]
+            self.assertIn(token, load.attempted, f"{path.name}: a message nobody sent")
+            self.assertEqual(msg["Message-ID"], f"<{token}@crash.example.org>", path.name)
+            self.assertEqual(msg["Return-Path"], f"<{SENDER}>", path.name)
+            self.assertEqual(msg.get_payload(), expected_body(token, "\n"),
+                             f"{path.name}: body of {token} is truncated or damaged")
+            found.setdefault(token, []).append(path)
+        return found
+
+    def check_acknowledged_stored_once(self, load: Load, found: dict[str, list[Path]]) -> None:
+        missing = sorted(t for t in load.acked if t not in found)
+        twice = {t: [p.name for p in paths] for t, paths in found.items() if len(paths) > 1}
+        self.assertEqual(missing, [], f"{len(missing)} acknowledged message(s) lost")
+        self.assertEqual(twice, {}, "message(s) stored more than once")
+
+    def check_no_leftovers(self) -> None:
+        box = self.server.maildir(LOCAL)
+        self.assertEqual([p.name for p in files_in(box / "tmp")], [], "Maildir tmp/ not cleaned")
+        self.assertEqual([p.name for p in files_in(self.server.data_dir / "queue" / "tmp")], [],
+                         "queue tmp/ not cleaned")
+
+    def check_serves_after_restart(self) -> None:
+        before = self.server.count(LOCAL)
+        with SMTPTalk(self.server.port) as c:
+            self.assertTrue(c.reply().startswith(b"220"))
+            self.assertTrue(c.cmd("EHLO after.example.org").startswith(b"250"))
+            self.assertTrue(c.cmd(f"MAIL FROM:<{SENDER}>").startswith(b"250"))
+            self.assertTrue(c.cmd(f"RCPT TO:<{LOCAL}>").startswith(b"250"))
+            self.assertTrue(c.cmd("DATA").startswith(b"354"))
+            c.send(b"Subject: after the restart\r\n\r\nstill here\r\n.\r\n")
+            self.assertTrue(c.reply().startswith(b"250"))
+        self.assertEqual(self.server.count(LOCAL), before + 1)
+
+    def test_kill_during_local_deliveries(self):
+        load = self.run_and_kill([LOCAL], "local")
+        # Even before any clean-up, what sits in new/ must be complete (rename is atomic).
+        found = self.parse_maildir(load)
+        self.check_acknowledged_stored_once(load, found)
+        leftovers = len(files_in(self.server.maildir(LOCAL) / "tmp"))
+        print(f"[crash] {leftovers} unfinished file(s) in Maildir tmp/ before the restart", file=sys.stderr)
+
+        self.restart()
+        found = self.parse_maildir(load)
+        self.check_acknowledged_stored_once(load, found)
+        self.check_no_leftovers()
+        self.check_serves_after_restart()
+
+    def test_kill_during_mixed_local_and_remote(self):
+        load = self.run_and_kill([LOCAL, REMOTE], "mixed")
+        messages = self.server.data_dir / "queue" / "messages"
+        names = {p.name for p in files_in(messages)}
+        orphans = [n for n in names if n.endswith(".eml") and n[:-4] + ".json" not in names]
+        spill = files_in(self.server.data_dir / "queue" / "tmp")
+        print(f"[crash] before the restart: {len(orphans)} .eml without .json, "
+              f"{len(spill)} file(s) in queue tmp/", file=sys.stderr)
+        self.restart()
+        found = self.parse_maildir(load)
+        self.check_acknowledged_stored_once(load, found)
+        self.check_no_leftovers()
+
+        names = {p.name for p in files_in(messages)}
+        for name in sorted(names):
+            stem, _, ext = name.rpartition(".")
+            self.assertIn(ext, ("eml", "json"), f"unexpected file in the queue: {name}")
+            other = f"{stem}.json" if ext == "eml" else f"{stem}.eml"
+            self.assertTrue(other in names, f"{name} without {other} after the restart")
+        corrupt = self.server.data_dir / "queue" / "corrupt"
+        self.assertEqual([p.name for p in files_in(corrupt)], [], "queue entries were set aside")
+
+        for token, queue_id in sorted(load.acked.items()):
+            with self.subTest(token=token, queue_id=queue_id):
+                self.assertTrue(queue_id, f"no queue id in the 250 for {token}")
+                entry = json.loads((messages / f"{queue_id}.json").read_text("utf-8"))
+                self.assertEqual(entry["sender"], SENDER)
+                self.assertEqual([r["address"] for r in entry["recipients"]], [REMOTE])
+                eml = (messages / f"{queue_id}.eml").read_bytes()
+                msg = email.message_from_bytes(eml, policy=email.policy.compat32)
+                self.assertEqual(msg["Subject"], f"crash test {token}")
+                self.assertEqual(msg.get_payload(), expected_body(token, "\r\n"),
+                                 f"queued copy of {token} is truncated or damaged")
+                # The local copy is the same message (same id in its Received: header).
+                local = found[token][0].read_text("ascii")
+                self.assertIn(f" id {queue_id}", local)
+        self.check_serves_after_restart()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,165 @@
+"""The queue on disk and local Maildir delivery: what survives, what is cleaned, what is set aside."""
+import json
+import mailbox
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+from ismail import maildir
+from ismail.spool import SPILL_BYTES, MessageBuffer, QueueEntry, QueuedRecipient, Spool
+
+
+def buffer_of(spill: Path, *parts: bytes) -> MessageBuffer:
+    buf = MessageBuffer(spill)
+    for p in parts:
+        buf.write(p)
+    return buf
+
+
+class SpoolTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="ismail-spool-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.spool = Spool(self.dir / "queue")
+        self.assertEqual(self.spool.prepare(), [])
+
+    def entry(self, qid="0000000000001000", rcpts=("a@remote.example",)) -> QueueEntry:
+        return QueueEntry(id=qid, sender="me@example.test", arrival=1.5,
+                          recipients=[QueuedRecipient(r) for r in rcpts], client_ip="127.0.0.1")
+
+    def test_enqueue_commits_message_and_envelope(self):
+        seen = []
+        self.spool.on_enqueue = seen.append
+        body = buffer_of(self.spool.tmp, b"Subject: q\r\n\r\n", b"text\r\n")
+        self.spool.enqueue(self.entry(), b"Received: x\r\n", body)
+        self.assertEqual(self.spool.message_path("0000000000001000").read_bytes(),
+                         b"Received: x\r\nSubject: q\r\n\r\ntext\r\n")
+        loaded = self.spool.load("0000000000001000")
+        self.assertEqual(loaded, self.entry())
+        self.assertEqual([e.id for e in seen], ["0000000000001000"])
+        self.assertEqual(list(self.spool.tmp.iterdir()), [])
+
+    def test_prepare_keeps_complete_entries_and_removes_crash_leftovers(self):
+        for qid in ("0000000000000001", "0000000000000002"):
+            self.spool.enqueue(self.entry(qid), b"", buffer_of(self.spool.tmp, b"x\r\n"))
+        msgs = self.spool.messages
+        (msgs / "0000000000000003.eml").write_bytes(b"half")  # crashed before its .json: never acknowledged
+        (msgs / ".0000000000000004.json.77.1.tmp").write_bytes(b"{")  # an atomic write cut short
+        (self.spool.tmp / "0000000000000005.9.eml").write_bytes(b"partial")
+        ids = Spool(self.dir / "queue").prepare()
+        self.assertEqual(ids, ["0000000000000001", "0000000000000002"])
+        self.assertEqual(sorted(p.name for p in msgs.iterdir()),
+                         ["0000000000000001.eml", "0000000000000001.json",
+                          "0000000000000002.eml", "0000000000000002.json"])
+        self.assertEqual(list(self.spool.tmp.iterdir()), [])
+
+    def test_envelope_without_message_is_set_aside_not_dropped(self):
+        (self.spool.messages / "00000000000000AA.json").write_bytes(self.entry("00000000000000AA").to_json())
+        with self.assertLogs("ismail.spool", "ERROR") as logs:
+            self.assertEqual(self.spool.prepare(), [])
+        self.assertIn("00000000000000AA", logs.output[0])
+        self.assertEqual([p.name.split(".")[-1] for p in self.spool.corrupt.iterdir()], ["json"])
+
+    def test_corrupt_envelope_is_moved_to_corrupt_and_reported(self):
+        self.spool.enqueue(self.entry("00000000000000BB"), b"", buffer_of(self.spool.tmp, b"x\r\n"))
+        (self.spool.messages / "00000000000000BB.json").write_text("{not json")
+        with self.assertLogs("ismail.spool", "ERROR"):
+            with self.assertRaises(ValueError) as ctx:
+                self.spool.load("00000000000000BB")
+        self.assertIn("corrupt", str(ctx.exception))
+        self.assertEqual(list(self.spool.messages.iterdir()), [])
+        self.assertEqual(len(list(self.spool.corrupt.iterdir())), 2)  # both files kept for a person
+
+    def test_failed_write_leaves_nothing_behind(self):
+        body = buffer_of(self.spool.tmp, b"x\r\n")
+        with mock.patch("ismail.spool.os.fsync", side_effect=OSError(28, "No space left on device")):
+            with self.assertRaises(OSError):
+                self.spool.enqueue(self.entry(), b"", body)
+        self.assertEqual(list(self.spool.messages.iterdir()), [])
+        self.assertEqual(list(self.spool.tmp.iterdir()), [])
+
+    def test_state_update_and_remove(self):
+        self.spool.enqueue(self.entry(), b"", buffer_of(self.spool.tmp, b"x\r\n"))
+        e = self.spool.load("0000000000001000")
+        e.attempts, e.recipients[0].state, e.last_error = 1, "sent", "250 ok"
+        self.spool.save(e)
+        self.assertEqual(json.loads((self.spool.messages / "0000000000001000.json").read_text())["attempts"], 1)
+        self.spool.remove("0000000000001000")
+        self.assertEqual(list(self.spool.messages.iterdir()), [])
+
+
+class MessageBufferTest(unittest.TestCase):
+    def test_large_message_spills_to_a_temp_file_and_reads_back_whole(self):
+        spill = Path(tempfile.mkdtemp(prefix="ismail-buf-"))
+        self.addCleanup(shutil.rmtree, spill, ignore_errors=True)
+        line = b"y" * 98 + b"\r\n"
+        buf = MessageBuffer(spill)
+        for _ in range(SPILL_BYTES // 100 + 500):
+            buf.write(line)
+        self.assertIsNotNone(buf._file)
+        data = b"".join(buf.chunks(size=4096))
+        self.assertEqual(len(data), buf.size)
+        self.assertEqual(data, line * (SPILL_BYTES // 100 + 500))
+        buf.close()
+        self.assertEqual(list(spill.iterdir()), [])  # the spill file goes with the message
+
+
+class MaildirTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="ismail-maildir-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.root = self.dir / "mailboxes"
+
+    def box(self, name):
+        return self.root / "example.test" / name
+
+    def test_one_message_for_several_mailboxes(self):
+        body = buffer_of(self.dir, b"Subject: s\r\n\r\nhello\r\n")
+        placed = maildir.deliver([self.box("a"), self.box("b"), self.box("a")], b"Return-Path: <x@y>\r\n", body)
+        self.assertEqual(len(placed), 2)  # a mailbox named twice gets one copy
+        for name in ("a", "b"):
+            md = mailbox.Maildir(self.box(name), create=False)
+            [msg] = md.values()
+            self.assertEqual(msg["Subject"], "s")
+            self.assertEqual(msg.get_payload(), "hello\n")
+            self.assertEqual(list((self.box(name) / "tmp").iterdir()), [])
+
+    def test_crlf_split_across_chunks_becomes_lf(self):
+        class Chunked(MessageBuffer):
+            def chunks(self, size=1):
+                yield from (b"a\r", b"\nb\r", b"\n", b"c\r\n")
+        placed = maildir.deliver([self.box("c")], b"H: 1\r\n", Chunked(self.dir))
+        self.assertEqual(placed[0].read_bytes(), b"H: 1\na\nb\nc\n")
+
+    def test_failure_removes_everything_written(self):
+        body = buffer_of(self.dir, b"x\r\n")
+        maildir.deliver([self.box("a")], b"", body)  # creates the folders
+        with mock.patch("ismail.maildir.fsync_dir", side_effect=OSError(5, "I/O error")):
+            with self.assertRaises(OSError):
+                maildir.deliver([self.box("a"), self.box("b")], b"", body)
+        self.assertEqual(len(list((self.box("a") / "new").iterdir())), 1)  # only the first message
+        self.assertEqual(list((self.box("b") / "new").iterdir()), [])
+        self.assertEqual(list((self.box("a") / "tmp").iterdir()), [])
+
+    def test_links_fall_back_to_copies(self):
+        body = buffer_of(self.dir, b"x\r\n")
+        with mock.patch("ismail.maildir.os.link", side_effect=OSError(1, "Operation not permitted")):
+            placed = maildir.deliver([self.box("a"), self.box("b")], b"", body)
+        self.assertEqual([p.read_bytes() for p in placed], [b"x\n", b"x\n"])
+
+    def test_clean_tmp_removes_only_our_leftovers(self):
+        maildir.deliver([self.box("a")], b"", buffer_of(self.dir, b"x\r\n"))
+        ours = self.box("a") / "tmp" / "1700000000.M1P2Q3.host"
+        theirs = self.box("a") / "tmp" / "draft-from-mail-client"
+        ours.write_bytes(b"partial")
+        theirs.write_bytes(b"keep me")
+        self.assertEqual(maildir.clean_tmp(self.root), 1)
+        self.assertFalse(ours.exists())
+        self.assertTrue(theirs.exists())
+        self.assertEqual(len(list((self.box("a") / "new").iterdir())), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
