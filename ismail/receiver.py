@@ -16,11 +16,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import queue
 import socket
 import socketserver
 import struct
 import threading
 import time
+from typing import Callable
 from typing import TYPE_CHECKING
 
 from .limits import PER_HOST, Slot
@@ -71,6 +73,44 @@ def client_ip(address: str) -> str:
     return str(ip)
 
 
+class WorkerPool:
+    """Threads that serve one connection after another.
+
+    socketserver's ThreadingMixIn starts a thread per connection, and the accepting
+    thread waits until the new thread has run; with busy threads competing for the GIL
+    that wait throttles every accept.  Here a connection goes to an idle worker, and a
+    thread is started only when none is idle.  The limiter caps connections, so the
+    pool never grows past the largest total limit that was in force.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            start = self._idle == 0
+            if start:
+                self._count += 1
+            else:
+                self._idle -= 1
+        if start:
+            threading.Thread(target=self._work, name=f"smtp-worker-{self._count}", daemon=True).start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:
+                log.exception("a connection thread failed")
+            with self._lock:
+                self._idle += 1
+
+
 class Listener(socketserver.ThreadingTCPServer):
     daemon_threads = True
     request_queue_size = 256  # listen backlog: bursts of reconnecting clients wait in the kernel
@@ -102,9 +142,7 @@ class Listener(socketserver.ThreadingTCPServer):
         ms.stats.add("connections_current")
         ms.stats.add("connections_total")
         try:
-            thread = threading.Thread(target=self._serve, args=(request, client_address, ip, slot),
-                                      name=f"smtp-{ip}", daemon=True)
-            thread.start()
+            ms.workers.submit(lambda: self._serve(request, client_address, ip, slot))
         except BaseException:
             self._finished(ip, slot)
             self.shutdown_request(request)

@@ -23,7 +23,7 @@ from .accounts import AccountStore
 from .config import Settings
 from .limits import ConnectionLimiter
 from .maildir import clean_tmp, deliver
-from .receiver import Listener
+from .receiver import Listener, WorkerPool
 from .session import Envelope
 from .spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
 from .stats import Stats
@@ -45,6 +45,7 @@ class MailServer:
         self.accounts = AccountStore(self.data_dir)
         self.spool = Spool(self.data_dir / "queue")
         self.spill_dir = self.spool.tmp
+        self.workers = WorkerPool()
         self.stopping = False
         self._listeners: dict[tuple[str, int], Listener] = {}
         self._threads: list[threading.Thread] = []
