@@ -113,6 +113,7 @@ def setup_logging(data_dir: Path, to_stderr: bool = True, level: int = logging.I
     """Send the `ismail` loggers to DATA/logs/maillog.log (and stderr); returns the handler."""
     logging.logProcesses = False  # saves a getpid() per line; there is only one process
     logging.logMultiprocessing = False
+    logging._srcfile = None  # no stack walk per line (the logging docs' own optimisation advice)
     handler = MailLogHandler(Path(data_dir) / "logs" / LOG_FILE,
                              sys.stderr if to_stderr else None)  # a windowed .exe has no stderr
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

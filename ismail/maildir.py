@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .fsutil import fsync_dir, unique_name
+from .fsutil import DirSync, fsync_dir, unique_name, write_new_file
 from .spool import MessageBuffer
 
 log = logging.getLogger("ismail.maildir")
@@ -37,7 +37,8 @@ def _lf_chunks(header: bytes, body: MessageBuffer):
         yield carry
 
 
-def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer) -> list[Path]:
+def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
+            dirsync: DirSync | None = None) -> list[Path]:
     """Store one message in every mailbox given; returns the new files. Raises OSError."""
     boxes = list(dict.fromkeys(mailboxes))  # a mailbox named twice gets one copy
     first = boxes[0]
@@ -48,11 +49,7 @@ def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer) -> list[P
     tmp = first / "tmp" / unique_name()
     placed: list[Path] = []
     try:
-        with open(tmp, "xb") as f:
-            for chunk in _lf_chunks(header, body):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        write_new_file(tmp, _lf_chunks(header, body))
         if len(boxes) == 1:
             dest = first / "new" / tmp.name
             os.replace(tmp, dest)
@@ -64,7 +61,10 @@ def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer) -> list[P
                 placed.append(dest)
             tmp.unlink()
         for box in boxes:
-            fsync_dir(box / "new")
+            if dirsync is None:
+                fsync_dir(box / "new")
+            else:
+                dirsync.sync(box / "new")
     except BaseException:
         for path in [tmp, *placed]:
             try:

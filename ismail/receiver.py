@@ -195,9 +195,9 @@ class Connection:
         self.ip = ip
         self.port = port
         self.slot = slot
-        settings = ms.settings
-        self.timeout = settings.timeouts.command_seconds
-        self.session = Session(ms, settings, ip, trusted=settings.is_trusted(ip))
+        policy = ms.policy
+        self.timeout = policy.settings.timeouts.command_seconds
+        self.session = Session(ms, policy, ip, trusted=policy.is_trusted(ip))
 
     def run(self) -> None:
         ms, sock, session = self.ms, self.sock, self.session

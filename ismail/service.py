@@ -21,7 +21,9 @@ from pathlib import Path
 
 from .accounts import AccountStore
 from .config import Settings
+from .fsutil import DirSync
 from .limits import ConnectionLimiter
+from .policy import Policy
 from .maildir import clean_tmp, deliver
 from .receiver import Listener, WorkerPool
 from .session import Envelope
@@ -38,6 +40,7 @@ class StartupError(Exception):
 class MailServer:
     def __init__(self, settings: Settings, data_dir: Path) -> None:
         self.settings = settings
+        self.policy = Policy(settings)
         self.data_dir = Path(data_dir)
         self.stats = Stats()
         self.limiter = ConnectionLimiter(settings.incoming.max_connections,
@@ -46,6 +49,7 @@ class MailServer:
         self.spool = Spool(self.data_dir / "queue")
         self.spill_dir = self.spool.tmp
         self.workers = WorkerPool()
+        self.dirsync = DirSync()
         self.stopping = False
         self._listeners: dict[tuple[str, int], Listener] = {}
         self._threads: list[threading.Thread] = []
@@ -90,6 +94,7 @@ class MailServer:
 
     def apply(self, settings: Settings) -> None:
         """New settings, in force for every connection that arrives from now on."""
+        self.policy = Policy(settings)
         self.settings = settings
         self.limiter.resize(settings.incoming.max_connections, settings.incoming.max_per_host)
         with self._lock:
@@ -133,7 +138,7 @@ class MailServer:
         placed: list[Path] = []
         if envelope.mailboxes:
             header = f"Return-Path: <{envelope.sender}>\r\n".encode("utf-8") + received
-            placed = deliver(list(envelope.mailboxes.values()), header, body)
+            placed = deliver(list(envelope.mailboxes.values()), header, body, self.dirsync)
         remote = envelope.remote_recipients
         if remote:
             entry = QueueEntry(id=envelope.id, sender=envelope.sender,

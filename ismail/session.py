@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .addresses import AddressSyntaxError, Path as SmtpPath, parse_argument, relay_trick
-from .config import Settings
+from .policy import Policy
 from .fsutil import new_queue_id
 from .replies import is_error, multiline, reply
 from .spool import MessageBuffer
@@ -85,10 +85,11 @@ class Envelope:
 
 
 class Session:
-    def __init__(self, server: Server, settings: Settings, client_ip: str,
+    def __init__(self, server: Server, policy: Policy, client_ip: str,
                  trusted: bool, authenticated: bool = False) -> None:
         self.server = server
-        self.settings = settings  # a connection keeps the settings it started with
+        self.policy = policy      # a connection keeps the settings it started with
+        self.settings = policy.settings
         self.client_ip = client_ip
         self.trusted = trusted
         self.authenticated = authenticated
@@ -275,7 +276,7 @@ class Session:
             domain = self.settings.primary_domain
         address = f"{path.address}@{domain}" if not path.domain else path.address
         # A source route is ignored (RFC 5321 §3.6.1); strangers using one were refused above.
-        if self.settings.is_local_domain(domain):
+        if self.policy.is_local_domain(domain):
             box = self.server.lookup_mailbox(local, domain)
             if box is None:
                 return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")

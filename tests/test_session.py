@@ -8,6 +8,7 @@ import unittest
 from pathlib import Path
 
 from ismail.config import from_dict
+from ismail.policy import Policy
 from ismail.service import MailServer
 from ismail.session import MAX_ERRORS, Session
 
@@ -36,7 +37,7 @@ class SessionTestCase(unittest.TestCase):
         self.server.accounts.add("user@example.test", "pw", self.config.local_domains())
 
     def session(self, trusted=False, ip="192.0.2.1") -> Session:
-        s = Session(self.server, self.config, ip, trusted=trusted)
+        s = Session(self.server, Policy(self.config), ip, trusted=trusted)
         self.assertTrue(s.greeting().startswith(b"220 mx.example.test ESMTP"))
         return s
 
