@@ -49,6 +49,7 @@ class MailServer:
         self.spool = Spool(self.data_dir / "queue")
         self.spill_dir = self.spool.tmp
         self.workers = WorkerPool()
+        self.qmgr = None  # the outgoing queue manager joins here
         self.dirsync = DirSync()
         self.stopping = False
         self._listeners: dict[tuple[str, int], Listener] = {}
@@ -93,19 +94,46 @@ class MailServer:
             return [listener.label for listener in self._listeners.values()]
 
     def apply(self, settings: Settings) -> None:
-        """New settings, in force for every connection that arrives from now on."""
-        self.policy = Policy(settings)
-        self.settings = settings
-        self.limiter.resize(settings.incoming.max_connections, settings.incoming.max_per_host)
+        """New settings, in force for every connection that arrives from now on.
+
+        All or nothing: if a new listening address cannot be opened, StartupError is
+        raised and the server goes on exactly as before.
+        """
         with self._lock:
-            if not self.stopping and set(settings.listen_addresses()) != set(self._listeners):
-                wanted = settings.listen_addresses()
-                self._open_listeners([a for a in wanted if a not in self._listeners])
-                for addr in [a for a in self._listeners if a not in wanted]:
-                    self._close_listener(self._listeners.pop(addr))
+            if not self.stopping:
+                self._move_listeners(settings.listen_addresses())
+            self.policy = Policy(settings)
+            self.settings = settings
+        self.limiter.resize(settings.incoming.max_connections, settings.incoming.max_per_host)
+        if self.qmgr is not None:
+            self.qmgr.apply(settings)
         log.info("settings applied: incoming %d total / %d per host, listening on %s",
                  settings.incoming.max_connections, settings.incoming.max_per_host,
                  ", ".join(settings.listen))
+
+    def _move_listeners(self, wanted: list[tuple[str, int]]) -> None:
+        added = [a for a in wanted if a not in self._listeners]
+        removed = [a for a in self._listeners if a not in wanted]
+        if not added and not removed:
+            return
+        # A new address on a port we already hold (127.0.0.1:25 -> 0.0.0.0:25) can only be
+        # bound once the old socket is closed; other ports are opened first, so a failure
+        # there leaves everything as it was.
+        ports = {port for _, port in added}
+        first = [a for a in removed if a[1] in ports]
+        for addr in first:
+            self._close_listener(self._listeners.pop(addr))
+        try:
+            self._open_listeners(added)
+        except StartupError:
+            try:
+                self._open_listeners(first)  # put back what was closed for the move
+            except StartupError as again:
+                log.error("could not listen again on the old address: %s", again)
+            raise
+        for addr in removed:
+            if addr in self._listeners:
+                self._close_listener(self._listeners.pop(addr))
 
     def _open_listeners(self, addresses: list[tuple[str, int]]) -> None:
         opened: dict[tuple[str, int], Listener] = {}
