@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from . import __version__
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                        ("passwd", "set an account's password (from stdin, or prompted)")):
         acc_sub.add_parser(name, help=text).add_argument("address")
     acc_sub.add_parser("list", help="list accounts, built-in postmaster/root included")
+    q = sub.add_parser("queue", help="look at and act on the outgoing queue")
+    q_sub = q.add_subparsers(dest="action", metavar="ACTION")
+    q_sub.required = True
+    q_sub.add_parser("list", help="id, sender, recipients, size, attempts, next try, last error")
+    q_sub.add_parser("flush", help="retry everything now (also while `run` is serving)")
+    q_sub.add_parser("delete", help="delete a queued message").add_argument("id")
     return p
 
 
@@ -95,6 +102,43 @@ def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
+def cmd_queue(args: argparse.Namespace, data_dir: Path) -> int:
+    from .scheduler import FLUSH_FILE
+    from .spool import Spool
+
+    spool = Spool(data_dir / "queue")
+    if args.action == "delete":
+        qid = args.id.upper()
+        if not spool.message_path(qid).exists() and not (spool.messages / f"{qid}.json").exists():
+            raise CommandError(f"no message {args.id} in the queue")
+        spool.remove(qid)
+        print(f"deleted {qid}")
+        return 0
+    entries = []
+    for qid in spool.list_ids():
+        try:
+            entries.append(spool.load(qid))
+        except (ValueError, OSError) as e:
+            print(f"ismail: {e}", file=sys.stderr)
+    if args.action == "flush":
+        for entry in entries:  # for the next start, if no server is running now
+            entry.next_try = 0.0
+            spool.save(entry)
+        (spool.dir / FLUSH_FILE).touch()  # a running server picks this up within a second
+        print(f"{len(entries)} message(s) will be retried now")
+        return 0
+    if not entries:
+        print("the outgoing queue is empty")
+    for e in entries:
+        pending = [r for r in e.recipients if r.state == "pending"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.next_try)) if e.next_try else "now"
+        print(f"{e.id}  {e.size:>9}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.arrival))}"
+              f"  <{e.sender}>  attempts={e.attempts}  next={when}")
+        for r in pending:
+            print(f"    <{r.address}>" + (f"  {r.last_error}" if r.last_error else ""))
+    return 0
+
+
 def cmd_check_config(data_dir: Path) -> int:
     settings = load_settings(data_dir)
     print(f"# {settings_path(data_dir)}: valid")
@@ -140,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(data_dir)
         if args.command == "check-config":
             return cmd_check_config(data_dir)
+        if args.command == "queue":
+            return cmd_queue(args, data_dir)
         return cmd_account(args, data_dir)
     except CommandError as e:
         print(f"ismail: error: {e}", file=sys.stderr)

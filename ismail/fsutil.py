@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+_PID = os.getpid()  # ISMail never forks
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
 
@@ -103,15 +104,17 @@ class DirSync:
                 folder.done = max(folder.done, covered)
 
 
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never half."""
+def atomic_write(path: Path, data: bytes, mode: int | None = None, tmp_dir: Path | None = None,
+                 dirsync: "DirSync | None" = None) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never half.
+
+    ``tmp_dir`` (same file system) keeps the temporary file out of a folder that
+    others list, such as the queue; ``dirsync`` shares the folder's fsync.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next_serial()}.tmp")
+    tmp = (tmp_dir or path.parent) / f".{path.name}.{_PID}.{next_serial()}.tmp"
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_new_file(tmp, (data,))
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -121,11 +124,13 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
         except OSError:
             pass
         raise
-    fsync_dir(path.parent)
+    if dirsync is None:
+        fsync_dir(path.parent)
+    else:
+        dirsync.sync(path.parent)
 
 
 # Maildir names carry the host name; "/" and ":" cannot appear in them (Maildir spec).
-_PID = os.getpid()  # ISMail never forks
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
 
 

@@ -17,15 +17,17 @@ import errno
 import logging
 import threading
 import time
+from email.utils import formatdate
 from pathlib import Path
 
 from .accounts import AccountStore
 from .config import Settings
-from .fsutil import DirSync
+from .fsutil import DirSync, new_queue_id
 from .limits import ConnectionLimiter
-from .policy import Policy
 from .maildir import clean_tmp, deliver
+from .policy import Policy
 from .receiver import Listener, WorkerPool
+from .scheduler import QueueManager
 from .session import Envelope
 from .spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
 from .stats import Stats
@@ -46,11 +48,11 @@ class MailServer:
         self.limiter = ConnectionLimiter(settings.incoming.max_connections,
                                          settings.incoming.max_per_host)
         self.accounts = AccountStore(self.data_dir)
-        self.spool = Spool(self.data_dir / "queue")
+        self.dirsync = DirSync()
+        self.spool = Spool(self.data_dir / "queue", self.dirsync)
         self.spill_dir = self.spool.tmp
         self.workers = WorkerPool()
-        self.qmgr = None  # the outgoing queue manager joins here
-        self.dirsync = DirSync()
+        self.qmgr: QueueManager | None = None
         self.stopping = False
         self._listeners: dict[tuple[str, int], Listener] = {}
         self._threads: list[threading.Thread] = []
@@ -70,6 +72,8 @@ class MailServer:
         self.stopping = False
         with self._lock:
             self._open_listeners(self.settings.listen_addresses())
+        self.qmgr = QueueManager(self)
+        self.qmgr.start(queued)
         log.info("ISMail serving SMTP on %s as %s", ", ".join(self.listening()),
                  self.settings.server_name)
 
@@ -81,6 +85,8 @@ class MailServer:
             self._listeners.clear()
         for listener in listeners:
             self._close_listener(listener)
+        if self.qmgr is not None:
+            self.qmgr.stop(grace)
         deadline = time.monotonic() + grace
         while self.stats.get("connections_current") > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -160,9 +166,10 @@ class MailServer:
     def lookup_mailbox(self, local: str, domain: str) -> Path | None:
         return self.accounts.mailbox_for(local, domain)
 
-    def accept_message(self, envelope: Envelope, body: MessageBuffer) -> None:
+    def accept_message(self, envelope: Envelope, body: MessageBuffer, received: bytes | None = None) -> None:
         """Make the message durable everywhere it goes; raises OSError if it cannot."""
-        received = envelope.received_header(self.settings.server_name)
+        if received is None:
+            received = envelope.received_header(self.settings.server_name)
         placed: list[Path] = []
         if envelope.mailboxes:
             header = f"Return-Path: <{envelope.sender}>\r\n".encode("utf-8") + received
@@ -187,6 +194,31 @@ class MailServer:
         log.info("%s: from=<%s> to=%s size=%d client=%s local=%d queued=%d", envelope.id,
                  envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients), envelope.size,
                  envelope.client_ip, len(envelope.mailboxes), len(remote))
+
+    def inject(self, sender: str, recipients: list[str], data: bytes) -> str:
+        """Send a message ISMail wrote itself (a bounce): into local Maildirs or the queue.
+
+        A local recipient without a mailbox gets it in the postmaster's instead, so a
+        report is never lost for want of an address.
+        """
+        settings = self.settings
+        envelope = Envelope(id=new_queue_id(), sender=sender, recipients=list(recipients),
+                            helo=settings.server_name, client_ip="127.0.0.1", received_at=time.time(),
+                            size=len(data))
+        for rcpt in recipients:
+            local, _, domain = rcpt.rpartition("@")
+            if settings.is_local_domain(domain):
+                envelope.mailboxes[rcpt] = (self.lookup_mailbox(local, domain)
+                                            or self.lookup_mailbox("postmaster", settings.primary_domain))
+        body = MessageBuffer(self.spill_dir)
+        body.write(data)
+        received = (f"Received: by {settings.server_name} (ISMail) id {envelope.id};\r\n"
+                    f"\t{formatdate(envelope.received_at, localtime=True)}\r\n").encode()
+        try:
+            self.accept_message(envelope, body, received)
+        finally:
+            body.close()
+        return envelope.id
 
 
 def _bind_problem(host: str, port: int, e: OSError) -> str:

@@ -18,6 +18,7 @@ State updates after each delivery attempt rewrite only the small .json, atomical
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .fsutil import atomic_write, next_serial
+from .fsutil import DirSync, atomic_write, next_serial, write_new_file
 
 log = logging.getLogger("ismail.spool")
 
@@ -120,8 +121,9 @@ class QueueEntry:
 class Spool:
     """The outgoing queue: commit entries durably, list them, update their state."""
 
-    def __init__(self, queue_dir: Path) -> None:
+    def __init__(self, queue_dir: Path, dirsync: DirSync | None = None) -> None:
         self.dir = queue_dir
+        self.dirsync = dirsync
         self.messages = queue_dir / "messages"
         self.tmp = queue_dir / "tmp"
         self.corrupt = queue_dir / "corrupt"
@@ -154,19 +156,22 @@ class Spool:
                 log.warning("queue: ignoring unexpected file %s", self.messages / name)
         return ids
 
+    def list_ids(self) -> list[str]:
+        """Ids of the committed entries, oldest first (for the command line, not the hot path)."""
+        if not self.messages.is_dir():
+            return []
+        return sorted(p.stem for p in self.messages.glob("*.json") if not p.name.startswith("."))
+
     def enqueue(self, entry: QueueEntry, header: bytes, body: MessageBuffer) -> None:
         """Write the entry durably; when this returns, it survives a crash."""
         eml = self.messages / f"{entry.id}.eml"
         tmp = self.tmp / f"{entry.id}.{next_serial()}.eml"
         try:
-            with open(tmp, "xb") as f:
-                f.write(header)
-                for chunk in body.chunks():
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            write_new_file(tmp, itertools.chain((header,), body.chunks()))
             os.replace(tmp, eml)
-            atomic_write(self.messages / f"{entry.id}.json", entry.to_json())  # fsyncs messages/
+            # The .json's rename commits the entry; the fsync of messages/ makes both renames last.
+            atomic_write(self.messages / f"{entry.id}.json", entry.to_json(), tmp_dir=self.tmp,
+                         dirsync=self.dirsync)
         except BaseException:
             _remove_quietly(tmp)
             _remove_quietly(eml)
@@ -183,7 +188,8 @@ class Spool:
             raise ValueError(f"queue entry {queue_id} is corrupt and was moved to {self.corrupt}")
 
     def save(self, entry: QueueEntry) -> None:
-        atomic_write(self.messages / f"{entry.id}.json", entry.to_json())
+        atomic_write(self.messages / f"{entry.id}.json", entry.to_json(), tmp_dir=self.tmp,
+                     dirsync=self.dirsync)
 
     def remove(self, queue_id: str) -> None:
         """Delivered or bounced: the .json goes first, so a crash leaves an orphan .eml only."""

@@ -24,11 +24,24 @@ RECEIVER_COUNTERS = (
     "sessions_timed_out",
 )
 
+# The sender's and the queue's ("SMTP Sender", "Outgoing Queue", "Retry Manager").
+SENDER_COUNTERS = (
+    "outgoing_current",
+    "outgoing_total",
+    "messages_sent",
+    "recipients_sent",
+    "deliveries_deferred",
+    "recipients_bounced",
+    "messages_bounced",
+    "queue_length",
+)
+GAUGES = ("connections_current", "outgoing_current", "queue_length")
+
 
 class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[str, int] = dict.fromkeys(RECEIVER_COUNTERS, 0)
+        self._values: dict[str, int] = dict.fromkeys(RECEIVER_COUNTERS + SENDER_COUNTERS, 0)
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -43,11 +56,11 @@ class Stats:
             return dict(self._values)
 
     def reset(self) -> None:
-        """Start counting again; the gauge of open connections stays true."""
+        """Start counting again; the gauges (open connections, queue length) stay true."""
         with self._lock:
-            current = self._values.get("connections_current", 0)
-            self._values = dict.fromkeys(RECEIVER_COUNTERS, 0)
-            self._values["connections_current"] = current
+            kept = {g: self._values.get(g, 0) for g in GAUGES}
+            self._values = dict.fromkeys(RECEIVER_COUNTERS + SENDER_COUNTERS, 0)
+            self._values.update(kept)
 
     def summary(self) -> str:
         snap = self.snapshot()

@@ -1,0 +1,315 @@
+"""The queue manager (Postfix's qmgr): which queued message goes out next, and what then.
+
+Every queue entry is indexed in memory with the time of its next try, in a heap.
+A dispatcher thread hands due entries to a pool of delivery threads whose size is
+``outgoing.max_connections``; each thread holds at most one outgoing connection, so
+the pool size *is* the outgoing limit.  A new limit resizes the pool: threads are
+added at once, and surplus threads retire after the delivery they are doing.
+
+After each attempt the entry's state is saved atomically (or the entry removed when
+every recipient is done), so a crash at worst repeats a delivery, never loses one.
+Per recipient: 2xx done, 5xx bounced, 4xx or no connection retried with a doubling
+interval (``retry.*``), and bounced when ``retry.lifetime_hours`` runs out.  Bounces
+are RFC 3464 reports injected back through MailServer.inject with a null sender;
+a message with a null sender is never bounced: its report goes to the postmaster.
+
+``queue flush`` from another process drops a file named ``flush`` into DATA/queue/;
+the dispatcher looks for it every second.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+from .bounce import FailedRecipient, build_dsn, is_bounce_loop
+from .sender import Result, Sender
+from .spool import QueueEntry
+
+if TYPE_CHECKING:
+    from .service import MailServer
+
+log = logging.getLogger("ismail.scheduler")
+
+BATCH_RECIPIENTS = 50  # recipients of one domain per transaction
+FLUSH_FILE = "flush"
+
+
+def next_delay(attempts: int, first: int, maximum: int) -> int:
+    """Postfix-like back-off: first, 2x, 4x ... capped at maximum (attempts counts from 1)."""
+    return min(first * (2 ** max(attempts - 1, 0)), maximum)
+
+
+class DeliveryPool:
+    """Threads that run delivery jobs; resizable while they work."""
+
+    def __init__(self, size: int, on_idle: Callable[[], None], on_exit: Callable[[], None]) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._size = 0
+        self._alive = 0
+        self._on_idle = on_idle
+        self._on_exit = on_exit
+        self._stopping = False
+        self.resize(size)
+
+    def resize(self, size: int) -> None:
+        with self._lock:
+            self._size = size
+            missing = size - self._alive
+            self._alive += max(missing, 0)
+        for _ in range(max(missing, 0)):
+            threading.Thread(target=self._work, name="delivery", daemon=True).start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._size = 0
+
+    @property
+    def busy_or_waiting(self) -> int:
+        return self._jobs.qsize()
+
+    def _work(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._alive > self._size:  # the limit was lowered: this one retires
+                        self._alive -= 1
+                        return
+                try:
+                    job = self._jobs.get(timeout=1.0)
+                except queue.Empty:
+                    self._on_idle()
+                    continue
+                try:
+                    job()
+                except Exception:
+                    log.exception("a delivery failed unexpectedly")
+        finally:
+            self._on_exit()
+
+
+class QueueManager:
+    def __init__(self, server: "MailServer") -> None:
+        self.server = server
+        self.spool = server.spool
+        self.stats = server.stats
+        self.sender = Sender(server.settings, server.stats)
+        self._cond = threading.Condition()
+        self._entries: dict[str, QueueEntry] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._busy: set[str] = set()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.pool: DeliveryPool | None = None
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def start(self, queued_ids: list[str]) -> None:
+        for qid in queued_ids:
+            try:
+                entry = self.spool.load(qid)
+            except (ValueError, OSError) as e:
+                log.error("%s", e)
+                continue
+            self._entries[qid] = entry
+            self._heap.append((entry.next_try, qid))
+        heapq.heapify(self._heap)
+        self.stats.add("queue_length", len(self._entries) - self.stats.get("queue_length"))
+        self.spool.on_enqueue = self.add
+        self.pool = DeliveryPool(self.server.settings.outgoing.max_connections,
+                                 on_idle=self.sender.close_idle,
+                                 on_exit=lambda: self.sender.close_idle(force=True))
+        self._thread = threading.Thread(target=self._dispatch, name="qmgr", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self.pool is not None:
+            self.pool.stop()
+        deadline = time.monotonic() + grace
+        while self._busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._busy:
+            log.warning("stopped with %d delivery(ies) under way; they will be retried", len(self._busy))
+
+    def apply(self, settings) -> None:
+        self.sender.apply(settings)
+        if self.pool is not None:
+            self.pool.resize(settings.outgoing.max_connections)
+
+    def add(self, entry: QueueEntry) -> None:
+        with self._cond:
+            self._entries[entry.id] = entry
+            heapq.heappush(self._heap, (entry.next_try, entry.id))
+            self._cond.notify()
+        self.stats.add("queue_length")
+
+    def flush(self) -> None:
+        """Everything deferred is due now."""
+        with self._cond:
+            self._heap = [(0.0, qid) for qid in self._entries if qid not in self._busy]
+            heapq.heapify(self._heap)
+            self._cond.notify()
+        log.info("queue flush: %d message(s) due now", len(self._heap))
+
+    def entries(self) -> list[QueueEntry]:
+        with self._cond:
+            return list(self._entries.values())
+
+    # -- dispatching ----------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        flush_file = self.spool.dir / FLUSH_FILE
+        next_check = 0.0
+        while True:
+            due: list[str] = []
+            with self._cond:
+                if self._stopping:
+                    return
+                now = time.time()
+                while self._heap and self._heap[0][0] <= now:
+                    _, qid = heapq.heappop(self._heap)
+                    if qid in self._entries and qid not in self._busy:
+                        self._busy.add(qid)
+                        due.append(qid)
+                if not due:
+                    wait = self._heap[0][0] - now if self._heap else 1.0
+                    self._cond.wait(min(max(wait, 0.01), 1.0))
+            for qid in due:
+                self.pool.submit(lambda qid=qid: self._deliver(qid))
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1.0
+                if flush_file.exists():
+                    flush_file.unlink(missing_ok=True)
+                    self.flush()
+
+    # -- one message ----------------------------------------------------------------------------
+    def _deliver(self, qid: str) -> None:
+        entry = self._entries.get(qid)
+        try:
+            if entry is not None:
+                self._attempt(entry)
+        except OSError as e:
+            log.error("%s: cannot read or update the queue entry: %s", qid, e)
+            self._reschedule(entry, time.time() + self.server.settings.retry.first_seconds)
+        finally:
+            with self._cond:
+                self._busy.discard(qid)
+
+    def _attempt(self, entry: QueueEntry) -> None:
+        settings = self.server.settings
+        path = self.spool.message_path(entry.id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            log.info("%s: gone from the queue (deleted)", entry.id)
+            self._forget(entry)
+            return
+        pending = [r for r in entry.recipients if r.state == "pending"]
+        failed: list[FailedRecipient] = []
+        if is_bounce_loop(data):
+            for r in pending:
+                r.state, r.last_error = "bounced", "5.4.6 Too many Received: headers: mail forwarding loop"
+                failed.append(FailedRecipient(r.address, "5.4.6", r.last_error))
+            pending = []
+        by_domain: dict[str, list] = {}
+        for r in pending:
+            by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r)
+        now = time.time()
+        for domain, rcpts in by_domain.items():
+            for i in range(0, len(rcpts), BATCH_RECIPIENTS):
+                batch = rcpts[i:i + BATCH_RECIPIENTS]
+                results = self.sender.deliver(entry.sender, [r.address for r in batch], domain, data,
+                                              entry.smtputf8, entry.body)
+                for r in batch:
+                    self._record(entry, r, results[r.address], failed)
+        entry.attempts += 1
+        left = [r for r in entry.recipients if r.state == "pending"]
+        expired = now >= entry.arrival + settings.retry.lifetime_hours * 3600
+        if left and expired:
+            for r in left:
+                r.state = "bounced"
+                failed.append(FailedRecipient(r.address, "5.4.7", f"Gave up after {settings.retry.lifetime_hours}"
+                                              f" hours: {r.last_error}"))
+            left = []
+        if failed:
+            self._bounce(entry, data, failed)
+        if not left:
+            self.spool.remove(entry.id)
+            self._forget(entry)
+            if not failed:
+                self.stats.add("messages_sent")
+            return
+        delay = next_delay(entry.attempts, settings.retry.first_seconds, settings.retry.max_interval_seconds)
+        entry.next_try = time.time() + delay
+        entry.last_error = left[0].last_error
+        self._maybe_warn(entry, data)
+        if self.spool.message_path(entry.id).exists():  # not deleted meanwhile by `queue delete`
+            self.spool.save(entry)
+        self.stats.add("deliveries_deferred", len(left))
+        log.info("%s: deferred %d recipient(s), next try in %ds: %s", entry.id, len(left), delay,
+                 entry.last_error)
+        self._reschedule(entry, entry.next_try)
+
+    def _record(self, entry: QueueEntry, r, result: Result, failed: list[FailedRecipient]) -> None:
+        r.attempts += 1
+        r.last_error = result.text
+        if result.sent:
+            r.state = "sent"
+            self.stats.add("recipients_sent")
+            log.info("%s: to=<%s> relay=%s status=sent (%s)", entry.id, r.address, result.remote, result.text)
+        elif result.permanent:
+            r.state = "bounced"
+            failed.append(FailedRecipient(r.address, result.status(), result.text, result.remote))
+            self.stats.add("recipients_bounced")
+            log.info("%s: to=<%s> relay=%s status=bounced (%s)", entry.id, r.address,
+                     result.remote or "none", result.text)
+        else:
+            log.info("%s: to=<%s> relay=%s status=deferred (%s)", entry.id, r.address,
+                     result.remote or "none", result.text)
+
+    def _bounce(self, entry: QueueEntry, data: bytes, failed: list[FailedRecipient], delayed: bool = False) -> None:
+        settings = self.server.settings
+        postmaster = f"postmaster@{settings.primary_domain}"
+        to = entry.sender or postmaster  # a bounce is never bounced: the postmaster hears of it
+        report = build_dsn(reporting_mta=settings.server_name,
+                           postmaster=f"MAILER-DAEMON@{settings.primary_domain}", to=to,
+                           queue_id=entry.id, arrival=entry.arrival, recipients=failed, original=data,
+                           retry_until=entry.arrival + settings.retry.lifetime_hours * 3600)
+        if not entry.sender:
+            log.warning("%s: undeliverable message with a null sender: report sent to %s", entry.id, to)
+        self.server.inject(sender="", recipients=[to], data=report)
+        if not delayed:
+            self.stats.add("messages_bounced")
+
+    def _maybe_warn(self, entry: QueueEntry, data: bytes) -> None:
+        warn = self.server.settings.retry.warn_hours
+        if not warn or not entry.sender or entry.extra.get("warned"):
+            return
+        if time.time() < entry.arrival + warn * 3600:
+            return
+        delayed = [FailedRecipient(r.address, "4.4.1", r.last_error, action="delayed")
+                   for r in entry.recipients if r.state == "pending"]
+        self._bounce(entry, data, delayed, delayed=True)
+        entry.extra["warned"] = True
+
+    def _reschedule(self, entry: QueueEntry | None, when: float) -> None:
+        if entry is None:
+            return
+        with self._cond:
+            if entry.id in self._entries:
+                heapq.heappush(self._heap, (when, entry.id))
+                self._cond.notify()
+
+    def _forget(self, entry: QueueEntry) -> None:
+        with self._cond:
+            if self._entries.pop(entry.id, None) is not None:
+                self.stats.add("queue_length", -1)
