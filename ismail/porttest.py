@@ -220,6 +220,9 @@ def _tls_problem(e: ssl.SSLError) -> str:
     if isinstance(e, ssl.SSLCertVerificationError):
         return (f"the server's certificate could not be verified ({e.verify_message}); if the "
                 "SmartHost uses a self-signed certificate, turn off \"Verify certificate\".")
+    if e.reason == "WRONG_VERSION_NUMBER":  # a plain-text greeting where TLS was expected
+        return ("the server does not speak TLS from the start on this port: choose STARTTLS, "
+                "or the port for TLS (usually 465).")
     return f"the TLS handshake failed ({e.reason or e})."
 
 
@@ -251,6 +254,7 @@ def test_smarthost(sh: SmartHostSettings, server_name: str, timeout: float = 20.
         smtp: smtplib.SMTP = smtplib.SMTP_SSL(local_hostname=server_name, timeout=timeout, context=ctx)
     else:
         smtp = smtplib.SMTP(local_hostname=server_name, timeout=timeout)
+    smtp._host = sh.host  # the name TLS checks the certificate against (smtplib sets it only in __init__)
     try:
         if not _connect(smtp, sh, where, timeout, step):
             return steps
@@ -268,7 +272,7 @@ def test_smarthost(sh: SmartHostSettings, server_name: str, timeout: float = 20.
             _auth(smtp, sh, step)
     except smtplib.SMTPServerDisconnected as e:
         step("Connection", False, f"{where} closed the connection: {e}")
-    except (smtplib.SMTPException, OSError) as e:
+    except (smtplib.SMTPException, OSError, ValueError) as e:
         step("Connection", False, f"{where}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
     finally:
         try:
@@ -320,8 +324,12 @@ def _auth(smtp: smtplib.SMTP, sh: SmartHostSettings, step: Callable[[str, bool, 
     try:
         code, msg = smtp.login(sh.account, sh.password)
     except smtplib.SMTPAuthenticationError as e:
-        return step("AUTH", False, f"the server refused the account name or password: "
-                                   f"{_reply_text(e.smtp_code, e.smtp_error)}")
+        answer = _reply_text(e.smtp_code, e.smtp_error)
+        if 500 <= e.smtp_code < 600:
+            return step("AUTH", False, f"the server refused the account name or password: {answer}")
+        if 400 <= e.smtp_code < 500:
+            return step("AUTH", False, f"the server cannot check the login just now: {answer}")
+        return step("AUTH", False, f"the server gave an unexpected answer to the login: {answer}")
     except smtplib.SMTPNotSupportedError:
         return step("AUTH", False, "the server offers no login method ISMail knows "
                                    "(CRAM-MD5, PLAIN or LOGIN).")

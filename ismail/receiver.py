@@ -19,7 +19,6 @@ import os
 import queue
 import socket
 import socketserver
-import struct
 import threading
 import time
 from typing import Callable
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 from .limits import PER_HOST, Slot
 from .replies import reply
 from .session import Session
+from .sockets import WAITED, no_delay, set_io_timeout
 
 if TYPE_CHECKING:
     from .service import MailServer
@@ -36,32 +36,6 @@ log = logging.getLogger("ismail.receiver")
 
 POLL_SECONDS = 1.0
 RECV_BYTES = 65536
-# What a read or write that waited POLL_SECONDS raises, on either kind of socket below.
-WAITED = (socket.timeout, BlockingIOError)
-
-
-def prepare_socket(sock: socket.socket) -> None:
-    """Make reads and writes give up after POLL_SECONDS, so the thread can look around.
-
-    POSIX: a blocking socket with kernel time-outs (SO_RCVTIMEO/SO_SNDTIMEO) costs one
-    system call per read; Python's own time-out adds a poll() before each, and every
-    system call hands the GIL over once more.  Windows: Python's own time-out, because
-    there a socket whose SO_RCVTIMEO expired is documented as unusable afterwards.
-    """
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-    if os.name == "nt":
-        sock.settimeout(POLL_SECONDS)
-        return
-    sock.settimeout(None)
-    whole = int(POLL_SECONDS)
-    timeval = struct.pack("@ll", whole, int((POLL_SECONDS - whole) * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-
-
 def client_ip(address: str) -> str:
     """The client's address as the limits and trusted networks see it (no IPv4-mapped form)."""
     try:
@@ -202,7 +176,8 @@ class Connection:
     def run(self) -> None:
         ms, sock, session = self.ms, self.sock, self.session
         started = time.monotonic()
-        prepare_socket(sock)
+        no_delay(sock)
+        set_io_timeout(sock, POLL_SECONDS)  # short waits, so the thread can look around
         self._send(session.greeting())
         deadline = time.monotonic() + self.timeout
         while not session.closing:

@@ -18,9 +18,9 @@ the dispatcher looks for it every second.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
-import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
@@ -36,6 +36,7 @@ log = logging.getLogger("ismail.scheduler")
 
 BATCH_RECIPIENTS = 50  # recipients of one domain per transaction
 FLUSH_FILE = "flush"
+FRESH_BYTES = 32 * 1024 * 1024  # at most this much of newly queued mail is kept in memory
 
 
 def next_delay(attempts: int, first: int, maximum: int) -> int:
@@ -44,54 +45,93 @@ def next_delay(attempts: int, first: int, maximum: int) -> int:
 
 
 class DeliveryPool:
-    """Threads that run delivery jobs; resizable while they work."""
+    """Threads that run delivery jobs; at most ``size`` at once, resizable while they work.
+
+    The next job goes to the thread that became idle *last*, and a thread that finishes
+    a job takes the next waiting one itself.  When destinations answer fast, a few hot
+    threads do all the work and the rest sleep: twenty threads taking turns would spend
+    more time handing the GIL around than sending mail.  A slow destination keeps its
+    thread busy, and the next job simply wakes another.
+    """
+
+    class _Worker:
+        def __init__(self) -> None:
+            self.wake = threading.Event()
+            self.job: Callable[[], None] | None = None
 
     def __init__(self, size: int, on_idle: Callable[[], None], on_exit: Callable[[], None]) -> None:
-        self._jobs: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
-        self._size = 0
+        self._size = size
         self._alive = 0
+        self._idle: list[DeliveryPool._Worker] = []   # a stack: the last one in goes out first
+        self._backlog: collections.deque = collections.deque()
         self._on_idle = on_idle
         self._on_exit = on_exit
-        self._stopping = False
-        self.resize(size)
 
     def resize(self, size: int) -> None:
         with self._lock:
             self._size = size
-            missing = size - self._alive
-            self._alive += max(missing, 0)
-        for _ in range(max(missing, 0)):
-            threading.Thread(target=self._work, name="delivery", daemon=True).start()
+            wake = list(self._idle) if self._alive > size else []
+            start = []
+            while self._backlog and self._alive < size:
+                start.append(self._backlog.popleft())
+                self._alive += 1
+        for worker in wake:  # surplus idle threads retire now, busy ones after their job
+            worker.wake.set()
+        for job in start:
+            self._start(job)
 
     def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
+        with self._lock:
+            if self._idle:
+                worker = self._idle.pop()
+                worker.job = job
+            elif self._alive < self._size:
+                self._alive += 1
+                worker = None
+            else:
+                self._backlog.append(job)
+                return
+        if worker is None:
+            self._start(job)
+        else:
+            worker.wake.set()
 
     def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            self._size = 0
+        self.resize(0)
 
     @property
-    def busy_or_waiting(self) -> int:
-        return self._jobs.qsize()
+    def waiting(self) -> int:
+        return len(self._backlog)
 
-    def _work(self) -> None:
+    def _start(self, job: Callable[[], None]) -> None:
+        worker = DeliveryPool._Worker()
+        worker.job = job
+        threading.Thread(target=self._work, args=(worker,), name="delivery", daemon=True).start()
+
+    def _work(self, me: "DeliveryPool._Worker") -> None:
         try:
             while True:
+                job, me.job = me.job, None
+                if job is not None:
+                    try:
+                        job()
+                    except Exception:
+                        log.exception("a delivery failed unexpectedly")
                 with self._lock:
                     if self._alive > self._size:  # the limit was lowered: this one retires
                         self._alive -= 1
+                        if me in self._idle:
+                            self._idle.remove(me)
                         return
-                try:
-                    job = self._jobs.get(timeout=1.0)
-                except queue.Empty:
-                    self._on_idle()
-                    continue
-                try:
-                    job()
-                except Exception:
-                    log.exception("a delivery failed unexpectedly")
+                    if self._backlog:
+                        me.job = self._backlog.popleft()
+                        continue
+                    if me not in self._idle:
+                        me.wake.clear()
+                        self._idle.append(me)
+                if not me.wake.wait(1.0):
+                    self._on_idle()  # hang up a cached connection nobody used lately
         finally:
             self._on_exit()
 
@@ -106,6 +146,8 @@ class QueueManager:
         self._entries: dict[str, QueueEntry] = {}
         self._heap: list[tuple[float, str]] = []
         self._busy: set[str] = set()
+        self._fresh: dict[str, bytes] = {}  # messages not yet tried, as they were received
+        self._fresh_bytes = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.pool: DeliveryPool | None = None
@@ -146,12 +188,22 @@ class QueueManager:
         if self.pool is not None:
             self.pool.resize(settings.outgoing.max_connections)
 
-    def add(self, entry: QueueEntry) -> None:
+    def add(self, entry: QueueEntry, data: bytes | None = None) -> None:
+        """A new entry (called by the spool right after it is committed)."""
+        due_now = entry.next_try <= time.time() and self.pool is not None
         with self._cond:
             self._entries[entry.id] = entry
-            heapq.heappush(self._heap, (entry.next_try, entry.id))
-            self._cond.notify()
+            if data is not None and self._fresh_bytes + len(data) <= FRESH_BYTES:
+                self._fresh[entry.id] = data
+                self._fresh_bytes += len(data)
+            if due_now:
+                self._busy.add(entry.id)  # straight to a delivery thread, no detour via the heap
+            else:
+                heapq.heappush(self._heap, (entry.next_try, entry.id))
+                self._cond.notify()
         self.stats.add("queue_length")
+        if due_now:
+            self.pool.submit(lambda: self._deliver(entry.id))
 
     def flush(self) -> None:
         """Everything deferred is due now."""
@@ -206,9 +258,12 @@ class QueueManager:
 
     def _attempt(self, entry: QueueEntry) -> None:
         settings = self.server.settings
-        path = self.spool.message_path(entry.id)
+        with self._cond:
+            data = self._fresh.pop(entry.id, None)
+            self._fresh_bytes -= len(data) if data is not None else 0
         try:
-            data = path.read_bytes()
+            if data is None or not self.spool.message_path(entry.id).exists():
+                data = self.spool.message_path(entry.id).read_bytes()
         except FileNotFoundError:
             log.info("%s: gone from the queue (deleted)", entry.id)
             self._forget(entry)
@@ -311,5 +366,7 @@ class QueueManager:
 
     def _forget(self, entry: QueueEntry) -> None:
         with self._cond:
+            data = self._fresh.pop(entry.id, None)
+            self._fresh_bytes -= len(data) if data is not None else 0
             if self._entries.pop(entry.id, None) is not None:
                 self.stats.add("queue_length", -1)

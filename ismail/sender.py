@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .dns import DNSError, DNSTemporaryError, NXDomain, Resolver
+from .sockets import no_delay, set_io_timeout
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -41,6 +42,7 @@ log = logging.getLogger("ismail.sender")
 
 MAX_MX_HOSTS = 5
 CONNECT_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 300.0  # a reply, or the end of DATA (Postfix waits 300 s and 600 s)
 CACHE_IDLE_SECONDS = 5.0
 CACHE_MAX_MESSAGES = 100
 
@@ -285,6 +287,8 @@ class Sender:
                 smtp = smtplib.SMTP(local_hostname=name, timeout=CONNECT_TIMEOUT)
             smtp._host = dest.host  # the name TLS checks the certificate against; we connect to the IP
             code, text = smtp.connect(address, dest.port)
+            no_delay(smtp.sock)
+            set_io_timeout(smtp.sock, COMMAND_TIMEOUT)
         except (OSError, smtplib.SMTPException, DNSError) as e:
             raise HostFailure(Result(0, f"4.4.1 Cannot connect to {dest.label}: {_why(e)}", dest.host))
         self.stats.add("outgoing_current")
@@ -319,6 +323,7 @@ class Sender:
         wants = dest.tls in ("starttls", "starttls-optional", "opportunistic")
         if wants and smtp.has_extn("starttls"):
             smtp.starttls(context=_context(dest.verify))
+            set_io_timeout(smtp.sock, COMMAND_TIMEOUT)  # the TLS socket is a new object
             smtp.ehlo()
         elif dest.tls == "starttls":
             raise HostFailure(Result(0, f"4.7.4 {dest.host} does not offer STARTTLS "

@@ -127,7 +127,9 @@ class Spool:
         self.messages = queue_dir / "messages"
         self.tmp = queue_dir / "tmp"
         self.corrupt = queue_dir / "corrupt"
-        self.on_enqueue: Callable[[QueueEntry], None] | None = None  # the scheduler hooks in here
+        # The scheduler hooks in here; it gets the message too when it is small, so the
+        # first delivery attempt need not read back what was just written.
+        self.on_enqueue: Callable[[QueueEntry, bytes | None], None] | None = None
 
     def prepare(self) -> list[str]:
         """Create the folders, clear leftovers of a crash, set aside what cannot be read.
@@ -177,7 +179,8 @@ class Spool:
             _remove_quietly(eml)
             raise
         if self.on_enqueue is not None:
-            self.on_enqueue(entry)
+            small = body.size <= SPILL_BYTES
+            self.on_enqueue(entry, header + b"".join(body.chunks()) if small else None)
 
     def load(self, queue_id: str) -> QueueEntry:
         """Read an entry; a broken one is moved to corrupt/ and ValueError raised."""

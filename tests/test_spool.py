@@ -31,14 +31,15 @@ class SpoolTest(unittest.TestCase):
 
     def test_enqueue_commits_message_and_envelope(self):
         seen = []
-        self.spool.on_enqueue = seen.append
+        self.spool.on_enqueue = lambda entry, data: seen.append((entry, data))
         body = buffer_of(self.spool.tmp, b"Subject: q\r\n\r\n", b"text\r\n")
         self.spool.enqueue(self.entry(), b"Received: x\r\n", body)
         self.assertEqual(self.spool.message_path("0000000000001000").read_bytes(),
                          b"Received: x\r\nSubject: q\r\n\r\ntext\r\n")
         loaded = self.spool.load("0000000000001000")
         self.assertEqual(loaded, self.entry())
-        self.assertEqual([e.id for e in seen], ["0000000000001000"])
+        self.assertEqual([(e.id, data) for e, data in seen],
+                         [("0000000000001000", b"Received: x\r\nSubject: q\r\n\r\ntext\r\n")])
         self.assertEqual(list(self.spool.tmp.iterdir()), [])
 
     def test_prepare_keeps_complete_entries_and_removes_crash_leftovers(self):
