@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ismail.fsutil import atomic_write
+from ismail.winplatform import portable_data_dir
 
 log = logging.getLogger("ismail.config")
 
 SETTINGS_FILE = "ismail.json"
 TLS_MODES = ("none", "starttls", "starttls-optional", "tls")
-_LISTEN_FORM = 'expected "ip:port", e.g. "0.0.0.0:25" or "[::]:25"'
+_LISTEN_FORM = ('expected "ip:port", e.g. "0.0.0.0:25" or "[::]:25", optionally followed by '
+                '"tls" (implicit TLS, port 465) or "submission" (AUTH needed to relay, port 587)')
 _DNS_FORM = 'expected "ip" or "ip:port", e.g. "192.0.2.53", "192.0.2.53:5353" or "[2001:db8::53]:53"'
 _HOST_FORM = 'expected letters, digits and hyphens in dot-separated labels, e.g. "mail.example.com"'
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?", re.ASCII)
@@ -99,6 +101,62 @@ class SmartHostSettings:
 @dataclass
 class TimeoutSettings:
     command_seconds: int = 300
+    session_seconds: int = 1800   # a whole session, however busy (slow-drip clients)
+    min_data_rate: int = 500      # bytes/second a client must keep up during DATA (after 30 s)
+
+
+@dataclass
+class TLSSettings:
+    certificate: str = ""         # PEM file; STARTTLS is offered only when both are set
+    key: str = ""
+
+
+@dataclass
+class AuthSettings:
+    allow_plaintext: bool = False     # offer AUTH without TLS to clients outside trusted_networks
+    require_for_relay: bool = False   # even trusted networks must log in to relay
+    enforce_sender: bool = False      # MAIL FROM must be the logged-in account
+    ban_after_failures: int = 3       # hMailServer's defaults
+    ban_window_minutes: int = 30
+    ban_minutes: int = 60
+
+
+@dataclass
+class AccessSettings:
+    blocked: list[str] = field(default_factory=list)   # CIDR list refused at connect
+
+
+@dataclass(frozen=True)
+class ListenEntry:
+    """One listening address with its flags: "0.0.0.0:465 tls", "0.0.0.0:587 submission"."""
+
+    host: str
+    port: int
+    tls: bool = False          # implicit TLS from the first byte (port 465)
+    submission: bool = False   # relaying needs AUTH here, whoever the client is
+
+    @property
+    def label(self) -> str:
+        addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return addr + (" tls" if self.tls else "") + (" submission" if self.submission else "")
+
+
+LISTEN_FLAGS = ("tls", "submission")
+
+
+def parse_listen(text: str) -> ListenEntry:
+    """ "ip:port" and optional flag words; ValueError with a reason fit for the user."""
+    if not isinstance(text, str):
+        raise ValueError("expected a string")
+    words = text.split()
+    if not words:
+        raise ValueError("the entry is empty")
+    host, port = split_host_port(words[0], need_port=True)
+    flags = [w.lower() for w in words[1:]]
+    for flag in flags:
+        if flag not in LISTEN_FLAGS:
+            raise ValueError(f"unknown flag {flag!r} (allowed: {', '.join(LISTEN_FLAGS)})")
+    return ListenEntry(host, port, "tls" in flags, "submission" in flags)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -111,18 +169,23 @@ class RetrySettings:
 
 _SECTIONS: dict[str, type] = {
     "incoming": IncomingSettings, "outgoing": OutgoingSettings, "smarthost": SmartHostSettings,
-    "timeouts": TimeoutSettings, "retry": RetrySettings,
+    "timeouts": TimeoutSettings, "retry": RetrySettings, "tls": TLSSettings, "auth": AuthSettings,
+    "access": AccessSettings,
 }
 _RANGES: dict[str, tuple[int, int]] = {
     "incoming.max_connections": (10, 100), "incoming.max_per_host": (1, 10),
     "outgoing.max_connections": (1, 20), "outgoing.mx_port": (1, 65535),
     "max_message_size_mb": (1, 2000), "smarthost.port": (1, 65535),
-    "timeouts.command_seconds": (10, 3600),
+    "timeouts.command_seconds": (10, 3600), "timeouts.session_seconds": (60, 86400),
+    "timeouts.min_data_rate": (0, 1_000_000),
+    "auth.ban_after_failures": (1, 100), "auth.ban_window_minutes": (1, 1440),
+    "auth.ban_minutes": (1, 10080),
     "retry.first_seconds": (1, 86400), "retry.max_interval_seconds": (1, 86400),
     "retry.lifetime_hours": (1, 720), "retry.warn_hours": (0, 720),
 }
 _BOOLS = ("smarthost.enabled", "smarthost.exclusive", "smarthost.authenticate",
-          "smarthost.verify_certificate")
+          "smarthost.verify_certificate", "auth.allow_plaintext", "auth.require_for_relay",
+          "auth.enforce_sender")
 
 
 def split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
@@ -178,6 +241,9 @@ class Settings:
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     dns_servers: list[str] = field(default_factory=list)
     retry: RetrySettings = field(default_factory=RetrySettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
     extra: dict = field(default_factory=dict)
 
     def local_domains(self) -> frozenset[str]:
@@ -188,7 +254,10 @@ class Settings:
 
     def listen_addresses(self) -> list[tuple[str, int]]:
         """[("0.0.0.0", 25), ("::", 2525)]; raises ValueError on an entry validate() would refuse."""
-        return [split_host_port(entry, need_port=True) for entry in self.listen]  # type: ignore[misc]
+        return [(e.host, e.port) for e in self.listen_entries()]
+
+    def listen_entries(self) -> list[ListenEntry]:
+        return [parse_listen(entry) for entry in self.listen]
 
     def trusted_network_objects(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]
@@ -302,7 +371,15 @@ def validate(settings: Settings) -> list[FieldError]:
                 errors.append(_err("additional_domains", d, "is listed twice "
                                    "(each domain may be listed only once)", label))
             seen.add(d.lower())
-    _check_list(errors, "listen", settings.listen, _LISTEN_FORM, lambda t: _reason(split_host_port, t, True))
+    _check_list(errors, "listen", settings.listen, _LISTEN_FORM, lambda t: _reason(parse_listen, t))
+    if isinstance(settings.listen, list):
+        hosts = [_reason(parse_listen, t) is None and parse_listen(t) for t in settings.listen]
+        pairs = [(e.host, e.port) for e in hosts if e]
+        if len(pairs) != len(set(pairs)):
+            errors.append(_err("listen", settings.listen, "lists one address and port twice"))
+        if any(e and e.tls for e in hosts) and not settings.tls.certificate:
+            errors.append(_err("listen", settings.listen, 'has a "tls" listener, which needs '
+                               "tls.certificate and tls.key"))
     if settings.listen == []:
         errors.append(_err("listen", [], f"is not valid: at least one address is needed ({_LISTEN_FORM})"))
 
@@ -338,6 +415,15 @@ def validate(settings: Settings) -> list[FieldError]:
     if not isinstance(sh.tls, str) or sh.tls not in TLS_MODES:
         errors.append(_err("smarthost.tls", sh.tls, "is not valid (expected one of "
                            + ", ".join(f'"{m}"' for m in TLS_MODES) + ")"))
+    for key in ("tls.certificate", "tls.key"):
+        if not isinstance(value_of(key), str):
+            errors.append(_err(key, value_of(key), "is not a string (expected the path of a PEM file)"))
+    if bool(settings.tls.certificate) != bool(settings.tls.key):
+        errors.append(_err("tls.key" if settings.tls.certificate else "tls.certificate", "",
+                           "is not valid: tls.certificate and tls.key go together (PEM files)"))
+    _check_list(errors, "access.blocked", settings.access.blocked,
+                'expected networks such as "203.0.113.0/24" or "2001:db8::/32"',
+                lambda t: _reason(ipaddress.ip_network, t, False))
     _check_list(errors, "dns_servers", settings.dns_servers, _DNS_FORM,
                 lambda t: _reason(split_host_port, t, False))
     if not isinstance(settings.extra, dict):
@@ -417,8 +503,11 @@ def default_data_dir(environ: Mapping[str, str] = os.environ, platform: str = sy
 
 def resolve_data_dir(cli_value: str | None, environ: Mapping[str, str] = os.environ,
                      platform: str = sys.platform) -> Path:
-    """--data-dir wins over everything else."""
-    return Path(cli_value) if cli_value else default_data_dir(environ, platform)
+    """--data-dir wins over everything else; then a portable copy's own folder (portable.txt
+    beside the .exe: whoever put it there wants this copy's data to travel with it)."""
+    if cli_value:
+        return Path(cli_value)
+    return portable_data_dir() or default_data_dir(environ, platform)
 
 
 def settings_path(data_dir: Path) -> Path:

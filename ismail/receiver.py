@@ -17,13 +17,16 @@ import ipaddress
 import logging
 import os
 import queue
+import select
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from typing import Callable
 from typing import TYPE_CHECKING
 
+from .config import ListenEntry
 from .limits import PER_HOST, Slot
 from .replies import reply
 from .session import Session
@@ -36,6 +39,10 @@ log = logging.getLogger("ismail.receiver")
 
 POLL_SECONDS = 1.0
 RECV_BYTES = 65536
+HANDSHAKE_SECONDS = 30.0
+STRESS_SHARE = 0.8      # at 80 % of the total limit, the server counts as busy
+STRESS_TIMEOUT = 10     # seconds an idle client may take then (Postfix: smtpd_timeout ${stress?10})
+DATA_RATE_GRACE = 30.0  # seconds before the minimum data rate is enforced
 def client_ip(address: str) -> str:
     """The client's address as the limits and trusted networks see it (no IPv4-mapped form)."""
     try:
@@ -91,11 +98,12 @@ class Listener(socketserver.ThreadingTCPServer):
     # On Windows SO_REUSEADDR would let another program take over the port; see server_bind.
     allow_reuse_address = os.name != "nt"
 
-    def __init__(self, host: str, port: int, mail_server: "MailServer") -> None:
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    def __init__(self, entry: ListenEntry, mail_server: "MailServer") -> None:
+        self.address_family = socket.AF_INET6 if ":" in entry.host else socket.AF_INET
         self.mail_server = mail_server
-        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        super().__init__((host, port), _Handler)
+        self.entry = entry
+        self.label = entry.label
+        super().__init__((entry.host, entry.port), _Handler)
 
     def server_bind(self) -> None:
         if os.name == "nt" and hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
@@ -108,6 +116,12 @@ class Listener(socketserver.ThreadingTCPServer):
     def process_request(self, request: socket.socket, client_address) -> None:
         ms = self.mail_server
         ip = client_ip(client_address[0])
+        barred = ms.guard.refused(ip)
+        if barred:
+            ms.stats.add("connections_refused_access")
+            _say(request, reply(554, "5.7.1", f"{ms.settings.server_name} Access denied"))
+            self.shutdown_request(request)
+            return
         slot = ms.limiter.acquire(ip)
         if not isinstance(slot, Slot):
             _refuse(ms, request, ip, slot)
@@ -123,13 +137,18 @@ class Listener(socketserver.ThreadingTCPServer):
             raise
 
     def _serve(self, request: socket.socket, client_address, ip: str, slot: Slot) -> None:
-        conn = Connection(self.mail_server, request, ip, client_address[1], slot)
+        conn = Connection(self.mail_server, request, ip, client_address[1], slot, self.entry)
         try:
             conn.run()
         except Exception:
             log.exception("%s: session ended by an unexpected error", ip)
         finally:
             self._finished(ip, slot)
+            if conn.sock is not request:  # the TLS socket took over the connection
+                try:
+                    conn.sock.close()
+                except OSError:
+                    pass
             self.shutdown_request(request)
 
     def _finished(self, ip: str, slot: Slot) -> None:
@@ -153,9 +172,14 @@ def _refuse(ms: "MailServer", sock: socket.socket, ip: str, which: str) -> None:
         ms.stats.add("connections_refused_total_limit")
         text = "Too many connections (total limit), try again later"
     log.warning("refused connection from %s: %s limit reached", ip, which)
+    _say(sock, reply(421, "4.7.0", f"{ms.settings.server_name} {text}"))
+
+
+def _say(sock: socket.socket, data: bytes) -> None:
+    """One reply on a connection we are about to close, from the accepting thread."""
     try:
         sock.setblocking(False)  # a fresh socket's send buffer is empty: this never waits
-        sock.send(reply(421, "4.7.0", f"{ms.settings.server_name} {text}"))
+        sock.send(data)
     except OSError:
         pass
 
@@ -163,49 +187,132 @@ def _refuse(ms: "MailServer", sock: socket.socket, ip: str, which: str) -> None:
 class Connection:
     """One client, from greeting to hang-up."""
 
-    def __init__(self, ms: "MailServer", sock: socket.socket, ip: str, port: int, slot: Slot) -> None:
+    def __init__(self, ms: "MailServer", sock: socket.socket, ip: str, port: int, slot: Slot,
+                 entry: ListenEntry) -> None:
         self.ms = ms
         self.sock = sock
         self.ip = ip
         self.port = port
         self.slot = slot
+        self.entry = entry
         policy = ms.policy
-        self.timeout = policy.settings.timeouts.command_seconds
-        self.session = Session(ms, policy, ip, trusted=policy.is_trusted(ip))
+        timeouts = policy.settings.timeouts
+        self.timeout = timeouts.command_seconds
+        self.session_seconds = timeouts.session_seconds
+        self.min_data_rate = timeouts.min_data_rate
+        self.tls = ms.tls_context
+        self.session = Session(ms, policy, ip, trusted=policy.is_trusted(ip),
+                               tls_available=self.tls is not None, tls_active=entry.tls,
+                               submission=entry.submission)
 
     def run(self) -> None:
-        ms, sock, session = self.ms, self.sock, self.session
+        ms, session = self.ms, self.session
         started = time.monotonic()
-        no_delay(sock)
-        set_io_timeout(sock, POLL_SECONDS)  # short waits, so the thread can look around
+        no_delay(self.sock)
+        if self.entry.tls and not self._handshake():
+            return
+        if not self.entry.tls and _talks_first(self.sock):
+            # Real mail servers wait for the greeting; spam bots often do not (Postfix's
+            # postscreen calls it "pregreet").
+            ms.stats.add("protocol_errors")
+            log.info("%s: talked before the greeting: disconnected", self.ip)
+            self._send(reply(554, "5.5.1", f"{ms.settings.server_name} Protocol error: "
+                                           "you talked before the greeting"))
+            return
+        self._wait_style()
         self._send(session.greeting())
-        deadline = time.monotonic() + self.timeout
+        last_lines, idle_since = 0, time.monotonic()
+        data_since, data_bytes = 0.0, 0
+        session_end = started + self.session_seconds
         while not session.closing:
             try:
-                data = sock.recv(RECV_BYTES)
+                data = self.sock.recv(RECV_BYTES)
             except WAITED:
-                if ms.stopping and not session.in_transaction:
-                    self._send(session.shutdown_reply())
-                elif time.monotonic() > deadline:
-                    ms.stats.add("sessions_timed_out")
-                    log.info("%s: timeout after %ss idle", self.ip, self.timeout)
-                    self._send(session.timeout_reply())
-                continue
+                data = None
             except OSError:
                 break
+            now = time.monotonic()
+            if data is None:
+                if ms.stopping and not session.in_transaction:
+                    self._send(session.shutdown_reply())
+                else:
+                    self._check_time(now, idle_since, data_since, data_bytes, session_end)
+                continue
             if not data:
                 break
             out = session.feed(data)
-            deadline = time.monotonic() + self.timeout
+            if session.lines != last_lines:  # a whole line arrived: that is progress
+                last_lines, idle_since = session.lines, now
+            if session.in_data:
+                if not data_since:
+                    data_since, data_bytes = now, 0
+                data_bytes += len(data)
+            else:
+                data_since = 0.0
             if session.closing:
                 ms.limiter.release(self.slot)  # before the 221: a client reconnecting at once fits
+            if session.delay:
+                time.sleep(min(session.delay, 10.0))
+                session.delay = 0.0
             if out:
                 self._send(out)
+            if session.starttls and not session.closing:
+                if not self._handshake():
+                    break
+                session.tls_started()
+                continue
+            self._check_time(now, idle_since, data_since, data_bytes, session_end)
             if ms.stopping and not session.closing and not session.in_transaction:
                 self._send(session.shutdown_reply())
-        log.info("connection from %s port %s: %d message(s), %d error(s), %.2fs%s", self.ip,
+        log.info("connection from %s port %s: %d message(s), %d error(s), %.2fs%s%s%s", self.ip,
                  self.port, session.messages, session.errors, time.monotonic() - started,
+                 ", TLS" if session.tls_active else "",
+                 f", user {session.authenticated}" if session.authenticated else "",
                  "" if session.quit else ", no QUIT")
+
+    def _check_time(self, now: float, idle_since: float, data_since: float, data_bytes: int,
+                    session_end: float) -> None:
+        """Cut off clients that are idle, too slow, or simply never finish."""
+        session, ms = self.session, self.ms
+        if session.closing:
+            return
+        limit = self.timeout
+        total, _ = ms.limiter.limits
+        if ms.limiter.total >= STRESS_SHARE * total:
+            limit = min(limit, STRESS_TIMEOUT)  # busy: idle clients make room sooner (Postfix's stress mode)
+        why = ""
+        if now - idle_since > limit:
+            why = f"timeout after {limit}s without a complete command"
+        elif now > session_end:
+            why = f"session longer than {self.session_seconds}s"
+        elif (data_since and self.min_data_rate and now - data_since > DATA_RATE_GRACE
+              and data_bytes / (now - data_since) < self.min_data_rate):
+            why = f"data slower than {self.min_data_rate} bytes/s"
+        if why:
+            ms.stats.add("sessions_timed_out")
+            log.info("%s: %s", self.ip, why)
+            self._send(session.timeout_reply())
+
+    def _wait_style(self) -> None:
+        # Plain connections: kernel time-outs (one system call per read); TLS: Python's,
+        # as an expired kernel wait inside OpenSSL is not a clean "try again".
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.sock.settimeout(POLL_SECONDS)
+        else:
+            set_io_timeout(self.sock, POLL_SECONDS)
+
+    def _handshake(self) -> bool:
+        """Upgrade to TLS (port 465 at once, or after STARTTLS); False if it failed."""
+        if self.tls is None:
+            return False
+        self.sock.settimeout(HANDSHAKE_SECONDS)
+        try:
+            self.sock = self.tls.wrap_socket(self.sock, server_side=True)
+        except (OSError, ValueError) as e:
+            log.info("%s: TLS handshake failed: %s", self.ip, e)
+            return False
+        self._wait_style()
+        return True
 
     def _send(self, data: bytes) -> None:
         """Send it all; a client that reads nothing for the whole command timeout is dropped."""
@@ -223,3 +330,14 @@ class Connection:
                 self.session.closing = True
                 return
             view = view[sent:]
+
+
+def _talks_first(sock: socket.socket) -> bool:
+    """Has the client sent anything before our greeting?"""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except (OSError, ValueError):
+        return False

@@ -65,8 +65,12 @@ class Result:
 
     def status(self) -> str:
         """An RFC 3463 code for bounces: the server's own if it gave one."""
-        first = self.text.split(" ", 1)[0]
-        if len(first) >= 5 and first[0] in "245" and first[1] == "." and first.replace(".", "").isdigit():
+        words = self.text.split(" ", 2)
+        if words and words[0].isdigit() and len(words[0]) == 3:
+            words = words[1:]  # "550 5.1.1 User unknown": the enhanced code follows the reply code
+        first = words[0] if words else ""
+        parts = first.split(".")
+        if len(parts) == 3 and first[:1] in "245" and all(p.isdigit() for p in parts):
             return first
         return "5.0.0" if self.permanent else "4.0.0"
 

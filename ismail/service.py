@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
 import threading
 import time
 from email.utils import formatdate
 from pathlib import Path
 
 from .accounts import AccountStore
-from .config import Settings
+from .config import ListenEntry, Settings
 from .fsutil import DirSync, new_queue_id
+from .guard import Guard
 from .limits import ConnectionLimiter
 from .maildir import clean_tmp, deliver
 from .policy import Policy
@@ -54,7 +56,9 @@ class MailServer:
         self.workers = WorkerPool()
         self.qmgr: QueueManager | None = None
         self.stopping = False
-        self._listeners: dict[tuple[str, int], Listener] = {}
+        self._listeners: dict[ListenEntry, Listener] = {}
+        self.guard = Guard(settings)
+        self.tls_context: ssl.SSLContext | None = None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards listener changes (start, apply, stop)
 
@@ -69,9 +73,10 @@ class MailServer:
             raise StartupError(f"cannot use the data folder {self.data_dir}: {e.strerror or e}") from e
         if queued:
             log.info("%d message(s) waiting in the outgoing queue", len(queued))
+        self.tls_context = tls_context(self.settings)
         self.stopping = False
         with self._lock:
-            self._open_listeners(self.settings.listen_addresses())
+            self._open_listeners(self.settings.listen_entries())
         self.qmgr = QueueManager(self)
         self.qmgr.start(queued)
         log.info("ISMail serving SMTP on %s as %s", ", ".join(self.listening()),
@@ -105,11 +110,14 @@ class MailServer:
         All or nothing: if a new listening address cannot be opened, StartupError is
         raised and the server goes on exactly as before.
         """
+        context = tls_context(settings)  # a bad certificate refuses the change, like a bad port
         with self._lock:
             if not self.stopping:
-                self._move_listeners(settings.listen_addresses())
+                self._move_listeners(settings.listen_entries())
+            self.tls_context = context
             self.policy = Policy(settings)
             self.settings = settings
+        self.guard.apply(settings)
         self.limiter.resize(settings.incoming.max_connections, settings.incoming.max_per_host)
         if self.qmgr is not None:
             self.qmgr.apply(settings)
@@ -117,7 +125,7 @@ class MailServer:
                  settings.incoming.max_connections, settings.incoming.max_per_host,
                  ", ".join(settings.listen))
 
-    def _move_listeners(self, wanted: list[tuple[str, int]]) -> None:
+    def _move_listeners(self, wanted: list[ListenEntry]) -> None:
         added = [a for a in wanted if a not in self._listeners]
         removed = [a for a in self._listeners if a not in wanted]
         if not added and not removed:
@@ -125,8 +133,8 @@ class MailServer:
         # A new address on a port we already hold (127.0.0.1:25 -> 0.0.0.0:25) can only be
         # bound once the old socket is closed; other ports are opened first, so a failure
         # there leaves everything as it was.
-        ports = {port for _, port in added}
-        first = [a for a in removed if a[1] in ports]
+        ports = {entry.port for entry in added}
+        first = [a for a in removed if a.port in ports]
         for addr in first:
             self._close_listener(self._listeners.pop(addr))
         try:
@@ -141,15 +149,15 @@ class MailServer:
             if addr in self._listeners:
                 self._close_listener(self._listeners.pop(addr))
 
-    def _open_listeners(self, addresses: list[tuple[str, int]]) -> None:
-        opened: dict[tuple[str, int], Listener] = {}
+    def _open_listeners(self, entries: list[ListenEntry]) -> None:
+        opened: dict[ListenEntry, Listener] = {}
         try:
-            for host, port in addresses:
-                opened[(host, port)] = Listener(host, port, self)
+            for entry in entries:
+                opened[entry] = Listener(entry, self)
         except OSError as e:
             for listener in opened.values():
                 listener.server_close()
-            raise StartupError(_bind_problem(host, port, e)) from e
+            raise StartupError(_bind_problem(entry.host, entry.port, e)) from e
         for addr, listener in opened.items():
             thread = threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.2},
                                       name=f"listen-{listener.label}", daemon=True)
@@ -165,6 +173,16 @@ class MailServer:
     # -- what sessions call ----------------------------------------------------------------------
     def lookup_mailbox(self, local: str, domain: str) -> Path | None:
         return self.accounts.mailbox_for(local, domain)
+
+    def check_login(self, address: str, password: str, ip: str) -> str:
+        """SMTP AUTH: "ok", "failed", or "banned" (this failure started a ban on ``ip``)."""
+        if self.accounts.check_password(address, password):
+            self.guard.login_succeeded(ip)
+            self.stats.add("logins")
+            return "ok"
+        self.stats.add("logins_failed")
+        log.info("%s: failed login as %s", ip, address)
+        return "banned" if self.guard.login_failed(ip) else "failed"
 
     def accept_message(self, envelope: Envelope, body: MessageBuffer, received: bytes | None = None) -> None:
         """Make the message durable everywhere it goes; raises OSError if it cannot."""
@@ -219,6 +237,24 @@ class MailServer:
         finally:
             body.close()
         return envelope.id
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context from tls.certificate/tls.key; None when not configured."""
+    cert, key = settings.tls.certificate, settings.tls.key
+    if not cert:
+        return None
+    for name, path in (("certificate", cert), ("key", key)):
+        if not Path(path).is_file():
+            raise StartupError(f"cannot use the TLS {name} {path}: no such file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise StartupError(f"cannot use the TLS certificate {cert} with the key {key}: "
+                           f"{getattr(e, 'strerror', None) or e}") from e
+    return context
 
 
 def _bind_problem(host: str, port: int, e: OSError) -> str:

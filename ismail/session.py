@@ -16,6 +16,7 @@ hidden behind LF.LF or similar can ever run (see SMTP smuggling, 2023).
 """
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Server(Protocol):
 
     def lookup_mailbox(self, local: str, domain: str) -> Path | None: ...
     def accept_message(self, envelope: "Envelope", body: MessageBuffer) -> None: ...
+    def check_login(self, address: str, password: str, ip: str) -> str: ...  # ok | failed | banned
 
 
 @dataclass
@@ -85,14 +87,20 @@ class Envelope:
 
 
 class Session:
-    def __init__(self, server: Server, policy: Policy, client_ip: str,
-                 trusted: bool, authenticated: bool = False) -> None:
+    def __init__(self, server: Server, policy: Policy, client_ip: str, trusted: bool,
+                 tls_available: bool = False, tls_active: bool = False, submission: bool = False) -> None:
         self.server = server
         self.policy = policy      # a connection keeps the settings it started with
         self.settings = policy.settings
         self.client_ip = client_ip
         self.trusted = trusted
-        self.authenticated = authenticated
+        self.tls_available = tls_available  # a certificate is configured
+        self.tls_active = tls_active        # the connection is encrypted (STARTTLS done, or port 465)
+        self.submission = submission        # this listener wants AUTH before relaying
+        self.authenticated = ""             # the account that logged in
+        self.starttls = False               # STARTTLS answered: the receiver upgrades, then tls_started()
+        self.delay = 0.0                    # seconds the receiver waits before answering (tarpit)
+        self.lines = 0                      # complete lines received: progress, for the time-outs
         self.helo: str | None = None
         self.esmtp = False
         self.errors = 0
@@ -101,11 +109,19 @@ class Session:
         self.messages = 0
         self._buf = bytearray()
         self._skip_line = False       # discarding the rest of an over-long command line
+        self._auth_step = None        # the next line answers an AUTH challenge
+        self._auth_user = ""
+        self._unknown_rcpts = 0
+        self._pipelined = False       # more input follows the command being handled
         self._reset()
 
     # -- the receiver's side ---------------------------------------------------------------
     def greeting(self) -> bytes:
         return reply(220, "", f"{self.settings.server_name} ESMTP ISMail")
+
+    @property
+    def in_data(self) -> bool:
+        return self._data is not None
 
     @property
     def in_transaction(self) -> bool:
@@ -134,14 +150,32 @@ class Session:
                 break
             line = bytes(buf[pos:nl + 1])
             pos = nl + 1
+            self.lines += 1
             if self._skip_line:  # the tail of an over-long line that was already answered
                 self._skip_line = False
                 continue
-            self._answer(out, self._command(line))
+            self._pipelined = pos < len(buf)
+            if self._auth_step is not None:
+                self._answer(out, self._auth_response(line))
+            else:
+                self._answer(out, self._command(line))
+            if self.starttls:
+                # Whatever the client sent after STARTTLS was sent in the clear and must not
+                # be taken as coming over TLS (CVE-2011-0411): it is thrown away.
+                pos = len(buf)
+                break
         del buf[:pos]
         if self.closing:
             buf.clear()
         return b"".join(out)
+
+    def tls_started(self) -> None:
+        """The handshake after STARTTLS succeeded: the session starts over (RFC 3207 §4.2)."""
+        self.starttls = False
+        self.tls_active = True
+        self.helo, self.esmtp = None, False
+        self._buf.clear()
+        self._reset()
 
     def timeout_reply(self) -> bytes:
         self.closing = True
@@ -192,8 +226,23 @@ class Session:
 
     def extensions(self) -> list[str]:
         """The EHLO keywords, in one place (STARTTLS and AUTH join here when they exist)."""
-        return ["PIPELINING", f"SIZE {self.settings.max_message_bytes}", "8BITMIME",
-                "ENHANCEDSTATUSCODES", "SMTPUTF8", "HELP"]
+        keywords = ["PIPELINING", f"SIZE {self.settings.max_message_bytes}", "8BITMIME",
+                    "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        if self.tls_available and not self.tls_active:
+            keywords.append("STARTTLS")
+        if self._auth_offered() and not self.authenticated:
+            keywords.append("AUTH PLAIN LOGIN")
+        return keywords + ["HELP"]
+
+    def _auth_offered(self) -> bool:
+        """Passwords only over TLS, or from trusted networks, unless auth.allow_plaintext."""
+        return self.tls_active or self.trusted or self.settings.auth.allow_plaintext
+
+    @property
+    def may_relay(self) -> bool:
+        if self.authenticated:
+            return True
+        return self.trusted and not (self.submission or self.settings.auth.require_for_relay)
 
     def smtp_HELO(self, arg: str) -> bytes:
         bad = self._helo_error(arg)
@@ -209,6 +258,82 @@ class Session:
         if " " in arg or len(arg) > 255:
             return reply(501, "5.5.4", "Error: invalid host name")
         return None
+
+    def smtp_STARTTLS(self, arg: str) -> bytes:
+        if self.tls_active:
+            return reply(503, "5.5.1", "Error: TLS is already active")
+        if not self.tls_available:
+            return reply(502, "5.5.1", "Error: STARTTLS not available (no certificate configured)")
+        if arg:
+            return reply(501, "5.5.4", "Syntax: STARTTLS")
+        self.starttls = True
+        return reply(220, "2.0.0", "Ready to start TLS")
+
+    def smtp_AUTH(self, arg: str) -> bytes:
+        if not self.esmtp:
+            return reply(503, "5.5.1", "Error: send EHLO first")
+        if self.authenticated:
+            return reply(503, "5.5.1", "Error: already authenticated")
+        if self._mail is not None:
+            return reply(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
+        if not self._auth_offered():
+            return reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+        mechanism, _, initial = arg.partition(" ")
+        mechanism, initial = mechanism.upper(), initial.strip()
+        if mechanism == "PLAIN":
+            if initial:
+                return self._auth_plain(initial)
+            self._auth_step = self._auth_plain
+            return b"334 \r\n"
+        if mechanism == "LOGIN":
+            if initial:
+                return self._auth_login_user(initial)
+            self._auth_step = self._auth_login_user
+            return b"334 VXNlcm5hbWU6\r\n"  # "Username:"
+        return reply(504, "5.5.4", "Unrecognized authentication type (PLAIN and LOGIN are offered)")
+
+    def _auth_response(self, raw: bytes) -> bytes:
+        step, self._auth_step = self._auth_step, None
+        text = raw.rstrip(b"\r\n").decode("ascii", "replace")
+        if text == "*":
+            return reply(501, "5.7.0", "Authentication cancelled")
+        return step(text)
+
+    def _auth_plain(self, b64: str) -> bytes:
+        parts = _b64(b64).split("\0") if _b64(b64) is not None else []
+        if len(parts) != 3:
+            return reply(501, "5.5.2", "Cannot decode the AUTH PLAIN response")
+        _authzid, user, password = parts
+        return self._login(user, password)
+
+    def _auth_login_user(self, b64: str) -> bytes:
+        user = _b64(b64)
+        if user is None:
+            return reply(501, "5.5.2", "Cannot decode the user name")
+        self._auth_user = user
+        self._auth_step = self._auth_login_password
+        return b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
+
+    def _auth_login_password(self, b64: str) -> bytes:
+        password = _b64(b64)
+        if password is None:
+            return reply(501, "5.5.2", "Cannot decode the password")
+        return self._login(self._auth_user, password)
+
+    def _login(self, user: str, password: str) -> bytes:
+        address = user.strip().lower()
+        if "@" not in address:
+            address = f"{address}@{self.settings.primary_domain}"
+        outcome = self.server.check_login(address, password, self.client_ip)
+        if outcome == "ok":
+            self.authenticated = address
+            log.info("%s: logged in as %s", self.client_ip, address)
+            return reply(235, "2.7.0", "Authentication successful")
+        if outcome == "banned":
+            self.closing = True
+            return reply(421, "4.7.0", f"{self.settings.server_name} Too many failed logins, "
+                                       "try again later")
+        return reply(535, "5.7.8", "Authentication credentials invalid")
 
     def smtp_MAIL(self, arg: str) -> bytes:
         if self.helo is None:
@@ -238,6 +363,10 @@ class Session:
                 return reply(555, "5.5.4", f"Unsupported MAIL parameter {key}")
         if not path.is_ascii and not smtputf8:
             return reply(553, "5.6.7", "Sender address needs SMTPUTF8")
+        if (self.authenticated and self.settings.auth.enforce_sender
+                and path.address.lower() != self.authenticated):
+            return reply(553, "5.7.1", f"<{path.address}>: Sender address rejected: "
+                                       f"not owned by {self.authenticated}")
         self._mail = path
         self._smtputf8, self._body = smtputf8, body
         return reply(250, "2.1.0", "Ok")
@@ -265,7 +394,7 @@ class Session:
 
     def _route(self, path: SmtpPath) -> bytes:
         """Decide a recipient: a local mailbox, the outgoing queue, or a refusal."""
-        may_relay = self.trusted or self.authenticated
+        may_relay = self.may_relay
         if not may_relay and relay_trick(path):
             self.server.stats.add("relay_refused")
             return reply(554, "5.7.1", f"<{path.address}>: Relay access denied")
@@ -279,6 +408,9 @@ class Session:
         if self.policy.is_local_domain(domain):
             box = self.server.lookup_mailbox(local, domain)
             if box is None:
+                self._unknown_rcpts += 1
+                if self._unknown_rcpts > 10:
+                    self.delay += 1.0  # slows down anyone harvesting addresses
                 return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
             self._rcpts.append(address)
             self._mailboxes[address] = box
@@ -296,6 +428,13 @@ class Session:
             return reply(503, "5.5.1", "Error: need MAIL command")
         if not self._rcpts:
             return reply(554, "5.5.1", "Error: no valid recipients")
+        if self._pipelined:
+            # RFC 2920: DATA ends a pipelined group; text sent before our 354 means the
+            # client does not follow the protocol (or is smuggling): we stop talking.
+            self.closing = True
+            self._reset()
+            return reply(554, "5.5.0", "Error: improper use of SMTP command pipelining "
+                                       "(data sent before the 354 reply)")
         self._data = MessageBuffer(self.server.spill_dir)
         self._data_prev_crlf = True  # the DATA command's own CRLF starts the first line
         self._data_flaw = None
@@ -357,6 +496,7 @@ class Session:
                 return pos
             line = bytes(buf[pos:nl + 1])
             pos = nl + 1
+            self.lines += 1
             if self._data_skipping:
                 self._data_skipping = False
                 crlf = line.endswith(b"\r\n") or (line == b"\n" and self._data_tail == b"\r")
@@ -402,6 +542,8 @@ class Session:
                 stats.add("messages_refused")
                 return reply(552, "5.3.4", "Message size exceeds fixed limit")
             protocol = ("UTF8SMTP" if self._smtputf8 else "ESMTP") if self.esmtp else "SMTP"
+            if self.tls_active:
+                protocol += "S"
             if self.authenticated:
                 protocol += "A"
             envelope = Envelope(
@@ -424,3 +566,10 @@ class Session:
             return reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
         finally:
             self._reset()
+
+
+def _b64(text: str) -> str | None:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True).decode("utf-8")
+    except (ValueError, UnicodeError):
+        return None

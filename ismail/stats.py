@@ -14,6 +14,7 @@ RECEIVER_COUNTERS = (
     "connections_total",
     "connections_refused_total_limit",
     "connections_refused_per_host_limit",
+    "connections_refused_access",
     "messages_received",
     "bytes_received",
     "recipients_local",
@@ -22,6 +23,8 @@ RECEIVER_COUNTERS = (
     "messages_refused",
     "protocol_errors",
     "sessions_timed_out",
+    "logins",
+    "logins_failed",
 )
 
 # The sender's and the queue's ("SMTP Sender", "Outgoing Queue", "Retry Manager").

@@ -163,9 +163,30 @@ class ListenTest(unittest.TestCase):
                 self.assertIn('"ip:port"', msg)
 
     def test_port_out_of_range_message(self) -> None:
-        self.assertEqual(self.refused(["0.0.0.0:25", "1.2.3.4:99999"]),
-                         'ismail.json: listen[1] = "1.2.3.4:99999" is not valid: port must be 1–65535 '
-                         '(expected "ip:port", e.g. "0.0.0.0:25" or "[::]:25")')
+        msg = self.refused(["0.0.0.0:25", "1.2.3.4:99999"])
+        self.assertTrue(msg.startswith('ismail.json: listen[1] = "1.2.3.4:99999" is not valid: '
+                                       'port must be 1–65535 (expected "ip:port", e.g. "0.0.0.0:25" '
+                                       'or "[::]:25"'), msg)
+        self.assertEqual(msg.count("\n"), 0)
+
+    def test_listen_flags(self) -> None:
+        s, _ = from_dict({"listen": ["0.0.0.0:25", "0.0.0.0:465 tls", "[::]:587 submission"],
+                          "tls": {"certificate": "c.pem", "key": "k.pem"}})
+        self.assertEqual([(e.host, e.port, e.tls, e.submission) for e in s.listen_entries()],
+                         [("0.0.0.0", 25, False, False), ("0.0.0.0", 465, True, False),
+                          ("::", 587, False, True)])
+        self.assertIn("unknown flag 'fast'", self.refused(["0.0.0.0:25 fast"]))
+        self.assertIn("tls.certificate", self.refused(["0.0.0.0:465 tls"]))
+        self.assertIn("twice", self.refused(["127.0.0.1:25", "127.0.0.1:25 submission"]))
+
+    def test_tls_files_go_together_and_blocked_networks_are_checked(self) -> None:
+        with self.assertRaises(ConfigError) as ctx:
+            from_dict({"tls": {"certificate": "c.pem"}, "access": {"blocked": ["10.0.0.0/8", "nonsense"]},
+                       "auth": {"ban_after_failures": 0}})
+        text = str(ctx.exception)
+        self.assertIn("tls.key", text)
+        self.assertIn('access.blocked[1] = "nonsense"', text)
+        self.assertIn("auth.ban_after_failures = 0 is out of range (allowed 1–100)", text)
 
     def test_empty_or_not_a_list_refused(self) -> None:
         self.assertIn("listen = []", self.refused([]))
