@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ismail.fsutil import atomic_write
+from ismail.protect import ProtectError, protect, unprotect
 from ismail.winplatform import portable_data_dir
 
 log = logging.getLogger("ismail.config")
@@ -542,6 +543,13 @@ def load(path: Path) -> tuple[Settings, list[str]]:
     except json.JSONDecodeError as exc:
         raise ConfigError([FieldError("", f"is not valid JSON: {exc.msg} at line {exc.lineno}, "
                                           f"column {exc.colno}")], path=path) from None
+    smarthost = data.get("smarthost") if isinstance(data, dict) else None
+    if isinstance(smarthost, dict) and isinstance(smarthost.get("password"), str):
+        try:
+            smarthost["password"] = unprotect(smarthost["password"])
+        except ProtectError as exc:
+            raise ConfigError([FieldError("smarthost.password", f"smarthost.password {exc}")],
+                              path=path) from None
     try:
         settings, warnings = from_dict(data, source=str(path))
     except ConfigError as exc:
@@ -558,8 +566,11 @@ def save(settings: Settings, path: Path) -> None:
     errors = validate(settings)
     if errors:
         raise ConfigError(errors, path=path)
+    data = to_dict(settings)
+    if data["smarthost"].get("password"):
+        data["smarthost"]["password"] = protect(data["smarthost"]["password"])  # DPAPI on Windows
     try:
-        text = json.dumps(to_dict(settings), indent=2, ensure_ascii=False) + "\n"
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     except (TypeError, ValueError) as exc:  # only extra can hold something JSON cannot express
         raise ConfigError([FieldError("extra", f"extra cannot be written as JSON: {exc}")],
                           path=path) from None
