@@ -9,14 +9,11 @@ What the session needs from the server is small: the settings in force when the
 connection arrived, the counters, a mailbox lookup and ``accept_message`` (which
 makes the message durable and raises OSError when it cannot).
 
-DATA is read with one rule only: a line ends with CRLF, and the message ends with
-CRLF "." CRLF.  A bare LF or bare CR anywhere in the text is never a line end; the
-message is read to its real end and refused (550 5.5.2), so no "smuggled" command
-hidden behind LF.LF or similar can ever run (see SMTP smuggling, 2023).
+The message text after DATA is read by dataread.DataReader (only CRLF.CRLF ends
+it); AUTH's PLAIN and LOGIN exchanges live in sasl.py.
 """
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,10 +21,12 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Protocol
 
+from . import sasl
 from .addresses import AddressSyntaxError, Path as SmtpPath, parse_argument, relay_trick
 from .policy import Policy
 from .fsutil import new_queue_id
 from .replies import is_error, multiline, reply
+from .dataread import BARE, LONG, SIZE, TEXT_LINE_LIMIT, DataReader
 from .spool import MessageBuffer
 from .stats import Stats
 
@@ -35,7 +34,6 @@ log = logging.getLogger("ismail.session")
 
 COMMAND_LINE_LIMIT = 512      # octets including CRLF (RFC 5321 §4.5.3.1.4)
 MAIL_EXTENSION_ALLOWANCE = 64  # SIZE=, BODY= and SMTPUTF8 lengthen MAIL FROM (RFC 1870 §3)
-TEXT_LINE_LIMIT = 1000        # octets including CRLF (§4.5.3.1.6)
 MAX_RECIPIENTS = 1000
 MAX_ERRORS = 20               # Postfix's smtpd_hard_error_limit
 
@@ -109,8 +107,7 @@ class Session:
         self.messages = 0
         self._buf = bytearray()
         self._skip_line = False       # discarding the rest of an over-long command line
-        self._auth_step = None        # the next line answers an AUTH challenge
-        self._auth_user = ""
+        self._auth_step: sasl.Exchange | None = None  # the next line answers its challenge
         self._unknown_rcpts = 0
         self._pipelined = False       # more input follows the command being handled
         self._reset()
@@ -136,9 +133,12 @@ class Session:
         pos = 0
         while not self.closing:
             if self._data is not None:
-                pos = self._read_data(buf, pos, out)
-                if self._data is not None:
+                before = self._data.lines
+                pos, ended = self._data.feed(buf, pos)
+                self.lines += self._data.lines - before
+                if not ended:
                     break
+                self._answer(out, self._end_of_data())
                 continue
             nl = buf.find(b"\n", pos)
             if nl < 0:
@@ -279,46 +279,19 @@ class Session:
         if not self._auth_offered():
             return reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
         mechanism, _, initial = arg.partition(" ")
-        mechanism, initial = mechanism.upper(), initial.strip()
-        if mechanism == "PLAIN":
-            if initial:
-                return self._auth_plain(initial)
-            self._auth_step = self._auth_plain
-            return b"334 \r\n"
-        if mechanism == "LOGIN":
-            if initial:
-                return self._auth_login_user(initial)
-            self._auth_step = self._auth_login_user
-            return b"334 VXNlcm5hbWU6\r\n"  # "Username:"
-        return reply(504, "5.5.4", "Unrecognized authentication type (PLAIN and LOGIN are offered)")
+        exchange = sasl.Exchange(mechanism)
+        return self._auth_next(exchange, exchange.start(initial.strip()))
 
     def _auth_response(self, raw: bytes) -> bytes:
-        step, self._auth_step = self._auth_step, None
-        text = raw.rstrip(b"\r\n").decode("ascii", "replace")
-        if text == "*":
-            return reply(501, "5.7.0", "Authentication cancelled")
-        return step(text)
+        exchange, self._auth_step = self._auth_step, None
+        return self._auth_next(exchange, exchange.step(raw.rstrip(b"\r\n").decode("ascii", "replace")))
 
-    def _auth_plain(self, b64: str) -> bytes:
-        parts = _b64(b64).split("\0") if _b64(b64) is not None else []
-        if len(parts) != 3:
-            return reply(501, "5.5.2", "Cannot decode the AUTH PLAIN response")
-        _authzid, user, password = parts
-        return self._login(user, password)
-
-    def _auth_login_user(self, b64: str) -> bytes:
-        user = _b64(b64)
-        if user is None:
-            return reply(501, "5.5.2", "Cannot decode the user name")
-        self._auth_user = user
-        self._auth_step = self._auth_login_password
-        return b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
-
-    def _auth_login_password(self, b64: str) -> bytes:
-        password = _b64(b64)
-        if password is None:
-            return reply(501, "5.5.2", "Cannot decode the password")
-        return self._login(self._auth_user, password)
+    def _auth_next(self, exchange: sasl.Exchange, outcome: bytes | sasl.Credentials) -> bytes:
+        if isinstance(outcome, sasl.Credentials):
+            return self._login(outcome.user, outcome.password)
+        if outcome.startswith(b"334"):
+            self._auth_step = exchange  # the next line is the answer to this challenge
+        return outcome
 
     def _login(self, user: str, password: str) -> bytes:
         address = user.strip().lower()
@@ -435,11 +408,7 @@ class Session:
             self._reset()
             return reply(554, "5.5.0", "Error: improper use of SMTP command pipelining "
                                        "(data sent before the 354 reply)")
-        self._data = MessageBuffer(self.server.spill_dir)
-        self._data_prev_crlf = True  # the DATA command's own CRLF starts the first line
-        self._data_flaw = None
-        self._data_tail = b""
-        self._data_skipping = False
+        self._data = DataReader(MessageBuffer(self.server.spill_dir), self.settings.max_message_bytes)
         return reply(354, "", "End data with <CR><LF>.<CR><LF>")
 
     def smtp_RSET(self, arg: str) -> bytes:
@@ -477,68 +446,22 @@ class Session:
         buffer = getattr(self, "_data", None)
         if buffer is not None:
             buffer.close()
-        self._data: MessageBuffer | None = None
+        self._data: DataReader | None = None
 
     # -- DATA -------------------------------------------------------------------------------
-    def _read_data(self, buf: bytearray, pos: int, out: list[bytes]) -> int:
-        """Consume message lines from buf[pos:]; at the end of data, answer and leave DATA mode."""
-        data = self._data
-        limit = self.settings.max_message_bytes
-        while True:
-            nl = buf.find(b"\n", pos)
-            if nl < 0:
-                if len(buf) - pos > TEXT_LINE_LIMIT:
-                    # An over-long line: remember only its last byte (is the coming LF a CRLF?).
-                    self._data_tail = bytes(buf[-1:])
-                    self._data_skipping = True
-                    self._flaw("long")
-                    pos = len(buf)
-                return pos
-            line = bytes(buf[pos:nl + 1])
-            pos = nl + 1
-            self.lines += 1
-            if self._data_skipping:
-                self._data_skipping = False
-                crlf = line.endswith(b"\r\n") or (line == b"\n" and self._data_tail == b"\r")
-                self._data_prev_crlf = crlf
-                if not crlf:
-                    self._flaw("bare")
-                continue
-            crlf = line.endswith(b"\r\n")
-            if crlf and self._data_prev_crlf and line == b".\r\n":
-                self._answer(out, self._end_of_data())
-                return pos
-            if not crlf or b"\r" in line[:-2]:
-                self._flaw("bare")
-            elif len(line) > TEXT_LINE_LIMIT:
-                self._flaw("long")
-            if line[:1] == b"." and self._data_prev_crlf:
-                line = line[1:]  # undo dot-stuffing (RFC 5321 §4.5.2)
-            self._data_prev_crlf = crlf
-            if self._data_flaw is None:
-                if data.size + len(line) > limit:
-                    self._flaw("size")
-                else:
-                    data.write(line)
-
-    def _flaw(self, kind: str) -> None:
-        if self._data_flaw is None:
-            self._data_flaw = kind
-            self._data.close()  # nothing more is kept of a message that will be refused
-
     def _end_of_data(self) -> bytes:
-        flaw, data = self._data_flaw, self._data
+        flaw, data = self._data.flaw, self._data.buffer
         stats = self.server.stats
         try:
-            if flaw == "bare":
+            if flaw == BARE:
                 stats.add("messages_refused")
                 return reply(550, "5.5.2", "Message refused: bare CR or LF in the text "
                                            "(lines must end with CRLF)")
-            if flaw == "long":
+            if flaw == LONG:
                 stats.add("messages_refused")
                 return reply(550, "5.5.2", f"Message refused: a line is longer than "
                                            f"{TEXT_LINE_LIMIT} octets")
-            if flaw == "size":
+            if flaw == SIZE:
                 stats.add("messages_refused")
                 return reply(552, "5.3.4", "Message size exceeds fixed limit")
             protocol = ("UTF8SMTP" if self._smtputf8 else "ESMTP") if self.esmtp else "SMTP"
@@ -567,9 +490,3 @@ class Session:
         finally:
             self._reset()
 
-
-def _b64(text: str) -> str | None:
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True).decode("utf-8")
-    except (ValueError, UnicodeError):
-        return None

@@ -324,3 +324,83 @@ class DataTest(SessionTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AuthTest(SessionTestCase):
+    settings = {"auth": {"enforce_sender": True, "ban_after_failures": 3}}
+
+    @staticmethod
+    def plain(user: str, password: str) -> bytes:
+        import base64
+        return base64.b64encode(f"\0{user}\0{password}".encode())
+
+    def test_plain_and_login_succeed_and_allow_relay(self):
+        import base64
+        s = self.session(trusted=False, ip="192.0.2.7")
+        s.tls_active = True  # as after STARTTLS
+        s.feed(b"EHLO c\r\n")
+        self.assertTrue(s.feed(b"MAIL FROM:<user@example.test>\r\n").startswith(b"250"))
+        self.assertTrue(s.feed(b"RCPT TO:<x@remote.example>\r\n").startswith(b"554 5.7.1"))
+        s.feed(b"RSET\r\n")
+        self.assertEqual(s.feed(b"AUTH LOGIN\r\n"), b"334 VXNlcm5hbWU6\r\n")
+        self.assertEqual(s.feed(base64.b64encode(b"user") + b"\r\n"), b"334 UGFzc3dvcmQ6\r\n")
+        self.assertTrue(s.feed(base64.b64encode(b"pw") + b"\r\n").startswith(b"235 2.7.0"))
+        self.assertEqual(s.authenticated, "user@example.test")
+        s.feed(b"MAIL FROM:<user@example.test>\r\n")
+        self.assertTrue(s.feed(b"RCPT TO:<x@remote.example>\r\n").startswith(b"250"))
+        s.feed(b"RSET\r\n")
+        self.assertTrue(s.feed(b"MAIL FROM:<someone@example.test>\r\n").startswith(b"553 5.7.1"))
+
+    def test_no_passwords_in_the_clear_from_strangers(self):
+        s = self.session(trusted=False)
+        self.assertNotIn(b"AUTH", s.feed(b"EHLO c\r\n"))
+        self.assertTrue(s.feed(b"AUTH PLAIN " + self.plain("user@example.test", "pw") + b"\r\n")
+                        .startswith(b"538 5.7.11"))
+        self.assertEqual(s.authenticated, "")
+
+    def test_wrong_password_cancel_and_ban(self):
+        s = self.session(trusted=True, ip="192.0.2.9")
+        s.feed(b"EHLO c\r\n")
+        self.assertEqual(s.feed(b"AUTH PLAIN\r\n"), b"334 \r\n")
+        self.assertTrue(s.feed(b"*\r\n").startswith(b"501 5.7.0"))
+        self.assertTrue(s.feed(b"AUTH PLAIN !!notbase64\r\n").startswith(b"501 5.5.2"))
+        for _ in range(2):
+            self.assertTrue(s.feed(b"AUTH PLAIN " + self.plain("user", "wrong") + b"\r\n").startswith(b"535 5.7.8"))
+        answer = s.feed(b"AUTH PLAIN " + self.plain("user", "wrong") + b"\r\n")
+        self.assertTrue(answer.startswith(b"421 4.7.0"), answer)
+        self.assertTrue(s.closing)
+        self.assertEqual(self.server.guard.refused("192.0.2.9"), "banned")
+        self.assertIsNone(self.server.guard.refused("192.0.2.10"))
+
+    def test_submission_listener_wants_auth_even_from_trusted_networks(self):
+        s = Session(self.server, Policy(self.config), "127.0.0.1", trusted=True, submission=True)
+        s.feed(b"EHLO c\r\nMAIL FROM:<user@example.test>\r\n")
+        self.assertTrue(s.feed(b"RCPT TO:<x@remote.example>\r\n").startswith(b"554 5.7.1"))
+        self.assertTrue(s.feed(b"RCPT TO:<user@example.test>\r\n").startswith(b"250"))
+
+
+class StartTLSTest(SessionTestCase):
+    def test_starttls_discards_what_was_pipelined_after_it(self):
+        s = Session(self.server, Policy(self.config), "192.0.2.1", trusted=False, tls_available=True)
+        self.assertIn(b"STARTTLS", s.feed(b"EHLO c\r\n"))
+        answer = s.feed(b"STARTTLS\r\nMAIL FROM:<evil@b.example>\r\n")
+        self.assertEqual(answer, b"220 2.0.0 Ready to start TLS\r\n")  # the MAIL was not answered
+        self.assertTrue(s.starttls)
+        s.tls_started()
+        self.assertTrue(s.feed(b"MAIL FROM:<a@b.example>\r\n").startswith(b"503"))  # EHLO again first
+        ehlo = s.feed(b"EHLO c\r\n")
+        self.assertNotIn(b"STARTTLS", ehlo)
+        self.assertTrue(s.feed(b"STARTTLS\r\n").startswith(b"503"))
+
+    def test_without_a_certificate_starttls_is_not_offered(self):
+        s = self.session()
+        self.assertNotIn(b"STARTTLS", s.feed(b"EHLO c\r\n"))
+        self.assertTrue(s.feed(b"STARTTLS\r\n").startswith(b"502"))
+
+    def test_data_before_the_354_ends_the_session(self):
+        s = self.session()
+        answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<user@example.test>\r\n"
+                        b"DATA\r\nSubject: early\r\n\r\nx\r\n.\r\n")
+        self.assertEqual(codes(answer), [250, 250, 250, 554])
+        self.assertTrue(s.closing)
+        self.assertEqual(len(self.maildir()), 0)
