@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("passwd", "set an account's password (from stdin, or prompted)")):
         acc_sub.add_parser(name, help=text).add_argument("address")
     acc_sub.add_parser("list", help="list accounts, built-in postmaster/root included")
+    port = sub.add_parser("check-port", help="can this computer reach a mail server? (port 25 test)")
+    port.add_argument("host", help="a mail server's name or IP, e.g. your SmartHost")
+    port.add_argument("port", nargs="?", type=int, default=25)
     q = sub.add_parser("queue", help="look at and act on the outgoing queue")
     q_sub = q.add_subparsers(dest="action", metavar="ACTION")
     q_sub.required = True
@@ -186,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check_config(data_dir)
         if args.command == "queue":
             return cmd_queue(args, data_dir)
+        if args.command == "check-port":
+            from .porttest import cli_check_port
+            return cli_check_port(args.host, args.port)
         return cmd_account(args, data_dir)
     except CommandError as e:
         print(f"ismail: error: {e}", file=sys.stderr)
