@@ -264,18 +264,25 @@ class Settings:
         return [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]
 
     def is_trusted(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; they must match IPv4 rules.
-        mapped = getattr(addr, "ipv4_mapped", None)
-        candidates = [addr] if mapped is None else [addr, mapped]
-        return any(a in net for net in self.trusted_network_objects() for a in candidates)
+        return ip_in_networks(ip, self.trusted_network_objects())
 
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_size_mb * 1024 * 1024
+
+
+def ip_in_networks(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Is ``ip`` in one of ``networks``?  Garbage is in none.
+
+    A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; they must match IPv4 rules.
+    """
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    candidates = (addr,) if mapped is None else (addr, mapped)
+    return any(a.version == net.version and a in net for net in networks for a in candidates)
 
 
 @dataclass

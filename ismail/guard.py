@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from .config import Settings
+from .config import Settings, ip_in_networks
 
 log = logging.getLogger("ismail.guard")
 
@@ -41,13 +41,8 @@ class Guard:
 
     def refused(self, ip: str) -> str | None:
         """BLOCKED, BANNED or None, for a client connecting from ``ip``."""
-        if self._blocked:
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                addr = None
-            if addr is not None and any(addr.version == n.version and addr in n for n in self._blocked):
-                return BLOCKED
+        if self._blocked and ip_in_networks(ip, self._blocked):
+            return BLOCKED
         if not self._banned:
             return None
         with self._lock:

@@ -7,9 +7,7 @@ in force when it arrived.
 """
 from __future__ import annotations
 
-import ipaddress
-
-from .config import Settings
+from .config import Settings, ip_in_networks
 
 
 class Policy:
@@ -23,10 +21,4 @@ class Policy:
 
     def is_trusted(self, ip: str) -> bool:
         """A client in trusted_networks may relay (IPv4-mapped IPv6 counts as IPv4)."""
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        mapped = getattr(addr, "ipv4_mapped", None)
-        candidates = (addr,) if mapped is None else (addr, mapped)
-        return any(a in net for net in self._networks for a in candidates if a.version == net.version)
+        return ip_in_networks(ip, self._networks)
