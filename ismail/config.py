@@ -173,7 +173,8 @@ _SECTIONS: dict[str, type] = {
     "timeouts": TimeoutSettings, "retry": RetrySettings, "tls": TLSSettings, "auth": AuthSettings,
     "access": AccessSettings,
 }
-_RANGES: dict[str, tuple[int, int]] = {
+# Allowed ranges of every whole-number setting (the GUI shows them next to its fields).
+RANGES: dict[str, tuple[int, int]] = {
     "incoming.max_connections": (10, 100), "incoming.max_per_host": (1, 10),
     "outgoing.max_connections": (1, 20), "outgoing.mx_port": (1, 65535),
     "max_message_size_mb": (1, 2000), "smarthost.port": (1, 65535),
@@ -395,7 +396,7 @@ def validate(settings: Settings) -> list[FieldError]:
         section, _, attr = key.rpartition(".")
         return getattr(getattr(settings, section), attr) if section else getattr(settings, attr)
 
-    for key, (lo, hi) in _RANGES.items():
+    for key, (lo, hi) in RANGES.items():
         value = value_of(key)
         if not _is_int(value):
             errors.append(_err(key, value, f"is not a whole number (expected an integer {lo}–{hi})"))

@@ -38,7 +38,7 @@ class MailLogHandler(logging.Handler):
         self._size = 0
         if path is not None:
             self._open()
-        self._closed = threading.Event()
+        self._stopping = threading.Event()
         self._writer = threading.Thread(target=self._write_regularly, name="log-writer", daemon=True)
         self._writer.start()
 
@@ -78,7 +78,7 @@ class MailLogHandler(logging.Handler):
                     pass
 
     def close(self) -> None:
-        self._closed.set()
+        self._stopping.set()
         self.flush()
         with self._io_lock:
             if self._file is not None:
@@ -87,7 +87,7 @@ class MailLogHandler(logging.Handler):
         super().close()
 
     def _write_regularly(self) -> None:
-        while not self._closed.wait(FLUSH_SECONDS):
+        while not self._stopping.wait(FLUSH_SECONDS):
             self.flush()
 
     def _open(self) -> None:

@@ -69,6 +69,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._idle = 0
         self._count = 0
+        self._stopped = False
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
@@ -81,14 +82,28 @@ class WorkerPool:
             threading.Thread(target=self._work, name=f"smtp-worker-{self._count}", daemon=True).start()
         self._jobs.put(job)
 
+    def stop(self) -> None:
+        """Idle threads end now; busy ones after their connection (the server stops accepting)."""
+        with self._lock:
+            self._stopped = True
+            idle, self._idle = self._idle, 0
+            self._count -= idle
+        for _ in range(idle):
+            self._jobs.put(None)
+
     def _work(self) -> None:
         while True:
             job = self._jobs.get()
+            if job is None:
+                return
             try:
                 job()
             except Exception:
                 log.exception("a connection thread failed")
             with self._lock:
+                if self._stopped:
+                    self._count -= 1
+                    return
                 self._idle += 1
 
 

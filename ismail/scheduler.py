@@ -213,6 +213,17 @@ class QueueManager:
             self._cond.notify()
         log.info("queue flush: %d message(s) due now", len(self._heap))
 
+    def delete(self, queue_id: str) -> bool:
+        """Remove a message from the queue (a delivery under way finishes, then finds it gone)."""
+        with self._cond:
+            entry = self._entries.get(queue_id)
+        self.spool.remove(queue_id)
+        if entry is None:
+            return False
+        self._forget(entry)
+        log.info("%s: deleted from the queue", queue_id)
+        return True
+
     def entries(self) -> list[QueueEntry]:
         with self._cond:
             return list(self._entries.values())

@@ -95,6 +95,7 @@ class MailServer:
         deadline = time.monotonic() + grace
         while self.stats.get("connections_current") > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
+        self.workers.stop()
         left = self.stats.get("connections_current")
         if left:
             log.warning("stopped with %d session(s) still open", left)
