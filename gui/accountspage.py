@@ -1,0 +1,173 @@
+"""The Accounts tab: local accounts per domain; add, remove, set password.
+
+Unlike the other tabs this one acts at once (the accounts file is its own store, and a
+new account should be able to receive mail the moment it exists), so OK / Apply / Cancel
+do not concern it; the page says so.  postmaster and root exist in every domain and
+cannot be removed (RFC 5321 requires postmaster).
+"""
+from __future__ import annotations
+
+import tkinter as tk
+from tkinter import messagebox, ttk
+from typing import TYPE_CHECKING
+
+from ismail.accounts import AccountError
+from ismail.config import FieldError, Settings
+
+from .pages import WRAP, Page
+from .widgets import PAD, ErrorLabel, Query
+
+if TYPE_CHECKING:
+    from .controller import Controller
+
+ALL = "All domains"
+
+
+class AccountsPage(Page):
+    title = "Accounts"
+
+    def __init__(self, master: tk.Misc, dialog: tk.Misc) -> None:
+        super().__init__(master, dialog)
+        self.controller: Controller = dialog.controller
+        self._utest: bool = dialog._utest
+        self.columnconfigure(0, weight=1)
+        self.columnconfigure(1, weight=0)
+        self.rowconfigure(2, weight=1)
+        ttk.Label(self, text="Each account has a mailbox that receives the mail for its address. "
+                  "Changes on this page take effect at once.", wraplength=WRAP,
+                  justify="left").grid(row=0, column=0, columnspan=2, sticky="w", pady=(0, PAD))
+        top = ttk.Frame(self)
+        top.grid(row=1, column=0, columnspan=2, sticky="w", pady=(0, PAD))
+        ttk.Label(top, text="Domain:").pack(side="left", padx=(0, PAD))
+        self.domain = tk.StringVar(self, ALL)
+        self.domain_box = ttk.Combobox(top, textvariable=self.domain, state="readonly", width=30)
+        self.domain_box.pack(side="left")
+        self.domain_box.bind("<<ComboboxSelected>>", lambda e: self.refresh())
+        self.tree = ttk.Treeview(self, columns=("address", "password", "mailbox"), show="headings",
+                                 height=9, selectmode="browse")
+        for col, text, width in (("address", "Address", 220), ("password", "Password", 90),
+                                 ("mailbox", "Mailbox folder", 300)):
+            self.tree.heading(col, text=text, anchor="w")
+            self.tree.column(col, width=width, anchor="w", stretch=col == "mailbox")
+        self.tree.grid(row=2, column=0, sticky="nsew")
+        scroll = ttk.Scrollbar(self, orient="vertical", command=self.tree.yview)
+        scroll.grid(row=2, column=1, sticky="ns")
+        self.tree.configure(yscrollcommand=scroll.set)
+        self.tree.bind("<<TreeviewSelect>>", lambda e: self._sync_buttons())
+        buttons = ttk.Frame(self)
+        buttons.grid(row=2, column=2, sticky="n", padx=(PAD, 0))
+        self.add_button = ttk.Button(buttons, text="Add…", command=self.add_account)
+        self.password_button = ttk.Button(buttons, text="Set password…", command=self.set_password)
+        self.remove_button = ttk.Button(buttons, text="Remove", command=self.remove_account)
+        for b in (self.add_button, self.password_button, self.remove_button):
+            b.pack(fill="x", pady=(0, 4))
+        self.note = ErrorLabel(self, wraplength=WRAP, row=3, column=0, columnspan=3, sticky="w", pady=(PAD, 0))
+        self._builtin: set[str] = set()
+
+    # -- Page duties --------------------------------------------------------------------------
+    def load(self, settings: Settings) -> None:
+        domains = self.controller.local_domains()
+        self.domain_box.configure(values=[ALL, *domains])
+        if self.domain.get() not in (ALL, *domains):
+            self.domain.set(ALL)
+        self.refresh()
+
+    def store(self, settings: Settings, problems: list[FieldError]) -> None:
+        pass  # nothing waits for Apply here
+
+    # -- the list -----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        chosen = self.domain.get()
+        domains = self.controller.local_domains()
+        try:
+            infos = self.controller.accounts().list(domains)
+        except AccountError as e:
+            self.note.show(str(e))
+            return
+        selected = self.selected()
+        self.tree.delete(*self.tree.get_children())
+        self._builtin = set()
+        for info in infos:
+            if chosen != ALL and not info.address.endswith("@" + chosen):
+                continue
+            self.tree.insert("", "end", iid=info.address, values=(
+                info.address, "set" if info.has_password else "not set", str(info.mailbox)))
+            if info.builtin:
+                self._builtin.add(info.address)
+        if selected and self.tree.exists(selected):
+            self.tree.selection_set(selected)
+        self._sync_buttons()
+
+    def selected(self) -> str | None:
+        chosen = self.tree.selection()
+        return chosen[0] if chosen else None
+
+    def _sync_buttons(self) -> None:
+        address = self.selected()
+        self.password_button.state(["!disabled"] if address else ["disabled"])
+        removable = address is not None and address not in self._builtin
+        self.remove_button.state(["!disabled"] if removable else ["disabled"])
+
+    # -- actions ------------------------------------------------------------------------------
+    def add_account(self) -> Query:
+        domain = self.domain.get()
+        domain = domain if domain != ALL else self.controller.local_domains()[0]
+
+        def check(values: list[str]) -> str | None:
+            address, first, second = values
+            address = address.strip()
+            if "@" not in address:
+                address = f"{address}@{domain}"
+            if first != second:
+                return "The two passwords are not the same."
+            try:
+                info = self.controller.accounts().add(address, first, self.controller.local_domains())
+            except AccountError as e:
+                return str(e)
+            self.note.show("")
+            self.refresh()
+            if self.tree.exists(info.address):
+                self.tree.selection_set(info.address)
+                self.tree.see(info.address)
+            return None
+
+        return Query(self, "Add account", f"The new address (a name alone means @{domain}) and its "
+                     "password.", [("Address:", "", False), ("Password:", "", True),
+                                   ("Repeat password:", "", True)], check, _utest=self._utest)
+
+    def set_password(self) -> Query | None:
+        address = self.selected()
+        if address is None:
+            return None
+
+        def check(values: list[str]) -> str | None:
+            if values[0] != values[1]:
+                return "The two passwords are not the same."
+            try:
+                self.controller.accounts().set_password(address, values[0])
+            except AccountError as e:
+                return str(e)
+            self.refresh()
+            return None
+
+        return Query(self, "Set password", f"The new password for {address}:",
+                     [("Password:", "", True), ("Repeat password:", "", True)], check, _utest=self._utest)
+
+    def remove_account(self) -> None:
+        address = self.selected()
+        if address is None:
+            return
+        if address in self._builtin:
+            self.note.show(f"{address} is built in and cannot be removed.")
+            return
+        if not self._utest and not messagebox.askyesno(
+                "Remove account", f"Remove {address}?\n\nIts mailbox folder and the mail in it are "
+                "kept.", parent=self):
+            return
+        try:
+            self.controller.accounts().remove(address)
+        except AccountError as e:
+            self.note.show(str(e))
+            return
+        self.note.show("")
+        self.refresh()
