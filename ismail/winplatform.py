@@ -10,11 +10,12 @@ here touches the system at import time, and importing this module is safe everyw
 * Portable mode: a ``portable.txt`` beside the frozen executable keeps the data beside it.
 * ``program_command()``: the command line that starts this program, for the autostart entry.
 * Log-off and shutdown: ``install_shutdown_hook()`` calls back so the server stops cleanly.
-* The windowed ``ISMail.exe`` has no console: ``attach_parent_console()`` borrows the one
-  it was started from, so ``ISMail.exe --version`` prints where the user typed it.
+
+The windowed .exe's borrowing of a console for its command line is in ``ismail.entry``.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shlex
@@ -40,8 +41,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CTRL_C_EVENT, CTRL_BREAK_EVENT, CTRL_CLOSE_EVENT = 0, 1, 2
 CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT = 5, 6
 _ENDING_EVENTS = (CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT)
-# Windows ends a console process 5 s after CTRL_CLOSE_EVENT whatever the handler does, and
-# gives log-off/shutdown a little longer; waiting longer than this would buy nothing.
+# Windows ends a console process 5 s after CTRL_CLOSE_EVENT whatever the handler does (up to
+# 20 s at log-off and shutdown); the server's own stop grace is 10 s.
 SHUTDOWN_GRACE_SECONDS = 10.0
 ATTACH_PARENT_PROCESS = -1  # AttachConsole(DWORD -1): the console of the parent process
 
@@ -110,6 +111,8 @@ def _autostart_command_windows(reg: Any) -> str | None:
             value, _kind = reg.QueryValueEx(key, APP_NAME)
     except FileNotFoundError:
         return None
+    # (Task Manager's Startup tab can switch an entry off elsewhere, under Explorer's
+    # StartupApproved key; the entry itself is what ISMail owns and reports.)
     return value if isinstance(value, str) and value.strip() else None
 
 
@@ -293,15 +296,10 @@ def install_shutdown_hook(callback: Callable[[], None], *, tk_root: Any = None,
         if tk_root is not None:
             tk_root.protocol("WM_SAVE_YOURSELF", callback)
             hook.events.append("WM_SAVE_YOURSELF")
-        _install_console_handler(callback, hook, kernel32 if kernel32 is not None else _kernel32(), grace)
+        _install_console_handler(callback, hook, kernel32 if kernel32 is not None else load_kernel32(), grace)
     else:
         _install_signal_handlers(callback, hook, signal_module or _signal())
     return hook
-
-
-def _kernel32() -> Any:
-    import ctypes
-    return ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
 
 
 def _signal() -> ModuleType:
@@ -310,7 +308,6 @@ def _signal() -> ModuleType:
 
 
 def _console_handler_type() -> Any:
-    import ctypes
     # BOOL WINAPI HandlerRoutine(DWORD); CFUNCTYPE stands in where WINFUNCTYPE does not exist.
     factory = getattr(ctypes, "WINFUNCTYPE", ctypes.CFUNCTYPE)
     return factory(ctypes.c_int, ctypes.c_uint)
@@ -351,32 +348,28 @@ def _install_signal_handlers(callback: Callable[[], None], hook: ShutdownHook, s
             hook.events.append(name)
 
 
-# -- a console for the command line of the windowed .exe -------------------------------------
+# -- kernel32, for this module and ismail.entry ----------------------------------------------
 
-def attach_parent_console(*, platform: str | None = None, kernel32: Any = None,
-                          opener: Callable[..., Any] = open) -> bool:
-    """Give the windowed .exe the console it was started from; True if streams were reopened.
+TH32CS_SNAPPROCESS = 0x2
+MAX_PATH = 260
 
-    A GUI-subsystem program starts without standard streams unless its parent passed some
-    (a pipe, a file): those are kept.  Only streams that are missing are opened on the
-    parent's console (CONIN$/CONOUT$).  POSIX programs always have their streams: no-op.
-    """
-    if not _is_windows(platform):
-        return False
-    missing = [name for name in ("stdin", "stdout", "stderr") if getattr(sys, name) is None]
-    if not missing:
-        return False
-    k32 = kernel32 if kernel32 is not None else _kernel32()
-    if not k32.AttachConsole(ATTACH_PARENT_PROCESS):
-        return False  # started by Explorer, or the parent has no console: nowhere to print
-    for name in missing:
-        if name == "stdin":
-            stream = opener("CONIN$", "r", encoding="utf-8", errors="replace")
-        else:
-            stream = opener("CONOUT$", "w", encoding="utf-8", errors="replace", buffering=1)
-        setattr(sys, name, stream)
-    # The shell printed its prompt already (it does not wait for a windowed program):
-    # start on a fresh line so the output is not glued to the prompt.
-    if "stdout" in missing:
-        sys.stdout.write("\n")
-    return True
+
+class PROCESSENTRY32W(ctypes.Structure):
+    _fields_ = [("dwSize", ctypes.c_uint32), ("cntUsage", ctypes.c_uint32),
+                ("th32ProcessID", ctypes.c_uint32), ("th32DefaultHeapID", ctypes.c_size_t),
+                ("th32ModuleID", ctypes.c_uint32), ("cntThreads", ctypes.c_uint32),
+                ("th32ParentProcessID", ctypes.c_uint32), ("pcPriClassBase", ctypes.c_long),
+                ("dwFlags", ctypes.c_uint32), ("szExeFile", ctypes.c_wchar * MAX_PATH)]
+
+
+def load_kernel32() -> Any:
+    """kernel32 with the prototypes used here and in ismail.entry: handles are pointer-sized, and the
+    default int return type would cut a 64-bit handle in half."""
+    k32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    k32.GetConsoleWindow.restype = ctypes.c_void_p
+    k32.CreateToolhelp32Snapshot.restype = ctypes.c_void_p
+    k32.CreateToolhelp32Snapshot.argtypes = [ctypes.c_uint32, ctypes.c_uint32]
+    for name in ("Process32FirstW", "Process32NextW"):
+        getattr(k32, name).argtypes = [ctypes.c_void_p, ctypes.POINTER(PROCESSENTRY32W)]
+    k32.CloseHandle.argtypes = [ctypes.c_void_p]
+    return k32
