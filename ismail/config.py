@@ -127,6 +127,11 @@ class AccessSettings:
     blocked: list[str] = field(default_factory=list)   # CIDR list refused at connect
 
 
+@dataclass
+class ProgramSettings:
+    start_server_on_open: bool = True   # the window starts SMTP by itself when it opens
+
+
 @dataclass(frozen=True)
 class ListenEntry:
     """One listening address with its flags: "0.0.0.0:465 tls", "0.0.0.0:587 submission"."""
@@ -171,7 +176,7 @@ class RetrySettings:
 _SECTIONS: dict[str, type] = {
     "incoming": IncomingSettings, "outgoing": OutgoingSettings, "smarthost": SmartHostSettings,
     "timeouts": TimeoutSettings, "retry": RetrySettings, "tls": TLSSettings, "auth": AuthSettings,
-    "access": AccessSettings,
+    "access": AccessSettings, "program": ProgramSettings,
 }
 # Allowed ranges of every whole-number setting (the GUI shows them next to its fields).
 RANGES: dict[str, tuple[int, int]] = {
@@ -187,7 +192,7 @@ RANGES: dict[str, tuple[int, int]] = {
 }
 _BOOLS = ("smarthost.enabled", "smarthost.exclusive", "smarthost.authenticate",
           "smarthost.verify_certificate", "auth.allow_plaintext", "auth.require_for_relay",
-          "auth.enforce_sender")
+          "auth.enforce_sender", "program.start_server_on_open")
 
 
 def split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
@@ -246,6 +251,7 @@ class Settings:
     tls: TLSSettings = field(default_factory=TLSSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    program: ProgramSettings = field(default_factory=ProgramSettings)
     extra: dict = field(default_factory=dict)
 
     def local_domains(self) -> frozenset[str]:
