@@ -152,6 +152,7 @@ def cmd_check_config(data_dir: Path) -> int:
 def cmd_run(data_dir: Path) -> int:
     from .logsetup import setup_logging
     from .service import MailServer, StartupError
+    from .winplatform import install_shutdown_hook
 
     settings = load_settings(data_dir)
     try:
@@ -169,12 +170,22 @@ def cmd_run(data_dir: Path) -> int:
         log.info("signal %s received: stopping", signum)
         stop.set()
 
-    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):  # SIGBREAK: Ctrl+Break on Windows
+    for name in ("SIGINT", "SIGBREAK"):  # Ctrl+C; Ctrl+Break on Windows
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), on_signal)
-    while not stop.wait(0.5):
-        pass
-    server.stop()
+    # SIGTERM/SIGHUP on POSIX; on Windows a closed console window, log-off or shutdown,
+    # where the process ends once the handler returns: it waits for hook.done().
+    def on_shutdown() -> None:
+        log.info("asked to stop by the system")
+        stop.set()
+
+    hook = install_shutdown_hook(on_shutdown)
+    try:
+        while not stop.wait(0.5):
+            pass
+        server.stop()
+    finally:
+        hook.done()
     return 0
 
 
