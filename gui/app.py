@@ -4,32 +4,39 @@ Tk lives in the main thread.  The server's threads reach the window only through
 log records through ``QueueLogHandler`` (the activity pane, the original's Real-time
 Monitor), finished jobs through ``Pump``.  The figures are read from the server's Stats
 once a second.  Starting and stopping run in a thread, so the window never freezes even
-while open sessions get their grace period.
+while open sessions get their grace period - except at log-off, shutdown or SIGTERM
+(``end_session``), when the stop is done on the spot so it is over before the process is.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 import tkinter as tk
 import tkinter.font
-from pathlib import Path
 from tkinter import messagebox, ttk
 
 from ismail import __version__
 
 from .controller import Controller, StartProblem
 from .events import Pump, QueueLogHandler, attach
+from .helpwin import readme_window
 from .queueview import QueueWindow
 from .settings import ConfigDialog
 from .statsview import StatisticsWindow
 from .tools import PortTestDialog, SmartHostTestDialog
-from .widgets import PAD, ErrorLabel, Query, Window, friendly, place_over, setup_style
+from .widgets import PAD, ErrorLabel, Query, friendly, set_icon, setup_style
 
 ACTIVITY_LINES = 500
 TICK_MS = 250          # activity pane
 FIGURES_EVERY = 4      # ticks: the figures refresh about once a second
+NOT_STARTED = ("Not started when ISMail opened, as set in Settings > Program. "
+               "Click Start SMTP to serve mail.")
+
+log = logging.getLogger("ismail.gui")
 
 
 class MainWindow:
@@ -41,8 +48,12 @@ class MainWindow:
         self.closing = False
         self.problem: StartProblem | None = None
         self.dialog: ConfigDialog | None = None
+        self.stopped_note = ""          # shown beside "Stopped" when no problem is
+        self._ended = threading.Event()  # end_session() ran in another thread: close at the next tick
+        self._gone = False
         setup_style(root)
         root.title("ISMail")
+        self.icon = set_icon(root)
         root.protocol("WM_DELETE_WINDOW", self.close)
         root.minsize(640, 460)
         self.pump = Pump(root)
@@ -60,7 +71,7 @@ class MainWindow:
         menus = {
             "File": [("Open data folder", self.open_data_folder), None, ("Exit", self.close)],
             "Settings": [(f"{p}…", lambda p=p: self.open_settings(p))
-                         for p in ("Domain", "Connections", "Access", "Accounts")],
+                         for p in ("Domain", "Connections", "Access", "Accounts", "Program")],
             "Tools": [("Test port 25…", self.open_port_test), ("Test SmartHost…", self.open_smarthost_test),
                       None, ("Queue…", self.open_queue), ("Statistics…", self.open_statistics)],
             "Help": [("README", self.show_readme), ("About ISMail", self.show_about)],
@@ -89,7 +100,7 @@ class MainWindow:
         top.columnconfigure(1, weight=1)
         self.state_label = ttk.Label(top, text="Stopped", style="Stopped.TLabel", width=11)
         self.state_label.grid(row=0, column=0, sticky="w")
-        self.listening_label = ttk.Label(top, text="")
+        self.listening_label = ttk.Label(top, text="", wraplength=400, justify="left")  # keep the buttons in view
         self.listening_label.grid(row=0, column=1, sticky="w", padx=(PAD, 0))
         self.start_button = ttk.Button(top, text="Start SMTP", command=self.start_server)
         self.start_button.grid(row=0, column=2, padx=(PAD, 4))
@@ -166,9 +177,20 @@ class MainWindow:
     def _problem_page(self) -> str:
         return "Connections" if self.problem is not None and self.problem.listen else "Domain"
 
+    def on_open(self) -> None:
+        """The program has opened: start SMTP, unless Settings > Program says not to."""
+        s = self.controller.settings
+        if s is not None and not s.program.start_server_on_open:
+            log.info("the SMTP server was not started: program.start_server_on_open is off")
+            self.stopped_note = NOT_STARTED
+            self.set_state("stopped")
+            return
+        self.start_server()  # with unusable settings, this is what explains them
+
     def start_server(self) -> None:
         if self.state != "stopped" or self.closing:
             return
+        self.stopped_note = ""
         self.set_state("starting")
         self.pump.run(self.controller.start, self._started, name="server-start")
 
@@ -209,7 +231,35 @@ class MainWindow:
         else:
             self._destroy()
 
+    def end_session(self) -> None:
+        """Log-off, shutdown, SIGTERM: the server has stopped when this returns; then the window closes.
+
+        Called in the Tk thread (WM_SAVE_YOURSELF; a signal, through after()) it closes the
+        window at once; from another thread (the Windows console handler) it touches no Tk,
+        and the window closes at its next tick.  A start or stop under way is waited for.
+        """
+        self.closing = True
+        if threading.current_thread() is not threading.main_thread():
+            self.controller.shutdown()
+            self._ended.set()
+            return
+        if self._gone:
+            return
+        log.info("ISMail is ending: stopping the SMTP server")
+        try:
+            self.state_label.configure(text="Stopping…", style="Stopped.TLabel")
+            self.listening_label.configure(text="The session is ending: stopping the SMTP server…")
+            self._sync_buttons()
+            self.root.update_idletasks()
+        except tk.TclError:
+            pass
+        self.controller.shutdown()
+        self._destroy()
+
     def _destroy(self) -> None:
+        if self._gone:
+            return
+        self._gone = True
         self.state = "stopped"
         self._detach()
         self.pump.cancel()
@@ -221,6 +271,9 @@ class MainWindow:
 
     # -- the live parts ------------------------------------------------------------------------
     def _tick(self) -> None:
+        if self._ended.is_set():
+            self._destroy()
+            return
         self.drain_activity()
         self._ticks += 1
         if self._ticks % FIGURES_EVERY == 0:
@@ -254,7 +307,8 @@ class MainWindow:
         if self.state == "running":
             self.listening_label.configure(text="Listening on " + ", ".join(f.listening))
         elif self.state in ("stopped", "starting") and not self.closing:
-            self.listening_label.configure(text="" if self.state == "stopped" else "Opening the listening ports…")
+            self.listening_label.configure(text=self.stopped_note if self.state == "stopped"
+                                           else "Opening the listening ports…")
 
     # -- dialogs -------------------------------------------------------------------------------
     def open_settings(self, page: str = "Domain") -> ConfigDialog | None:
@@ -324,19 +378,7 @@ class MainWindow:
             messagebox.showinfo("Data folder", f"The data folder is\n{folder}", parent=self.root)
 
     def show_readme(self) -> tk.Toplevel:
-        win = Window(self.root)
-        win.title("ISMail README")
-        text = tk.Text(win, width=84, height=32, wrap="word", font="TkFixedFont", padx=PAD, pady=PAD)
-        ys = ttk.Scrollbar(win, orient="vertical", command=text.yview)
-        text.configure(yscrollcommand=ys.set)
-        text.grid(row=0, column=0, sticky="nsew")
-        ys.grid(row=0, column=1, sticky="ns")
-        win.columnconfigure(0, weight=1)
-        win.rowconfigure(0, weight=1)
-        text.insert("1.0", _readme_text())
-        text.configure(state="disabled")
-        place_over(win, self.root)
-        return win
+        return readme_window(self.root)
 
     def show_about(self) -> None:
         messagebox.showinfo("About ISMail", f"ISMail {__version__}\nA mail server you double-click.\n\n"
@@ -360,16 +402,3 @@ def _with_port(entry: str, port: int) -> str:
     address, *flags = entry.split() or [""]
     host = address.rsplit(":", 1)[0] if ":" in address else address
     return " ".join([f"{host}:{port}", *flags])
-
-
-def _readme_text() -> str:
-    places = [Path(__file__).resolve().parent.parent / "README.txt",
-              Path(sys.executable).resolve().parent / "README.txt"]
-    if hasattr(sys, "_MEIPASS"):  # inside the .exe, bundled files live there
-        places.insert(0, Path(sys._MEIPASS) / "README.txt")
-    for place in places:
-        try:
-            return place.read_text(encoding="utf-8")
-        except OSError:
-            continue
-    return "README.txt was not found next to the program."

@@ -21,9 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ismail import winplatform
 from ismail.accounts import AccountError, AccountStore
-from ismail.config import (ConfigError, FieldError, Settings, load, save, settings_path,
-                           validate)
+from ismail.config import (ConfigError, FieldError, Settings, load, resolve_data_dir, save,
+                           settings_path, validate)
 from ismail.service import MailServer, StartupError
 
 log = logging.getLogger("ismail.gui")
@@ -118,6 +119,12 @@ class Controller:
         self.warnings: list[str] = []
         self.server: MailServer | None = None
         self.running = False
+        # start() and stop() may come from a window thread and from a log-off at once: the
+        # lock makes a stop wait for a start in progress, and _ending refuses starts after
+        # shutdown().  _live is the server still to be stopped (self.server stays readable).
+        self._lock = threading.Lock()
+        self._live: MailServer | None = None
+        self._ending = False
         self.started_at = time.time()
         self._counter: QueueCounter | None = None
         self._store: AccountStore | None = None
@@ -170,6 +177,12 @@ class Controller:
     # -- the server -------------------------------------------------------------------------------
     def start(self) -> StartProblem | None:
         """Start serving; None on success, else why not (any thread)."""
+        with self._lock:
+            if self._ending:
+                return StartProblem("ISMail is closing; the SMTP server was not started.", False)
+            return self._start()
+
+    def _start(self) -> StartProblem | None:
         if self.running:
             return None
         if self.settings is None and not self.load_settings():
@@ -193,20 +206,66 @@ class Controller:
             log.exception("unexpected failure while starting")
             return StartProblem(f"ISMail could not start because of an unexpected problem: {e}. "
                                 "The mail log has the details.", False)
-        self.server, self.running, self.started_at = server, True, time.time()
+        self.server, self._live, self.running, self.started_at = server, server, True, time.time()
         if getattr(server, "qmgr", None) is None:
             self._counter = QueueCounter(server.spool.messages)
         return None
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stop cleanly (any thread); the server's figures stay readable afterwards."""
-        server = self.server
-        self.running = False
-        if self._counter is not None:
-            self._counter.stop()
-            self._counter = None
-        if server is not None:
-            server.stop(grace)  # MailServer owns its queue manager and stops it too
+        """Stop cleanly (any thread); the server's figures stay readable afterwards.
+
+        Returns once the server has stopped, also when another thread was starting or
+        stopping it at the time; stopping a stopped server does nothing.
+        """
+        with self._lock:
+            server, self._live = self._live, None
+            self.running = False
+            if self._counter is not None:
+                self._counter.stop()
+                self._counter = None
+            if server is not None:
+                server.stop(grace)  # MailServer owns its queue manager and stops it too
+
+    def shutdown(self, grace: float = 10.0) -> None:
+        """The program is ending (log-off, shutdown, SIGTERM, the window closed): stop for good."""
+        self._ending = True
+        self.stop(grace)
+
+    # -- autostart at log-on ----------------------------------------------------------------------
+    def autostart_args(self) -> list[str]:
+        """``--data-dir DIR`` unless this data folder is the one ISMail finds by itself at log-on
+        (where $ISMAIL_HOME, set in some shell, is not to be relied on)."""
+        environ = {k: v for k, v in os.environ.items() if k != "ISMAIL_HOME"}
+        try:
+            same = resolve_data_dir(None, environ).resolve() == self.data_dir.resolve()
+        except OSError:
+            same = False
+        return [] if same else ["--data-dir", str(self.data_dir.resolve())]
+
+    def autostart_command(self) -> str:
+        """The command line that opens this ISMail, with this data folder, at log-on."""
+        return winplatform.program_command(self.autostart_args())
+
+    def autostart_enabled(self) -> bool:
+        try:
+            return winplatform.autostart_enabled()
+        except OSError as e:  # an unreadable registry key or folder: say "off", log why
+            log.warning("cannot read the log-on start entry: %s", e)
+            return False
+
+    def set_autostart(self, enabled: bool) -> bool:
+        """Start this ISMail at log-on, or not; True if the entry had to be written or removed.
+
+        An entry left by a copy that has since moved (another command) is replaced.
+        OSError or ValueError when the entry cannot be written.
+        """
+        command = self.autostart_command()
+        registered = winplatform.autostart_command()
+        if (registered == command) if enabled else registered is None:
+            return False
+        winplatform.set_autostart(enabled, command if enabled else None)
+        log.info("ISMail %s when this user logs on", "starts" if enabled else "no longer starts")
+        return True
 
     def figures(self) -> Figures:
         s = self.settings or Settings()

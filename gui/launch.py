@@ -10,9 +10,12 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 import tkinter as tk
 from tkinter import messagebox
+from typing import Any
 
+from ismail import winplatform
 from ismail.config import resolve_data_dir
 
 from .app import MainWindow
@@ -27,22 +30,47 @@ def _say(text: str) -> None:
         print(f"ismail: {text}", file=sys.stderr)
 
 
-def _close_on_signals(root: tk.Tk, window: MainWindow) -> None:
-    """SIGTERM (a logout, `kill`) and Ctrl+C in a terminal close the window the clean way.
+def end_cleanly_on_session_end(root: tk.Misc, window: MainWindow, *, platform: str | None = None,
+                               **hook_options: Any) -> winplatform.ShutdownHook:
+    """Log-off, shutdown, SIGTERM, SIGHUP and Ctrl+C stop the server cleanly before ISMail ends.
 
-    Python runs signal handlers in the main thread between Tk events (the window's own
-    timers wake Tk several times a second), so the handler may schedule Tk work.
+    One callback for every way in (``winplatform.install_shutdown_hook`` picks them for the
+    system; Ctrl+C is added here): ``MainWindow.end_session``, which returns once the server
+    has stopped.  Tk is called from the main thread only:
+
+    * Windows' WM_SAVE_YOURSELF (Tk's log-off / shutdown message) runs in the Tk thread
+      while Windows waits, so the stop happens right there;
+    * a signal handler runs in the main thread but between any two Python lines, so it
+      only schedules the stop with ``after()``; the window's timers wake Tk within 250 ms;
+    * the Windows console handler runs in a thread of its own: the server stops in that
+      thread, ``hook.done()`` lets Windows go on, and the window closes at its next tick.
+
+    ``platform`` and ``hook_options`` (``kernel32``, ``signal_module``) are for the tests.
     """
-    def handler(signum: int, frame: object) -> None:
-        logging.getLogger("ismail.gui").info("signal %s received: closing", signum)
-        root.after_idle(window.close)
+    hook: winplatform.ShutdownHook | None = None
+    windows = (platform or sys.platform) == "win32"
 
-    for name in ("SIGTERM", "SIGINT"):
-        if hasattr(signal, name):
-            try:
-                signal.signal(getattr(signal, name), handler)
-            except (ValueError, OSError):  # not the main thread, or not allowed here
-                pass
+    def from_signal(*_args: object) -> None:
+        root.after(0, window.end_session)
+
+    def on_end() -> None:
+        if threading.current_thread() is not threading.main_thread():
+            window.end_session()
+            if hook is not None:
+                hook.done()
+        elif windows:
+            window.end_session()
+        else:
+            from_signal()
+
+    hook = winplatform.install_shutdown_hook(on_end, tk_root=root, platform=platform, **hook_options)
+    sig = hook_options.get("signal_module") or signal
+    try:
+        sig.signal(sig.SIGINT, from_signal)
+        hook.events.append("SIGINT")
+    except (ValueError, OSError):  # not the main thread, or not allowed here
+        pass
+    return hook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         root.destroy()
         return EXIT_ALREADY_RUNNING
     mail_log = None
+    controller: Controller | None = None
     try:
         from ismail.logsetup import setup_logging
         try:
@@ -86,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         if mail_log is None:
             logging.getLogger("ismail.gui").error("the mail log cannot be written in %s", data_dir / "logs")
         controller.load_settings()
-        _close_on_signals(root, window)
+        end_cleanly_on_session_end(root, window)
         root.deiconify()
-        window.start_server()
+        window.on_open()  # starts SMTP unless program.start_server_on_open is off
         root.mainloop()
     finally:
+        if controller is not None:
+            controller.shutdown()  # however the window went, the server stops before the process
         if mail_log is not None:
             mail_log.flush()  # logging.shutdown() closes it at exit; closing twice is not safe
         lock.release()

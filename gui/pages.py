@@ -1,4 +1,4 @@
-"""The settings dialog's pages: Domain, Connections, Access (Accounts is in accountspage.py).
+"""The settings dialog's pages: Domain, Connections, Access (Accounts and Program have files of their own).
 
 Each page is a Frame with three duties: ``load(settings)`` fills its fields,
 ``store(settings, problems)`` writes the fields back into a Settings (adding a
@@ -70,6 +70,10 @@ class Page(ttk.Frame):
     def load(self, settings: Settings) -> None: ...
 
     def store(self, settings: Settings, problems: list[FieldError]) -> None: ...
+
+    def commit(self) -> list[FieldError]:
+        """After a valid Apply has saved ismail.json: put in force what lives elsewhere."""
+        return []
 
     def error_for(self, key: str, parent: tk.Misc, row: int, column: int = 1, columnspan: int = 3) -> ErrorLabel:
         label = ErrorLabel(parent, row=row, column=column, columnspan=columnspan, sticky="w", pady=(0, 4))

@@ -4,7 +4,8 @@ Apply reads every page into a copy of the settings, validates it with ismail.con
 own ``validate`` and, if anything is wrong, shows each problem in red under its field
 (switching to the first page that has one) and does nothing else: no file is written and
 the server is untouched.  A valid Apply goes to ``Controller.apply_settings``, which puts
-the settings in force (``MailServer.apply``) and saves them atomically.
+the settings in force (``MailServer.apply``) and saves them atomically; then each page's
+``commit`` puts in force what is kept elsewhere (the Program page's log-on entry).
 
 ``_utest`` (as in idlelib) builds the dialog without ``grab_set``/``wait_window`` so tests
 can fill it in and press its buttons.
@@ -19,12 +20,13 @@ from ismail.config import FieldError, Settings, validate
 
 from .accountspage import AccountsPage
 from .pages import AccessPage, ConnectionsPage, DomainPage, Page
+from .programpage import ProgramPage
 from .widgets import PAD, ErrorLabel, Window, friendly, place_over
 
 if TYPE_CHECKING:
     from .controller import Controller
 
-PAGES = ("Domain", "Connections", "Access", "Accounts")
+PAGES = ("Domain", "Connections", "Access", "Accounts", "Program")
 
 
 class ConfigDialog(Window):
@@ -44,7 +46,7 @@ class ConfigDialog(Window):
         self.notebook = ttk.Notebook(outer)
         self.notebook.grid(row=0, column=0, sticky="nsew")
         self.pages: dict[str, Page] = {}
-        for cls in (DomainPage, ConnectionsPage, AccessPage, AccountsPage):
+        for cls in (DomainPage, ConnectionsPage, AccessPage, AccountsPage, ProgramPage):
             p = cls(self.notebook, self)
             self.notebook.add(p, text=f" {cls.title} ")
             self.pages[cls.title] = p
@@ -107,14 +109,18 @@ class ConfigDialog(Window):
         settings, problems = self.collect()
         if not problems:
             problems = self.controller.apply_settings(settings)
-        self.show_errors(problems)
         if problems:
+            self.show_errors(problems)
             return False
-        self.done.configure(text="Saved; the new settings are in force." if self.controller.running
-                            else "Saved.")
+        # Saved and in force; now what lives outside ismail.json (the log-on entry).
+        problems = [e for page in self.pages.values() for e in page.commit()]
+        self.show_errors(problems)
+        if not problems:
+            self.done.configure(text="Saved; the new settings are in force." if self.controller.running
+                                else "Saved.")
         if self.on_applied is not None:
             self.on_applied()
-        return True
+        return not problems
 
     def ok(self) -> None:
         if self.apply():

@@ -12,6 +12,7 @@ import tkinter as tk
 from tkinter import ttk
 from typing import Callable
 
+from ismail import winplatform
 from ismail.config import FieldError
 
 ERROR_COLOUR = "#b00020"
@@ -31,6 +32,19 @@ def setup_style(root: tk.Misc) -> ttk.Style:
     style.configure("Stopped.TLabel", font=("TkDefaultFont", 14, "bold"), foreground="#9a2b00")
     style.configure("Figure.TLabel", font=("TkDefaultFont", 11, "bold"))
     return style
+
+
+def set_icon(win: tk.Tk | tk.Toplevel) -> tk.PhotoImage | None:
+    """ISMail's icon on ``win`` and every window opened after it; None without the image file."""
+    path = winplatform.asset_path("ismail.png")  # in the bundle when frozen, else in assets/
+    if not path.is_file():
+        return None
+    try:
+        image = tk.PhotoImage(master=win, file=str(path))
+        win.iconphoto(True, image)
+    except tk.TclError:  # a Tk without PNG support, or an unreadable file: keep Tk's own icon
+        return None
+    return image  # the caller keeps it: Tk drops an image Python no longer holds
 
 
 def friendly(error: FieldError) -> str:

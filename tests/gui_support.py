@@ -21,6 +21,7 @@ import tkinter as tk
 import unittest
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 from gui.app import MainWindow
 from gui.controller import Controller
@@ -216,6 +217,14 @@ class GuiTestCase(unittest.TestCase):
         root = shared_root()
         assert root is not None
         self.root = root
+        # The Program tab reads and writes the log-on entry under $XDG_CONFIG_HOME (Linux):
+        # every GUI test gets a HOME of its own, so none can touch the real one.
+        home = Path(tempfile.mkdtemp(prefix="ismail-gui-home-"))
+        self.addCleanup(shutil.rmtree, home, True)
+        environ = mock.patch.dict(os.environ, {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")})
+        environ.start()
+        self.addCleanup(environ.stop)
+        self.config_home = home / ".config"
         # Collect the windows of this test here, in the Tk thread: left to the cyclic GC they
         # could be freed in a server thread, which Tk does not allow.
         self.addCleanup(gc.collect)

@@ -318,7 +318,7 @@ class SettingsDialogTest(GuiTestCase):
         shots = {"main-window": screenshot("main-window")}
         dialog = w.open_settings("Domain")
         self.addCleanup(dialog.destroy)
-        for name in ("Domain", "Connections", "Access", "Accounts"):
+        for name in ("Domain", "Connections", "Access", "Accounts", "Program"):
             dialog.select(name)
             pump(dialog, 0.4)
             shots[f"settings-{name.lower()}"] = screenshot(f"settings-{name.lower()}")
