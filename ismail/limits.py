@@ -74,6 +74,11 @@ class ConnectionLimiter:
             self._max_total = max_total
             self._max_per_host = max_per_host
 
+    def busy(self, share: float) -> bool:
+        """Are at least ``share`` of the total places taken?  Read without the lock: an
+        estimate for deciding time-outs, asked after every read of every session."""
+        return self._total >= share * self._max_total
+
     @property
     def limits(self) -> tuple[int, int]:
         with self._lock:

@@ -10,6 +10,7 @@ everything pending is written on close (logging.shutdown runs at exit).
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import sys
@@ -32,7 +33,7 @@ class MailLogHandler(logging.Handler):
         self.stream = stream
         self.max_bytes = max_bytes
         self.backups = backups
-        self._pending: list[str] = []
+        self._pending: collections.deque[str] = collections.deque()
         self._io_lock = threading.Lock()
         self._file = None
         self._size = 0
@@ -42,40 +43,51 @@ class MailLogHandler(logging.Handler):
         self._writer = threading.Thread(target=self._write_regularly, name="log-writer", daemon=True)
         self._writer.start()
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        # No handler lock: appending to a deque is atomic, and formatting needs no lock.
+        # (The stock handle() takes an RLock per line that every session thread queues on.)
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + "\n"
         except Exception:
             self.handleError(record)
             return
-        self._pending.append(line)  # emit runs under the handler's lock
+        self._pending.append(line)
         if record.levelno >= logging.WARNING:
             self.flush()
 
     def flush(self) -> None:
-        with self.lock:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return
-        text = "".join(batch)
-        with self._io_lock:
-            if self._file is not None:
-                data = text.encode("utf-8", "replace")
-                try:
-                    if self._size and self._size + len(data) > self.max_bytes:
-                        self._rotate()
-                    self._file.write(data)
-                    self._file.flush()
-                    self._size += len(data)
-                except OSError as e:
-                    if sys.stderr is not None:
-                        sys.stderr.write(f"ismail: cannot write the mail log: {e}\n")
-            if self.stream is not None:
-                try:
-                    self.stream.write(text)
-                    self.stream.flush()
-                except (OSError, ValueError):
-                    pass
+        with self._io_lock:  # one writer at a time, so lines stay in order
+            batch = []
+            pending = self._pending
+            while pending:
+                batch.append(pending.popleft())  # each popleft is atomic: no line is lost
+            if batch:
+                self._write("".join(batch))
+
+    def _write(self, text: str) -> None:
+        if self._file is not None:
+            data = text.encode("utf-8", "replace")
+            try:
+                if self._size and self._size + len(data) > self.max_bytes:
+                    self._rotate()
+                self._file.write(data)
+                self._file.flush()
+                self._size += len(data)
+            except OSError as e:
+                if sys.stderr is not None:
+                    sys.stderr.write(f"ismail: cannot write the mail log: {e}\n")
+        if self.stream is not None:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
 
     def close(self) -> None:
         self._stopping.set()

@@ -292,8 +292,7 @@ class Connection:
         if session.closing:
             return
         limit = self.timeout
-        total, _ = ms.limiter.limits
-        if ms.limiter.total >= STRESS_SHARE * total:
+        if ms.limiter.busy(STRESS_SHARE):
             limit = min(limit, STRESS_TIMEOUT)  # busy: idle clients make room sooner (Postfix's stress mode)
         why = ""
         if now - idle_since > limit:
