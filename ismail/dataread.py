@@ -16,6 +16,7 @@ TEXT_LINE_LIMIT = 1000  # octets including CRLF (RFC 5321 §4.5.3.1.6)
 BARE = "bare"   # a bare CR or LF
 LONG = "long"   # a line over TEXT_LINE_LIMIT
 SIZE = "size"   # over the message size limit
+STORAGE = "storage"  # the disk refused the text while it was read (spilled to a file)
 
 
 class DataReader:
@@ -23,6 +24,7 @@ class DataReader:
         self.buffer = buffer
         self.size_limit = size_limit
         self.flaw: str | None = None  # why the message will be refused, once known
+        self.error: OSError | None = None
         self.lines = 0
         self._prev_crlf = True        # the DATA command's own CRLF starts the first line
         self._skipping = False        # inside an over-long line, kept no further
@@ -63,7 +65,11 @@ class DataReader:
                 if self.buffer.size + len(line) > self.size_limit:
                     self._refuse(SIZE)
                 else:
-                    self.buffer.write(line)
+                    try:
+                        self.buffer.write(line)
+                    except OSError as e:  # disk full while spilling a large message
+                        self.error = e
+                        self._refuse(STORAGE)
 
     def close(self) -> None:
         self.buffer.close()

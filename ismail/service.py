@@ -14,6 +14,7 @@ calls and read ``stats``; nothing else is shared.
 from __future__ import annotations
 
 import errno
+from concurrent.futures import ThreadPoolExecutor
 import logging
 import ssl
 import threading
@@ -58,6 +59,7 @@ class MailServer:
         self.stopping = False
         self._listeners: dict[ListenEntry, Listener] = {}
         self.guard = Guard(settings)
+        self._password_checker = _password_executor()
         self.tls_context: ssl.SSLContext | None = None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards listener changes (start, apply, stop)
@@ -96,6 +98,9 @@ class MailServer:
         while self.stats.get("connections_current") > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         self.workers.stop()
+        # Its thread ends; a new executor starts none until a login needs it (after a restart).
+        self._password_checker.shutdown(wait=False)
+        self._password_checker = _password_executor()
         left = self.stats.get("connections_current")
         if left:
             log.warning("stopped with %d session(s) still open", left)
@@ -176,8 +181,16 @@ class MailServer:
         return self.accounts.mailbox_for(local, domain)
 
     def check_login(self, address: str, password: str, ip: str) -> str:
-        """SMTP AUTH: "ok", "failed", or "banned" (this failure started a ban on ``ip``)."""
-        if self.accounts.check_password(address, password):
+        """SMTP AUTH: "ok", "failed", or "banned" (``ip`` is banned, or this failure banned it).
+
+        Password checks run one at a time in one thread: scrypt takes 16 MB for each
+        check, and the C library keeps that memory in every thread that ever ran one;
+        one at a time also caps what a password-guessing crowd can cost.
+        """
+        if self.guard.refused(ip):
+            return "banned"  # a connection opened before the ban gets no more guesses
+        ok = self._password_checker.submit(self.accounts.check_password, address, password).result()
+        if ok:
             self.guard.login_succeeded(ip)
             self.stats.add("logins")
             return "ok"
@@ -238,6 +251,10 @@ class MailServer:
         finally:
             body.close()
         return envelope.id
+
+
+def _password_executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check")
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

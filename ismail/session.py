@@ -26,7 +26,7 @@ from .addresses import AddressSyntaxError, Path as SmtpPath, parse_argument, rel
 from .policy import Policy
 from .fsutil import new_queue_id
 from .replies import is_error, multiline, reply
-from .dataread import BARE, LONG, SIZE, TEXT_LINE_LIMIT, DataReader
+from .dataread import BARE, LONG, SIZE, STORAGE, TEXT_LINE_LIMIT, DataReader
 from .spool import MessageBuffer
 from .stats import Stats
 
@@ -174,6 +174,7 @@ class Session:
         self.starttls = False
         self.tls_active = True
         self.helo, self.esmtp = None, False
+        self.authenticated = ""  # RFC 3207 §4.2: forget everything learnt before TLS
         self._buf.clear()
         self._reset()
 
@@ -464,6 +465,9 @@ class Session:
             if flaw == SIZE:
                 stats.add("messages_refused")
                 return reply(552, "5.3.4", "Message size exceeds fixed limit")
+            if flaw == STORAGE:
+                log.error("%s: could not keep the message text: %s", self.client_ip, self._data.error)
+                return reply(452, "4.3.1", "Insufficient system storage, try again later")
             protocol = ("UTF8SMTP" if self._smtputf8 else "ESMTP") if self.esmtp else "SMTP"
             if self.tls_active:
                 protocol += "S"

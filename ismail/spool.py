@@ -75,7 +75,10 @@ class MessageBuffer:
     def close(self) -> None:
         self._parts = []
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # a full disk may refuse the last buffered write; the file goes anyway
             self._file = None
 
 
