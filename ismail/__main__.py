@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("passwd", "set an account's password (from stdin, or prompted)")):
         acc_sub.add_parser(name, help=text).add_argument("address")
     acc_sub.add_parser("list", help="list accounts, built-in postmaster/root included")
+    fwd = acc_sub.add_parser("forward", help="send copies of an account's mail to other addresses "
+                                             "(no TARGET: stop forwarding)")
+    fwd.add_argument("address")
+    fwd.add_argument("targets", nargs="*", metavar="TARGET")
     port = sub.add_parser("check-port", help="can this computer reach a mail server? (port 25 test)")
     port.add_argument("host", help="a mail server's name or IP, e.g. your SmartHost")
     port.add_argument("port", nargs="?", type=int, default=25)
@@ -90,7 +94,12 @@ def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
             for info in store.list(domains):
                 note = " (built in)" if info.builtin else ""
                 note += "" if info.has_password else " (no password)"
+                note += f" (copies to {', '.join(info.forward)})" if info.forward else ""
                 print(f"{info.address}{note}\t{info.mailbox}")
+        elif args.action == "forward":
+            store.set_forward(args.address, args.targets)
+            print(f"{args.address.lower()}: copies go to {', '.join(args.targets)}" if args.targets
+                  else f"{args.address.lower()}: no forwarding")
         elif args.action == "add":
             info = store.add(args.address, read_password(confirm=True), domains)
             print(f"added {info.address}; mailbox {info.mailbox}")

@@ -11,7 +11,7 @@ Model
   Addresses are stored lowercased.  ``password`` is a salted hash (scrypt, or
   PBKDF2-SHA256 on Python builds without scrypt); the string names its
   algorithm and parameters so old hashes keep verifying if defaults change.
-  ``forward`` is reserved for a later feature and is round-tripped untouched,
+  ``forward`` lists addresses that get a copy of the account's mail,
   as are unknown per-account keys.
 * Each account's mailbox is a Maildir at ``DATA/mailboxes/<domain>/<local>/``.
   Removing an account never deletes its mailbox: mail is only ever deleted by
@@ -141,6 +141,7 @@ class AccountInfo:
     builtin: bool
     has_password: bool
     mailbox: Path
+    forward: list[str] = field(default_factory=list)  # addresses that get a copy
 
 
 @dataclass
@@ -372,6 +373,37 @@ class AccountStore:
             self._save_locked(accounts)
         log.info("Changed the password of %s", addr)
 
+    def set_forward(self, address: str, targets: Iterable[str]) -> None:
+        """Send a copy of every message for ``address`` to ``targets`` too ([] stops it)."""
+        local, domain = _split(address)
+        addr = _canonical(local, domain)
+        clean = []
+        for target in targets:
+            target = target.strip()
+            t_local, at, t_domain = target.rpartition("@")
+            if not at or not t_local or not _DOMAIN_RE.fullmatch(t_domain.lower()) or " " in target:
+                raise AccountError(f"{target!r} is not an e-mail address (forwarding of {addr}).")
+            if target.lower() == addr:
+                raise AccountError(f"{addr} cannot forward to itself.")
+            if target.lower() not in (c.lower() for c in clean):
+                clean.append(target)
+        with self._lock:
+            accounts = dict(self._load_locked())
+            old = accounts.get(addr)
+            if old is None and local not in RESERVED:
+                raise AccountError(f"There is no account {addr}; add it first.")
+            accounts[addr] = _Account(old.password if old else None, clean, old.extra if old else {})
+            self._save_locked(accounts)
+        log.info("Forwarding of %s set to %s", addr, ", ".join(clean) or "nobody")
+
+    def forwards_for(self, local: str, domain: str) -> list[str]:
+        """Where copies of a local recipient's mail go (root shares postmaster's)."""
+        local, domain = local.lower(), domain.lower()
+        if local == "root":
+            local = "postmaster"
+        acc = self._accounts.get(f"{local}@{domain}")
+        return acc.forward if acc is not None else []
+
     # ----- queries -----
     def list(self, local_domains: Iterable[str]) -> list[AccountInfo]:
         """All accounts plus postmaster/root of every local domain, by domain then user."""
@@ -381,7 +413,7 @@ class AccountStore:
         for addr, acc in accounts.items():
             local, _, domain = addr.rpartition("@")
             infos[addr] = AccountInfo(addr, local in RESERVED, bool(acc.password),
-                                      self._mailbox(local, domain))
+                                      self._mailbox(local, domain), list(acc.forward))
         for d in local_domains:
             domain = d.strip().lower().rstrip(".")
             pm = accounts.get(f"postmaster@{domain}")

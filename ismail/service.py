@@ -180,6 +180,9 @@ class MailServer:
     def lookup_mailbox(self, local: str, domain: str) -> Path | None:
         return self.accounts.mailbox_for(local, domain)
 
+    def lookup_forwards(self, local: str, domain: str) -> list[str]:
+        return self.accounts.forwards_for(local, domain)
+
     def check_login(self, address: str, password: str, ip: str) -> str:
         """SMTP AUTH: "ok", "failed", or "banned" (``ip`` is banned, or this failure banned it).
 

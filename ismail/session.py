@@ -48,6 +48,7 @@ class Server(Protocol):
     spill_dir: Path
 
     def lookup_mailbox(self, local: str, domain: str) -> Path | None: ...
+    def lookup_forwards(self, local: str, domain: str) -> list[str]: ...
     def accept_message(self, envelope: "Envelope", body: MessageBuffer) -> None: ...
     def check_login(self, address: str, password: str, ip: str) -> str: ...  # ok | failed | banned
 
@@ -388,12 +389,29 @@ class Session:
                 return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
             self._rcpts.append(address)
             self._mailboxes[address] = box
+            self._add_forwards(local, domain)
             return reply(250, "2.1.5", "Ok")
         if not may_relay:
             self.server.stats.add("relay_refused")
             return reply(554, "5.7.1", f"<{address}>: Relay access denied")
         self._rcpts.append(address)
         return reply(250, "2.1.5", "Ok")
+
+    def _add_forwards(self, local: str, domain: str) -> None:
+        """Copies for the addresses the account forwards to (one level: no loops here).
+
+        The account's owner set them up, so they go out whoever the client is."""
+        for target in self.server.lookup_forwards(local, domain):
+            if target in self._rcpts:
+                continue
+            t_local, _, t_domain = target.rpartition("@")
+            if self.policy.is_local_domain(t_domain):
+                box = self.server.lookup_mailbox(t_local, t_domain)
+                if box is None:
+                    log.warning("%s@%s forwards to %s, which does not exist here", local, domain, target)
+                    continue
+                self._mailboxes[target] = box
+            self._rcpts.append(target)
 
     def smtp_DATA(self, arg: str) -> bytes:
         if arg:

@@ -404,3 +404,27 @@ class StartTLSTest(SessionTestCase):
         self.assertEqual(codes(answer), [250, 250, 250, 554])
         self.assertTrue(s.closing)
         self.assertEqual(len(self.maildir()), 0)
+
+
+class ForwardTest(SessionTestCase):
+    def test_forwarded_account_keeps_a_copy_and_queues_the_rest(self):
+        self.server.accounts.add("boss@example.test", "pw", self.config.local_domains())
+        self.server.accounts.set_forward("boss@example.test", ["boss@home.example", "user@example.test"])
+        self.server.accounts.maybe_reload()
+        s = self.session(trusted=False)  # a stranger: forwarding is the owner's choice, not a relay
+        answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<boss@example.test>\r\nDATA\r\n")
+        self.assertEqual(codes(answer), [250, 250, 250, 354])
+        self.assertTrue(s.feed(b"Subject: fw\r\n\r\nx\r\n.\r\n").startswith(b"250"))
+        self.assertEqual(len(self.maildir("boss")), 1)
+        self.assertEqual(len(self.maildir("user")), 1)
+        [env] = self.queued()
+        entry = json.loads(env.read_text())
+        self.assertEqual([r["address"] for r in entry["recipients"]], ["boss@home.example"])
+        self.assertEqual(entry["sender"], "a@b.example")  # bounces go back to the real sender
+
+    def test_forward_targets_are_checked(self):
+        from ismail.accounts import AccountError
+        with self.assertRaises(AccountError):
+            self.server.accounts.set_forward("user@example.test", ["not an address"])
+        with self.assertRaises(AccountError):
+            self.server.accounts.set_forward("user@example.test", ["user@example.test"])
