@@ -1,9 +1,11 @@
-"""The Accounts tab: local accounts per domain; add, remove, set password.
+"""The Accounts tab: local accounts per domain; add, remove, set password, forwarding.
 
 Unlike the other tabs this one acts at once (the accounts file is its own store, and a
 new account should be able to receive mail the moment it exists), so OK / Apply / Cancel
 do not concern it; the page says so.  postmaster and root exist in every domain and
-cannot be removed (RFC 5321 requires postmaster).
+cannot be removed (RFC 5321 requires postmaster).  Forwarding: the selected account's
+targets fill an entry under the list; "Set forwarding" saves what it holds (empty stops
+forwarding).  root shares postmaster's mailbox, password and forwarding.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 from ismail.accounts import AccountError
 from ismail.config import FieldError, Settings
 
-from .pages import WRAP, Page
+from .pages import WRAP, Page, split_list
 from .widgets import PAD, ErrorLabel, Query
 
 if TYPE_CHECKING:
@@ -43,17 +45,17 @@ class AccountsPage(Page):
         self.domain_box = ttk.Combobox(top, textvariable=self.domain, state="readonly", width=30)
         self.domain_box.pack(side="left")
         self.domain_box.bind("<<ComboboxSelected>>", lambda e: self.refresh())
-        self.tree = ttk.Treeview(self, columns=("address", "password", "mailbox"), show="headings",
-                                 height=9, selectmode="browse")
-        for col, text, width in (("address", "Address", 220), ("password", "Password", 90),
-                                 ("mailbox", "Mailbox folder", 300)):
+        self.tree = ttk.Treeview(self, columns=("address", "password", "forward", "mailbox"),
+                                 show="headings", height=9, selectmode="browse")
+        for col, text, width in (("address", "Address", 200), ("password", "Password", 90),
+                                 ("forward", "Copies go to", 170), ("mailbox", "Mailbox folder", 220)):
             self.tree.heading(col, text=text, anchor="w")
             self.tree.column(col, width=width, anchor="w", stretch=col == "mailbox")
         self.tree.grid(row=2, column=0, sticky="nsew")
         scroll = ttk.Scrollbar(self, orient="vertical", command=self.tree.yview)
         scroll.grid(row=2, column=1, sticky="ns")
         self.tree.configure(yscrollcommand=scroll.set)
-        self.tree.bind("<<TreeviewSelect>>", lambda e: self._sync_buttons())
+        self.tree.bind("<<TreeviewSelect>>", lambda e: self._selection_changed())
         buttons = ttk.Frame(self)
         buttons.grid(row=2, column=2, sticky="n", padx=(PAD, 0))
         self.add_button = ttk.Button(buttons, text="Add…", command=self.add_account)
@@ -61,8 +63,23 @@ class AccountsPage(Page):
         self.remove_button = ttk.Button(buttons, text="Remove", command=self.remove_account)
         for b in (self.add_button, self.password_button, self.remove_button):
             b.pack(fill="x", pady=(0, 4))
-        self.note = ErrorLabel(self, wraplength=WRAP, row=3, column=0, columnspan=3, sticky="w", pady=(PAD, 0))
+        fwd = ttk.Frame(self)
+        fwd.grid(row=3, column=0, columnspan=3, sticky="ew", pady=(PAD, 0))
+        fwd.columnconfigure(1, weight=1)
+        ttk.Label(fwd, text="Forward copies to:").grid(row=0, column=0, sticky="w", padx=(0, PAD))
+        self.forward = tk.StringVar(self)
+        self.forward_entry = ttk.Entry(fwd, textvariable=self.forward, width=50)
+        self.forward_entry.grid(row=0, column=1, sticky="ew")
+        self.forward_entry.bind("<Return>", lambda e: self.set_forwarding())
+        self.forward_button = ttk.Button(fwd, text="Set forwarding", command=self.set_forwarding)
+        self.forward_button.grid(row=0, column=2, sticky="e", padx=(PAD, 0))
+        ttk.Label(fwd, text="addresses separated by commas; each gets a copy of the selected "
+                  "account's mail, which is also kept in its mailbox. Empty: no forwarding.",
+                  style="Hint.TLabel", wraplength=WRAP, justify="left").grid(
+            row=1, column=1, columnspan=2, sticky="w")
+        self.note = ErrorLabel(self, wraplength=WRAP, row=4, column=0, columnspan=3, sticky="w", pady=(PAD, 0))
         self._builtin: set[str] = set()
+        self._forwards: dict[str, list[str]] = {}  # address -> its targets, as last read
 
     # -- Page duties --------------------------------------------------------------------------
     def load(self, settings: Settings) -> None:
@@ -87,24 +104,36 @@ class AccountsPage(Page):
         selected = self.selected()
         self.tree.delete(*self.tree.get_children())
         self._builtin = set()
+        # root is postmaster's alias: the store keeps one forwarding list, under postmaster.
+        self._forwards = {i.address: list(i.forward) for i in infos}
+        for info in infos:
+            if info.address.startswith("root@"):
+                self._forwards[info.address] = self._forwards.get("postmaster@" + info.address[5:], [])
         for info in infos:
             if chosen != ALL and not info.address.endswith("@" + chosen):
                 continue
             self.tree.insert("", "end", iid=info.address, values=(
-                info.address, "set" if info.has_password else "not set", str(info.mailbox)))
+                info.address, "set" if info.has_password else "not set",
+                ", ".join(self._forwards[info.address]), str(info.mailbox)))
             if info.builtin:
                 self._builtin.add(info.address)
         if selected and self.tree.exists(selected):
             self.tree.selection_set(selected)
-        self._sync_buttons()
+        self._selection_changed()
 
     def selected(self) -> str | None:
         chosen = self.tree.selection()
         return chosen[0] if chosen else None
 
+    def _selection_changed(self) -> None:
+        """The entry shows the selected account's forwarding as saved."""
+        self.forward.set(", ".join(self._forwards.get(self.selected() or "", [])))
+        self._sync_buttons()
+
     def _sync_buttons(self) -> None:
         address = self.selected()
-        self.password_button.state(["!disabled"] if address else ["disabled"])
+        for widget in (self.password_button, self.forward_entry, self.forward_button):
+            widget.state(["!disabled"] if address else ["disabled"])
         removable = address is not None and address not in self._builtin
         self.remove_button.state(["!disabled"] if removable else ["disabled"])
 
@@ -171,3 +200,23 @@ class AccountsPage(Page):
             return
         self.note.show("")
         self.refresh()
+
+    def set_forwarding(self) -> None:
+        """Save the entry as the selected account's forwarding; a bad address changes nothing."""
+        address = self.selected()
+        if address is None:
+            return
+        targets = split_list(self.forward.get())
+        try:
+            self.controller.accounts().set_forward(address, targets)
+        except AccountError as e:
+            self.note.show(str(e))  # the entry keeps what was typed, to be corrected
+            return
+        self.refresh()
+        existing = set(self._forwards)  # every account of every local domain, built-in ones too
+        domains = self.controller.local_domains()
+        missing = [t for t in self._forwards.get(address, [])
+                   if t.rpartition("@")[2].lower() in domains and t.lower() not in existing]
+        self.note.show(f"Saved, but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                       "not an account here yet: no copy can be kept for "
+                       f"{'it' if len(missing) == 1 else 'them'} until added." if missing else "")
