@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from .config import SmartHostSettings
+from .sockets import client_tls_context
 
 if TYPE_CHECKING:
     from .dns import Resolver
@@ -208,14 +209,6 @@ def cli_check_port(host: str, port: int) -> int:
 
 # -- the SmartHost conversation -------------------------------------------------------------------
 
-def _context(verify: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 def _tls_problem(e: ssl.SSLError) -> str:
     if isinstance(e, ssl.SSLCertVerificationError):
         return (f"the server's certificate could not be verified ({e.verify_message}); if the "
@@ -248,7 +241,7 @@ def test_smarthost(sh: SmartHostSettings, server_name: str, timeout: float = 20.
     if not sh.host:
         step("Connect", False, "No SmartHost is set: enter its host name on the Connections page.")
         return steps
-    ctx = _context(sh.verify_certificate)
+    ctx = client_tls_context(sh.verify_certificate)
     where = f"{sh.host} port {sh.port}"
     if sh.tls == "tls":
         smtp: smtplib.SMTP = smtplib.SMTP_SSL(local_hostname=server_name, timeout=timeout, context=ctx)

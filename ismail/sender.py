@@ -25,14 +25,13 @@ import logging
 import random
 import smtplib
 import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .dns import DNSError, DNSTemporaryError, NXDomain, Resolver
-from .sockets import no_delay, set_io_timeout
+from .sockets import client_tls_context, no_delay, set_io_timeout
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -286,7 +285,7 @@ class Sender:
             address = self._address_of(dest)
             if dest.tls == "tls":
                 smtp = smtplib.SMTP_SSL(local_hostname=name, timeout=CONNECT_TIMEOUT,
-                                        context=_context(dest.verify))
+                                        context=client_tls_context(dest.verify))
             else:
                 smtp = smtplib.SMTP(local_hostname=name, timeout=CONNECT_TIMEOUT)
             smtp._host = dest.host  # the name TLS checks the certificate against; we connect to the IP
@@ -326,7 +325,7 @@ class Sender:
                 raise HostFailure(Result(code, _reply(code, text), dest.host))
         wants = dest.tls in ("starttls", "starttls-optional", "opportunistic")
         if wants and smtp.has_extn("starttls"):
-            smtp.starttls(context=_context(dest.verify))
+            smtp.starttls(context=client_tls_context(dest.verify))
             set_io_timeout(smtp.sock, COMMAND_TIMEOUT)  # the TLS socket is a new object
             smtp.ehlo()
         elif dest.tls == "starttls":
@@ -382,14 +381,6 @@ def _order(mxs) -> list[str]:
         random.shuffle(group)
         hosts += [h for h in group if h not in hosts]
     return hosts
-
-
-def _context(verify: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def _reply(code: int, text: bytes | str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 
 # What an expired wait raises, with either kind of time-out.
@@ -37,3 +38,13 @@ def no_delay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass
+
+
+def client_tls_context(verify: bool) -> ssl.SSLContext:
+    """For talking to other servers; ``verify`` False for opportunistic TLS to MX hosts
+    and for a SmartHost whose certificate the user chose not to check."""
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

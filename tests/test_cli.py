@@ -10,7 +10,7 @@ import unittest
 from pathlib import Path
 
 from ismail import __version__
-from tests.support import ROOT, cli, free_port
+from tests.support import ROOT, cli
 
 
 class CliTest(unittest.TestCase):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import re
 import sys
 import threading

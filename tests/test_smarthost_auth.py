@@ -4,11 +4,10 @@ The first ISMail relays through the second with smarthost.authenticate; a wrong
 password keeps the message queued with the SmartHost's own refusal visible in
 `queue list`; the right one (after a settings change and a restart) delivers it.
 """
-import json
 import mailbox
 import unittest
 
-from tests.support import ServerProcess, cli
+from tests.support import cli
 from tests.test_delivery import DeliveryCase, new_token, submit
 
 
