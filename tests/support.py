@@ -19,6 +19,8 @@ import time
 import unittest
 from pathlib import Path
 
+from ismail.dns import DNSError, Resolver
+
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -178,3 +180,59 @@ class SMTPTalk:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# -- a real DNS server for MX records on a loopback port -------------------------------------
+
+def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no port free for both UDP and TCP")
+
+
+class Dnsmasq:
+    """dnsmasq on 127.0.0.1:<port>, answering only from the records given (everything under .test)."""
+
+    def __init__(self, program: str, records: list[str], probe: str = "remote.test") -> None:
+        output = ""
+        for _ in range(3):  # the port could be taken between finding and binding it
+            self.port = free_udp_tcp_port()
+            args = [program, "--no-daemon", "--no-resolv", "--no-hosts", f"--port={self.port}",
+                    "--listen-address=127.0.0.1", "--bind-interfaces", "-C", "/dev/null", "--pid-file=",
+                    "--local=/test/",  # only local data for .test: unknown names get NXDOMAIN
+                    *records]
+            if getattr(os, "geteuid", lambda: 1)() == 0:
+                args.append("--user=root")  # else it drops to "nobody", which may not exist
+            self.log = tempfile.TemporaryFile()
+            self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    Resolver([("127.0.0.1", self.port)], timeout=0.2, attempts=1).mx(probe)
+                    return
+                except DNSError:
+                    time.sleep(0.05)
+            self.log.seek(0)
+            output = self.log.read().decode(errors="replace")[-2000:]
+            self.stop()
+        raise AssertionError("dnsmasq did not start (or did not answer within 10 s): " + output)
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+            self.log.close()

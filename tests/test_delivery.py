@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 
-from ismail.dns import DNSError, Resolver
-from tests.support import ServerProcess, cli, free_port, require_program
+from tests.support import Dnsmasq, ServerProcess, cli, free_port, require_program
 
 AS_ROOT = getattr(os, "geteuid", lambda: 1)() == 0
 FAST_RETRY = {"first_seconds": 1, "max_interval_seconds": 2, "lifetime_hours": 1}
@@ -194,59 +193,6 @@ class Sink:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no port free for both UDP and TCP")
-
-
-class Dnsmasq:
-    """dnsmasq on 127.0.0.1:<port>, answering only from the records given (everything under .test)."""
-
-    def __init__(self, program: str, records: list[str]) -> None:
-        output = ""
-        for _ in range(3):  # the port could be taken between finding and binding it
-            self.port = free_udp_tcp_port()
-            args = [program, "--no-daemon", "--no-resolv", "--no-hosts", f"--port={self.port}",
-                    "--listen-address=127.0.0.1", "--bind-interfaces", "-C", "/dev/null", "--pid-file=",
-                    "--local=/test/", *records]
-            if AS_ROOT:
-                args.append("--user=root")
-            self.log = tempfile.TemporaryFile()
-            self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    Resolver([("127.0.0.1", self.port)], timeout=0.2, attempts=1).mx("remote.test")
-                    return
-                except DNSError:
-                    time.sleep(0.05)
-            self.log.seek(0)
-            output = self.log.read().decode(errors="replace")[-2000:]
-            self.stop()
-        raise AssertionError("dnsmasq did not start (or did not answer within 10 s): " + output)
-
-    @property
-    def server(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-            self.log.close()
 
 
 # ------------------------------------------------------------------------------ the tests

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import ipaddress
-import os
 import select
 import socket
 import struct
@@ -21,7 +20,7 @@ from unittest import mock
 
 from ismail import dns
 from ismail.dns import DNSError, DNSTemporaryError, MXRecord, NXDomain, Resolver, parse_server, system_nameservers
-from tests.support import require_program
+from tests.support import Dnsmasq, require_program
 
 A, CNAME, SOA, MX, AAAA = 1, 5, 6, 15, 28
 
@@ -180,42 +179,17 @@ class DnsmasqTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.program = require_program(cls(), "dnsmasq", "/usr/sbin/dnsmasq")
-        output = ""
-        for _ in range(3):  # the port could be taken between finding and binding it
-            probe = FakeDNS(lambda q, via: [])
-            cls.port = probe.port
-            probe.close()
-            args = [cls.program, "--no-daemon", "--no-resolv", "--no-hosts", f"--port={cls.port}",
-                    "--listen-address=127.0.0.1", "--bind-interfaces", "-C", "/dev/null", "--pid-file=",
-                    "--local=/test/",  # only local data for .test: unknown names get NXDOMAIN, not REFUSED
-                    "--mx-host=example.test,mx1.example.test,10", "--mx-host=example.test,mx2.example.test,20",
-                    "--host-record=mx1.example.test,127.0.0.2", "--host-record=mx2.example.test,127.0.0.3,::1",
-                    "--cname=alias.example.test,mx1.example.test", "--mx-host=nullmx.test,.,0",
-                    "--host-record=aonly.test,127.0.0.4"]
-            if getattr(os, "geteuid", lambda: 1)() == 0:
-                args.append("--user=root")  # else it drops to "nobody", which may not exist
-            cls.log = tempfile.TemporaryFile()
-            cls.proc = subprocess.Popen(args, stdout=cls.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and cls.proc.poll() is None:
-                try:
-                    Resolver([("127.0.0.1", cls.port)], timeout=0.2, attempts=1).mx("example.test")
-                    return
-                except DNSError:
-                    time.sleep(0.05)
-            cls.log.seek(0)
-            output = cls.log.read().decode(errors="replace")[-2000:]
-            cls.tearDownClass()
-        raise AssertionError("dnsmasq did not start (or did not answer within 10 s): " + output)
+        program = require_program(cls(), "dnsmasq", "/usr/sbin/dnsmasq")
+        cls.dns = Dnsmasq(program, [
+            "--mx-host=example.test,mx1.example.test,10", "--mx-host=example.test,mx2.example.test,20",
+            "--host-record=mx1.example.test,127.0.0.2", "--host-record=mx2.example.test,127.0.0.3,::1",
+            "--cname=alias.example.test,mx1.example.test", "--mx-host=nullmx.test,.,0",
+            "--host-record=aonly.test,127.0.0.4"], probe="example.test")
+        cls.port = cls.dns.port
 
     @classmethod
     def tearDownClass(cls) -> None:
-        if cls.proc is not None:
-            cls.proc.kill()
-            cls.proc.wait(10)
-            cls.proc = None
-            cls.log.close()
+        cls.dns.stop()
 
     def setUp(self) -> None:
         self.r = Resolver([("127.0.0.1", self.port)], timeout=1.0, attempts=2)
