@@ -263,6 +263,10 @@ class QueueManager:
         except OSError as e:
             log.error("%s: cannot read or update the queue entry: %s", qid, e)
             self._reschedule(entry, time.time() + self.server.settings.retry.first_seconds)
+        except Exception:
+            # A bug must not strand the message: it stays queued and is tried again later.
+            log.exception("%s: delivery attempt failed unexpectedly; will retry", qid)
+            self._reschedule(entry, time.time() + self.server.settings.retry.first_seconds)
         finally:
             with self._cond:
                 self._busy.discard(qid)

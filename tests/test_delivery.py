@@ -752,3 +752,41 @@ class DirectDeliveryTest(DeliveryCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class UnexpectedErrorTest(unittest.TestCase):
+    """An unexpected error inside a delivery attempt leaves the message queued for a retry."""
+
+    def test_message_stays_queued_and_is_retried(self):
+        import shutil as _shutil
+        from unittest import mock
+
+        from ismail.config import from_dict
+        from ismail.service import MailServer
+
+        data = Path(tempfile.mkdtemp(prefix="ismail-unexpected-"))
+        self.addCleanup(_shutil.rmtree, data, ignore_errors=True)
+        settings, _ = from_dict({"server_name": "mx.example.test", "primary_domain": "example.test",
+                                 "listen": [f"127.0.0.1:{free_port()}"],
+                                 "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9,
+                                               "tls": "none"},
+                                 "retry": {"first_seconds": 1, "max_interval_seconds": 1,
+                                           "lifetime_hours": 1}})
+        ms = MailServer(settings, data)
+        ms.start()
+        self.addCleanup(ms.stop, 2.0)
+        calls = []
+
+        def broken(*args, **kwargs):
+            calls.append(time.monotonic())
+            raise RuntimeError("a bug in delivery")
+
+        with mock.patch.object(ms.qmgr.sender, "deliver", side_effect=broken):
+            with self.assertLogs("ismail.scheduler", "ERROR"):
+                ms.inject("user@example.test", ["x@remote.test"], b"Subject: t\r\n\r\nx\r\n")
+                deadline = time.monotonic() + 15
+                while len(calls) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        self.assertGreaterEqual(len(calls), 2, "the message was not tried again")
+        self.assertEqual(len(ms.qmgr.entries()), 1)
+        self.assertEqual(len(list((data / "queue" / "messages").glob("*.json"))), 1)
