@@ -39,6 +39,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .config import split_host_port
+
 log = logging.getLogger("ismail.dns")
 
 A, CNAME, SOA, MX, AAAA = 1, 5, 6, 15, 28
@@ -225,35 +227,17 @@ def _decode_rdata(msg: bytes, off: int, rdlen: int, rtype: int) -> Any:
 # ---------------------------------------------------------------- server addresses
 
 def parse_server(text: str) -> tuple[str, int]:
-    """ "192.0.2.53", "127.0.0.1:5353", "[::1]:5353" or a bare "::1" -> (address, port)."""
+    """ "192.0.2.53", "127.0.0.1:5353", "[::1]:5353" or a bare "::1" -> (address, port).
+
+    The same syntax as the dns_servers setting, so config.split_host_port does the work."""
     s = text.strip()
-    port_text = ""
-    if s.startswith("["):
-        m = re.fullmatch(r"\[([^\]]+)\](?::(.*))?", s)
-        if not m:
-            raise ValueError(f"DNS server {text!r}: missing ']' after the IPv6 address")
-        host, port_text, want = m.group(1), m.group(2) or "", 6
-    elif s.count(":") >= 2:
-        host, want = s, 6
-    elif ":" in s:
-        host, port_text = s.split(":")
-        want = 4
-    else:
-        host, want = s, 4
-    if not host:
+    if not s:
         raise ValueError("DNS server address is empty")
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"DNS server {text!r}: not an IP address (a name server is given by address)") from None
-    if ip.version != want:
-        raise ValueError(f"DNS server {text!r}: only IPv6 addresses are written in [brackets]")
-    port = 53
-    if port_text or s.endswith(":"):
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"DNS server {text!r}: port must be a number from 1 to 65535")
-        port = int(port_text)
-    return str(ip), port
+        host, port = split_host_port(s, need_port=False)
+    except ValueError as e:
+        raise ValueError(f"DNS server {text!r}: {e}") from None
+    return str(ipaddress.ip_address(host)), port or 53
 
 
 def _posix_nameservers(resolv_conf: Path) -> list[str]:
