@@ -349,31 +349,37 @@ class PipeliningTest(HostileCase):
 
 
 # --------------------------------------------------------------------------------- slow clients
+def trickle(t, pieces) -> tuple[bytes, float]:
+    """Send one piece a second (each recv waits up to 1 s) until the server answers or
+    hangs up; returns what it said and how long that took."""
+    start = time.monotonic()
+    got = b""
+    t.sock.settimeout(1.0)
+    for piece in pieces:
+        try:
+            t.sock.send(piece)
+        except OSError:
+            break
+        try:
+            chunk = t.sock.recv(4096)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        got += chunk
+        if not chunk or b"\r\n" in got:
+            break
+    return got, time.monotonic() - start
+
+
 class SlowClientTest(HostileCase):
     def test_trickling_command_line_is_cut_off(self):
         """One byte a second, never a whole line: 421 after timeouts.command_seconds (10 s); ~11 s."""
         server = self.server({"timeouts": {"command_seconds": 10}})
         t = self.greeted(server.port)
         self.assert_reply(t, "EHLO slow.example.org", rb"250-")
-        start = time.monotonic()
-        got = b""
         payload = b"NOOP " + b"x" * 100
-        t.sock.settimeout(1.0)
-        for i in range(30):  # at most 30 s
-            try:
-                t.sock.send(payload[i:i + 1])
-            except OSError:
-                break
-            try:
-                chunk = t.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except ConnectionResetError:
-                break
-            got += chunk
-            if not chunk or b"\r\n" in got:
-                break
-        elapsed = time.monotonic() - start
+        got, elapsed = trickle(t, (payload[i:i + 1] for i in range(30)))  # at most 30 s
         self.assertRegex(got, rb"^421 4\.4\.2 ", f"after {elapsed:.1f}s")
         self.assertGreater(elapsed, 9.0)
         self.assertLess(elapsed, 15.0)
@@ -385,24 +391,7 @@ class SlowClientTest(HostileCase):
         cut off once the 30 s grace is over; this test takes about 31 s."""
         server = self.server({"timeouts": {"command_seconds": 10, "min_data_rate": 500}})
         t = self.start_data(server.port)
-        start = time.monotonic()
-        got = b""
-        t.sock.settimeout(1.0)
-        for i in range(40):  # at most 40 s
-            try:
-                t.sock.send(b"%08d\r\n" % i)  # 10 bytes
-            except OSError:
-                break
-            try:
-                chunk = t.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except ConnectionResetError:
-                break
-            got += chunk
-            if not chunk or b"\r\n" in got:
-                break
-        elapsed = time.monotonic() - start
+        got, elapsed = trickle(t, (b"%08d\r\n" % i for i in range(40)))  # 10 bytes/s, at most 40 s
         self.assertRegex(got, rb"^421 4\.4\.2 ", f"after {elapsed:.1f}s")
         self.assertGreater(elapsed, 28.0)
         self.assertLess(elapsed, 37.0)
