@@ -13,7 +13,7 @@ import tkinter as tk
 from tkinter import messagebox, ttk
 from typing import TYPE_CHECKING
 
-from ismail.accounts import AccountError
+from ismail.store.accounts import AccountError
 from ismail.config import FieldError, Settings
 
 from .pages import WRAP, Page, split_list

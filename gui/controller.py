@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ismail import winplatform
-from ismail.accounts import AccountError, AccountStore
+from ismail.platform import winplatform
+from ismail.store.accounts import AccountError, AccountStore
 from ismail.config import (ConfigError, FieldError, Settings, load, resolve_data_dir, save,
                            settings_path, validate)
 from ismail.service import MailServer, StartupError
@@ -30,7 +30,7 @@ from ismail.service import MailServer, StartupError
 log = logging.getLogger("ismail.gui")
 
 try:
-    from ismail.scheduler import FLUSH_FILE
+    from ismail.queue.scheduler import FLUSH_FILE
 except ImportError:  # a server without a queue manager yet: the name `queue flush` uses
     FLUSH_FILE = "flush"
 
@@ -318,7 +318,7 @@ class Controller:
         if callable(forget):
             forget(queue_id)
         else:
-            from ismail.spool import Spool
+            from ismail.queue.spool import Spool
             (self.server.spool if self.server is not None else Spool(self.queue_dir())).remove(queue_id)
         log.info("%s: deleted from the queue by the user", queue_id)
 

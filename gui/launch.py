@@ -15,7 +15,7 @@ import tkinter as tk
 from tkinter import messagebox
 from typing import Any
 
-from ismail import winplatform
+from ismail.platform import winplatform
 from ismail.config import resolve_data_dir
 
 from .app import MainWindow

@@ -12,7 +12,7 @@ import tkinter as tk
 from tkinter import messagebox, ttk
 from typing import TYPE_CHECKING
 
-from ismail.spool import QueueEntry, Spool
+from ismail.queue.spool import QueueEntry, Spool
 
 from .events import Pump
 from .widgets import PAD, Window, place_over

@@ -12,7 +12,7 @@ import tkinter as tk
 from tkinter import ttk
 from typing import Callable
 
-from ismail import winplatform
+from ismail.platform import winplatform
 from ismail.config import FieldError
 
 ERROR_COLOUR = "#b00020"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .accounts import AccountError, AccountStore
+from .store.accounts import AccountError, AccountStore
 from .config import ConfigError, Settings, load, redacted, resolve_data_dir, settings_path
 
 log = logging.getLogger("ismail.main")
@@ -115,8 +115,8 @@ def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_queue(args: argparse.Namespace, data_dir: Path) -> int:
-    from .scheduler import FLUSH_FILE
-    from .spool import Spool
+    from .queue.scheduler import FLUSH_FILE
+    from .queue.spool import Spool
 
     spool = Spool(data_dir / "queue")
     if args.action == "delete":
@@ -161,7 +161,7 @@ def cmd_check_config(data_dir: Path) -> int:
 def cmd_run(data_dir: Path) -> int:
     from .logsetup import setup_logging
     from .service import MailServer, StartupError
-    from .winplatform import install_shutdown_hook
+    from .platform.winplatform import install_shutdown_hook
 
     settings = load_settings(data_dir)
     try:

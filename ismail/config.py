@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ismail.fsutil import atomic_write
-from ismail.protect import ProtectError, protect, unprotect
-from ismail.winplatform import portable_data_dir
+from ismail.platform.protect import ProtectError, protect, unprotect
+from ismail.platform.winplatform import portable_data_dir
 
 log = logging.getLogger("ismail.config")
 

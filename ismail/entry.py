@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from . import winplatform
+from .platform import winplatform
 
 CLI_FLAGS = frozenset({"--version", "-h", "--help"})
 _VALUE_OPTIONS = frozenset({"--data-dir"})  # options of both faces that take a value

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from .config import SmartHostSettings
-from .sockets import client_tls_context
+from .net.sockets import client_tls_context
 
 if TYPE_CHECKING:
-    from .dns import Resolver
+    from .queue.dns import Resolver
 
 MAX_GREETING = 4096  # a greeting longer than this is not an SMTP server worth reading further
 
@@ -179,7 +179,7 @@ def mail_host_for(name: str, resolver: "Resolver | None" = None) -> tuple[str, s
 
     Returns (host, note); the note says which domain's mail server it is, for the user.
     """
-    from .dns import DNSError, Resolver
+    from .queue.dns import DNSError, Resolver
 
     name = name.strip().strip("[]").rstrip(".")
     try:

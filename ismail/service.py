@@ -22,17 +22,17 @@ import time
 from email.utils import formatdate
 from pathlib import Path
 
-from .accounts import AccountStore
+from .store.accounts import AccountStore
 from .config import ListenEntry, Settings
 from .fsutil import DirSync, new_queue_id
-from .guard import Guard
-from .limits import ConnectionLimiter
-from .maildir import clean_tmp, deliver
-from .policy import Policy
-from .receiver import Listener, WorkerPool
-from .scheduler import QueueManager
-from .session import Envelope
-from .spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
+from .net.guard import Guard
+from .net.limits import ConnectionLimiter
+from .store.maildir import clean_tmp, deliver
+from .smtp.policy import Policy
+from .net.listener import Listener, WorkerPool
+from .queue.scheduler import QueueManager
+from .smtp.session import Envelope
+from .queue.spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
 from .stats import Stats
 
 log = logging.getLogger("ismail.service")

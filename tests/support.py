@@ -19,7 +19,7 @@ import time
 import unittest
 from pathlib import Path
 
-from ismail.dns import DNSError, Resolver
+from ismail.queue.dns import DNSError, Resolver
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -11,8 +11,8 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
-from ismail import accounts
-from ismail.accounts import (AccountError, AccountStore, ensure_maildir, hash_password,
+from ismail.store import accounts
+from ismail.store.accounts import (AccountError, AccountStore, ensure_maildir, hash_password,
                              verify_password)
 
 DOMAINS = ["localhost", "example.test"]

@@ -2,7 +2,7 @@
 
 import unittest
 
-from ismail.addresses import (AddressSyntaxError, Path, is_domain, parse_argument,
+from ismail.smtp.addresses import (AddressSyntaxError, Path, is_domain, parse_argument,
                               relay_trick)
 
 SRVIP = "[127.0.0.1]"

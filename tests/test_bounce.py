@@ -5,7 +5,7 @@ import re
 import unittest
 from email.utils import parsedate_to_datetime
 
-from ismail.bounce import MAX_RETURNED_BODY, FailedRecipient, build_dsn, is_bounce_loop
+from ismail.queue.bounce import MAX_RETURNED_BODY, FailedRecipient, build_dsn, is_bounce_loop
 
 ARRIVAL, NOW, UNTIL = 1_700_000_000.0, 1_700_003_600.0, 1_700_400_000.0
 ORIGINAL = (b"Received: from client.example.test by mx.example.test\r\n"

@@ -30,7 +30,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from unittest import mock
 
-from ismail import __version__, config, entry, winplatform as wp
+from ismail import __version__, config, entry
+from ismail.platform import winplatform as wp
 from tests.support import IN_CI, ROOT, free_port, wait_for_banner
 
 

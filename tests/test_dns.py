@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-from ismail import dns
-from ismail.dns import DNSError, DNSTemporaryError, MXRecord, NXDomain, Resolver, parse_server, system_nameservers
+from ismail.queue import dns
+from ismail.queue.dns import DNSError, DNSTemporaryError, MXRecord, NXDomain, Resolver, parse_server, system_nameservers
 from tests.support import Dnsmasq, require_program
 
 A, CNAME, SOA, MX, AAAA = 1, 5, 6, 15, 28

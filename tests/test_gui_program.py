@@ -23,7 +23,7 @@ from gui.app import NOT_STARTED
 from gui.controller import Controller
 from gui.instance import InstanceLock
 from gui.launch import end_cleanly_on_session_end
-from ismail import winplatform
+from ismail.platform import winplatform
 from tests.gui_support import GuiTestCase, greetings, make_data_dir, pump, pump_until, screenshot
 from tests.support import ROOT, free_port, wait_for_banner
 

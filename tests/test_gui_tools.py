@@ -18,7 +18,7 @@ from pathlib import Path
 from gui.controller import Controller
 from gui.instance import InstanceLock
 from gui.queueview import PAGE_SIZE, QueueWindow
-from ismail.spool import QueueEntry, QueuedRecipient
+from ismail.queue.spool import QueueEntry, QueuedRecipient
 from tests.gui_support import GuiTestCase, greetings, make_data_dir, pump, pump_until, screenshot, xdotool
 from tests.support import ROOT, free_port, wait_for_banner
 from tests.test_porttest import SmtpSink

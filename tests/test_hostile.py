@@ -31,7 +31,7 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
-from ismail.accounts import AccountStore
+from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
 from ismail.service import MailServer
 from tests.security_support import (PASSWORD, REMOTE, SERVER_NAME, USER, SelfSignedCertificate, auth_plain,
@@ -800,12 +800,12 @@ class InjectedDiskFullTest(HostileCase):
             self.assertEqual(len(queue_entries(self.data_dir)), 2)
 
     def test_maildir_write_fails_half_way(self):
-        import ismail.maildir
-        self.check("ismail.maildir.write_new_file", half_then_enospc(ismail.maildir.write_new_file), (USER,))
+        import ismail.store.maildir
+        self.check("ismail.store.maildir.write_new_file", half_then_enospc(ismail.store.maildir.write_new_file), (USER,))
 
     def test_queue_write_fails_after_the_local_copy_was_made(self):
-        import ismail.spool
-        self.check("ismail.spool.write_new_file", half_then_enospc(ismail.spool.write_new_file), (USER, REMOTE))
+        import ismail.queue.spool
+        self.check("ismail.queue.spool.write_new_file", half_then_enospc(ismail.queue.spool.write_new_file), (USER, REMOTE))
 
     def test_queue_envelope_write_fails_after_the_message_file(self):
         import ismail.fsutil

@@ -1,7 +1,7 @@
 import threading
 import unittest
 
-from ismail.limits import PER_HOST, TOTAL, ConnectionLimiter, Slot
+from ismail.net.limits import PER_HOST, TOTAL, ConnectionLimiter, Slot
 
 
 class LimiterTest(unittest.TestCase):

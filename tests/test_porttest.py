@@ -24,7 +24,7 @@ from pathlib import Path
 from unittest import mock
 
 from ismail.config import SmartHostSettings
-from ismail.dns import DNSError, MXRecord
+from ismail.queue.dns import DNSError, MXRecord
 from ismail.porttest import check_port, cli_check_port, mail_host_for, test_smarthost as smarthost_steps
 from tests.support import free_port, require_program, wait_for_banner
 

@@ -10,7 +10,7 @@ import unittest
 from pathlib import Path
 
 from ismail import config
-from ismail.protect import PREFIX, ProtectError, protect, unprotect
+from ismail.platform.protect import PREFIX, ProtectError, protect, unprotect
 
 
 class FakeCrypt32:

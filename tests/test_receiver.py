@@ -25,7 +25,7 @@ import time
 import unittest
 from pathlib import Path
 
-from ismail.accounts import AccountStore
+from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
 from ismail.service import MailServer
 from tests.support import ServerProcess, SMTPTalk, free_port

@@ -8,9 +8,9 @@ import unittest
 from pathlib import Path
 
 from ismail.config import from_dict
-from ismail.policy import Policy
+from ismail.smtp.policy import Policy
 from ismail.service import MailServer
-from ismail.session import MAX_ERRORS, Session
+from ismail.smtp.session import MAX_ERRORS, Session
 
 REPLY_LINE = re.compile(rb"^[2-5][0-9]{2}[ -][^\r\n]*\r\n$")
 
@@ -423,7 +423,7 @@ class ForwardTest(SessionTestCase):
         self.assertEqual(entry["sender"], "a@b.example")  # bounces go back to the real sender
 
     def test_forward_targets_are_checked(self):
-        from ismail.accounts import AccountError
+        from ismail.store.accounts import AccountError
         with self.assertRaises(AccountError):
             self.server.accounts.set_forward("user@example.test", ["not an address"])
         with self.assertRaises(AccountError):

@@ -7,8 +7,8 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
-from ismail import maildir
-from ismail.spool import SPILL_BYTES, MessageBuffer, QueueEntry, QueuedRecipient, Spool
+from ismail.store import maildir
+from ismail.queue.spool import SPILL_BYTES, MessageBuffer, QueueEntry, QueuedRecipient, Spool
 
 
 def buffer_of(spill: Path, *parts: bytes) -> MessageBuffer:
@@ -75,7 +75,7 @@ class SpoolTest(unittest.TestCase):
 
     def test_failed_write_leaves_nothing_behind(self):
         body = buffer_of(self.spool.tmp, b"x\r\n")
-        with mock.patch("ismail.spool.os.fsync", side_effect=OSError(28, "No space left on device")):
+        with mock.patch("ismail.queue.spool.os.fsync", side_effect=OSError(28, "No space left on device")):
             with self.assertRaises(OSError):
                 self.spool.enqueue(self.entry(), b"", body)
         self.assertEqual(list(self.spool.messages.iterdir()), [])
@@ -137,7 +137,7 @@ class MaildirTest(unittest.TestCase):
     def test_failure_removes_everything_written(self):
         body = buffer_of(self.dir, b"x\r\n")
         maildir.deliver([self.box("a")], b"", body)  # creates the folders
-        with mock.patch("ismail.maildir.fsync_dir", side_effect=OSError(5, "I/O error")):
+        with mock.patch("ismail.store.maildir.fsync_dir", side_effect=OSError(5, "I/O error")):
             with self.assertRaises(OSError):
                 maildir.deliver([self.box("a"), self.box("b")], b"", body)
         self.assertEqual(len(list((self.box("a") / "new").iterdir())), 1)  # only the first message
@@ -146,7 +146,7 @@ class MaildirTest(unittest.TestCase):
 
     def test_links_fall_back_to_copies(self):
         body = buffer_of(self.dir, b"x\r\n")
-        with mock.patch("ismail.maildir.os.link", side_effect=OSError(1, "Operation not permitted")):
+        with mock.patch("ismail.store.maildir.os.link", side_effect=OSError(1, "Operation not permitted")):
             placed = maildir.deliver([self.box("a"), self.box("b")], b"", body)
         self.assertEqual([p.read_bytes() for p in placed], [b"x\n", b"x\n"])
 

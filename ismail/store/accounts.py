@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .fsutil import atomic_write
+from ..fsutil import atomic_write
 
 log = logging.getLogger("ismail.accounts")
 

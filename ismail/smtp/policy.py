@@ -7,7 +7,7 @@ in force when it arrived.
 """
 from __future__ import annotations
 
-from .config import Settings, ip_in_networks
+from ..config import Settings, ip_in_networks
 
 
 class Policy:

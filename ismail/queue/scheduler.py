@@ -30,7 +30,7 @@ from .sender import Result, Sender
 from .spool import QueueEntry
 
 if TYPE_CHECKING:
-    from .service import MailServer
+    from ..service import MailServer
 
 log = logging.getLogger("ismail.scheduler")
 

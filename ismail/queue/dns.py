@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import split_host_port
+from ..config import split_host_port
 
 log = logging.getLogger("ismail.dns")
 

@@ -26,14 +26,14 @@ import time
 from typing import Callable
 from typing import TYPE_CHECKING
 
-from .config import ListenEntry
+from ..config import ListenEntry
 from .limits import PER_HOST, Slot
-from .replies import reply
-from .session import Session
+from ..smtp.replies import reply
+from ..smtp.session import Session
 from .sockets import WAITED, no_delay, set_io_timeout
 
 if TYPE_CHECKING:
-    from .service import MailServer
+    from ..service import MailServer
 
 log = logging.getLogger("ismail.receiver")
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .fsutil import DirSync, atomic_write, next_serial, write_new_file
+from ..fsutil import DirSync, atomic_write, next_serial, write_new_file
 
 log = logging.getLogger("ismail.spool")
 

@@ -9,7 +9,7 @@ or a message over the size limit is read to its end, kept no further, and refuse
 """
 from __future__ import annotations
 
-from .spool import MessageBuffer
+from ..queue.spool import MessageBuffer
 
 TEXT_LINE_LIMIT = 1000  # octets including CRLF (RFC 5321 §4.5.3.1.6)
 

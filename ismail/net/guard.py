@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from .config import Settings, ip_in_networks
+from ..config import Settings, ip_in_networks
 
 log = logging.getLogger("ismail.guard")
 

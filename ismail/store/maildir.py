@@ -16,8 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .fsutil import DirSync, fsync_dir, unique_name, write_new_file
-from .spool import MessageBuffer
+from ..fsutil import DirSync, fsync_dir, unique_name, write_new_file
+from ..queue.spool import MessageBuffer
 
 log = logging.getLogger("ismail.maildir")
 

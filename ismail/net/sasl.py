@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from .replies import reply
+from ..smtp.replies import reply
 
 MECHANISMS = ("PLAIN", "LOGIN")
 

@@ -21,14 +21,14 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Protocol
 
-from . import sasl
+from ..net import sasl
 from .addresses import AddressSyntaxError, Path as SmtpPath, parse_argument, relay_trick
 from .policy import Policy
-from .fsutil import new_queue_id
+from ..fsutil import new_queue_id
 from .replies import is_error, multiline, reply
 from .dataread import BARE, LONG, SIZE, STORAGE, TEXT_LINE_LIMIT, DataReader
-from .spool import MessageBuffer
-from .stats import Stats
+from ..queue.spool import MessageBuffer
+from ..stats import Stats
 
 log = logging.getLogger("ismail.session")
 

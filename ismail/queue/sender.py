@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .dns import DNSError, DNSTemporaryError, NXDomain, Resolver
-from .sockets import client_tls_context, no_delay, set_io_timeout
+from ..net.sockets import client_tls_context, no_delay, set_io_timeout
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .stats import Stats
+    from ..config import Settings
+    from ..stats import Stats
 
 log = logging.getLogger("ismail.sender")
 
