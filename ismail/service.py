@@ -29,8 +29,9 @@ from .net.guard import Guard
 from .net.limits import ConnectionLimiter
 from .store.maildir import clean_tmp, deliver
 from .smtp.policy import Policy
-from .net.listener import Listener, WorkerPool
+from .net.listener import Gate, Listener, Protocol, WorkerPool
 from .queue.scheduler import QueueManager
+from .smtp.protocol import SmtpProtocol
 from .smtp.session import Envelope
 from .queue.spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
 from .stats import Stats
@@ -56,13 +57,29 @@ class MailServer:
         self.spill_dir = self.spool.tmp
         self.workers = WorkerPool()
         self.qmgr: QueueManager | None = None
-        self.stopping = False
-        self._listeners: dict[ListenEntry, Listener] = {}
+        self._listeners: dict[tuple[str, ListenEntry], Listener] = {}
         self.guard = Guard(settings)
+        self.gate = Gate(self.guard, self.stats, self.workers)
+        self.smtp = SmtpProtocol(self.limiter, self, self.policy)
         self._password_checker = _password_executor()
-        self.tls_context: ssl.SSLContext | None = None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards listener changes (start, apply, stop)
+
+    @property
+    def stopping(self) -> bool:
+        return self.gate.stopping
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self.gate.tls_context
+
+    def _protocols(self, settings: Settings) -> dict[str, tuple[Protocol, list[ListenEntry]]]:
+        """Each protocol served, with the addresses it listens on under ``settings``."""
+        return {"SMTP": (self.smtp, settings.listen_entries())}
+
+    def _wanted(self, settings: Settings) -> list[tuple[str, ListenEntry]]:
+        return [(name, entry) for name, (_, entries) in self._protocols(settings).items()
+                for entry in entries]
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -75,10 +92,10 @@ class MailServer:
             raise StartupError(f"cannot use the data folder {self.data_dir}: {e.strerror or e}") from e
         if queued:
             log.info("%d message(s) waiting in the outgoing queue", len(queued))
-        self.tls_context = tls_context(self.settings)
-        self.stopping = False
+        self.gate.tls_context = tls_context(self.settings)
+        self.gate.stopping = False
         with self._lock:
-            self._open_listeners(self.settings.listen_entries())
+            self._open_listeners(self._wanted(self.settings))
         self.qmgr = QueueManager(self)
         self.qmgr.start(queued)
         log.info("ISMail serving SMTP on %s as %s", ", ".join(self.listening()),
@@ -86,7 +103,7 @@ class MailServer:
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; wait up to ``grace`` seconds for sessions to end."""
-        self.stopping = True
+        self.gate.stopping = True
         with self._lock:
             listeners = list(self._listeners.values())
             self._listeners.clear()
@@ -95,16 +112,21 @@ class MailServer:
         if self.qmgr is not None:
             self.qmgr.stop(grace)
         deadline = time.monotonic() + grace
-        while self.stats.get("connections_current") > 0 and time.monotonic() < deadline:
+        while self._open_connections() > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         self.workers.stop()
         # Its thread ends; a new executor starts none until a login needs it (after a restart).
         self._password_checker.shutdown(wait=False)
         self._password_checker = _password_executor()
-        left = self.stats.get("connections_current")
+        left = self._open_connections()
         if left:
             log.warning("stopped with %d session(s) still open", left)
         log.info("ISMail stopped; %s", self.stats.summary())
+
+    def _open_connections(self) -> int:
+        snap = self.stats.snapshot()
+        return sum(snap.get(f"{proto.counter}connections_current", 0)
+                   for proto, _ in self._protocols(self.settings).values())
 
     def listening(self) -> list[str]:
         with self._lock:
@@ -119,9 +141,10 @@ class MailServer:
         context = tls_context(settings)  # a bad certificate refuses the change, like a bad port
         with self._lock:
             if not self.stopping:
-                self._move_listeners(settings.listen_entries())
-            self.tls_context = context
+                self._move_listeners(self._wanted(settings))
+            self.gate.tls_context = context
             self.policy = Policy(settings)
+            self.smtp.policy = self.policy
             self.settings = settings
         self.guard.apply(settings)
         self.limiter.resize(settings.incoming.max_connections, settings.incoming.max_per_host)
@@ -131,7 +154,7 @@ class MailServer:
                  settings.incoming.max_connections, settings.incoming.max_per_host,
                  ", ".join(settings.listen))
 
-    def _move_listeners(self, wanted: list[ListenEntry]) -> None:
+    def _move_listeners(self, wanted: list[tuple[str, ListenEntry]]) -> None:
         added = [a for a in wanted if a not in self._listeners]
         removed = [a for a in self._listeners if a not in wanted]
         if not added and not removed:
@@ -139,8 +162,8 @@ class MailServer:
         # A new address on a port we already hold (127.0.0.1:25 -> 0.0.0.0:25) can only be
         # bound once the old socket is closed; other ports are opened first, so a failure
         # there leaves everything as it was.
-        ports = {entry.port for entry in added}
-        first = [a for a in removed if a.port in ports]
+        ports = {entry.port for _, entry in added}
+        first = [a for a in removed if a[1].port in ports]
         for addr in first:
             self._close_listener(self._listeners.pop(addr))
         try:
@@ -155,11 +178,12 @@ class MailServer:
             if addr in self._listeners:
                 self._close_listener(self._listeners.pop(addr))
 
-    def _open_listeners(self, entries: list[ListenEntry]) -> None:
-        opened: dict[ListenEntry, Listener] = {}
+    def _open_listeners(self, entries: list[tuple[str, ListenEntry]]) -> None:
+        protocols = self._protocols(self.settings)
+        opened: dict[tuple[str, ListenEntry], Listener] = {}
         try:
-            for entry in entries:
-                opened[entry] = Listener(entry, self)
+            for name, entry in entries:
+                opened[(name, entry)] = Listener(entry, self.gate, protocols[name][0])
         except OSError as e:
             for listener in opened.values():
                 listener.server_close()

@@ -1,15 +1,24 @@
-"""Sockets and threads for incoming SMTP: one ThreadingTCPServer per listening address.
+"""Sockets and threads for every protocol: one ThreadingTCPServer per listening address.
 
-The accepting thread takes the limiter's slot before any thread is started: a
-client over a limit gets its ``421 4.7.0`` and is disconnected right there, so a
-flood of connections costs no threads.  Every admitted connection gets a thread
-of its own that runs a Connection: read, feed the Session, write its replies.
+A listener serves one protocol (SMTP, POP3, ...), described by a ``Protocol``
+object: its connection limiter, how to make a session, its refusals and
+time-outs.  What all listeners share is a ``Gate``: the stop flag, the ban list,
+the counters, the TLS context and the worker threads.
 
-Reads wait at most POLL_SECONDS at a time so that a thread notices on its own when
-the server is stopping or the client has gone quiet for longer than the command
-timeout.  The slot is given back the moment the session ends: on QUIT *before* the
-221 is sent (a client that reconnects at once finds it free) or when the
-connection drops.
+The accepting thread takes the limiter's slot before any thread is involved: a
+client over a limit gets the protocol's refusal (SMTP ``421 4.7.0``, POP3
+``-ERR [SYS/TEMP]``) and is disconnected right there, so a flood of connections
+costs no threads.  Every admitted connection is run by a pooled thread as a
+Connection: read, feed the session, write what it returns.
+
+A session is a state machine that never touches a socket (smtp.session,
+pop3.session).  ``feed(data)`` returns the bytes to send: one ``bytes``, or a list
+whose items are ``bytes`` or iterables of ``bytes`` (a POP3 RETR streams the
+message from disk this way).  Reads wait at most POLL_SECONDS at a time so that a
+thread notices on its own when the server is stopping or the client has gone quiet
+for longer than the command timeout.  The slot is given back the moment the session
+ends: on QUIT *before* the goodbye is sent (a client that reconnects at once finds
+it free) or when the connection drops.
 """
 from __future__ import annotations
 
@@ -23,17 +32,13 @@ import socketserver
 import ssl
 import threading
 import time
-from typing import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Iterable
 
 from ..config import ListenEntry
-from .limits import PER_HOST, Slot
-from ..smtp.replies import reply
-from ..smtp.session import Session
+from ..stats import Stats
+from .guard import Guard
+from .limits import PER_HOST, ConnectionLimiter, Slot
 from .sockets import WAITED, no_delay, set_io_timeout
-
-if TYPE_CHECKING:
-    from ..service import MailServer
 
 log = logging.getLogger("ismail.receiver")
 
@@ -43,6 +48,9 @@ HANDSHAKE_SECONDS = 30.0
 STRESS_SHARE = 0.8      # at 80 % of the total limit, the server counts as busy
 STRESS_TIMEOUT = 10     # seconds an idle client may take then (Postfix: smtpd_timeout ${stress?10})
 DATA_RATE_GRACE = 30.0  # seconds before the minimum data rate is enforced
+SEND_BATCH = 65536      # streamed output is sent in writes of about this size
+
+
 def client_ip(address: str) -> str:
     """The client's address as the limits and trusted networks see it (no IPv4-mapped form)."""
     try:
@@ -107,17 +115,62 @@ class WorkerPool:
                 self._idle += 1
 
 
+class Gate:
+    """What every listener shares, whatever its protocol."""
+
+    def __init__(self, guard: Guard, stats: Stats, workers: WorkerPool) -> None:
+        self.guard = guard
+        self.stats = stats
+        self.workers = workers
+        self.stopping = False
+        self.tls_context: ssl.SSLContext | None = None
+
+
+class Protocol:
+    """One protocol's side of the connection layer; smtp/ and pop3/ subclass it.
+
+    ``counter`` names the protocol's connection counters: "" for SMTP (the names the
+    statistics have always had), "pop3_" for POP3.
+    """
+
+    name = "?"
+    counter = ""
+    pregreet_check = False   # refuse clients that talk before the greeting (SMTP)
+    stress_timeout = True    # a busy server cuts idle clients after STRESS_TIMEOUT
+
+    def __init__(self, limiter: ConnectionLimiter) -> None:
+        self.limiter = limiter
+
+    def session(self, ip: str, entry: ListenEntry, tls_available: bool) -> Any:
+        raise NotImplementedError
+
+    def refusal(self, why: str) -> bytes:
+        """The one line a refused client gets: ``why`` is "access", TOTAL or PER_HOST."""
+        raise NotImplementedError
+
+    def timeouts(self) -> tuple[float, float, int]:
+        """(idle seconds, whole-session seconds, minimum bytes/s while in DATA or 0)."""
+        raise NotImplementedError
+
+    def pregreet_reply(self) -> bytes:
+        return b""
+
+    def ended(self, session: Any, ip: str, port: int, seconds: float) -> None:
+        """The connection is over: close what the session holds, write the log line."""
+
+
 class Listener(socketserver.ThreadingTCPServer):
     daemon_threads = True
     request_queue_size = 256  # listen backlog: bursts of reconnecting clients wait in the kernel
     # On Windows SO_REUSEADDR would let another program take over the port; see server_bind.
     allow_reuse_address = os.name != "nt"
 
-    def __init__(self, entry: ListenEntry, mail_server: "MailServer") -> None:
+    def __init__(self, entry: ListenEntry, gate: Gate, protocol: Protocol) -> None:
         self.address_family = socket.AF_INET6 if ":" in entry.host else socket.AF_INET
-        self.mail_server = mail_server
+        self.gate = gate
+        self.protocol = protocol
         self.entry = entry
-        self.label = entry.label
+        self.label = entry.label if protocol.name == "SMTP" else f"{protocol.name} {entry.label}"
         super().__init__((entry.host, entry.port), _Handler)
 
     def server_bind(self) -> None:
@@ -129,36 +182,40 @@ class Listener(socketserver.ThreadingTCPServer):
         super().server_bind()
 
     def process_request(self, request: socket.socket, client_address) -> None:
-        ms = self.mail_server
+        gate, proto = self.gate, self.protocol
         ip = client_ip(client_address[0])
-        barred = ms.guard.refused(ip)
-        if barred:
-            ms.stats.add("connections_refused_access")
-            _say(request, reply(554, "5.7.1", f"{ms.settings.server_name} Access denied"))
+        stats, prefix = gate.stats, proto.counter
+        if gate.guard.refused(ip):
+            stats.add(f"{prefix}connections_refused_access")
+            _say(request, proto.refusal("access"))
             self.shutdown_request(request)
             return
-        slot = ms.limiter.acquire(ip)
+        slot = proto.limiter.acquire(ip)
         if not isinstance(slot, Slot):
-            _refuse(ms, request, ip, slot)
+            _refuse(gate, proto, request, ip, slot)
             self.shutdown_request(request)
             return
-        ms.stats.add("connections_current")
-        ms.stats.add("connections_total")
+        stats.add(f"{prefix}connections_current")
+        stats.add(f"{prefix}connections_total")
         try:
-            ms.workers.submit(lambda: self._serve(request, client_address, ip, slot))
+            gate.workers.submit(lambda: self._serve(request, client_address, ip, slot))
         except BaseException:
             self._finished(ip, slot)
             self.shutdown_request(request)
             raise
 
     def _serve(self, request: socket.socket, client_address, ip: str, slot: Slot) -> None:
-        conn = Connection(self.mail_server, request, ip, client_address[1], slot, self.entry)
+        conn = Connection(self.gate, self.protocol, request, ip, client_address[1], slot, self.entry)
         try:
             conn.run()
         except Exception:
             log.exception("%s: session ended by an unexpected error", ip)
         finally:
             self._finished(ip, slot)
+            try:
+                self.protocol.ended(conn.session, ip, client_address[1], conn.seconds())
+            except Exception:
+                log.exception("%s: closing the session failed", ip)
             if conn.sock is not request:  # the TLS socket took over the connection
                 try:
                     conn.sock.close()
@@ -167,8 +224,8 @@ class Listener(socketserver.ThreadingTCPServer):
             self.shutdown_request(request)
 
     def _finished(self, ip: str, slot: Slot) -> None:
-        self.mail_server.limiter.release(slot)  # does nothing if QUIT already released it
-        self.mail_server.stats.add("connections_current", -1)
+        self.protocol.limiter.release(slot)  # does nothing if QUIT already released it
+        self.gate.stats.add(f"{self.protocol.counter}connections_current", -1)
 
     def handle_error(self, request, client_address) -> None:
         log.exception("error serving %s", client_address)
@@ -179,15 +236,11 @@ class _Handler(socketserver.BaseRequestHandler):
     (it must hold the limiter's slot before a thread exists)."""
 
 
-def _refuse(ms: "MailServer", sock: socket.socket, ip: str, which: str) -> None:
-    if which == PER_HOST:
-        ms.stats.add("connections_refused_per_host_limit")
-        text = "Too many connections from your host (per-host limit), try again later"
-    else:
-        ms.stats.add("connections_refused_total_limit")
-        text = "Too many connections (total limit), try again later"
-    log.warning("refused connection from %s: %s limit reached", ip, which)
-    _say(sock, reply(421, "4.7.0", f"{ms.settings.server_name} {text}"))
+def _refuse(gate: Gate, proto: Protocol, sock: socket.socket, ip: str, which: str) -> None:
+    kind = "per_host" if which == PER_HOST else "total"
+    gate.stats.add(f"{proto.counter}connections_refused_{kind}_limit")
+    log.warning("refused %s connection from %s: %s limit reached", proto.name, ip, which)
+    _say(sock, proto.refusal(which))
 
 
 def _say(sock: socket.socket, data: bytes) -> None:
@@ -202,43 +255,41 @@ def _say(sock: socket.socket, data: bytes) -> None:
 class Connection:
     """One client, from greeting to hang-up."""
 
-    def __init__(self, ms: "MailServer", sock: socket.socket, ip: str, port: int, slot: Slot,
-                 entry: ListenEntry) -> None:
-        self.ms = ms
+    def __init__(self, gate: Gate, proto: Protocol, sock: socket.socket, ip: str, port: int,
+                 slot: Slot, entry: ListenEntry) -> None:
+        self.gate = gate
+        self.proto = proto
         self.sock = sock
         self.ip = ip
         self.port = port
         self.slot = slot
         self.entry = entry
-        policy = ms.policy
-        timeouts = policy.settings.timeouts
-        self.timeout = timeouts.command_seconds
-        self.session_seconds = timeouts.session_seconds
-        self.min_data_rate = timeouts.min_data_rate
-        self.tls = ms.tls_context
-        self.session = Session(ms, policy, ip, trusted=policy.is_trusted(ip),
-                               tls_available=self.tls is not None, tls_active=entry.tls,
-                               submission=entry.submission)
+        self.timeout, self.session_seconds, self.min_data_rate = proto.timeouts()
+        self.tls = gate.tls_context
+        self.started = time.monotonic()
+        self._dead = False  # a send failed: the client is gone, send nothing more
+        self.session = proto.session(ip, entry, self.tls is not None)
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
 
     def run(self) -> None:
-        ms, session = self.ms, self.session
-        started = time.monotonic()
+        gate, session = self.gate, self.session
         no_delay(self.sock)
         if self.entry.tls and not self._handshake():
             return
-        if not self.entry.tls and _talks_first(self.sock):
+        if self.proto.pregreet_check and not self.entry.tls and _talks_first(self.sock):
             # Real mail servers wait for the greeting; spam bots often do not (Postfix's
             # postscreen calls it "pregreet").
-            ms.stats.add("protocol_errors")
+            gate.stats.add("protocol_errors")
             log.info("%s: talked before the greeting: disconnected", self.ip)
-            self._send(reply(554, "5.5.1", f"{ms.settings.server_name} Protocol error: "
-                                           "you talked before the greeting"))
+            self._send(self.proto.pregreet_reply())
             return
         self._wait_style()
         self._send(session.greeting())
         last_lines, idle_since = 0, time.monotonic()
         data_since, data_bytes = 0.0, 0
-        session_end = started + self.session_seconds
+        session_end = self.started + self.session_seconds
         while not session.closing:
             try:
                 data = self.sock.recv(RECV_BYTES)
@@ -248,7 +299,7 @@ class Connection:
                 break
             now = time.monotonic()
             if data is None:
-                if ms.stopping and not session.in_transaction:
+                if gate.stopping and not session.in_transaction:
                     self._send(session.shutdown_reply())
                 else:
                     self._check_time(now, idle_since, data_since, data_bytes, session_end)
@@ -265,7 +316,7 @@ class Connection:
             else:
                 data_since = 0.0
             if session.closing:
-                ms.limiter.release(self.slot)  # before the 221: a client reconnecting at once fits
+                self.proto.limiter.release(self.slot)  # before the goodbye: a client reconnecting at once fits
             if session.delay:
                 time.sleep(min(session.delay, 10.0))
                 session.delay = 0.0
@@ -277,22 +328,17 @@ class Connection:
                 session.tls_started()
                 continue
             self._check_time(now, idle_since, data_since, data_bytes, session_end)
-            if ms.stopping and not session.closing and not session.in_transaction:
+            if gate.stopping and not session.closing and not session.in_transaction:
                 self._send(session.shutdown_reply())
-        log.info("connection from %s port %s: %d message(s), %d error(s), %.2fs%s%s%s", self.ip,
-                 self.port, session.messages, session.errors, time.monotonic() - started,
-                 ", TLS" if session.tls_active else "",
-                 f", user {session.authenticated}" if session.authenticated else "",
-                 "" if session.quit else ", no QUIT")
 
     def _check_time(self, now: float, idle_since: float, data_since: float, data_bytes: int,
                     session_end: float) -> None:
         """Cut off clients that are idle, too slow, or simply never finish."""
-        session, ms = self.session, self.ms
+        session = self.session
         if session.closing:
             return
         limit = self.timeout
-        if ms.limiter.busy(STRESS_SHARE):
+        if self.proto.stress_timeout and self.proto.limiter.busy(STRESS_SHARE):
             limit = min(limit, STRESS_TIMEOUT)  # busy: idle clients make room sooner (Postfix's stress mode)
         why = ""
         if now - idle_since > limit:
@@ -303,7 +349,7 @@ class Connection:
               and data_bytes / (now - data_since) < self.min_data_rate):
             why = f"data slower than {self.min_data_rate} bytes/s"
         if why:
-            ms.stats.add("sessions_timed_out")
+            self.gate.stats.add(f"{self.proto.counter}sessions_timed_out")
             log.info("%s: %s", self.ip, why)
             self._send(session.timeout_reply())
 
@@ -328,8 +374,31 @@ class Connection:
         self._wait_style()
         return True
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, out: bytes | list) -> None:
+        """Send a session's output: bytes, or a list of bytes and iterables of bytes.
+
+        Streamed pieces are gathered into writes of about SEND_BATCH bytes, so a POP3
+        client downloading small messages costs one system call per batch, not per line.
+        """
+        if isinstance(out, (bytes, bytearray)):
+            self._write(out)
+            return
+        batch = bytearray()
+        for item in out:
+            pieces: Iterable[bytes] = (item,) if isinstance(item, (bytes, bytearray)) else item
+            for piece in pieces:
+                batch += piece
+                if len(batch) >= SEND_BATCH:
+                    if not self._write(batch):
+                        return
+                    batch = bytearray()
+        if batch:
+            self._write(batch)
+
+    def _write(self, data: bytes | bytearray) -> bool:
         """Send it all; a client that reads nothing for the whole command timeout is dropped."""
+        if self._dead:
+            return False
         view = memoryview(data)
         deadline = time.monotonic() + self.timeout
         while view:
@@ -338,12 +407,15 @@ class Connection:
             except WAITED:
                 if time.monotonic() < deadline:
                     continue
+                self._dead = True
                 self.session.closing = True
-                return
+                return False
             except OSError:
+                self._dead = True
                 self.session.closing = True
-                return
+                return False
             view = view[sent:]
+        return True
 
 
 def _talks_first(sock: socket.socket) -> bool:

@@ -1,19 +1,24 @@
-"""The two SASL mechanisms of SMTP AUTH that mail clients use: PLAIN and LOGIN.
+"""The two SASL mechanisms mail clients use, for every protocol: PLAIN and LOGIN.
 
 PLAIN (RFC 4616): one base64 message "authzid NUL user NUL password", sent with
-the command or after an empty 334 challenge.  LOGIN (a draft that every client
+the command or after an empty challenge.  LOGIN (a draft that every client
 speaks): the server asks "Username:" then "Password:", each base64.  An exchange is
-a small state object: ``start`` and each ``step`` return either a challenge to send
-(bytes, "334 ..."), the credentials, or an error reply; "*" cancels (RFC 4954).
+a small state object: ``start`` and each ``step`` return a Challenge to send (SMTP
+writes it as "334 <b64>", POP3 as "+ <b64>", IMAP as "+ <b64>"), the Credentials,
+or a Failure; "*" cancels (RFC 4954, RFC 5034).  The protocol turns a Failure into
+its own error reply.
 """
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
 
-from ..smtp.replies import reply
-
 MECHANISMS = ("PLAIN", "LOGIN")
+
+# Failure.kind values
+UNKNOWN_MECHANISM = "mechanism"
+CANCELLED = "cancelled"
+MALFORMED = "malformed"
 
 
 @dataclass
@@ -22,32 +27,46 @@ class Credentials:
     password: str
 
 
+@dataclass
+class Challenge:
+    b64: str  # the challenge, already base64 ("" for PLAIN's empty one)
+
+
+@dataclass
+class Failure:
+    kind: str    # UNKNOWN_MECHANISM, CANCELLED or MALFORMED
+    reason: str  # words for the client
+
+
+Outcome = Challenge | Credentials | Failure
+
+
 class Exchange:
     def __init__(self, mechanism: str) -> None:
         self.mechanism = mechanism.upper()
         self._user: str | None = None
 
-    def start(self, initial: str) -> bytes | Credentials:
+    def start(self, initial: str) -> Outcome:
         if self.mechanism not in MECHANISMS:
-            return reply(504, "5.5.4", "Unrecognized authentication type (PLAIN and LOGIN are offered)")
-        if initial:
+            return Failure(UNKNOWN_MECHANISM, "Unrecognized authentication type (PLAIN and LOGIN are offered)")
+        if initial and not (self.mechanism == "PLAIN" and initial == "="):
             return self.step(initial)
-        return b"334 \r\n" if self.mechanism == "PLAIN" else b"334 VXNlcm5hbWU6\r\n"  # "Username:"
+        return Challenge("" if self.mechanism == "PLAIN" else "VXNlcm5hbWU6")  # "Username:"
 
-    def step(self, line: str) -> bytes | Credentials:
+    def step(self, line: str) -> Outcome:
         if line == "*":
-            return reply(501, "5.7.0", "Authentication cancelled")
+            return Failure(CANCELLED, "Authentication cancelled")
         text = _decode(line)
         if text is None:
-            return reply(501, "5.5.2", "Cannot decode the AUTH response (base64 expected)")
+            return Failure(MALFORMED, "Cannot decode the AUTH response (base64 expected)")
         if self.mechanism == "PLAIN":
             parts = text.split("\0")
             if len(parts) != 3:
-                return reply(501, "5.5.2", "Malformed AUTH PLAIN response")
+                return Failure(MALFORMED, "Malformed AUTH PLAIN response")
             return Credentials(parts[1], parts[2])
         if self._user is None:
             self._user = text
-            return b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
+            return Challenge("UGFzc3dvcmQ6")  # "Password:"
         return Credentials(self._user, text)
 
 

@@ -10,7 +10,7 @@ connection arrived, the counters, a mailbox lookup and ``accept_message`` (which
 makes the message durable and raises OSError when it cannot).
 
 The message text after DATA is read by dataread.DataReader (only CRLF.CRLF ends
-it); AUTH's PLAIN and LOGIN exchanges live in sasl.py.
+it); AUTH's PLAIN and LOGIN exchanges live in net/sasl.py.
 """
 from __future__ import annotations
 
@@ -288,12 +288,17 @@ class Session:
         exchange, self._auth_step = self._auth_step, None
         return self._auth_next(exchange, exchange.step(raw.rstrip(b"\r\n").decode("ascii", "replace")))
 
-    def _auth_next(self, exchange: sasl.Exchange, outcome: bytes | sasl.Credentials) -> bytes:
+    def _auth_next(self, exchange: sasl.Exchange, outcome: sasl.Outcome) -> bytes:
         if isinstance(outcome, sasl.Credentials):
             return self._login(outcome.user, outcome.password)
-        if outcome.startswith(b"334"):
+        if isinstance(outcome, sasl.Challenge):
             self._auth_step = exchange  # the next line is the answer to this challenge
-        return outcome
+            return f"334 {outcome.b64}\r\n".encode("ascii")
+        if outcome.kind == sasl.UNKNOWN_MECHANISM:
+            return reply(504, "5.5.4", outcome.reason)
+        if outcome.kind == sasl.CANCELLED:
+            return reply(501, "5.7.0", outcome.reason)
+        return reply(501, "5.5.2", outcome.reason)
 
     def _login(self, user: str, password: str) -> bytes:
         address = user.strip().lower()
