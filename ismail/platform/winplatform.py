@@ -33,7 +33,7 @@ RUN_KEY = r"Software\Microsoft\Windows\CurrentVersion\Run"
 PORTABLE_MARKER = "portable.txt"
 PORTABLE_DATA = "data"
 DESKTOP_FILE = "ismail.desktop"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent  # ismail/platform/ -> the project
 
 # SetConsoleCtrlHandler events (wincon.h).  Ctrl+C and Ctrl+Break are left to Python,
 # which turns them into SIGINT and SIGBREAK; the other three end the process once the
