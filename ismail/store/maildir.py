@@ -7,7 +7,9 @@ acknowledged.  If any step fails, the links already made are removed again, so a
 temporary failure (the client will retry) never leaves a half-delivered message.
 
 Files are stored with LF line ends, the Maildir convention on disk; the SMTP
-stream's CRLF is restored when a message is sent on.
+stream's CRLF is restored when a message is sent on or read over POP3.  Each name
+carries Dovecot's size fields, ``<unique>,S=<size on disk>,W=<size with CRLF>``, so
+a mail reader learns every message's size from a directory listing alone.
 """
 from __future__ import annotations
 
@@ -22,9 +24,25 @@ from ..queue.spool import MessageBuffer
 log = logging.getLogger("ismail.maildir")
 
 
-def _lf_chunks(header: bytes, body: MessageBuffer):
+class _Sizes:
+    """Counts what passes through: bytes on disk and line ends (for the CRLF size)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.lines = 0
+
+    def count(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        self.lines += chunk.count(b"\n")
+        return chunk
+
+    def suffix(self) -> str:
+        return f",S={self.size},W={self.size + self.lines}"
+
+
+def _lf_chunks(header: bytes, body: MessageBuffer, sizes: _Sizes):
     """The message with CRLF turned into LF, even where a chunk boundary splits a CRLF."""
-    yield header.replace(b"\r\n", b"\n")
+    yield sizes.count(header.replace(b"\r\n", b"\n"))
     carry = b""
     for chunk in body.chunks():
         chunk = carry + chunk
@@ -32,9 +50,9 @@ def _lf_chunks(header: bytes, body: MessageBuffer):
             chunk, carry = chunk[:-1], b"\r"
         else:
             carry = b""
-        yield chunk.replace(b"\r\n", b"\n")
+        yield sizes.count(chunk.replace(b"\r\n", b"\n"))
     if carry:
-        yield carry
+        yield sizes.count(carry)
 
 
 def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
@@ -48,15 +66,16 @@ def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
                 (box / sub).mkdir(parents=True, exist_ok=True)
     tmp = first / "tmp" / unique_name()
     placed: list[Path] = []
+    sizes = _Sizes()
     try:
-        write_new_file(tmp, _lf_chunks(header, body))
+        write_new_file(tmp, _lf_chunks(header, body, sizes))
         if len(boxes) == 1:
-            dest = first / "new" / tmp.name
+            dest = first / "new" / (tmp.name + sizes.suffix())
             os.replace(tmp, dest)
             placed.append(dest)
         else:
             for box in boxes:
-                dest = box / "new" / unique_name()
+                dest = box / "new" / (unique_name() + sizes.suffix())
                 _link_or_copy(tmp, dest)
                 placed.append(dest)
             tmp.unlink()
