@@ -40,6 +40,8 @@ SETTINGS_FILE = "ismail.json"
 TLS_MODES = ("none", "starttls", "starttls-optional", "tls")
 _LISTEN_FORM = ('expected "ip:port", e.g. "0.0.0.0:25" or "[::]:25", optionally followed by '
                 '"tls" (implicit TLS, port 465) or "submission" (AUTH needed to relay, port 587)')
+_POP3_LISTEN_FORM = ('expected "ip:port", e.g. "0.0.0.0:110" or "[::]:110", optionally followed by '
+                     '"tls" (implicit TLS, port 995)')
 _DNS_FORM = 'expected "ip" or "ip:port", e.g. "192.0.2.53", "192.0.2.53:5353" or "[2001:db8::53]:53"'
 _HOST_FORM = 'expected letters, digits and hyphens in dot-separated labels, e.g. "mail.example.com"'
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?", re.ASCII)
@@ -132,6 +134,18 @@ class ProgramSettings:
     start_server_on_open: bool = True   # the window starts SMTP by itself when it opens
 
 
+@dataclass
+class Pop3Settings:
+    enabled: bool = True
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:110"])
+    max_connections: int = 20
+    max_per_host: int = 5
+    allow_plaintext: bool = False   # USER/PASS and AUTH without TLS from outside trusted_networks
+
+    def listen_entries(self) -> list["ListenEntry"]:
+        return [parse_listen(entry) for entry in self.listen] if self.enabled else []
+
+
 @dataclass(frozen=True)
 class ListenEntry:
     """One listening address with its flags: "0.0.0.0:465 tls", "0.0.0.0:587 submission"."""
@@ -176,7 +190,7 @@ class RetrySettings:
 _SECTIONS: dict[str, type] = {
     "incoming": IncomingSettings, "outgoing": OutgoingSettings, "smarthost": SmartHostSettings,
     "timeouts": TimeoutSettings, "retry": RetrySettings, "tls": TLSSettings, "auth": AuthSettings,
-    "access": AccessSettings, "program": ProgramSettings,
+    "access": AccessSettings, "program": ProgramSettings, "pop3": Pop3Settings,
 }
 # Allowed ranges of every whole-number setting (the GUI shows them next to its fields).
 RANGES: dict[str, tuple[int, int]] = {
@@ -189,10 +203,12 @@ RANGES: dict[str, tuple[int, int]] = {
     "auth.ban_minutes": (1, 10080),
     "retry.first_seconds": (1, 86400), "retry.max_interval_seconds": (1, 86400),
     "retry.lifetime_hours": (1, 720), "retry.warn_hours": (0, 720),
+    "pop3.max_connections": (10, 100), "pop3.max_per_host": (1, 10),
 }
 _BOOLS = ("smarthost.enabled", "smarthost.exclusive", "smarthost.authenticate",
           "smarthost.verify_certificate", "auth.allow_plaintext", "auth.require_for_relay",
-          "auth.enforce_sender", "program.start_server_on_open")
+          "auth.enforce_sender", "program.start_server_on_open", "pop3.enabled",
+          "pop3.allow_plaintext")
 
 
 def split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
@@ -252,6 +268,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     program: ProgramSettings = field(default_factory=ProgramSettings)
+    pop3: Pop3Settings = field(default_factory=Pop3Settings)
     extra: dict = field(default_factory=dict)
 
     def local_domains(self) -> frozenset[str]:
@@ -349,6 +366,27 @@ def _reason(parse, *args: Any) -> str | None:
     return None
 
 
+def _check_listen(errors: list[FieldError], key: str, value: Any, settings: Settings, form: str,
+                  submission: bool = True) -> set[tuple[str, int]]:
+    """Check one protocol's listening addresses; returns the (host, port) pairs that parse."""
+    _check_list(errors, key, value, form, lambda t: _reason(parse_listen, t))
+    if not isinstance(value, list):
+        return set()
+    entries = [parse_listen(t) for t in value if _reason(parse_listen, t) is None]
+    pairs = [(e.host, e.port) for e in entries]
+    if len(pairs) != len(set(pairs)):
+        errors.append(_err(key, value, "lists one address and port twice"))
+    if any(e.tls for e in entries) and not settings.tls.certificate:
+        errors.append(_err(key, value, 'has a "tls" listener, which needs '
+                           "tls.certificate and tls.key"))
+    if not submission and any(e.submission for e in entries):
+        errors.append(_err(key, value, 'has the "submission" flag, which only SMTP knows '
+                           '(allowed here: "tls")'))
+    if value == []:
+        errors.append(_err(key, [], f"is not valid: at least one address is needed ({form})"))
+    return set(pairs)
+
+
 def validate(settings: Settings) -> list[FieldError]:
     """Every problem in ``settings``, in table order; [] when they can be used as they are."""
     errors: list[FieldError] = []
@@ -386,17 +424,14 @@ def validate(settings: Settings) -> list[FieldError]:
                 errors.append(_err("additional_domains", d, "is listed twice "
                                    "(each domain may be listed only once)", label))
             seen.add(d.lower())
-    _check_list(errors, "listen", settings.listen, _LISTEN_FORM, lambda t: _reason(parse_listen, t))
-    if isinstance(settings.listen, list):
-        hosts = [_reason(parse_listen, t) is None and parse_listen(t) for t in settings.listen]
-        pairs = [(e.host, e.port) for e in hosts if e]
-        if len(pairs) != len(set(pairs)):
-            errors.append(_err("listen", settings.listen, "lists one address and port twice"))
-        if any(e and e.tls for e in hosts) and not settings.tls.certificate:
-            errors.append(_err("listen", settings.listen, 'has a "tls" listener, which needs '
-                               "tls.certificate and tls.key"))
-    if settings.listen == []:
-        errors.append(_err("listen", [], f"is not valid: at least one address is needed ({_LISTEN_FORM})"))
+    smtp_pairs = _check_listen(errors, "listen", settings.listen, settings, _LISTEN_FORM)
+    pop3 = settings.pop3
+    if pop3.enabled is True or not isinstance(pop3.listen, list):
+        pop3_pairs = _check_listen(errors, "pop3.listen", pop3.listen, settings,
+                                   _POP3_LISTEN_FORM, submission=False)
+        for pair in sorted(smtp_pairs & pop3_pairs):
+            errors.append(_err("pop3.listen", pop3.listen, f"uses {pair[0]}:{pair[1]}, which "
+                               "SMTP listens on already (listen); choose another port"))
 
     def value_of(key: str) -> Any:
         section, _, attr = key.rpartition(".")

@@ -1,15 +1,16 @@
 """MailServer: the one object that owns ISMail's state and wires its stages.
 
-    receiver (listeners, limiter) -> session -> accept_message -> maildir (local)
-                                                              \\-> spool (outgoing queue)
+    net (listeners, limits, bans, TLS) -> smtp session -> accept_message -> store (local Maildirs)
+                                                                        \-> queue (outgoing)
+                                       -> pop3 session -> store (maildrop)
 
 ``start()`` prepares the data folder (clearing what a crash left half-written),
-binds every listening address (all or none) and serves each in its own thread.
-``apply(settings)`` puts new settings into force without a restart: limits hold
-for the next connection, connections already open keep theirs.  ``stop()`` stops
-accepting, lets sessions in the middle of a message finish for a grace period and
-tells idle ones ``421``.  The GUI and the command line drive it through these three
-calls and read ``stats``; nothing else is shared.
+binds every listening address of every protocol (all or none) and serves each in
+its own thread.  ``apply(settings)`` puts new settings into force without a
+restart: limits hold for the next connection, connections already open keep
+theirs.  ``stop()`` stops accepting, lets sessions in the middle of a message
+finish for a grace period and tells idle ones goodbye.  The GUI and the command
+line drive it through these three calls and read ``stats``.
 """
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ from .fsutil import DirSync, new_queue_id
 from .net.guard import Guard
 from .net.limits import ConnectionLimiter
 from .store.maildir import clean_tmp, deliver
+from .store.maildrop import Maildrop, Maildrops
 from .smtp.policy import Policy
 from .net.listener import Gate, Listener, Protocol, WorkerPool
 from .queue.scheduler import QueueManager
+from .pop3.protocol import Pop3Protocol
 from .smtp.protocol import SmtpProtocol
 from .smtp.session import Envelope
 from .queue.spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
@@ -61,6 +64,9 @@ class MailServer:
         self.guard = Guard(settings)
         self.gate = Gate(self.guard, self.stats, self.workers)
         self.smtp = SmtpProtocol(self.limiter, self, self.policy)
+        self.maildrops = Maildrops()
+        self.pop3_limiter = ConnectionLimiter(settings.pop3.max_connections, settings.pop3.max_per_host)
+        self.pop3 = Pop3Protocol(self.pop3_limiter, _Pop3Backend(self), settings)
         self._password_checker = _password_executor()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards listener changes (start, apply, stop)
@@ -75,7 +81,8 @@ class MailServer:
 
     def _protocols(self, settings: Settings) -> dict[str, tuple[Protocol, list[ListenEntry]]]:
         """Each protocol served, with the addresses it listens on under ``settings``."""
-        return {"SMTP": (self.smtp, settings.listen_entries())}
+        return {"SMTP": (self.smtp, settings.listen_entries()),
+                "POP3": (self.pop3, settings.pop3.listen_entries())}
 
     def _wanted(self, settings: Settings) -> list[tuple[str, ListenEntry]]:
         return [(name, entry) for name, (_, entries) in self._protocols(settings).items()
@@ -98,8 +105,7 @@ class MailServer:
             self._open_listeners(self._wanted(self.settings))
         self.qmgr = QueueManager(self)
         self.qmgr.start(queued)
-        log.info("ISMail serving SMTP on %s as %s", ", ".join(self.listening()),
-                 self.settings.server_name)
+        log.info("ISMail serving %s as %s", self.serving(), self.settings.server_name)
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; wait up to ``grace`` seconds for sessions to end."""
@@ -128,6 +134,15 @@ class MailServer:
         return sum(snap.get(f"{proto.counter}connections_current", 0)
                    for proto, _ in self._protocols(self.settings).values())
 
+    def serving(self) -> str:
+        """ "SMTP on 0.0.0.0:25; POP3 on 0.0.0.0:110", for the log and the window."""
+        with self._lock:
+            keys = list(self._listeners)
+        parts = []
+        for name in dict.fromkeys(name for name, _ in keys):
+            parts.append(f"{name} on " + ", ".join(e.label for n, e in keys if n == name))
+        return "; ".join(parts)
+
     def listening(self) -> list[str]:
         with self._lock:
             return [listener.label for listener in self._listeners.values()]
@@ -145,9 +160,11 @@ class MailServer:
             self.gate.tls_context = context
             self.policy = Policy(settings)
             self.smtp.policy = self.policy
+            self.pop3.settings = settings
             self.settings = settings
         self.guard.apply(settings)
         self.limiter.resize(settings.incoming.max_connections, settings.incoming.max_per_host)
+        self.pop3_limiter.resize(settings.pop3.max_connections, settings.pop3.max_per_host)
         if self.qmgr is not None:
             self.qmgr.apply(settings)
         log.info("settings applied: incoming %d total / %d per host, listening on %s",
@@ -207,7 +224,7 @@ class MailServer:
     def lookup_forwards(self, local: str, domain: str) -> list[str]:
         return self.accounts.forwards_for(local, domain)
 
-    def check_login(self, address: str, password: str, ip: str) -> str:
+    def check_login(self, address: str, password: str, ip: str, count: bool = True) -> str:
         """SMTP AUTH: "ok", "failed", or "banned" (``ip`` is banned, or this failure banned it).
 
         Password checks run one at a time in one thread: scrypt takes 16 MB for each
@@ -219,9 +236,11 @@ class MailServer:
         ok = self._password_checker.submit(self.accounts.check_password, address, password).result()
         if ok:
             self.guard.login_succeeded(ip)
-            self.stats.add("logins")
+            if count:
+                self.stats.add("logins")
             return "ok"
-        self.stats.add("logins_failed")
+        if count:
+            self.stats.add("logins_failed")
         log.info("%s: failed login as %s", ip, address)
         return "banned" if self.guard.login_failed(ip) else "failed"
 
@@ -278,6 +297,27 @@ class MailServer:
         finally:
             body.close()
         return envelope.id
+
+
+class _Pop3Backend:
+    """What a POP3 session asks of the server: logins (one ban list for every protocol),
+    the account's Maildir, and the maildrop lock."""
+
+    def __init__(self, ms: MailServer) -> None:
+        self._ms = ms
+        self.stats = ms.stats
+
+    def check_login(self, address: str, password: str, ip: str) -> str:
+        return self._ms.check_login(address, password, ip, count=False)  # POP3 counts its own
+
+    def mailbox_of(self, address: str) -> Path | None:
+        local, _, domain = address.rpartition("@")
+        if not local or not self._ms.settings.is_local_domain(domain):
+            return None
+        return self._ms.accounts.mailbox_for(local, domain)
+
+    def open_maildrop(self, mailbox: Path) -> Maildrop:
+        return self._ms.maildrops.open(mailbox)
 
 
 def _password_executor() -> ThreadPoolExecutor:

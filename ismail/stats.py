@@ -43,7 +43,22 @@ SENDER_COUNTERS = (
     "messages_bounced",
     "queue_length",
 )
-GAUGES = ("connections_current", "outgoing_current", "queue_length")
+# POP3's ("POP3 Server"); the connection counters follow SMTP's names with a "pop3_" prefix.
+POP3_COUNTERS = (
+    "pop3_connections_current",
+    "pop3_connections_total",
+    "pop3_connections_refused_total_limit",
+    "pop3_connections_refused_per_host_limit",
+    "pop3_connections_refused_access",
+    "pop3_sessions_timed_out",
+    "pop3_logins",
+    "pop3_logins_failed",
+    "pop3_retrieved",
+    "pop3_deleted",
+    "pop3_bytes_sent",
+)
+ALL_COUNTERS = RECEIVER_COUNTERS + SENDER_COUNTERS + POP3_COUNTERS
+GAUGES = ("connections_current", "outgoing_current", "queue_length", "pop3_connections_current")
 
 
 class Stats:
@@ -56,7 +71,7 @@ class Stats:
     def _mine(self) -> dict[str, int]:
         mine = getattr(self._local, "counts", None)
         if mine is None:
-            mine = dict.fromkeys(RECEIVER_COUNTERS + SENDER_COUNTERS, 0)
+            mine = dict.fromkeys(ALL_COUNTERS, 0)
             self._local.counts = mine
             with self._lock:
                 self._dicts.append(mine)
@@ -72,7 +87,7 @@ class Stats:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             dicts, baseline = list(self._dicts), dict(self._baseline)
-        total = dict.fromkeys(RECEIVER_COUNTERS + SENDER_COUNTERS, 0)
+        total = dict.fromkeys(ALL_COUNTERS, 0)
         for counts in dicts:
             for name, value in list(counts.items()):  # one C-level copy: no thread switch inside
                 total[name] = total.get(name, 0) + value
