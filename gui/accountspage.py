@@ -13,7 +13,7 @@ import tkinter as tk
 from tkinter import messagebox, ttk
 from typing import TYPE_CHECKING
 
-from ismail.store.accounts import AccountError
+from ismail.admin import AccountError
 from ismail.config import FieldError, Settings
 
 from .pages import WRAP, Page, split_list
@@ -31,6 +31,7 @@ class AccountsPage(Page):
     def __init__(self, master: tk.Misc, dialog: tk.Misc) -> None:
         super().__init__(master, dialog)
         self.controller: Controller = dialog.controller
+        self.admin = self.controller.admin  # the running server's accounts, else the file's
         self._utest: bool = dialog._utest
         self.columnconfigure(0, weight=1)
         self.columnconfigure(1, weight=0)
@@ -97,7 +98,7 @@ class AccountsPage(Page):
         chosen = self.domain.get()
         domains = self.controller.local_domains()
         try:
-            infos = self.controller.accounts().list(domains)
+            infos = self.admin.account_list(domains)
         except AccountError as e:
             self.note.show(str(e))
             return
@@ -150,7 +151,7 @@ class AccountsPage(Page):
             if first != second:
                 return "The two passwords are not the same."
             try:
-                info = self.controller.accounts().add(address, first, self.controller.local_domains())
+                info = self.admin.account_add(address, first, self.controller.local_domains())
             except AccountError as e:
                 return str(e)
             self.note.show("")
@@ -173,7 +174,7 @@ class AccountsPage(Page):
             if values[0] != values[1]:
                 return "The two passwords are not the same."
             try:
-                self.controller.accounts().set_password(address, values[0])
+                self.admin.account_passwd(address, values[0])
             except AccountError as e:
                 return str(e)
             self.refresh()
@@ -194,7 +195,7 @@ class AccountsPage(Page):
                 "kept.", parent=self):
             return
         try:
-            self.controller.accounts().remove(address)
+            self.admin.account_remove(address)
         except AccountError as e:
             self.note.show(str(e))
             return
@@ -208,7 +209,7 @@ class AccountsPage(Page):
             return
         targets = split_list(self.forward.get())
         try:
-            self.controller.accounts().set_forward(address, targets)
+            self.admin.account_forward(address, targets)
         except AccountError as e:
             self.note.show(str(e))  # the entry keeps what was typed, to be corrected
             return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ ACTIVITY_LINES = 500
 TICK_MS = 250          # activity pane
 FIGURES_EVERY = 4      # ticks: the figures refresh about once a second
 NOT_STARTED = ("Not started when ISMail opened, as set in Settings > Program. "
-               "Click Start SMTP to serve mail.")
+               "Click Start to serve mail.")
 
 log = logging.getLogger("ismail.gui")
 
@@ -102,9 +101,9 @@ class MainWindow:
         self.state_label.grid(row=0, column=0, sticky="w")
         self.listening_label = ttk.Label(top, text="", wraplength=400, justify="left")  # keep the buttons in view
         self.listening_label.grid(row=0, column=1, sticky="w", padx=(PAD, 0))
-        self.start_button = ttk.Button(top, text="Start SMTP", command=self.start_server)
+        self.start_button = ttk.Button(top, text="Start", command=self.start_server)  # every protocol
         self.start_button.grid(row=0, column=2, padx=(PAD, 4))
-        self.stop_button = ttk.Button(top, text="Stop SMTP", command=self.stop_server)
+        self.stop_button = ttk.Button(top, text="Stop", command=self.stop_server)
         self.stop_button.grid(row=0, column=3)
 
         self.problem_frame = ttk.Frame(body)
@@ -120,10 +119,10 @@ class MainWindow:
         figures.grid(row=2, column=0, sticky="ew", pady=(PAD, 0))
         figures.columnconfigure(2, minsize=40)
         self.figure_labels: dict[str, ttk.Label] = {}
-        layout = (("incoming", "Incoming connections:", 0, 0), ("outgoing", "Outgoing connections:", 1, 0),
-                  ("queue", "Waiting in the queue:", 2, 0), ("received", "Messages received:", 0, 3),
-                  ("sent", "Messages sent:", 1, 3), ("deferred", "Deferred (will retry):", 2, 3),
-                  ("bounced", "Bounced:", 3, 3))
+        layout = (("incoming", "SMTP connections:", 0, 0), ("pop3", "POP3 connections:", 1, 0),
+                  ("outgoing", "Outgoing connections:", 2, 0), ("queue", "Waiting in the queue:", 3, 0),
+                  ("received", "Messages received:", 0, 3), ("sent", "Messages sent:", 1, 3),
+                  ("deferred", "Deferred (will retry):", 2, 3), ("bounced", "Bounced:", 3, 3))
         for key, text, row, col in layout:
             ttk.Label(figures, text=text).grid(row=row, column=col, sticky="w", padx=(0, PAD), pady=1)
             value = ttk.Label(figures, text="0", style="Figure.TLabel")
@@ -178,10 +177,10 @@ class MainWindow:
         return "Connections" if self.problem is not None and self.problem.listen else "Domain"
 
     def on_open(self) -> None:
-        """The program has opened: start SMTP, unless Settings > Program says not to."""
+        """The program has opened: start serving, unless Settings > Program says not to."""
         s = self.controller.settings
         if s is not None and not s.program.start_server_on_open:
-            log.info("the SMTP server was not started: program.start_server_on_open is off")
+            log.info("the server was not started: program.start_server_on_open is off")
             self.stopped_note = NOT_STARTED
             self.set_state("stopped")
             return
@@ -225,7 +224,8 @@ class MainWindow:
         if self.state == "running":
             self.state = "stopping"
             self.state_label.configure(text="Stopping…", style="Stopped.TLabel")
-            self.listening_label.configure(text="Closing: stopping the SMTP server cleanly "
+            pop3 = " and the POP3 server" if self.controller.figures().pop3_listening else ""
+            self.listening_label.configure(text=f"Closing: stopping the SMTP server{pop3} cleanly "
                                                 "(open sessions may take a few seconds to finish)…")
             self.pump.run(self.controller.stop, lambda r, e: self._destroy(), name="server-stop")
         else:
@@ -245,10 +245,10 @@ class MainWindow:
             return
         if self._gone:
             return
-        log.info("ISMail is ending: stopping the SMTP server")
+        log.info("ISMail is ending: stopping the server")
         try:
             self.state_label.configure(text="Stopping…", style="Stopped.TLabel")
-            self.listening_label.configure(text="The session is ending: stopping the SMTP server…")
+            self.listening_label.configure(text="The session is ending: stopping the server…")
             self._sync_buttons()
             self.root.update_idletasks()
         except tk.TclError:
@@ -300,12 +300,14 @@ class MainWindow:
         f = self.controller.figures()
         labels = self.figure_labels
         labels["incoming"].configure(text=f"{f.incoming_now} / {f.incoming_limit}  (at most {f.per_host_limit} per host)")
+        labels["pop3"].configure(text=f"{f.pop3_now} / {f.pop3_limit}  (at most {f.pop3_per_host_limit} per host)"
+                                 if f.pop3_enabled else "off")
         labels["outgoing"].configure(text=f"{f.outgoing_now} / {f.outgoing_limit}")
         for key, value in (("queue", f.queue_length), ("received", f.received), ("sent", f.sent),
                            ("deferred", f.deferred), ("bounced", f.bounced)):
             labels[key].configure(text=f"{value:,}")
         if self.state == "running":
-            self.listening_label.configure(text="Listening on " + ", ".join(f.listening))
+            self.listening_label.configure(text=f.serving_lines())
         elif self.state in ("stopped", "starting") and not self.closing:
             self.listening_label.configure(text=self.stopped_note if self.state == "stopped"
                                            else "Opening the listening ports…")
@@ -331,27 +333,28 @@ class MainWindow:
             self.root.after_idle(self.start_server)  # the user fixed what stopped the start: try again
 
     def change_port(self) -> Query:
+        """Move the listening address the start failed on (SMTP's or POP3's) to another port."""
+        key, failed = self.controller.listen_problem(self.problem.text if self.problem else "")
         s = self.controller.editable_settings()
+        name, listen, suggested, who = (("POP3", s.pop3.listen, "1110", "mail programs that fetch mail from")
+                                        if key == "pop3.listen" else
+                                        ("SMTP", s.listen, "2525", "programs that send mail through"))
 
         def check(values: list[str]) -> str | None:
             text = values[0].strip()
             if not text.isdigit() or not 1 <= int(text) <= 65535:
-                return "Type a port number from 1 to 65535, for example 2525."
-            new = self.controller.editable_settings()
-            failed = _failed_port(self.problem.text if self.problem else "", new.listen or ["0.0.0.0:25"])
-            new.listen = [_with_port(entry, int(text)) if _port_of(entry) == failed else entry
-                          for entry in (new.listen or ["0.0.0.0:25"])]
-            errors = self.controller.apply_settings(new)
+                return f"Type a port number from 1 to 65535, for example {suggested}."
+            errors = self.controller.move_port(key, failed, int(text))
             if errors:
                 return "\n".join(friendly(e) for e in errors)
             self.root.after_idle(self.start_server)
             return None
 
-        listen = ", ".join(s.listen) if isinstance(s.listen, list) else str(s.listen)
-        return Query(self.root, "Change port", f"ISMail listens on {listen}. Type the port to listen on "
-                     "instead. Ports from 1024 up (such as 2525) need no administrator rights; the "
-                     "programs that send mail through ISMail must then use that port too.",
-                     [("Port:", "2525", False)], check, _utest=self._utest)
+        shown = ", ".join(map(str, listen)) if isinstance(listen, list) else str(listen)
+        return Query(self.root, "Change port", f"ISMail's {name} listens on {shown}. Type the port to "
+                     f"listen on instead. Ports from 1024 up (such as {suggested}) need no administrator "
+                     f"rights; the {who} ISMail must then use that port too.",
+                     [("Port:", suggested, False)], check, _utest=self._utest)
 
     def open_port_test(self) -> PortTestDialog:
         return PortTestDialog(self.root, self.controller)
@@ -384,21 +387,3 @@ class MainWindow:
         messagebox.showinfo("About ISMail", f"ISMail {__version__}\nA mail server you double-click.\n\n"
                             f"Python {sys.version.split()[0]}, Tk {self.root.tk.call('info', 'patchlevel')}\n"
                             f"Data folder: {self.controller.data_dir}", parent=self.root)
-
-
-def _port_of(entry: str) -> str:
-    address = (entry.split() or [""])[0]
-    return address.rsplit(":", 1)[-1] if ":" in address else ""
-
-
-def _failed_port(problem: str, listen: list[str]) -> str:
-    """The port the start failed on ("cannot listen on 0.0.0.0:25: ..."), else the first one's."""
-    found = re.search(r"cannot listen on \S*?:(\d+)", problem)
-    return found.group(1) if found else _port_of(listen[0])
-
-
-def _with_port(entry: str, port: int) -> str:
-    """ "0.0.0.0:25" -> "0.0.0.0:2525"; flag words after the address ("submission") stay."""
-    address, *flags = entry.split() or [""]
-    host = address.rsplit(":", 1)[0] if ":" in address else address
-    return " ".join([f"{host}:{port}", *flags])

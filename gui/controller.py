@@ -16,32 +16,36 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ismail.admin import AccountError, AccountStore, Admin
+from ismail.config import (ConfigError, FieldError, Settings, load, parse_listen, resolve_data_dir,
+                           save, settings_path, validate)
 from ismail.platform import winplatform
-from ismail.store.accounts import AccountError, AccountStore
-from ismail.config import (ConfigError, FieldError, Settings, load, resolve_data_dir, save,
-                           settings_path, validate)
 from ismail.service import MailServer, StartupError
 
 log = logging.getLogger("ismail.gui")
 
-try:
-    from ismail.queue.scheduler import FLUSH_FILE
-except ImportError:  # a server without a queue manager yet: the name `queue flush` uses
-    FLUSH_FILE = "flush"
+POP3_LABEL = "POP3 "  # MailServer.listening() names POP3's addresses so; SMTP's go bare
 
 
 @dataclass
 class Figures:
     running: bool
-    listening: list[str]
-    incoming_now: int
+    listening: list[str]        # every address served now, as MailServer.listening() says
+    incoming_now: int           # SMTP
     incoming_limit: int
     per_host_limit: int
+    smtp_listening: list[str]   # "127.0.0.1:2525"
+    pop3_enabled: bool
+    pop3_listening: list[str]   # "127.0.0.1:1110"
+    pop3_now: int
+    pop3_limit: int
+    pop3_per_host_limit: int
     outgoing_now: int
     outgoing_limit: int
     received: int
@@ -49,6 +53,11 @@ class Figures:
     deferred: int
     bounced: int
     queue_length: int
+
+    def serving_lines(self) -> str:
+        """Where each protocol listens, a line each: "SMTP on 0.0.0.0:25", "POP3 on ..." or "POP3 off"."""
+        return "\n".join([f"SMTP on {', '.join(self.smtp_listening)}",
+                          f"POP3 on {', '.join(self.pop3_listening)}" if self.pop3_listening else "POP3 off"])
 
 
 @dataclass
@@ -86,30 +95,6 @@ def lenient_settings(path: Path) -> Settings:
     return settings
 
 
-class QueueCounter:
-    """Counts queue entries on disk every few seconds, for a server without a queue manager."""
-
-    def __init__(self, messages: Path, every: float = 5.0) -> None:
-        self.messages = messages
-        self.every = every
-        self.count = 0
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, name="gui-queue-count", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                with os.scandir(self.messages) as it:
-                    self.count = sum(1 for e in it if e.name.endswith(".json"))
-            except OSError:
-                self.count = 0
-            if self._stop.wait(self.every):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 class Controller:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
@@ -126,8 +111,7 @@ class Controller:
         self._live: MailServer | None = None
         self._ending = False
         self.started_at = time.time()
-        self._counter: QueueCounter | None = None
-        self._store: AccountStore | None = None
+        self.admin = Admin(self.data_dir)  # the queue and the accounts, this server's while it runs
 
     # -- settings ---------------------------------------------------------------------------------
     def load_settings(self) -> bool:
@@ -163,7 +147,7 @@ class Controller:
             try:
                 self.server.apply(new)
             except StartupError as e:
-                return [FieldError("listen", f"{e}")]
+                return [FieldError(self._listen_key(new, str(e)), f"{e}")]
         try:
             save(new, self.path)
         except ConfigError as e:
@@ -174,12 +158,44 @@ class Controller:
         self.settings, self.settings_problem = new, None
         return []
 
+    @staticmethod
+    def _listen_key(settings: Settings, problem: str) -> str:
+        """The field of an address that could not be opened ("cannot listen on 127.0.0.1:110: ...")."""
+        for text in settings.pop3.listen if settings.pop3.enabled else []:
+            try:
+                entry = parse_listen(text)
+            except ValueError:
+                continue
+            where = f"[{entry.host}]:{entry.port}" if ":" in entry.host else f"{entry.host}:{entry.port}"
+            if f"cannot listen on {where}:" in problem:
+                return "pop3.listen"
+        return "listen"
+
+    def listen_problem(self, problem: str) -> tuple[str, str]:
+        """The field ("listen" or "pop3.listen") and the port a start failed on (SMTP's first
+        port when ``problem`` names none)."""
+        s = self.editable_settings()
+        smtp = s.listen or ["0.0.0.0:25"]
+        pop3 = s.pop3.listen if isinstance(s.pop3.listen, list) else []
+        port = _failed_port(problem, smtp)
+        only_pop3 = port in map(_port_of, pop3) and port not in map(_port_of, smtp)
+        return ("pop3.listen" if only_pop3 else "listen"), port
+
+    def move_port(self, key: str, port: str, new_port: int) -> list[FieldError]:
+        """The addresses of ``key`` on ``port`` move to ``new_port``; then as apply_settings."""
+        new = self.editable_settings()
+        if key == "pop3.listen":
+            new.pop3.listen = _moved(new.pop3.listen, port, new_port)
+        else:
+            new.listen = _moved(new.listen or ["0.0.0.0:25"], port, new_port)
+        return self.apply_settings(new)
+
     # -- the server -------------------------------------------------------------------------------
     def start(self) -> StartProblem | None:
         """Start serving; None on success, else why not (any thread)."""
         with self._lock:
             if self._ending:
-                return StartProblem("ISMail is closing; the SMTP server was not started.", False)
+                return StartProblem("ISMail is closing; the server was not started.", False)
             return self._start()
 
     def _start(self) -> StartProblem | None:
@@ -207,8 +223,7 @@ class Controller:
             return StartProblem(f"ISMail could not start because of an unexpected problem: {e}. "
                                 "The mail log has the details.", False)
         self.server, self._live, self.running, self.started_at = server, server, True, time.time()
-        if getattr(server, "qmgr", None) is None:
-            self._counter = QueueCounter(server.spool.messages)
+        self.admin.server = server
         return None
 
     def stop(self, grace: float = 10.0) -> None:
@@ -220,9 +235,7 @@ class Controller:
         with self._lock:
             server, self._live = self._live, None
             self.running = False
-            if self._counter is not None:
-                self._counter.stop()
-                self._counter = None
+            self.admin.server = None
             if server is not None:
                 server.stop(grace)  # MailServer owns its queue manager and stops it too
 
@@ -273,52 +286,54 @@ class Controller:
         snap = server.stats.snapshot() if server is not None else {}
         total, per_host = (server.limiter.limits if server is not None
                            else (s.incoming.max_connections, s.incoming.max_per_host))
-        if server is not None and getattr(server, "qmgr", None) is not None:
-            queued = snap.get("queue_length", 0)
-        else:
-            queued = self._counter.count if self._counter is not None else snap.get("queue_length", 0)
+        pop3_total, pop3_per_host = (server.pop3_limiter.limits if server is not None
+                                     else (s.pop3.max_connections, s.pop3.max_per_host))
+        listening = server.listening() if server and self.running else []
+        pop3 = [a[len(POP3_LABEL):] for a in listening if a.startswith(POP3_LABEL)]
         return Figures(
-            running=self.running, listening=server.listening() if server and self.running else [],
+            running=self.running, listening=listening,
             incoming_now=snap.get("connections_current", 0), incoming_limit=total,
-            per_host_limit=per_host, outgoing_now=snap.get("outgoing_current", 0),
+            per_host_limit=per_host,
+            smtp_listening=[a for a in listening if not a.startswith(POP3_LABEL)],
+            pop3_enabled=bool(pop3) if self.running else s.pop3.enabled is True,
+            pop3_listening=pop3, pop3_now=snap.get("pop3_connections_current", 0),
+            pop3_limit=pop3_total, pop3_per_host_limit=pop3_per_host,
+            outgoing_now=snap.get("outgoing_current", 0),
             outgoing_limit=s.outgoing.max_connections, received=snap.get("messages_received", 0),
             sent=snap.get("messages_sent", 0), deferred=snap.get("deliveries_deferred", 0),
-            bounced=snap.get("messages_bounced", 0), queue_length=queued)
+            bounced=snap.get("messages_bounced", 0), queue_length=snap.get("queue_length", 0))
 
-    # -- accounts and queue -----------------------------------------------------------------------
+    # -- accounts and queue: Admin knows where they live --------------------------------------------
     def accounts(self) -> AccountStore:
-        """The running server's store (changes count at once), else one of our own."""
-        if self.running and self.server is not None:
-            return self.server.accounts
-        if self._store is None:
-            self._store = AccountStore(self.data_dir)
-        return self._store
+        """The account store in use: the running server's (changes count at once), else our own."""
+        return self.admin.account_store
 
     def local_domains(self) -> list[str]:
         s = self.settings or Settings()
         return [s.primary_domain.lower()] + [d.lower() for d in s.additional_domains]
 
     def queue_dir(self) -> Path:
-        return self.data_dir / "queue"
+        return self.admin.queue_dir
 
-    def retry_queue_now(self) -> None:
-        qmgr = getattr(self.server, "qmgr", None) if self.running else None
-        if qmgr is not None and hasattr(qmgr, "flush"):
-            qmgr.flush()
-            return
-        # No queue manager in this process: the flush file is what `ismail queue flush` uses,
-        # and a server picks it up within a second (or at its next start).
-        self.queue_dir().mkdir(parents=True, exist_ok=True)
-        (self.queue_dir() / FLUSH_FILE).touch()
-        log.info("queue flush requested: every queued message will be retried now")
 
-    def delete_queued(self, queue_id: str) -> None:
-        qmgr = getattr(self.server, "qmgr", None) if self.running else None
-        forget = getattr(qmgr, "delete", None) or getattr(qmgr, "remove", None)
-        if callable(forget):
-            forget(queue_id)
-        else:
-            from ismail.queue.spool import Spool
-            (self.server.spool if self.server is not None else Spool(self.queue_dir())).remove(queue_id)
-        log.info("%s: deleted from the queue by the user", queue_id)
+def _port_of(entry: str) -> str:
+    address = (entry.split() or [""])[0]
+    return address.rsplit(":", 1)[-1] if ":" in address else ""
 
+
+def _failed_port(problem: str, listen: list[str]) -> str:
+    """The port the start failed on ("cannot listen on 0.0.0.0:25: ..."), else the first one's."""
+    found = re.search(r"cannot listen on \S*?:(\d+)", problem)
+    return found.group(1) if found else _port_of(listen[0])
+
+
+def _moved(entries: list[str], port: str, new_port: int) -> list[str]:
+    """The entries on ``port`` moved to ``new_port``; the others as they are."""
+    return [_with_port(entry, new_port) if _port_of(entry) == port else entry for entry in entries]
+
+
+def _with_port(entry: str, port: int) -> str:
+    """ "0.0.0.0:25" -> "0.0.0.0:2525"; flag words after the address ("submission") stay."""
+    address, *flags = entry.split() or [""]
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return " ".join([f"{host}:{port}", *flags])

@@ -18,10 +18,12 @@ from ismail.config import FieldError, Settings
 from .widgets import PAD, ErrorLabel, friendly
 
 WRAP = 720  # the width of the widest page, so introductions read as paragraphs
+HALF = 420  # a group in one of two columns; its hints and errors wrap at HALF - 110
 RANGES: dict[str, tuple[int, int]] = config.RANGES  # the single table of allowed ranges
 LISTEN_HINT = 'ip:port, separated by commas, e.g. "0.0.0.0:25, [::]:25"' + (
     '. For mail programs that log in: "0.0.0.0:587 submission" or "0.0.0.0:465 tls"'
     if getattr(config, "LISTEN_FLAGS", None) else "")
+POP3_LISTEN_HINT = 'ip:port, separated by commas, e.g. "0.0.0.0:110"; "0.0.0.0:995 tls" for TLS from the start'
 TLS_LABELS = {  # what the user reads -> the setting's value
     "STARTTLS (required)": "starttls",
     "STARTTLS when offered": "starttls-optional",
@@ -75,8 +77,10 @@ class Page(ttk.Frame):
         """After a valid Apply has saved ismail.json: put in force what lives elsewhere."""
         return []
 
-    def error_for(self, key: str, parent: tk.Misc, row: int, column: int = 1, columnspan: int = 3) -> ErrorLabel:
-        label = ErrorLabel(parent, row=row, column=column, columnspan=columnspan, sticky="w", pady=(0, 4))
+    def error_for(self, key: str, parent: tk.Misc, row: int, column: int = 1, columnspan: int = 3,
+                  wraplength: int = 460) -> ErrorLabel:
+        label = ErrorLabel(parent, wraplength, row=row, column=column, columnspan=columnspan, sticky="w",
+                           pady=(0, 4))
         self.errors[key] = label
         return label
 
@@ -156,8 +160,9 @@ class ConnectionsPage(Page):
         super().__init__(master, dialog)
         v = self.vars = {name: tk.StringVar(self) for name in (
             "sh_host", "sh_port", "sh_account", "sh_password", "sh_tls", "out_max",
-            "in_total", "in_per_host", "listen", "size")}
-        b = self.flags = {name: tk.BooleanVar(self) for name in ("sh_enabled", "sh_exclusive", "sh_auth", "sh_verify")}
+            "in_total", "in_per_host", "listen", "size", "pop3_listen", "pop3_total", "pop3_per_host")}
+        b = self.flags = {name: tk.BooleanVar(self) for name in (
+            "sh_enabled", "sh_exclusive", "sh_auth", "sh_verify", "pop3_enabled", "pop3_plaintext")}
         sh = ttk.LabelFrame(self, text="SmartHost", padding=PAD)
         sh.grid(row=0, column=0, columnspan=3, sticky="ew")
         sh.columnconfigure(4, weight=1)
@@ -181,9 +186,9 @@ class ConnectionsPage(Page):
         self.account_entry = ttk.Entry(sh, textvariable=v["sh_account"], width=30)
         self.account_entry.grid(row=6, column=1, sticky="w")
         self.error_for("smarthost.account", sh, 7, 1, 4)
-        ttk.Label(sh, text="Password:").grid(row=8, column=0, sticky="w", padx=(40, PAD), pady=2)
-        self.password_entry = ttk.Entry(sh, textvariable=v["sh_password"], width=30, show="•")
-        self.password_entry.grid(row=8, column=1, sticky="w")
+        ttk.Label(sh, text="Password:").grid(row=6, column=2, sticky="e", padx=(PAD * 2, PAD))
+        self.password_entry = ttk.Entry(sh, textvariable=v["sh_password"], width=24, show="•")
+        self.password_entry.grid(row=6, column=3, sticky="w")  # beside the account: the page fits 800 pixels
         ttk.Label(sh, text="Security:").grid(row=9, column=0, sticky="w", padx=(20, PAD), pady=(PAD, 2))
         self.tls_box = ttk.Combobox(sh, textvariable=v["sh_tls"], values=list(TLS_LABELS),
                                     state="readonly", width=28)
@@ -194,23 +199,54 @@ class ConnectionsPage(Page):
         self._smarthost_widgets = [self.host_entry, self.port_box, self.exclusive, self.auth,
                                    self.tls_box, self.verify]
 
-        limits = ttk.LabelFrame(self, text="Connections", padding=PAD)
-        limits.grid(row=1, column=0, columnspan=3, sticky="ew", pady=(PAD, 0))
-        self.out_box = self._spin(limits, 0, "Outgoing, at most:", "out_max", "outgoing.max_connections",
-                                  "1 means strictly one at a time")
-        self.total_box = self._spin(limits, 2, "Incoming, in total:", "in_total", "incoming.max_connections")
-        self.per_host_box = self._spin(limits, 4, "Incoming, per host:", "in_per_host", "incoming.max_per_host",
+        # Receiving (and sending) on the left, fetching on the right: the page fits a 800-pixel screen.
+        halves = ttk.Frame(self)
+        halves.grid(row=1, column=0, columnspan=3, sticky="ew", pady=(PAD, 0))
+        halves.columnconfigure((0, 1), weight=1, uniform="half")
+        left = ttk.Frame(halves)
+        left.grid(row=0, column=0, sticky="nsew", padx=(0, PAD // 2))
+        left.columnconfigure(0, weight=1)
+        smtp = ttk.LabelFrame(left, text="SMTP: receiving mail", padding=PAD)
+        smtp.grid(row=0, column=0, sticky="ew")
+        self.listen_entry = self._listen(smtp, 0, "listen", "listen", LISTEN_HINT)
+        self.total_box = self._spin(smtp, 3, "Connections in total:", "in_total", "incoming.max_connections")
+        self.per_host_box = self._spin(smtp, 5, "Per host:", "in_per_host", "incoming.max_per_host",
                                        "from one IP address")
+        self.size_box = self._spin(smtp, 7, "Largest message:", "size", "max_message_size_mb", "MB")
+        out = ttk.LabelFrame(left, text="Sending mail", padding=PAD)
+        out.grid(row=1, column=0, sticky="ew", pady=(PAD, 0))
+        self.out_box = self._spin(out, 0, "Connections at most:", "out_max", "outgoing.max_connections",
+                                  "1: strictly one at a time")
+        self._build_pop3(halves)
 
-        other = ttk.LabelFrame(self, text="Listening and size", padding=PAD)
-        other.grid(row=2, column=0, columnspan=3, sticky="ew", pady=(PAD, 0))
-        ttk.Label(other, text="Listen on:").grid(row=0, column=0, sticky="w", padx=(0, PAD))
-        self.listen_entry = ttk.Entry(other, textvariable=v["listen"], width=40)
-        self.listen_entry.grid(row=0, column=1, columnspan=2, sticky="w")
-        ttk.Label(other, text=LISTEN_HINT, style="Hint.TLabel", wraplength=560, justify="left").grid(
-            row=1, column=1, columnspan=2, sticky="w")
-        self.error_for("listen", other, 2, 1, 2)
-        self.size_box = self._spin(other, 3, "Largest message:", "size", "max_message_size_mb", "MB")
+    def _build_pop3(self, halves: ttk.Frame) -> None:
+        b = self.flags
+        pop3 = ttk.LabelFrame(halves, text="POP3: mail programs fetch their mail", padding=PAD)
+        pop3.grid(row=0, column=1, sticky="nsew", padx=(PAD // 2, 0))
+        ttk.Checkbutton(pop3, text="Serve POP3", variable=b["pop3_enabled"],
+                        command=self._sync_states).grid(row=0, column=0, columnspan=3, sticky="w")
+        self.pop3_listen_entry = self._listen(pop3, 1, "pop3_listen", "pop3.listen", POP3_LISTEN_HINT)
+        self.pop3_total_box = self._spin(pop3, 4, "Connections in total:", "pop3_total", "pop3.max_connections")
+        self.pop3_per_host_box = self._spin(pop3, 6, "Per host:", "pop3_per_host", "pop3.max_per_host",
+                                            "from one IP address")
+        self.pop3_plaintext = ttk.Checkbutton(pop3, text="Allow logins without TLS",
+                                              variable=b["pop3_plaintext"])
+        self.pop3_plaintext.grid(row=8, column=0, columnspan=3, sticky="w", pady=(2, 0))
+        ttk.Label(pop3, text="from outside the trusted networks: passwords cross the network readable",
+                  style="Hint.TLabel", wraplength=HALF - 20,
+                  justify="left").grid(row=9, column=0, columnspan=3, sticky="w", padx=(20, 0))
+        self._pop3_widgets = [self.pop3_listen_entry, self.pop3_total_box, self.pop3_per_host_box,
+                              self.pop3_plaintext]
+
+    def _listen(self, parent: tk.Misc, row: int, var: str, key: str, hint: str) -> ttk.Entry:
+        """A "Listen on" field, its hint and its error label (three rows from ``row``)."""
+        ttk.Label(parent, text="Listen on:").grid(row=row, column=0, sticky="w", padx=(0, PAD), pady=2)
+        entry = ttk.Entry(parent, textvariable=self.vars[var], width=30)
+        entry.grid(row=row, column=1, columnspan=2, sticky="w")
+        ttk.Label(parent, text=hint, style="Hint.TLabel", wraplength=HALF - 110, justify="left").grid(
+            row=row + 1, column=1, columnspan=2, sticky="w")
+        self.error_for(key, parent, row + 2, 1, 2, wraplength=HALF - 110)
+        return entry
 
     def _spin(self, parent: tk.Misc, row: int, label: str, var: str, key: str, hint: str = "") -> ttk.Spinbox:
         lo, hi = RANGES[key]
@@ -221,7 +257,7 @@ class ConnectionsPage(Page):
         box.pack(side="left")
         text = f"{span(key)}  {hint}".rstrip() if hint != "MB" else f"MB {span(key)}"
         ttk.Label(line, text=text, style="Hint.TLabel").pack(side="left", padx=(PAD, 0))
-        self.error_for(key, parent, row + 1, 1, 2)
+        self.error_for(key, parent, row + 1, 1, 2, wraplength=HALF - 110)
         return box
 
     def _sync_states(self) -> None:
@@ -234,6 +270,9 @@ class ConnectionsPage(Page):
         auth = on and self.flags["sh_auth"].get()
         for w in (self.account_entry, self.password_entry):
             w.state(["!disabled"] if auth else ["disabled"])
+        pop3 = self.flags["pop3_enabled"].get()
+        for w in self._pop3_widgets:
+            w.state(["!disabled"] if pop3 else ["disabled"])
 
     def _split_host(self) -> None:
         """"mail.example.com:587" in the host field: the port moves to the port field."""
@@ -261,6 +300,12 @@ class ConnectionsPage(Page):
         v["in_per_host"].set(str(s.incoming.max_per_host))
         v["listen"].set(", ".join(map(str, s.listen)) if isinstance(s.listen, list) else str(s.listen))
         v["size"].set(str(s.max_message_size_mb))
+        p = s.pop3
+        b["pop3_enabled"].set(bool(p.enabled))
+        b["pop3_plaintext"].set(bool(p.allow_plaintext))
+        v["pop3_listen"].set(", ".join(map(str, p.listen)) if isinstance(p.listen, list) else str(p.listen))
+        v["pop3_total"].set(str(p.max_connections))
+        v["pop3_per_host"].set(str(p.max_per_host))
         self._sync_states()
 
     def store(self, s: Settings, problems: list[FieldError]) -> None:
@@ -288,6 +333,12 @@ class ConnectionsPage(Page):
         s.listen = split_entries(v["listen"].get())
         s.max_message_size_mb = self.number(v["size"].get(), "max_message_size_mb",
                                             s.max_message_size_mb, problems)
+        p = s.pop3
+        p.enabled, p.allow_plaintext = b["pop3_enabled"].get(), b["pop3_plaintext"].get()
+        p.listen = split_entries(v["pop3_listen"].get())
+        p.max_connections = self.number(v["pop3_total"].get(), "pop3.max_connections",
+                                        p.max_connections, problems)
+        p.max_per_host = self.number(v["pop3_per_host"].get(), "pop3.max_per_host", p.max_per_host, problems)
 
 
 class AccessPage(Page):

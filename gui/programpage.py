@@ -3,7 +3,7 @@
 * "Start ISMail when I log on" is no setting in ismail.json: it is the log-on entry itself
   (the current user's Run key on Windows, ~/.config/autostart/ismail.desktop elsewhere),
   read when the dialog opens and written by ``commit`` once Apply has saved the rest.
-* "Start the SMTP server when ISMail opens" is ``program.start_server_on_open``, saved
+* "Start the server when ISMail opens" is ``program.start_server_on_open``, saved
   with the other settings.
 """
 from __future__ import annotations
@@ -47,11 +47,11 @@ class ProgramPage(Page):
         ttk.Label(box, text=_where(), style="Hint.TLabel", wraplength=WRAP - 40, justify="left").grid(
             row=1, column=0, sticky="w", padx=(24, 0))
         self.error_for(AUTOSTART_KEY, box, 2, 0, 1)
-        self.start_box = ttk.Checkbutton(box, text="Start the SMTP server when ISMail opens",
+        self.start_box = ttk.Checkbutton(box, text="Start the server when ISMail opens",
                                          variable=self.start_on_open)
         self.start_box.grid(row=3, column=0, sticky="w", pady=(PAD, 0))
         ttk.Label(box, text="Otherwise the window opens Stopped, and mail is served once you "
-                  "click Start SMTP.", style="Hint.TLabel", wraplength=WRAP - 40, justify="left").grid(
+                  "click Start.", style="Hint.TLabel", wraplength=WRAP - 40, justify="left").grid(
             row=4, column=0, sticky="w", padx=(24, 0))
         self.error_for("program.start_server_on_open", box, 5, 0, 1)
 

@@ -12,7 +12,7 @@ import tkinter as tk
 from tkinter import messagebox, ttk
 from typing import TYPE_CHECKING
 
-from ismail.queue.spool import QueueEntry, Spool
+from ismail.admin import QueueEntry
 
 from .events import Pump
 from .widgets import PAD, Window, place_over
@@ -46,7 +46,7 @@ class QueueWindow(Window):
         self.transient(parent)
         self.controller = controller
         self._utest = _utest
-        self.spool = Spool(controller.queue_dir())
+        self.admin = controller.admin
         self.pump = Pump(self)
         self.ids: list[str] = []
         self.page = 0
@@ -98,7 +98,7 @@ class QueueWindow(Window):
         self.status.configure(text="Reading the queue…")
         self._sync_buttons()
         page = self.page
-        self.pump.run(lambda: self._read(self.spool.list_ids(), page), self._shown, name="queue-list")
+        self.pump.run(lambda: self._read(self.admin.queue_ids(), page), self._shown, name="queue-list")
 
     def show_page(self, page: int) -> None:
         pages = max((len(self.ids) - 1) // PAGE_SIZE + 1, 1)
@@ -115,7 +115,7 @@ class QueueWindow(Window):
         rows: list[tuple[str, QueueEntry | None]] = []
         for qid in ids[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]:
             try:
-                rows.append((qid, self.spool.load(qid)))
+                rows.append((qid, self.admin.queue_entry(qid)))
             except (OSError, ValueError):
                 rows.append((qid, None))  # sent or deleted meanwhile, or set aside as corrupt
         return ids, page, rows
@@ -151,7 +151,7 @@ class QueueWindow(Window):
     # -- acting --------------------------------------------------------------------------------
     def retry_now(self) -> None:
         try:
-            self.controller.retry_queue_now()
+            self.admin.queue_flush()  # the window never rewrites the entries: see Admin
         except OSError as e:
             self.status.configure(text=f"Could not ask for a retry: {e.strerror or e}")
             return
@@ -169,7 +169,7 @@ class QueueWindow(Window):
         done: list[str] = []
         for qid in chosen:
             try:
-                self.controller.delete_queued(qid)
+                self.admin.queue_delete(qid)
             except OSError as e:
                 self.status.configure(text=f"Could not delete {qid}: {e.strerror or e}")
                 break

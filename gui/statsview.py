@@ -50,7 +50,22 @@ GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Retry Manager", (
         ("deliveries_deferred", "Deliveries deferred (will retry)"),
     )),
+    ("POP3 Server", (
+        ("pop3_connections_current", "Connections now"),
+        ("pop3_connections_total", "Connections since start"),
+        ("pop3_connections_refused_total_limit", "Refused: too many in total"),
+        ("pop3_connections_refused_per_host_limit", "Refused: too many from one host"),
+        ("pop3_connections_refused_access", "Refused: blocked or banned address"),
+        ("pop3_sessions_timed_out", "Sessions timed out"),
+        ("pop3_logins", "Logins"),
+        ("pop3_logins_failed", "Failed logins"),
+        ("pop3_retrieved", "Messages retrieved"),
+        ("pop3_deleted", "Messages deleted"),
+        ("pop3_bytes_sent", "Bytes sent"),
+    )),
 )
+# Which column each group goes in: receiving, sending, fetching (the retry note ends column 1).
+COLUMN = {"SMTP Receiver": 0, "POP3 Server": 2}
 
 
 class StatisticsWindow(Window):
@@ -66,13 +81,13 @@ class StatisticsWindow(Window):
         body = ttk.Frame(self, padding=PAD * 2)
         body.grid(sticky="nsew")
         self.heading = ttk.Label(body, text="")
-        self.heading.grid(row=0, column=0, columnspan=2, sticky="w", pady=(0, PAD))
+        self.heading.grid(row=0, column=0, columnspan=3, sticky="w", pady=(0, PAD))
         known = {key for _, rows in GROUPS for key, _ in rows}
-        columns = [ttk.Frame(body), ttk.Frame(body)]
+        columns = [ttk.Frame(body), ttk.Frame(body), ttk.Frame(body)]
         for i, col in enumerate(columns):
             col.grid(row=1, column=i, sticky="n", padx=(0 if i == 0 else PAD, 0))
-        for i, (title, rows) in enumerate(GROUPS):
-            self._group(columns[0 if i == 0 else 1], title, rows)
+        for title, rows in GROUPS:
+            self._group(columns[COLUMN.get(title, 1)], title, rows)
         self.retry_note = ttk.Label(columns[1], text="", style="Hint.TLabel", wraplength=260, justify="left")
         self.retry_note.pack(anchor="w", pady=(2, 0))
         snapshot = self._snapshot()
@@ -80,7 +95,7 @@ class StatisticsWindow(Window):
         if other:
             self._group(columns[0], "Other", other)
         buttons = ttk.Frame(body)
-        buttons.grid(row=2, column=0, columnspan=2, sticky="e", pady=(PAD, 0))
+        buttons.grid(row=2, column=0, columnspan=3, sticky="e", pady=(PAD, 0))
         ttk.Button(buttons, text="Reset", command=self.reset).pack(side="left", padx=(0, PAD // 2))
         ttk.Button(buttons, text="Close", command=self.close).pack(side="left")
         self.protocol("WM_DELETE_WINDOW", self.close)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .store.accounts import AccountError, AccountStore
+from .admin import AccountError, Admin
 from .config import ConfigError, Settings, load, redacted, resolve_data_dir, settings_path
 
 log = logging.getLogger("ismail.main")
@@ -86,28 +86,28 @@ def read_password(confirm: bool) -> str:
 
 def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
     settings = load_settings(data_dir)
-    store = AccountStore(data_dir)
+    admin = Admin(data_dir)
     domains = sorted(settings.local_domains())
     try:
-        store.load()
+        admin.check_accounts()  # a broken file is reported before a password is asked for
         if args.action == "list":
-            for info in store.list(domains):
+            for info in admin.account_list(domains):
                 note = " (built in)" if info.builtin else ""
                 note += "" if info.has_password else " (no password)"
                 note += f" (copies to {', '.join(info.forward)})" if info.forward else ""
                 print(f"{info.address}{note}\t{info.mailbox}")
         elif args.action == "forward":
-            store.set_forward(args.address, args.targets)
+            admin.account_forward(args.address, args.targets)
             print(f"{args.address.lower()}: copies go to {', '.join(args.targets)}" if args.targets
                   else f"{args.address.lower()}: no forwarding")
         elif args.action == "add":
-            info = store.add(args.address, read_password(confirm=True), domains)
+            info = admin.account_add(args.address, read_password(confirm=True), domains)
             print(f"added {info.address}; mailbox {info.mailbox}")
         elif args.action == "passwd":
-            store.set_password(args.address, read_password(confirm=True))
+            admin.account_passwd(args.address, read_password(confirm=True))
             print(f"password changed for {args.address.lower()}")
         elif args.action == "remove":
-            store.remove(args.address)
+            admin.account_remove(args.address)
             print(f"removed {args.address.lower()}; its mailbox folder was kept")
     except AccountError as e:
         raise CommandError(str(e)) from e
@@ -115,28 +115,17 @@ def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_queue(args: argparse.Namespace, data_dir: Path) -> int:
-    from .queue.scheduler import FLUSH_FILE
-    from .queue.spool import Spool
-
-    spool = Spool(data_dir / "queue")
+    admin = Admin(data_dir)
     if args.action == "delete":
-        qid = args.id.upper()
-        if not spool.message_path(qid).exists() and not (spool.messages / f"{qid}.json").exists():
+        if not admin.queue_delete(args.id):
             raise CommandError(f"no message {args.id} in the queue")
-        spool.remove(qid)
-        print(f"deleted {qid}")
+        print(f"deleted {args.id.upper()}")
         return 0
-    entries = []
-    for qid in spool.list_ids():
-        try:
-            entries.append(spool.load(qid))
-        except (ValueError, OSError) as e:
-            print(f"ismail: {e}", file=sys.stderr)
+    entries, problems = admin.queue_list()
+    for problem in problems:
+        print(f"ismail: {problem}", file=sys.stderr)
     if args.action == "flush":
-        for entry in entries:  # for the next start, if no server is running now
-            entry.next_try = 0.0
-            spool.save(entry)
-        (spool.dir / FLUSH_FILE).touch()  # a running server picks this up within a second
+        admin.queue_flush(entries)  # also marked due in their files, for the next start
         print(f"{len(entries)} message(s) will be retried now")
         return 0
     if not entries:

@@ -1,0 +1,164 @@
+"""Admin: what the window and the command line do to ISMail's data, in one place.
+
+The outgoing queue (list, count, flush, delete) and the local accounts (list, add,
+remove, passwd, forward) are reached through here, so neither the window nor the
+command line knows where a file lives or which stage owns it.
+
+Two ways of working, chosen on every call:
+
+* a server runs in this process (the window after Start): its account store and queue
+  manager are used, so a change counts at once (a new account receives mail, a deleted
+  message is not tried again, a flush retries now);
+* no server here (the command line, the window while stopped): the files.  A server in
+  another process picks the changes up by itself: it reloads ``accounts.json`` when the
+  file changes and looks for the flush file every second.
+
+Listing the queue always reads the files: they are the truth for both ways (a server
+writes an entry's state after every attempt), and only a directory scan stays quick with
+100,000 messages waiting.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from .queue.scheduler import FLUSH_FILE
+from .queue.spool import QueueEntry, Spool
+from .store.accounts import AccountError, AccountInfo, AccountStore
+
+if TYPE_CHECKING:
+    from .service import MailServer
+
+__all__ = ["Admin", "AccountError", "AccountInfo", "AccountStore", "QueueEntry"]
+
+log = logging.getLogger("ismail.admin")
+
+
+class Admin:
+    """The queue and the accounts of the data folder ``data_dir``.
+
+    ``server`` may be set (or replaced) at any time; it is used only while it runs.
+    """
+
+    def __init__(self, data_dir: Path, server: "MailServer | None" = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.server = server
+        self._spool = Spool(self.data_dir / "queue")
+        self._store: AccountStore | None = None
+
+    def _running(self) -> "MailServer | None":
+        server = self.server
+        if server is None or server.qmgr is None or server.stopping:
+            return None
+        return server
+
+    # -- the queue ------------------------------------------------------------------------------
+    @property
+    def queue_dir(self) -> Path:
+        return self._spool.dir
+
+    def queue_ids(self) -> list[str]:
+        """Ids of the queued messages, oldest first: one directory scan, no entry read."""
+        return self._spool.list_ids()
+
+    def queue_entry(self, queue_id: str) -> QueueEntry:
+        """One entry; OSError when it is gone, ValueError when it is unreadable (then it is
+        set aside in the queue's corrupt/ folder, for a person to look at)."""
+        return self._spool.load(queue_id)
+
+    def queue_list(self) -> tuple[list[QueueEntry], list[str]]:
+        """Every queued message, oldest first, and a sentence for each that could not be read."""
+        entries: list[QueueEntry] = []
+        problems: list[str] = []
+        for qid in self.queue_ids():
+            try:
+                entries.append(self.queue_entry(qid))
+            except (ValueError, OSError) as e:
+                problems.append(str(e))
+        return entries, problems
+
+    def queue_count(self) -> int:
+        """How many messages wait: the server's own count, else the entries on disk."""
+        server = self._running()
+        if server is not None:
+            return server.stats.get("queue_length")
+        try:
+            with os.scandir(self._spool.messages) as it:
+                return sum(1 for e in it if e.name.endswith(".json") and not e.name.startswith("."))
+        except OSError:
+            return 0
+
+    def queue_flush(self, entries: Iterable[QueueEntry] = ()) -> None:
+        """Retry every queued message now.
+
+        With a server here, at once.  Otherwise the flush file asks a server in another
+        process (within a second) or the next start; ``entries`` are also marked due in
+        their files, so ``queue list`` says "now" before any server has run.  The window
+        passes none: rewriting 100,000 files is not for the Tk thread.
+        """
+        server = self._running()
+        if server is not None:
+            server.qmgr.flush()
+            return
+        for entry in entries:
+            entry.next_try = 0.0
+            self._spool.save(entry)
+        self.queue_dir.mkdir(parents=True, exist_ok=True)
+        (self.queue_dir / FLUSH_FILE).touch()
+        log.info("queue flush requested: every queued message will be retried now")
+
+    def queue_delete(self, queue_id: str) -> bool:
+        """Delete a queued message (it is not sent, its sender not told); False if it was not there."""
+        queue_id = queue_id.upper()  # ids are upper-case hex; people type either
+        existed = (self._spool.message_path(queue_id).exists()
+                   or (self._spool.messages / f"{queue_id}.json").exists())
+        server = self._running()
+        if server is not None:
+            server.qmgr.delete(queue_id)
+        else:
+            self._spool.remove(queue_id)
+        if existed:
+            log.info("%s: deleted from the queue by the user", queue_id)
+        return existed
+
+    # -- the accounts ---------------------------------------------------------------------------
+    @property
+    def account_store(self) -> AccountStore:
+        """The store in use: the running server's, else one of our own on the same file."""
+        server = self._running()
+        if server is not None:
+            return server.accounts
+        if self._store is None:
+            self._store = AccountStore(self.data_dir)
+        return self._store
+
+    def check_accounts(self) -> None:
+        """AccountError when the accounts file cannot be read (before asking for a password).
+
+        Without a server the file is read now; a running server keeps the accounts it has
+        until a broken file is fixed, and every change re-reads the file anyway.
+        """
+        store = self.account_store
+        if store is self._store:
+            store.load()
+
+    def account_list(self, domains: Iterable[str]) -> list[AccountInfo]:
+        """Every account, postmaster and root of each of ``domains`` included, by domain then user."""
+        self.check_accounts()
+        return self.account_store.list(domains)
+
+    def account_add(self, address: str, password: str, domains: Iterable[str]) -> AccountInfo:
+        return self.account_store.add(address, password, domains)
+
+    def account_remove(self, address: str) -> None:
+        """The account goes; its mailbox folder and the mail in it stay."""
+        self.account_store.remove(address)
+
+    def account_passwd(self, address: str, password: str) -> None:
+        self.account_store.set_password(address, password)
+
+    def account_forward(self, address: str, targets: Iterable[str]) -> None:
+        """Copies of the account's mail go to ``targets`` too; none: no forwarding."""
+        self.account_store.set_forward(address, targets)

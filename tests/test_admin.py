@@ -1,0 +1,216 @@
+"""Admin: the queue and the accounts, with and without a server in this process.
+
+Real files in a temporary data folder; where it matters a real MailServer on loopback,
+whose SmartHost is a closed loopback port (127.0.0.1:9), so a queued message is tried,
+deferred for an hour, and never leaves the machine.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+from ismail.admin import AccountError, Admin, QueueEntry
+from ismail.config import from_dict
+from ismail.queue.scheduler import FLUSH_FILE
+from ismail.queue.spool import MessageBuffer, QueuedRecipient, Spool
+from ismail.service import MailServer
+from tests.support import free_port
+
+DOMAINS = ["example.test"]
+# The first try fails at once (nothing listens on port 9); the next is an hour away.
+SETTINGS = {"server_name": "mx.example.test", "primary_domain": "example.test",
+            "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True, "tls": "none"},
+            "retry": {"first_seconds": 3600, "max_interval_seconds": 3600, "lifetime_hours": 1}}
+
+
+def wait_for(condition, timeout: float = 15.0, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def enqueue(data_dir: Path, qid: str, next_try: float) -> None:
+    """A queue entry written as the server writes one."""
+    spool = Spool(data_dir / "queue")
+    spool.prepare()
+    body = MessageBuffer(spool.tmp)
+    body.write(b"Subject: queued\r\n\r\nhello\r\n")
+    entry = QueueEntry(id=qid, sender="alice@example.test", recipients=[QueuedRecipient("bob@remote.test")],
+                       arrival=time.time() - 60, size=body.size, attempts=1, next_try=next_try)
+    spool.enqueue(entry, b"Received: by test\r\n", body)
+    body.close()
+
+
+class FilesTest(unittest.TestCase):
+    """No server in this process: the command line, or the window while stopped."""
+
+    def setUp(self) -> None:
+        self.data = Path(tempfile.mkdtemp(prefix="ismail-admin-"))
+        self.addCleanup(shutil.rmtree, self.data, True)
+        self.admin = Admin(self.data)
+
+    def test_an_empty_data_folder(self) -> None:
+        self.assertEqual(self.admin.queue_ids(), [])
+        self.assertEqual(self.admin.queue_list(), ([], []))
+        self.assertEqual(self.admin.queue_count(), 0)
+        self.assertFalse(self.admin.queue_delete("0123456789ABCDEF"))
+        self.assertEqual([i.address for i in self.admin.account_list(DOMAINS)],
+                         ["postmaster@example.test", "root@example.test"])
+
+    def test_queue_list_count_and_delete(self) -> None:
+        later = time.time() + 3600
+        for qid in ("00000000000000B2", "00000000000000A1", "00000000000000C3"):
+            enqueue(self.data, qid, later)
+        self.assertEqual(self.admin.queue_ids(), ["00000000000000A1", "00000000000000B2", "00000000000000C3"])
+        self.assertEqual(self.admin.queue_count(), 3)
+        entries, problems = self.admin.queue_list()
+        self.assertEqual(problems, [])
+        self.assertEqual([e.id for e in entries], self.admin.queue_ids())
+        self.assertEqual(entries[0].recipients[0].address, "bob@remote.test")
+        self.assertTrue(self.admin.queue_delete("00000000000000b2"))  # typed in lower case
+        messages = self.data / "queue" / "messages"
+        self.assertFalse((messages / "00000000000000B2.json").exists())
+        self.assertFalse((messages / "00000000000000B2.eml").exists())
+        self.assertFalse(self.admin.queue_delete("00000000000000B2"))
+        self.assertEqual(self.admin.queue_count(), 2)
+        with self.assertRaises(OSError):
+            self.admin.queue_entry("00000000000000B2")
+
+    def test_an_unreadable_entry_is_reported_and_set_aside(self) -> None:
+        enqueue(self.data, "00000000000000A1", 0.0)
+        messages = self.data / "queue" / "messages"
+        (messages / "00000000000000B2.json").write_text("{ not json")
+        (messages / "00000000000000B2.eml").write_bytes(b"x")
+        with self.assertLogs("ismail.spool", "ERROR"):
+            entries, problems = self.admin.queue_list()
+        self.assertEqual([e.id for e in entries], ["00000000000000A1"])
+        self.assertEqual(len(problems), 1)
+        self.assertIn("00000000000000B2", problems[0])
+        self.assertIn("corrupt", problems[0])
+        self.assertEqual(len(list((self.data / "queue" / "corrupt").iterdir())), 2)
+
+    def test_flush_leaves_the_flush_file_and_marks_the_entries_given(self) -> None:
+        later = time.time() + 3600
+        enqueue(self.data, "00000000000000A1", later)
+        enqueue(self.data, "00000000000000B2", later)
+        self.admin.queue_flush()  # as the window does: the file only, no entry rewritten
+        self.assertTrue((self.data / "queue" / FLUSH_FILE).exists())
+        self.assertEqual([e.next_try for e in self.admin.queue_list()[0]], [later, later])
+        (self.data / "queue" / FLUSH_FILE).unlink()
+        entries, _ = self.admin.queue_list()
+        self.admin.queue_flush(entries[:1])  # as the command line does, with every entry
+        self.assertTrue((self.data / "queue" / FLUSH_FILE).exists())
+        self.assertEqual([e.next_try for e in self.admin.queue_list()[0]], [0.0, later])
+
+    def test_flush_creates_the_queue_folder_of_a_fresh_data_folder(self) -> None:
+        self.admin.queue_flush()
+        self.assertTrue((self.data / "queue" / FLUSH_FILE).exists())
+
+    def test_accounts(self) -> None:
+        info = self.admin.account_add("Ann@Example.test", "pw1", DOMAINS)
+        self.assertEqual(info.address, "ann@example.test")
+        self.assertTrue((self.data / "mailboxes" / "example.test" / "ann" / "new").is_dir())
+        listed = {i.address: i for i in self.admin.account_list(DOMAINS)}
+        self.assertEqual(sorted(listed), ["ann@example.test", "postmaster@example.test", "root@example.test"])
+        self.assertTrue(listed["ann@example.test"].has_password)
+        self.assertFalse(listed["postmaster@example.test"].has_password)
+        self.admin.account_passwd("ann@example.test", "pw2")
+        self.assertTrue(self.admin.account_store.check_password("ann@example.test", "pw2"))
+        self.admin.account_forward("ann@example.test", ["friend@example.org"])
+        saved = json.loads((self.data / "accounts.json").read_text())["accounts"]
+        self.assertEqual(saved["ann@example.test"]["forward"], ["friend@example.org"])
+        self.admin.account_forward("ann@example.test", [])
+        self.assertEqual(self.admin.account_list(DOMAINS)[0].forward, [])
+        with self.assertRaises(AccountError):
+            self.admin.account_add("bob@elsewhere.org", "pw", DOMAINS)
+        with self.assertRaises(AccountError):
+            self.admin.account_remove("postmaster@example.test")
+        self.admin.account_remove("ann@example.test")
+        self.assertNotIn("ann@example.test", [i.address for i in self.admin.account_list(DOMAINS)])
+        self.assertTrue((self.data / "mailboxes" / "example.test" / "ann").is_dir())  # mail is kept
+
+    def test_a_change_by_another_process_is_seen_by_the_next_list(self) -> None:
+        self.assertEqual(len(self.admin.account_list(DOMAINS)), 2)
+        Admin(self.data).account_add("carl@example.test", "pw", DOMAINS)  # another process's admin
+        self.assertIn("carl@example.test", [i.address for i in self.admin.account_list(DOMAINS)])
+
+    def test_a_broken_accounts_file_is_reported_and_left_alone(self) -> None:
+        path = self.data / "accounts.json"
+        path.write_text("{ this is not json")
+        for call in (self.admin.check_accounts, lambda: self.admin.account_list(DOMAINS),
+                     lambda: self.admin.account_add("new@example.test", "pw", DOMAINS)):
+            with self.assertRaises(AccountError) as caught:
+                call()
+            self.assertIn("accounts.json", str(caught.exception))
+        self.assertEqual(path.read_text(), "{ this is not json")
+
+
+class RunningServerTest(unittest.TestCase):
+    """A MailServer in this process: the window after Start."""
+
+    def setUp(self) -> None:
+        self.data = Path(tempfile.mkdtemp(prefix="ismail-admin-"))
+        self.addCleanup(shutil.rmtree, self.data, True)
+        settings, _ = from_dict({**SETTINGS, "listen": [f"127.0.0.1:{free_port()}"],
+                                 "pop3": {"enabled": False}})
+        self.server = MailServer(settings, self.data)
+        self.server.start()
+        self.addCleanup(self.server.stop, 2.0)
+        self.admin = Admin(self.data, self.server)
+
+    def deferred(self) -> str:
+        """A message for a remote address, tried once and deferred for an hour."""
+        qid = self.server.inject("alice@example.test", ["bob@remote.test"], b"Subject: t\r\n\r\nx\r\n")
+        wait_for(lambda: self.admin.queue_entry(qid).attempts == 1, what="the first attempt")
+        return qid
+
+    def test_accounts_are_the_servers_and_count_at_once(self) -> None:
+        self.assertIs(self.admin.account_store, self.server.accounts)
+        self.admin.account_add("dora@example.test", "pw", DOMAINS)
+        # The server's own store: no reload interval to wait for.
+        self.assertIsNotNone(self.server.lookup_mailbox("dora", "example.test"))
+        self.admin.account_forward("dora@example.test", ["postmaster@example.test"])
+        self.assertEqual(self.server.lookup_forwards("dora", "example.test"), ["postmaster@example.test"])
+        self.admin.account_remove("dora@example.test")
+        self.assertIsNone(self.server.lookup_mailbox("dora", "example.test"))
+
+    def test_delete_takes_the_message_from_the_queue_manager_too(self) -> None:
+        qid = self.deferred()
+        self.assertEqual(self.admin.queue_count(), 1)
+        self.assertEqual(self.admin.queue_ids(), [qid])
+        self.assertTrue(self.admin.queue_delete(qid))
+        self.assertEqual(self.server.qmgr.entries(), [])
+        self.assertEqual(self.admin.queue_ids(), [])
+        self.assertEqual(self.admin.queue_count(), 0)
+
+    def test_flush_retries_now_without_a_flush_file(self) -> None:
+        qid = self.deferred()
+        self.admin.queue_flush()
+        self.assertFalse((self.data / "queue" / FLUSH_FILE).exists())
+        wait_for(lambda: self.admin.queue_entry(qid).attempts == 2, what="the retry after the flush")
+
+    def test_the_flush_file_reaches_a_server_this_admin_does_not_hold(self) -> None:
+        qid = self.deferred()
+        Admin(self.data).queue_flush()  # as `ismail queue flush` does from another process
+        wait_for(lambda: self.admin.queue_entry(qid).attempts == 2, what="the retry after the flush file")
+        self.assertFalse((self.data / "queue" / FLUSH_FILE).exists())  # the server took it
+
+    def test_a_stopped_server_leaves_the_files(self) -> None:
+        self.server.stop(1.0)
+        self.assertIsNot(self.admin.account_store, self.server.accounts)
+        self.admin.account_add("erin@example.test", "pw", DOMAINS)
+        self.assertIn("erin@example.test", [i.address for i in Admin(self.data).account_list(DOMAINS)])
+        self.admin.queue_flush()
+        self.assertTrue((self.data / "queue" / FLUSH_FILE).exists())
+
+
+if __name__ == "__main__":
+    unittest.main()
