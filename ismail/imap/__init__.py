@@ -1,0 +1,1 @@
+"""IMAP4rev1 (RFC 3501): session, parser, FETCH, SEARCH and folder views."""

@@ -1,0 +1,615 @@
+"""Reading IMAP client commands off the wire (RFC 3501 §9, LITERAL+ RFC 7888, RFC 3516).
+
+Model
+-----
+`CommandReader` owns no socket.  The connection feeds it whatever arrived (`feed`) and
+asks for complete commands (`next`) until it answers None.  A command is one line,
+``tag SP name [SP arguments] CRLF``, except that an argument may be a literal: a line
+ending in ``{n}`` (synchronising: `next` returns `Continue(n)` once and the session
+sends ``+ ...``; only then does the client send the octets), ``{n+}`` (LITERAL+: the
+octets follow at once) or ``~{n}`` (literal8, APPEND only).  After the octets the
+command line goes on, so a command is a chain of line segments and literals.  Each
+segment is tokenized as soon as it is complete, so an error is known before the
+session is asked to send a continuation, and the next command is read right after a
+bad one.  `read_line` hands the session a raw line between commands (IDLE's DONE,
+AUTHENTICATE's responses); `buffered` says whether a client sent more than it should
+have (after STARTTLS).
+
+Tokens are command-neutral; FETCH, SEARCH and the session interpret them.  They
+subclass the built-in types the FETCH and SEARCH modules take, so they pass straight in:
+`Atom` (a `str`: NIL, numbers, flags, sequence sets, mailbox patterns, case kept),
+`String` (`bytes`, quoted or literal; ``.literal`` and ``.binary`` tell which) and `List`
+(a `list`).  A fetch attribute with a section, ``BODY.PEEK[HEADER.FIELDS (From)]<0.9>``,
+is one `FetchAtt`: an Atom whose text is the attribute (rebuilt, one space between
+section tokens) with ``.name`` (upper case), ``.section`` (its tokens) and ``.partial``.
+Only BODY, BODY.PEEK, BINARY, BINARY.PEEK and BINARY.SIZE open a section: elsewhere
+"[" and "]" are atom characters (``LIST "" [Gmail]/*`` is legal).
+
+Decisions
+---------
+* A bare LF ends a line as CRLF does, as in Dovecot: clients do send it, and message
+  text only travels in literals, counted in octets, so no line end can alter it.
+* Runs of spaces between arguments (and a trailing space) are accepted, as Dovecot does;
+  an empty line is a BadCommand ("*").  `BadCommand.name` is the command name when it
+  was read, so the session can answer APPEND's "literal too large" with NO [TOOBIG].
+* `max_line` bounds the command's text outside literals, all segments together;
+  `max_literal` bounds each literal and the sum of a command's literals.  A command
+  over a limit is discarded to its end: a synchronising literal is refused at once
+  (the client sends nothing more until told), the octets of a non-synchronising one
+  are skipped as they arrive.  A client that sends a refused synchronising literal
+  anyway gets its octets read as commands, as RFC 3501 §7.5 allows.
+* NUL is refused everywhere but in literal8, 8-bit everywhere but in literals.
+* ``$`` (SEARCHRES, RFC 5182) is not supported: parse_sequence_set refuses it.
+"""
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+MAX_NUMBER = 2**32 - 1      # RFC 3501 number / nz-number
+MAX_NESTING = 200           # parentheses, as search.MAX_DEPTH allows
+QUOTED_MAX = 1024           # quote() sends longer strings as literals
+SECTIONED = {b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"}
+LITERAL_TOO_LARGE = "literal too large"
+LINE_TOO_LONG = "line too long"
+
+_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
+_NAME = re.compile(rb"[A-Za-z0-9._-]+")
+_ATOM = re.compile(rb'[^\x00-\x20\x7f-\xff(){"]+')
+_SECTION_ATOM = re.compile(rb'[^\x00-\x20\x7f-\xff(){"\[\]]+')
+_QCHARS = rb'[^"\\\x00\r\n\x80-\xff]*'
+_QUOTED = re.compile(rb'"(' + _QCHARS + rb'(?:\\["\\]' + _QCHARS + rb')*)"')
+_UNESCAPE = re.compile(rb"\\(.)")
+_LITERAL = re.compile(rb"(~?)\{([0-9]{1,20})(\+?)\}\Z")
+_PARTIAL = re.compile(rb"<([0-9]{1,10})\.([0-9]{1,10})>")
+_SEQ_RANGE = re.compile(r"(\*|[1-9][0-9]{0,9})(?::(\*|[1-9][0-9]{0,9}))?")
+_NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
+
+
+# --- tokens and results ----------------------------------------------------------------
+
+class Atom(str):
+    """An atom as the client wrote it; compare with `is_atom` (case-insensitive)."""
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class FetchAtt(Atom):
+    """``name[section]<partial>``: the text is the whole attribute, for fetch.parse_items."""
+
+    def __new__(cls, name: str, section: "List", partial: tuple[int, int] | None = None
+                ) -> "FetchAtt":
+        text = f"{name}[{' '.join(_render(t) for t in section)}]"
+        if partial:
+            text += f"<{partial[0]}.{partial[1]}>"
+        self = super().__new__(cls, text)
+        self.name, self.section, self.partial = name.upper(), section, partial
+        return self
+
+
+class String(bytes):
+    """A quoted string (unescaped) or a literal; `binary` marks a literal8."""
+
+    def __new__(cls, data: bytes, literal: bool = False, binary: bool = False) -> "String":
+        self = super().__new__(cls, data)
+        self.literal, self.binary = literal, binary
+        return self
+
+    def __repr__(self) -> str:
+        flags = ", literal=True" if self.literal else ""
+        return f"String({bytes(self[:60])!r}{'...' if len(self) > 60 else ''}{flags})"
+
+
+class List(list):
+    """A parenthesised list of tokens."""
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"List({list.__repr__(self)})"
+
+
+Token = Union[Atom, String, List]
+
+
+@dataclass
+class Command:
+    tag: str
+    name: str                   # upper case; for "UID FETCH" it is "FETCH" and uid is True
+    uid: bool = False
+    args: List = field(default_factory=List)
+
+
+@dataclass
+class Continue:
+    """A synchronising literal of `size` octets awaits the session's "+" continuation."""
+    size: int
+
+
+@dataclass
+class BadCommand:
+    """Answer ``tag BAD reason`` (tag "*" when no valid tag was read); `name` if known."""
+    tag: str
+    reason: str
+    name: str = ""
+
+
+class _Bad(Exception):
+    """A syntax error in the command being read; its text is the BAD reason."""
+
+
+# --- the reader ------------------------------------------------------------------------
+
+class CommandReader:
+    """Bytes in (`feed`), commands out (`next`); see the module docstring."""
+
+    def __init__(self, max_literal: int, max_line: int = 65536) -> None:
+        self.max_literal = max_literal
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._pos = 0                        # first unread octet
+        self._scan = 0                       # where the search for LF goes on
+        self._cmd: _Partial | None = None    # the command being read
+        self._bad: str | None = None         # why the rest of the command is discarded
+        self._want: int | None = None        # literal octets still to come
+        self._skip = False                   # ... to be skipped, not kept
+        self._overlong = False               # skipping the rest of an over-long line
+        self._head = b""                     # its first octets: the tag
+        self._tail = b""                     # its last octets: did it end in {n+}?
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Octets received but not yet read (after STARTTLS there must be none)."""
+        return len(self._buf) - self._pos
+
+    def next(self) -> Command | Continue | BadCommand | None:
+        """The next complete command or event; None when more input is needed."""
+        while True:
+            if self._want is not None:
+                if not self._read_literal():
+                    return None
+                continue
+            line = self._read_line()
+            if line is None:
+                return None
+            result = self._segment(line)
+            if result is not None:
+                return result
+
+    def read_line(self) -> bytes | None:
+        """One raw line between commands (IDLE's DONE, an AUTHENTICATE response), without
+        its line end; None until it is complete.  ValueError for one over max_line."""
+        if self._cmd is not None or self._want is not None:
+            raise RuntimeError("read_line in the middle of a command")
+        line = self._read_line()
+        if line is None:
+            return None
+        if self._overlong or len(_strip_cr(line)) > self.max_line:
+            self._overlong, self._tail = False, b""
+            raise ValueError(LINE_TOO_LONG)
+        return _strip_cr(line)
+
+    # -- octets
+
+    def _read_line(self) -> bytes | None:
+        """The next line without its LF (a CR before it is kept), or None."""
+        buf = self._buf
+        nl = buf.find(b"\n", self._scan)
+        if nl < 0:
+            self._scan = len(buf)
+            if self._overlong or len(buf) - self._pos > self.max_line + 1:
+                self._drop_overlong()
+            return None
+        line = bytes(buf[self._pos:nl])
+        self._pos = self._scan = nl + 1
+        self._compact()
+        return line
+
+    def _drop_overlong(self) -> None:
+        if not self._overlong:
+            self._head = bytes(self._buf[self._pos:self._pos + 256])
+        self._overlong = True
+        self._tail = (self._tail + self._buf[max(self._pos, len(self._buf) - 40):])[-40:]
+        del self._buf[:]
+        self._pos = self._scan = 0
+
+    def _read_literal(self) -> bool:
+        """Take (or skip) literal octets; True once the literal is complete."""
+        avail = len(self._buf) - self._pos
+        if self._skip:
+            taken = min(avail, self._want)
+            self._pos += taken
+            self._want -= taken
+            self._compact()
+            if self._want:
+                return False
+        else:
+            if avail < self._want:
+                return False
+            try:   # one copy, straight from the buffer into the token
+                with memoryview(self._buf)[self._pos:self._pos + self._want] as data:
+                    self._cmd.add_literal(data)
+            except _Bad as e:
+                self._bad = str(e)
+            self._pos += self._want
+            self._compact()
+        self._want, self._scan = None, self._pos
+        return True
+
+    def _compact(self) -> None:
+        if self._pos > 65536 and 2 * self._pos > len(self._buf):
+            del self._buf[:self._pos]
+            self._scan -= self._pos
+            self._pos = 0
+
+    # -- segments
+
+    def _segment(self, line: bytes) -> Command | Continue | BadCommand | None:
+        if self._overlong:
+            self._overlong = False
+            self._bad = self._bad or LINE_TOO_LONG
+            self._cmd = self._cmd or _Partial.head_of(self._head)
+            tail, self._tail = _strip_cr(self._tail + line), b""
+            return self._discard(_LITERAL.search(tail[-40:]))
+        seg = _strip_cr(line)
+        if self._bad is not None:
+            return self._discard(_LITERAL.search(seg[-40:]))
+        try:
+            self._tokenize(seg)
+            return self._literal_or_end()
+        except _Bad as e:
+            self._bad = str(e)
+            return self._discard(_LITERAL.search(seg[-40:]))
+
+    def _tokenize(self, seg: bytes) -> None:
+        if self._cmd is None:
+            if len(seg) > self.max_line:
+                self._cmd = _Partial.head_of(seg[:256])
+                raise _Bad(LINE_TOO_LONG)
+            self._cmd = _Partial()
+            self._cmd.text_size = len(seg)
+            self._cmd.add_text(seg, self._cmd.read_head(seg))
+        else:
+            self._cmd.text_size += len(seg)
+            if self._cmd.text_size > self.max_line:
+                raise _Bad(LINE_TOO_LONG)
+            self._cmd.add_text(seg)
+
+    def _literal_or_end(self) -> Command | Continue | None:
+        cmd = self._cmd
+        if cmd.pending is None:
+            command = cmd.finish()
+            self._cmd = None
+            return command
+        size, sync, _ = cmd.pending
+        cmd.literal_size += size
+        if size > self.max_literal or cmd.literal_size > self.max_literal:
+            raise _Bad(LITERAL_TOO_LARGE)
+        self._want, self._skip = size, False
+        return Continue(size) if sync else None
+
+    def _discard(self, header: re.Match | None) -> BadCommand | None:
+        """The command is bad: skip a non-synchronising literal, else report it now."""
+        if header is not None and header.group(3):
+            self._want, self._skip = int(header.group(2)), True
+            return None
+        cmd, reason = self._cmd or _Partial(), self._bad
+        self._cmd = self._bad = None
+        return BadCommand(cmd.tag, reason, cmd.name)
+
+
+def _strip_cr(line: bytes) -> bytes:
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+# --- tokenizing one command ------------------------------------------------------------
+
+class _Partial:
+    """A command being read: tag, name and the tokens so far, across literals."""
+
+    def __init__(self) -> None:
+        self.tag, self.name, self.uid = "*", "", False
+        # frames: (b"(" for a list, the fetch-att name for a section, b"" at the root; items)
+        self.stack: list[tuple[bytes, List]] = [(b"", List())]
+        self.sections = 0          # open "[" frames (0 or 1)
+        self.need_sep = False      # a token just ended: a space must come first
+        self.pending: tuple[int, bool, bool] | None = None   # size, sync, binary
+        self.text_size = 0
+        self.literal_size = 0
+
+    @classmethod
+    def head_of(cls, start: bytes) -> "_Partial":
+        """What can be told of a command from its first octets (for a BAD's tag)."""
+        cmd = cls()
+        try:
+            cmd.read_head(start)
+        except _Bad:
+            pass
+        return cmd
+
+    def read_head(self, seg: bytes) -> int:
+        """Tag and command name (after UID, the next one); the index after them."""
+        if not seg:
+            raise _Bad("empty command line")
+        m = _TAG.match(seg)
+        if not m or (m.end() < len(seg) and seg[m.end()] != 0x20):
+            raise _Bad("missing tag" if seg[:1] == b" " else "invalid tag")
+        self.tag = m.group().decode("ascii")
+        self.name, i = self._word(seg, m.end())
+        if self.name == "UID":
+            self.uid = True
+            self.name, i = self._word(seg, i)
+        return i
+
+    def _word(self, seg: bytes, i: int) -> tuple[str, int]:
+        while seg[i:i + 1] == b" ":
+            i += 1
+        end = seg.find(b" ", i)
+        end = len(seg) if end < 0 else end
+        if end == i:
+            raise _Bad("UID needs a command name" if self.uid else "empty command name")
+        if not _NAME.fullmatch(seg, i, end):
+            raise _Bad("invalid command name")
+        return seg[i:end].decode("ascii").upper(), end
+
+    @property
+    def items(self) -> List:
+        return self.stack[-1][1]
+
+    def add_text(self, seg: bytes, i: int = 0) -> None:
+        if b"\0" in seg:
+            raise _Bad("NUL in command")
+        n = len(seg)
+        while i < n:
+            c = seg[i]
+            if c == 0x20:
+                i += 1
+                self.need_sep = False
+            elif c == 0x29:                          # )
+                self._close_list()
+                i += 1
+            elif c == 0x5D and self.sections:        # ]
+                i = self._close_section(seg, i + 1)
+            elif self.need_sep:
+                raise _Bad(_char_error(c) if c < 0x20 or c >= 0x7F else
+                           "missing space between arguments")
+            elif c == 0x28:                          # (
+                self._open(b"(")
+                i += 1
+            elif c == 0x22:                          # "
+                i = self._quoted(seg, i)
+            elif c == 0x7B or seg.startswith(b"~{", i):
+                self._literal_header(seg, i)
+                return
+            else:
+                i = self._atom(seg, i)
+
+    def add_literal(self, data: bytes | memoryview) -> None:
+        _, _, binary = self.pending
+        self.pending = None
+        token = String(data, literal=True, binary=binary)
+        self.items.append(token)
+        self.need_sep = True
+        if not binary and b"\0" in token:
+            raise _Bad("NUL in literal")
+
+    def finish(self) -> Command:
+        if len(self.stack) > 1:
+            raise _Bad("unbalanced brackets" if self.sections else "unbalanced parentheses")
+        return Command(self.tag, self.name, self.uid, self.items)
+
+    def _open(self, opener: bytes) -> None:
+        if len(self.stack) > MAX_NESTING:
+            raise _Bad("too deeply nested")
+        self.stack.append((opener, List()))
+
+    def _close_list(self) -> None:
+        if self.stack[-1][0] != b"(":
+            raise _Bad("unbalanced brackets" if self.sections else "unbalanced parentheses")
+        items = self.stack.pop()[1]
+        self.items.append(items)
+        self.need_sep = True
+
+    def _close_section(self, seg: bytes, i: int) -> int:
+        if self.stack[-1][0] == b"(":
+            raise _Bad("unbalanced brackets")
+        name, section = self.stack.pop()
+        self.sections -= 1
+        partial = None
+        if seg.startswith(b"<", i):
+            m = _PARTIAL.match(seg, i)
+            if not m or int(m.group(2)) == 0 or max(int(m.group(1)), int(m.group(2))) > MAX_NUMBER:
+                raise _Bad("bad partial <origin.length>")
+            partial, i = (int(m.group(1)), int(m.group(2))), m.end()
+        self.items.append(FetchAtt(name.decode("ascii"), section, partial))
+        self.need_sep = True
+        return i
+
+    def _quoted(self, seg: bytes, i: int) -> int:
+        m = _QUOTED.match(seg, i)
+        if not m:
+            raise _Bad(_quoted_error(seg, i + 1))
+        raw = m.group(1)
+        self.items.append(String(_UNESCAPE.sub(rb"\1", raw) if b"\\" in raw else raw))
+        self.need_sep = True
+        return m.end()
+
+    def _literal_header(self, seg: bytes, i: int) -> None:
+        m = _LITERAL.match(seg, i)
+        if not m:
+            raise _Bad("bad literal: {n} must end the line")
+        if m.group(1) and self.name != "APPEND":
+            raise _Bad("literal8 is for APPEND only")
+        self.pending = (int(m.group(2)), not m.group(3), bool(m.group(1)))
+
+    def _atom(self, seg: bytes, i: int) -> int:
+        m = (_SECTION_ATOM if self.sections else _ATOM).match(seg, i)
+        if not m:
+            raise _Bad(_char_error(seg[i]))
+        text = m.group()
+        bracket = text.find(b"[")
+        if bracket > 0 and not self.sections and text[:bracket].upper() in SECTIONED:
+            self._open(text[:bracket])
+            self.sections += 1
+            return i + bracket + 1
+        self.items.append(Atom(text.decode("ascii")))
+        self.need_sep = True
+        return m.end()
+
+
+def _char_error(c: int) -> str:
+    if c >= 0x80:
+        return "8-bit character outside a literal"
+    if c < 0x20 or c == 0x7F:
+        return "control character in command"
+    return "unbalanced brackets" if c in b"[]" else f"unexpected {chr(c)!r}"
+
+
+def _quoted_error(seg: bytes, i: int) -> str:
+    while i < len(seg):
+        c = seg[i]
+        if c == 0x5C and seg[i + 1:i + 2] not in (b'"', b"\\"):
+            return "bad escape in quoted string"
+        if c >= 0x80:
+            return "8-bit character in quoted string (use a literal)"
+        if c in b"\r\n":
+            return "CR or LF in quoted string"
+        i += 2 if c == 0x5C else 1
+    return "unterminated quoted string"
+
+
+def _render(token: Token) -> str:
+    if isinstance(token, list):
+        return "(" + " ".join(_render(t) for t in token) + ")"
+    if isinstance(token, bytes):
+        return quote(token).decode("utf-8", "surrogateescape")
+    return str(token)
+
+
+# --- helpers for the session (ValueError means: answer BAD) -----------------------------
+
+class SequenceSet:
+    """A sequence-set, ``1:*,5``: ranges as written, a bound None standing for "*"."""
+
+    def __init__(self, ranges: tuple[tuple[int | None, int | None], ...]) -> None:
+        self.ranges = ranges
+        self._cache: tuple[int, list[int], list[int]] = (-1, [], [])
+
+    def __repr__(self) -> str:
+        return f"SequenceSet({self.ranges!r})"
+
+    def spans(self, largest: int) -> list[tuple[int, int]]:
+        """Ascending, merged (low, high) pairs within 1..largest; "*" is `largest`.
+        ``5:*`` with largest 3 is 3:5, so 3 (RFC 3501 §6.4.8)."""
+        spans = []
+        for a, b in self.ranges:
+            a = largest if a is None else a
+            b = largest if b is None else b
+            low, high = max(min(a, b), 1), min(max(a, b), largest)
+            if low <= high:
+                spans.append((low, high))
+        spans.sort()
+        merged: list[tuple[int, int]] = []
+        for low, high in spans:
+            if merged and low <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+            else:
+                merged.append((low, high))
+        return merged
+
+    def contains(self, n: int, largest: int) -> bool:
+        if self._cache[0] != largest:
+            spans = self.spans(largest)
+            self._cache = (largest, [s[0] for s in spans], [s[1] for s in spans])
+        _, lows, highs = self._cache
+        k = bisect.bisect_right(lows, n) - 1
+        return k >= 0 and n <= highs[k]
+
+    def expand(self, largest: int) -> Iterator[int]:
+        """The numbers in the set, ascending, each once, none above `largest` (lazily)."""
+        for low, high in self.spans(largest):
+            yield from range(low, high + 1)
+
+
+def parse_sequence_set(text: str) -> SequenceSet:
+    if text == "$":
+        raise ValueError("$ (SEARCHRES) is not supported")
+    ranges = []
+    for part in text.split(","):
+        m = _SEQ_RANGE.fullmatch(part)
+        if not m:
+            raise ValueError(f"bad sequence set {text[:40]!r}")
+        a = _seq_number(m.group(1))
+        ranges.append((a, a if m.group(2) is None else _seq_number(m.group(2))))
+    return SequenceSet(tuple(ranges))
+
+
+def _seq_number(text: str) -> int | None:
+    if text == "*":
+        return None
+    if int(text) > MAX_NUMBER:
+        raise ValueError(f"number {text} is too large")
+    return int(text)
+
+
+def is_atom(token: Token, word: str) -> bool:
+    """Whether `token` is the atom `word`, case-insensitively (``is_atom(t, "NIL")``)."""
+    return isinstance(token, str) and token.upper() == word.upper()
+
+
+def astring(token: Token) -> str:
+    """An atom or a string as text; strings are UTF-8, other octets kept (surrogateescape)."""
+    if isinstance(token, bytes):
+        return token.decode("utf-8", "surrogateescape")
+    if isinstance(token, str):    # a FetchAtt too: a mailbox may be called Body[1]
+        return str(token)
+    raise ValueError(f"expected an atom or a string, got {_describe(token)}")
+
+
+def nstring(token: Token) -> str | None:
+    """A string, or None for NIL."""
+    if is_atom(token, "NIL"):
+        return None
+    if isinstance(token, bytes):
+        return astring(token)
+    raise ValueError(f"expected a string or NIL, got {_describe(token)}")
+
+
+def as_list(token: Token) -> List:
+    if isinstance(token, list):
+        return token
+    raise ValueError(f"expected a parenthesised list, got {_describe(token)}")
+
+
+def number(token: Token) -> int:
+    """An RFC 3501 number (32 bits, unsigned)."""
+    if isinstance(token, str) and token.isascii() and token.isdigit() and len(token) <= 10:
+        if int(token) <= MAX_NUMBER:
+            return int(token)
+    raise ValueError(f"expected a number, got {_describe(token)}")
+
+
+def _describe(token: Token) -> str:
+    if isinstance(token, list):
+        return "a parenthesised list"
+    kind = "a literal" if getattr(token, "literal", False) else "a string"
+    return f"the atom {str(token)[:40]!r}" if isinstance(token, str) else kind
+
+
+def quote(text: str | bytes) -> bytes:
+    """A response string: quoted when short and plain 7-bit, else a literal ``{n}``."""
+    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
+    if len(data) <= QUOTED_MAX and not _NEEDS_LITERAL.search(data):
+        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(data) + data
+
+
+def nil_or(value: str | bytes | None) -> bytes:
+    """NIL for None, else `quote(value)` (an nstring in a response)."""
+    return b"NIL" if value is None else quote(value)
