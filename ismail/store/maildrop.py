@@ -2,237 +2,304 @@
 
 Model
 -----
-* ``Maildrops`` is the server's registry of open maildrops (one per mailbox at a time:
-  POP3's exclusive lock, kept in memory because ISMail is one process).  ``open`` takes
-  the mailbox and lists ``new/`` and ``cur/`` once: that list is the session's snapshot;
-  mail delivered later is seen by the next session.
-* A message's ``uid`` is its Maildir unique name, the file name before the first ","
-  or ":" ("!" on Windows), so it survives restarts, the move from new/ to cur/ and flag
-  changes.  POP3 wants 1-70 printable characters; a name outside that gets a stable
-  stand-in (the SHA-1 of the name, hex).
-* Sizes come from Dovecot's ``,W=<size with CRLF>`` field in the name (ISMail's delivery
-  writes it), so opening a large maildrop reads no message.  For other files the size
-  is computed once (file size + number of LFs) and remembered in the registry by
-  (name, size on disk, mtime).
-* Order: by the delivery time in the name (seconds, then ".M<microseconds>"), then the
-  name; names without a time (other tools) come after, by name.  Deterministic, oldest
-  first, which is what mail programs show.
-* ``read`` streams the message with CRLF line ends in chunks of whole lines; ``commit``
-  is the UPDATE state: unlink the deleted, move the retrieved to cur/ with the S flag,
-  fsync both folders once.  Nothing else ever changes the Maildir, so a dropped
+* ``Maildrops`` is the server's registry of open maildrops: one session per mailbox at a
+  time (POP3's exclusive lock), kept in memory because ISMail is one process, keyed by
+  the resolved path so two spellings of one folder are one mailbox.
+* ``open`` lists ``new/`` and ``cur/`` once: that list is the session's snapshot, oldest
+  delivery first.  Mail delivered later is for the next session.  Names starting with
+  "." and anything that is not a regular file are not messages.
+* A file name is ``<unique>[,X=..]*[<sep>2,<flags>]``: the Maildir unique name, Dovecot's
+  fields (``,S=`` size on disk, ``,W=`` size with CRLF) and the info after ":" (or "!",
+  which tools on Windows use because ":" is not allowed there).  The unique name is the
+  message's UIDL: it survives restarts, the move from new/ to cur/ and flag changes.
+  POP3 wants 1-70 characters in 0x21-0x7E; a name outside that gets a stable stand-in,
+  the SHA-1 of the name in hex (40 characters).
+* Sizes come from ``,W=`` so a large maildrop opens from its directory listing alone.
+  For other files the size is file size + number of LFs (each LF goes out as CRLF),
+  computed once and remembered in the registry by (file, size on disk, mtime).
+* Order: by the delivery time at the front of the unique name (seconds, then the
+  ``M<microseconds>`` of the middle part), then the unique name, then the file name;
+  names that do not start with a time (not a Maildir writer we know) come after, by
+  unique name.  The unique name as tie-break keeps the order across flag changes.
+* ``read`` streams the file with CRLF line ends in ~64 KiB chunks of whole lines.  A
+  file that moved since the snapshot (another program read it or changed its flags) is
+  looked up by its unique name in new/ and cur/.
+* ``commit`` is the UPDATE state: unlink the deleted, move the retrieved to cur/ with the
+  S flag, fsync both folders once.  Nothing else changes the Maildir, so a dropped
   connection or a crash before ``commit`` deletes nothing.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..fsutil import fsync_dir
 
+log = logging.getLogger("ismail.maildrop")
+
 CHUNK = 65536
-INFO_SEP = "!" if os.name == "nt" else ":"
-_W_FIELD = re.compile(r",W=(\d+)")
+# A line longer than this is sent in pieces, so no file makes us hold more than this
+# in memory; the POP3 session tracks line starts across chunks for dot-stuffing.
+LONG_LINE = 16 * CHUNK
+INFO_SEP = "!" if os.name == "nt" else ":"  # for names we write; both are read
+_SUBFOLDERS = ("new", "cur")
 
 
 class MaildropBusy(Exception):
     """Another session holds this mailbox (POP3 answers -ERR [IN-USE])."""
 
 
+@dataclass(frozen=True, slots=True)
 class DropMessage:
-    """One message of the snapshot.  A plain slotted class, with ``path`` made only when
-    asked: building 100,000 Path objects would cost most of a large maildrop's login."""
+    """One message of the snapshot.  ``path`` is built when asked: 100,000 Path objects
+    would cost more than the whole rest of opening a large maildrop."""
 
-    __slots__ = ("uid", "size", "_folder", "_name")
-
-    def __init__(self, uid: str, size: int, path: Path | str, name: str | None = None) -> None:
-        """``DropMessage(uid, size, path)``, or (uid, size, folder, name) to defer the Path."""
-        self.uid = uid    # the UIDL
-        self.size = size  # octets as sent over POP3: CRLF line ends, before dot-stuffing
-        if name is None:
-            path, name = os.path.split(path)
-        self._folder = str(path)
-        self._name = name
+    uid: str      # the UIDL
+    size: int     # octets as sent over POP3: CRLF line ends, before dot-stuffing
+    folder: Path  # new/ or cur/ (one shared object per folder)
+    name: str     # the file name when the drop was opened
 
     @property
     def path(self) -> Path:
         """Where the file was when the drop was opened."""
-        return Path(self._folder, self._name)
+        return self.folder / self.name
 
-    def __repr__(self) -> str:
-        return f"DropMessage({self.uid!r}, {self.size})"
+
+# -- file names --------------------------------------------------------------------------------
+def split_name(filename: str) -> tuple[str, str, str]:
+    """(base, separator, info): the name before the info, ":" or "!" or "", the info."""
+    base, sep, info = filename.partition(":")
+    if "!" in base:  # a Windows-style name, or "!" before a ":" that belongs to the info
+        base, sep, info = filename.partition("!")
+    return base, sep, info
 
 
 def unique_name(filename: str) -> str:
     """The Maildir unique part of a file name: before the first "," or info separator."""
-    return filename.partition(",")[0].partition(":")[0].partition("!")[0]
+    return split_name(filename)[0].partition(",")[0]
 
 
-def _uidl(name: str) -> str:
-    if 0 < len(name) <= 70 and name.isascii() and name.isprintable() and " " not in name:
-        return name
-    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()
+def _uidl(unique: str) -> str:
+    if 0 < len(unique) <= 70 and unique.isascii() and unique.isprintable() and " " not in unique:
+        return unique
+    return hashlib.sha1(unique.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _order(filename: str) -> tuple:
-    seconds, _, rest = filename.partition(".")
+def _crlf_size_field(base: str) -> int:
+    """The ``,W=`` value of a name's base, or -1."""
+    at = base.find(",W=")
+    if at < 0:
+        return -1
+    digits = base[at + 3:].partition(",")[0]
+    return int(digits) if digits.isdigit() else -1
+
+
+def _order(unique: str, filename: str) -> tuple:
+    seconds, _, rest = unique.partition(".")
     if not seconds.isdigit():
-        return (1, 0, 0, filename)
-    usec = rest[1:].partition("P")[0] if rest.startswith("M") else ""
-    return (0, int(seconds), int(usec) if usec.isdigit() else 0, filename)
+        return (1, 0, 0, unique, filename)
+    middle = rest.partition(".")[0]
+    at = middle.find("M")
+    usec = 0
+    if at >= 0:
+        after = middle[at + 1:]
+        digits = after[:len(after) - len(after.lstrip("0123456789"))]
+        usec = int(digits) if digits else 0
+    return (0, int(seconds), usec, unique, filename)
 
 
+def seen_name(filename: str) -> str | None:
+    """The file name with the seen flag added (other flags and keywords kept, flags in
+    ASCII order); None for an info this module does not understand (not "2,")."""
+    base, sep, info = split_name(filename)
+    if not sep:
+        return f"{filename}{INFO_SEP}2,S"
+    if not info.startswith("2,"):
+        return None
+    flags = info[2:]
+    if "S" in flags:
+        return filename
+    upper = sorted({c for c in flags if "A" <= c <= "Z"} | {"S"})
+    others = "".join(c for c in flags if not "A" <= c <= "Z")  # Dovecot's keywords a-z
+    return f"{base}{sep}2,{''.join(upper)}{others}"
+
+
+# -- the registry ------------------------------------------------------------------------------
 class Maildrops:
-    """The registry of open maildrops, owned by the server."""
+    """The registry of open maildrops, owned by the server (sessions run in threads)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: set[Path] = set()
-        self._sizes: dict[tuple[str, int, int], int] = {}  # computed sizes of names without W=
+        self._open: set[str] = set()
+        # mailbox -> {file name: (size on disk, mtime_ns, CRLF size)} for names without W=;
+        # replaced at each open, so files gone since do not pile up.
+        self._sizes: dict[str, dict[str, tuple[int, int, int]]] = {}
+
+    @staticmethod
+    def _key(mailbox: Path) -> str:
+        return os.path.normcase(os.path.realpath(mailbox))
 
     def open(self, mailbox: Path) -> "Maildrop":
-        key = Path(os.path.abspath(mailbox))
+        """Take the mailbox for one session.  Raises MaildropBusy, or OSError if it cannot
+        be listed; a mailbox that has had no mail yet is created empty."""
+        key = self._key(mailbox)
         with self._lock:
             if key in self._open:
                 raise MaildropBusy(str(mailbox))
             self._open.add(key)
         try:
-            return Maildrop(self, key)
+            return Maildrop(self, key, Path(os.path.realpath(mailbox)))
         except BaseException:
             self._release(key)
             raise
 
     def busy(self, mailbox: Path) -> bool:
         with self._lock:
-            return Path(os.path.abspath(mailbox)) in self._open
+            return self._key(mailbox) in self._open
 
-    def _release(self, key: Path) -> None:
+    def _release(self, key: str) -> None:
         with self._lock:
             self._open.discard(key)
 
-    def _size(self, entry: os.DirEntry) -> int:
-        st = entry.stat()
-        key = (entry.path, st.st_size, st.st_mtime_ns)
-        size = self._sizes.get(key)
-        if size is None:
-            lines = 0
-            with open(entry.path, "rb") as f:
-                for block in iter(lambda: f.read(CHUNK), b""):
-                    lines += block.count(b"\n")
-            size = st.st_size + lines
-            if len(self._sizes) > 200_000:  # bounded: other tools' files only
-                self._sizes.clear()
-            self._sizes[key] = size
-        return size
+    def _known_sizes(self, key: str) -> dict[str, tuple[int, int, int]]:
+        # Only the session holding the mailbox touches its entry: no lock needed beyond
+        # the GIL-atomic dict get and set.
+        return self._sizes.get(key, {})
+
+    def _remember_sizes(self, key: str, sizes: dict[str, tuple[int, int, int]]) -> None:
+        if sizes:
+            self._sizes[key] = sizes
+        else:
+            self._sizes.pop(key, None)
 
 
+def _count_crlf_size(path: str) -> int:
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            size += len(block) + block.count(b"\n")
+    return size
+
+
+# -- one session's maildrop --------------------------------------------------------------------
 class Maildrop:
     """One session's view of a mailbox, from login to QUIT (or a dropped connection)."""
 
-    def __init__(self, registry: Maildrops, mailbox: Path) -> None:
+    def __init__(self, registry: Maildrops, key: str, mailbox: Path) -> None:
         self._registry = registry
+        self._key = key
         self.mailbox = mailbox
         self._closed = False
+        self._listing: dict[str, Path] | None = None  # during commit
         for sub in ("new", "cur", "tmp"):  # an account that has had no mail yet
             (mailbox / sub).mkdir(parents=True, exist_ok=True)
+        self.messages: list[DropMessage] = self._snapshot()
+
+    def _snapshot(self) -> list[DropMessage]:
+        known = self._registry._known_sizes(self._key)
+        computed: dict[str, tuple[int, int, int]] = {}
         found: list[tuple[tuple, DropMessage]] = []
-        for sub in ("new", "cur"):
-            folder = str(mailbox / sub)
+        for sub in _SUBFOLDERS:
+            folder = self.mailbox / sub
             with os.scandir(folder) as it:
                 for entry in it:
                     name = entry.name
-                    if name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    if name[:1] == "." or not entry.is_file(follow_symlinks=False):
                         continue
-                    w = _W_FIELD.search(name)
-                    try:
-                        size = int(w.group(1)) if w else registry._size(entry)
-                    except OSError:
-                        continue  # vanished while listing
-                    found.append((_order(name), DropMessage(_uidl(unique_name(name)), size,
-                                                            folder, name)))
+                    base = split_name(name)[0]
+                    size = _crlf_size_field(base)
+                    if size < 0:
+                        size = self._measure(entry, known, computed)
+                        if size < 0:
+                            continue
+                    unique = base.partition(",")[0]
+                    found.append((_order(unique, name), DropMessage(_uidl(unique), size, folder, name)))
+        self._registry._remember_sizes(self._key, computed)
         found.sort(key=lambda pair: pair[0])
-        self.messages: list[DropMessage] = [m for _, m in found]
+        return [message for _, message in found]
+
+    def _measure(self, entry: os.DirEntry, known: dict, computed: dict) -> int:
+        """The CRLF size of a file without W=, from the registry's memory or by reading it;
+        -1 if it vanished or cannot be read (it is then not part of this session)."""
+        try:
+            st = entry.stat(follow_symlinks=False)
+            cached = known.get(entry.path)
+            if cached is not None and cached[:2] == (st.st_size, st.st_mtime_ns):
+                size = cached[2]
+            else:
+                size = _count_crlf_size(entry.path)
+        except FileNotFoundError:
+            return -1  # taken away while we listed
+        except OSError as e:
+            # Listing it without a size would break LIST; leaving it out loses nothing.
+            log.warning("%s: left out of the POP3 session, cannot read it: %s", entry.path, e)
+            return -1
+        computed[entry.path] = (st.st_size, st.st_mtime_ns, size)
+        return size
 
     def total_size(self) -> int:
         return sum(m.size for m in self.messages)
 
-    # -- reading ---------------------------------------------------------------------------------
-    def _locate(self, msg: DropMessage) -> Path:
-        """The message's file now: where it was, or renamed since (new/ -> cur/, flags)."""
-        if msg.path.exists():
-            return msg.path
-        unique = unique_name(msg.path.name)
-        for sub in ("cur", "new"):
+    # -- finding a message that moved ------------------------------------------------------------
+    def _current_names(self) -> dict[str, Path]:
+        """Unique name -> file now, over new/ and cur/ (cur/ wins: it is the later place)."""
+        where: dict[str, Path] = {}
+        for sub in _SUBFOLDERS:
+            folder = self.mailbox / sub
             try:
-                with os.scandir(self.mailbox / sub) as it:
+                with os.scandir(folder) as it:
                     for entry in it:
-                        if unique_name(entry.name) == unique:
-                            return Path(entry.path)
+                        if entry.name[:1] != ".":
+                            where[unique_name(entry.name)] = folder / entry.name
             except FileNotFoundError:
                 pass
-        raise FileNotFoundError(f"message {msg.uid} is no longer in {self.mailbox}")
+        return where
 
-    def read(self, index: int, body_lines: int | None = None) -> Iterator[bytes]:
+    def _relocate(self, msg: DropMessage) -> Path:
+        path = self._current_names().get(unique_name(msg.name))
+        if path is None:
+            raise FileNotFoundError(2, f"message {msg.uid} is no longer in the mailbox",
+                                    str(msg.path))
+        return path
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self, index: int, body_lines: int | None = None) -> "MessageReader":
         """The message with CRLF line ends, in chunks of whole lines (the last may lack its
-        line end if the file does); ``body_lines``: the header, the empty line and so many
-        lines of the body (POP3 TOP)."""
-        path = self._locate(self.messages[index])
-        f = open(path, "rb")
-        return self._chunks(f, body_lines)
+        line end if the file does; a line over LONG_LINE comes in pieces).  ``body_lines``
+        (POP3 TOP): the header, the empty line and at most so many lines of the body.
+        Opens the file now, so FileNotFoundError or OSError comes from this call."""
+        msg = self.messages[index]
+        try:
+            f = open(msg.path, "rb")
+        except FileNotFoundError:
+            f = open(self._relocate(msg), "rb")
+        return MessageReader(f, body_lines)
 
-    @staticmethod
-    def _chunks(f, body_lines: int | None) -> Iterator[bytes]:
-        with f:
-            carry = b""
-            in_body = False
-            left = body_lines
-            while True:
-                block = f.read(CHUNK)
-                if not block:
-                    if carry:
-                        yield carry.replace(b"\n", b"\r\n")
-                    return
-                block = carry + block
-                cut = block.rfind(b"\n") + 1
-                whole, carry = block[:cut], block[cut:]
-                if not whole:
-                    continue
-                if left is not None:
-                    whole, done, in_body, left = _top(whole, in_body, left)
-                    if whole:
-                        yield whole.replace(b"\n", b"\r\n")
-                    if done:
-                        return
-                    continue
-                yield whole.replace(b"\n", b"\r\n")
-
-    # -- UPDATE ------------------------------------------------------------------------------------
+    # -- UPDATE --------------------------------------------------------------------------------
     def commit(self, deleted: set[int], seen: set[int]) -> int:
         """Delete what was marked, flag what was read as seen; returns how many were deleted.
 
-        Raises OSError at the end if some file could not be changed; everything else is done.
+        A message already gone counts as done.  If a file could not be changed the rest is
+        still done and OSError is raised at the end.
         """
-        removed = 0
+        if self._closed:
+            raise RuntimeError("commit on a closed maildrop: another session may hold it now")
+        if not deleted and not seen:
+            return 0  # a session that only looked: no folder to sync
         problems: list[str] = []
+        self._listing = None
+        removed = 0
         for index in sorted(deleted):
-            try:
-                self._locate(self.messages[index]).unlink()
+            if self._update(self.messages[index], Path.unlink, problems):
                 removed += 1
-            except FileNotFoundError:
-                removed += 1  # gone already: deleted, as asked
-            except OSError as e:
-                problems.append(f"{self.messages[index].uid}: {e}")
         for index in sorted(seen - deleted):
-            try:
-                self._mark_seen(self._locate(self.messages[index]))
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                problems.append(f"{self.messages[index].uid}: {e}")
-        for sub in ("new", "cur"):
+            self._update(self.messages[index], self._mark_seen, problems)
+        for sub in _SUBFOLDERS:
             try:
                 fsync_dir(self.mailbox / sub)
             except OSError as e:
@@ -241,39 +308,134 @@ class Maildrop:
             raise OSError(f"could not update {self.mailbox}: " + "; ".join(problems))
         return removed
 
+    def _update(self, msg: DropMessage, change: Callable[[Path], object], problems: list[str]) -> bool:
+        """Apply ``change`` to the message's file, where it is now; False if it failed."""
+        path = msg.path
+        try:
+            try:
+                change(path)
+            except FileNotFoundError:
+                if self._listing is None:  # list the folders once per commit, not per file
+                    self._listing = self._current_names()
+                moved = self._listing.get(unique_name(msg.name))
+                if moved is not None and moved != path:
+                    change(moved)
+        except FileNotFoundError:
+            pass  # gone since the listing: nothing left to do
+        except OSError as e:
+            problems.append(f"{msg.name}: {e}")
+            return False
+        return True
+
     def _mark_seen(self, path: Path) -> None:
-        name = path.name
-        base, sep, info = name.partition(":2," if ":2," in name else "!2,")
-        if sep:
-            flags = {c for c in info if c.isupper()}
-            keywords = "".join(c for c in info if not c.isupper())
-            if "S" in flags and path.parent.name == "cur":
-                return
-            flags.add("S")
-            new_name = f"{base}{sep}{''.join(sorted(flags))}{keywords}"
-        else:
-            new_name = f"{name}{INFO_SEP}2,S"
-        os.replace(path, self.mailbox / "cur" / new_name)
+        new_name = seen_name(path.name)
+        if new_name is None:
+            return  # an info we do not understand: leave the file as it is
+        target = self.mailbox / "cur" / new_name
+        if target == path:
+            return
+        if target.exists():
+            return  # never overwrite: a name clash must not cost a message
+        os.replace(path, target)
 
     def close(self) -> None:
+        """Let another session open the mailbox; idempotent."""
         if not self._closed:
             self._closed = True
-            self._registry._release(self.mailbox)
+            self._registry._release(self._key)
+
+    def __enter__(self) -> "Maildrop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _top(data: bytes, in_body: bool, left: int) -> tuple[bytes, bool, bool, int]:
-    """Cut whole LF lines for TOP: (what to send, finished, in the body now, body lines left)."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        end = data.index(b"\n", pos) + 1
-        line = data[pos:end]
-        if in_body:
-            if left <= 0:
-                return b"".join(out), True, in_body, left
-            left -= 1
-        elif line in (b"\n", b"\r\n"):
-            in_body = True
-        out.append(line)
-        pos = end
-    return b"".join(out), in_body and left <= 0, in_body, left
+# -- streaming -----------------------------------------------------------------------------------
+class MessageReader:
+    """An iterator of CRLF chunks over one open file; ``close`` (or the end) closes it,
+    even when iteration never started."""
+
+    def __init__(self, f: BinaryIO, body_lines: int | None) -> None:
+        self._f = f
+        blocks = _lf_blocks(f)
+        self._blocks = blocks if body_lines is None else _top(blocks, max(body_lines, 0))
+
+    def __iter__(self) -> "MessageReader":
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._blocks).replace(b"\n", b"\r\n")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._blocks.close()
+        self._f.close()
+
+    def __enter__(self) -> "MessageReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lf_blocks(f: BinaryIO) -> Iterator[bytes]:
+    """The file in blocks of whole LF lines; the last may lack its LF, and a line longer
+    than LONG_LINE comes in pieces."""
+    pending: list[bytes] = []
+    pending_len = 0
+    while block := f.read(CHUNK):
+        cut = block.rfind(b"\n") + 1
+        if not cut:
+            pending.append(block)
+            pending_len += len(block)
+            if pending_len >= LONG_LINE:
+                yield b"".join(pending)
+                pending, pending_len = [], 0
+            continue
+        pending.append(block[:cut])
+        yield b"".join(pending)
+        pending = [block[cut:]]
+        pending_len = len(block) - cut
+    if pending_len:
+        yield b"".join(pending)
+
+
+def _top(blocks: Iterator[bytes], body_lines: int) -> Iterator[bytes]:
+    """The header, the empty line that ends it, and at most ``body_lines`` body lines."""
+    line_start = True  # the block before ended with a line end
+    for block in blocks:
+        if line_start and block[:1] == b"\n":
+            body = 1
+        else:
+            body = block.find(b"\n\n")
+            body = body + 2 if body >= 0 else -1
+        if body < 0:  # still in the header
+            yield block
+            line_start = block.endswith(b"\n")
+            continue
+        yield from _body_lines(block, body, blocks, body_lines)
+        return
+
+
+def _body_lines(block: bytes, start: int, blocks: Iterator[bytes], left: int) -> Iterator[bytes]:
+    """``block`` from 0, then the rest, cut after ``left`` lines counted from ``start``."""
+    while True:
+        lines = block.count(b"\n", start)
+        if lines < left:  # a line without its end yet is line lines+1: still wanted
+            yield block
+            left -= lines
+            block = next(blocks, None)
+            if block is None:
+                return
+            start = 0
+            continue
+        end = start
+        for _ in range(left):
+            end = block.index(b"\n", end) + 1
+        if end:
+            yield block[:end]
+        return
