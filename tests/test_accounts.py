@@ -170,6 +170,28 @@ class RemoveAndPasswordTests(StoreTestCase):
         self.assertTrue(infos["root@example.test"].has_password)
 
 
+class VerifiedCacheTests(StoreTestCase):
+    """Repeated logins skip scrypt only for a password that was proven right, until it changes."""
+
+    def test_only_a_proven_password_is_remembered_and_a_change_forgets_it(self) -> None:
+        self.store.add("ann@example.test", "first-pw", DOMAINS)
+        self.assertFalse(self.store.verified_before("ann@example.test", "first-pw"))
+        self.assertFalse(self.store.check_password("ann@example.test", "wrong"))
+        self.assertFalse(self.store.verified_before("ann@example.test", "wrong"))
+        self.assertTrue(self.store.check_password("ann@example.test", "first-pw"))
+        self.assertTrue(self.store.verified_before("ANN@example.test", "first-pw"))
+        self.assertFalse(self.store.verified_before("ann@example.test", "first-pW"))
+        self.store.set_password("ann@example.test", "second-pw")
+        self.assertFalse(self.store.verified_before("ann@example.test", "first-pw"))
+        self.assertFalse(self.store.check_password("ann@example.test", "first-pw"))
+
+    def test_a_removed_account_is_not_remembered(self) -> None:
+        self.store.add("bob@example.test", "pw-of-bob", DOMAINS)
+        self.assertTrue(self.store.check_password("bob@example.test", "pw-of-bob"))
+        self.store.remove("bob@example.test")
+        self.assertFalse(self.store.verified_before("bob@example.test", "pw-of-bob"))
+
+
 class QueryTests(StoreTestCase):
     def test_missing_file_means_no_accounts(self) -> None:
         self.store.load()
