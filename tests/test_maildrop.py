@@ -103,6 +103,53 @@ class SnapshotTest(MaildropCase):
                          "the same order every time")
 
 
+class RememberedListingTest(MaildropCase):
+    """A mailbox that has not changed is not listed again; any change is seen at once."""
+
+    def age(self, seconds: float = 60) -> None:
+        past = time.time() - seconds
+        for sub in ("new", "cur"):
+            os.utime(self.box / sub, (past, past))
+
+    def uids(self) -> list[str]:
+        drop = self.drops.open(self.box)
+        try:
+            return [m.uid for m in drop.messages]
+        finally:
+            drop.close()
+
+    def test_mail_delivered_after_a_remembered_listing_is_seen(self):
+        self.deliver(b"Subject: 1\r\n\r\none\r\n")
+        self.age()
+        first = self.uids()
+        self.assertEqual(self.uids(), first)  # from the remembered listing
+        second = self.deliver(b"Subject: 2\r\n\r\ntwo\r\n")
+        self.assertEqual(self.uids(), first + [second.name.partition(",")[0]])
+
+    def test_a_commit_and_a_flag_change_by_another_program_are_seen(self):
+        paths = [self.deliver(b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(3)]
+        self.age()
+        self.uids()
+        drop = self.drops.open(self.box)
+        drop.commit({0}, {1})
+        drop.close()
+        self.assertEqual(len(self.uids()), 2)
+        self.age()
+        self.uids()
+        os.replace(paths[2], self.box / "cur" / (paths[2].name + ":2,F"))
+        drop = self.drops.open(self.box)
+        try:
+            self.assertEqual(len(drop.messages), 2)
+            self.assertIn(b"Subject: 2", b"".join(drop.read(1)))
+        finally:
+            drop.close()
+
+    def test_a_listing_of_folders_changed_just_now_is_not_remembered(self):
+        self.deliver(b"Subject: 1\r\n\r\none\r\n")
+        self.uids()  # new/ changed a moment ago: the file system clock may not have moved
+        self.assertEqual(self.drops._listings, {})
+
+
 class UidTest(MaildropCase):
     def test_uid_is_the_unique_name_stable_across_new_to_cur_and_reopen(self):
         path = self.deliver(b"Subject: u\r\n\r\nbody\r\n")

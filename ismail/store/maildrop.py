@@ -34,6 +34,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -48,6 +49,7 @@ CHUNK = 65536
 LONG_LINE = 16 * CHUNK
 INFO_SEP = "!" if os.name == "nt" else ":"  # for names we write; both are read
 _SUBFOLDERS = ("new", "cur")
+RACY_NS = 2_000_000_000  # a folder's listing is remembered once it has been still this long
 
 
 class MaildropBusy(Exception):
@@ -96,21 +98,22 @@ def _crlf_size_field(base: str) -> int:
     if at < 0:
         return -1
     digits = base[at + 3:].partition(",")[0]
-    return int(digits) if digits.isdigit() else -1
+    return int(digits) if digits.isdecimal() else -1
 
 
-def _order(unique: str, filename: str) -> tuple:
+_UNTIMED = 1 << 62  # after every real time
+
+
+def _delivered(unique: str) -> int:
+    """Microseconds since the epoch from "<seconds>.<middle>.<host>" with "M<microseconds>"
+    in the middle (ISMail's and Dovecot's names); _UNTIMED if it does not start with a time."""
     seconds, _, rest = unique.partition(".")
-    if not seconds.isdigit():
-        return (1, 0, 0, unique, filename)
+    if not seconds.isdecimal():
+        return _UNTIMED
     middle = rest.partition(".")[0]
-    at = middle.find("M")
-    usec = 0
-    if at >= 0:
-        after = middle[at + 1:]
-        digits = after[:len(after) - len(after.lstrip("0123456789"))]
-        usec = int(digits) if digits else 0
-    return (0, int(seconds), usec, unique, filename)
+    after = middle[middle.find("M") + 1:] if "M" in middle else ""
+    digits = after[:len(after) - len(after.lstrip("0123456789"))]
+    return int(seconds) * 1_000_000 + (min(int(digits), 999_999) if digits else 0)
 
 
 def seen_name(filename: str) -> str | None:
@@ -136,9 +139,11 @@ class Maildrops:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: set[str] = set()
-        # mailbox -> {file name: (size on disk, mtime_ns, CRLF size)} for names without W=;
-        # replaced at each open, so files gone since do not pile up.
+        # mailbox -> {file: (size on disk, mtime_ns, CRLF size)} for names without W=,
+        # replaced at each open so that files gone since do not pile up.
         self._sizes: dict[str, dict[str, tuple[int, int, int]]] = {}
+        # mailbox -> (the folders' (mtime, inode, size) when listed, the messages): see Maildrop._listed
+        self._listings: dict[str, tuple[tuple, list[DropMessage]]] = {}
 
     @staticmethod
     def _key(mailbox: Path) -> str:
@@ -166,16 +171,13 @@ class Maildrops:
         with self._lock:
             self._open.discard(key)
 
-    def _known_sizes(self, key: str) -> dict[str, tuple[int, int, int]]:
-        # Only the session holding the mailbox touches its entry: no lock needed beyond
-        # the GIL-atomic dict get and set.
-        return self._sizes.get(key, {})
-
-    def _remember_sizes(self, key: str, sizes: dict[str, tuple[int, int, int]]) -> None:
-        if sizes:
+    def _size_memory(self, key: str, sizes: dict[str, tuple[int, int, int]] | None = None
+                     ) -> dict[str, tuple[int, int, int]]:
+        """The computed sizes of a mailbox; with ``sizes``, replace them.  Only the session
+        holding the mailbox uses its entry, and a dict get or set is atomic: no lock."""
+        if sizes is not None:
             self._sizes[key] = sizes
-        else:
-            self._sizes.pop(key, None)
+        return self._sizes.get(key, {})
 
 
 def _count_crlf_size(path: str) -> int:
@@ -198,12 +200,37 @@ class Maildrop:
         self._listing: dict[str, Path] | None = None  # during commit
         for sub in ("new", "cur", "tmp"):  # an account that has had no mail yet
             (mailbox / sub).mkdir(parents=True, exist_ok=True)
-        self.messages: list[DropMessage] = self._snapshot()
+        self.messages: list[DropMessage] = self._listed()
+
+    def _listed(self) -> list[DropMessage]:
+        """The snapshot: the last session's listing when neither folder changed since,
+        else a new one.  A listing is reused only if it was made when both folders had
+        been unchanged for RACY_NS already: a file added in the same clock tick as the
+        listing cannot hide behind an unchanged modification time (git's "racy" rule)."""
+        try:
+            signature = tuple((st.st_mtime_ns, st.st_ino, st.st_size)
+                              for st in (os.stat(self.mailbox / sub) for sub in _SUBFOLDERS))
+        except OSError:
+            return self._snapshot()
+        cached = self._registry._listings.get(self._key)
+        if cached is not None and cached[0] == signature:
+            return list(cached[1])
+        messages = self._snapshot()
+        if time.time_ns() - max(s[0] for s in signature) > RACY_NS:
+            if len(self._registry._listings) > 1000:  # bounded: one entry per active mailbox
+                self._registry._listings.clear()
+            self._registry._listings[self._key] = (signature, messages)
+        else:
+            self._registry._listings.pop(self._key, None)
+        return list(messages)
 
     def _snapshot(self) -> list[DropMessage]:
-        known = self._registry._known_sizes(self._key)
+        known = self._registry._size_memory(self._key)
         computed: dict[str, tuple[int, int, int]] = {}
-        found: list[tuple[tuple, DropMessage]] = []
+        # Keys and messages in two lists, sorted by index: (int, str, str) keys hold no
+        # objects, so the garbage collector stops tracking them, which counts at 100,000.
+        keys: list[tuple[int, str, str]] = []
+        found: list[DropMessage] = []
         for sub in _SUBFOLDERS:
             folder = self.mailbox / sub
             with os.scandir(folder) as it:
@@ -218,10 +245,10 @@ class Maildrop:
                         if size < 0:
                             continue
                     unique = base.partition(",")[0]
-                    found.append((_order(unique, name), DropMessage(_uidl(unique), size, folder, name)))
-        self._registry._remember_sizes(self._key, computed)
-        found.sort(key=lambda pair: pair[0])
-        return [message for _, message in found]
+                    keys.append((_delivered(unique), unique, name))
+                    found.append(DropMessage(_uidl(unique), size, folder, name))
+        self._registry._size_memory(self._key, computed)
+        return [found[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
 
     def _measure(self, entry: os.DirEntry, known: dict, computed: dict) -> int:
         """The CRLF size of a file without W=, from the registry's memory or by reading it;
@@ -260,13 +287,6 @@ class Maildrop:
                 pass
         return where
 
-    def _relocate(self, msg: DropMessage) -> Path:
-        path = self._current_names().get(unique_name(msg.name))
-        if path is None:
-            raise FileNotFoundError(2, f"message {msg.uid} is no longer in the mailbox",
-                                    str(msg.path))
-        return path
-
     # -- reading -------------------------------------------------------------------------------
     def read(self, index: int, body_lines: int | None = None) -> "MessageReader":
         """The message with CRLF line ends, in chunks of whole lines (the last may lack its
@@ -277,7 +297,11 @@ class Maildrop:
         try:
             f = open(msg.path, "rb")
         except FileNotFoundError:
-            f = open(self._relocate(msg), "rb")
+            moved = self._current_names().get(unique_name(msg.name))
+            if moved is None:
+                raise FileNotFoundError(2, f"message {msg.uid} is no longer in the mailbox",
+                                        str(msg.path)) from None
+            f = open(moved, "rb")
         return MessageReader(f, body_lines)
 
     # -- UPDATE --------------------------------------------------------------------------------
@@ -374,12 +398,6 @@ class MessageReader:
     def close(self) -> None:
         self._blocks.close()
         self._f.close()
-
-    def __enter__(self) -> "MessageReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _lf_blocks(f: BinaryIO) -> Iterator[bytes]:
