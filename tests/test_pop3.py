@@ -10,6 +10,7 @@ count towards the same ban as SMTP AUTH failures.
 from __future__ import annotations
 
 import base64
+import os
 import poplib
 import smtplib
 import socket
@@ -228,6 +229,40 @@ class DeleteTest(Pop3Case):
         p = logged_in(self.port)  # and the mailbox is free again
         try:
             self.assertEqual(p.stat()[0], 2)
+        finally:
+            p.quit()
+
+
+class RememberedListingTest(Pop3Case):
+    def age_folders(self) -> None:
+        past = time.time() - 60
+        for sub in ("new", "cur"):
+            (self.server.maildir() / sub).mkdir(parents=True, exist_ok=True)
+            os.utime(self.server.maildir() / sub, (past, past))
+
+    def listing(self, p: poplib.POP3) -> tuple[list[bytes], list[bytes]]:
+        return p.list()[1], p.uidl()[1]
+
+    def test_list_and_uidl_stay_true_when_the_mailbox_is_remembered(self):
+        self.deliver(SAMPLES[0], SAMPLES[1])
+        self.age_folders()
+        p = logged_in(self.port)
+        first = self.listing(p)
+        p.quit()
+        p = logged_in(self.port)
+        self.assertEqual(self.listing(p), first)
+        p.dele(1)  # marks: the answers are made afresh, without message 1
+        self.assertEqual([l.split()[0] for l in p.list()[1]], [b"2"])
+        self.assertEqual(p.uidl()[1], first[1][1:])
+        p.rset()
+        self.assertEqual(self.listing(p), first)
+        p.quit()
+        self.deliver(SAMPLES[0])
+        p = logged_in(self.port)
+        try:
+            lists, uidls = self.listing(p)
+            self.assertEqual(len(lists), 3, "a delivery after the remembered listing is seen")
+            self.assertEqual(uidls[:2], first[1])
         finally:
             p.quit()
 

@@ -435,9 +435,9 @@ class Pop3Session:
         if words:
             i = self._index(words[0])
             return ok(f"{i + 1} {self._drop.messages[i].size}")
-        live = self._live()
-        return multiline(f"{len(live)} messages ({sum(m.size for _, m in live)} octets)",
-                         (f"{i + 1} {m.size}" for i, m in live))
+        return self._whole_listing("LIST", lambda live: multiline(
+            f"{len(live)} messages ({sum(m.size for _, m in live)} octets)",
+            (f"{i + 1} {m.size}" for i, m in live)))
 
     @allowed_in(TRANSACTION)
     def pop3_UIDL(self, arg: str) -> bytes:
@@ -445,7 +445,19 @@ class Pop3Session:
         if words:
             i = self._index(words[0])
             return ok(f"{i + 1} {self._drop.messages[i].uid}")
-        return multiline("unique-id listing follows", (f"{i + 1} {m.uid}" for i, m in self._live()))
+        return self._whole_listing("UIDL", lambda live: multiline(
+            "unique-id listing follows", (f"{i + 1} {m.uid}" for i, m in live)))
+
+    def _whole_listing(self, name: str, build: Callable[[list[tuple[int, DropMessage]]], bytes]) -> bytes:
+        """LIST or UIDL of the whole maildrop; with nothing marked deleted the answer is the
+        same for every session on an unchanged mailbox, and the maildrop remembers it."""
+        memo = getattr(self._drop, "memo", None)
+        if self._deleted or memo is None:
+            return build(self._live())
+        answer = memo.get(name)
+        if answer is None:
+            answer = memo[name] = build(self._live())
+        return answer
 
     @allowed_in(TRANSACTION)
     def pop3_RETR(self, arg: str) -> Answer:

@@ -143,7 +143,7 @@ class Maildrops:
         # replaced at each open so that files gone since do not pile up.
         self._sizes: dict[str, dict[str, tuple[int, int, int]]] = {}
         # mailbox -> (the folders' (mtime, inode, size) when listed, the messages): see Maildrop._listed
-        self._listings: dict[str, tuple[tuple, list[DropMessage]]] = {}
+        self._listings: dict[str, tuple[tuple, list[DropMessage], dict[str, bytes]]] = {}
 
     @staticmethod
     def _key(mailbox: Path) -> str:
@@ -200,6 +200,9 @@ class Maildrop:
         self._listing: dict[str, Path] | None = None  # during commit
         for sub in ("new", "cur", "tmp"):  # an account that has had no mail yet
             (mailbox / sub).mkdir(parents=True, exist_ok=True)
+        # Answers derived from the whole snapshot (POP3's LIST and UIDL), shared by every
+        # session that gets the same remembered listing.
+        self.memo: dict[str, bytes] = {}
         self.messages: list[DropMessage] = self._listed()
 
     def _listed(self) -> list[DropMessage]:
@@ -214,12 +217,13 @@ class Maildrop:
             return self._snapshot()
         cached = self._registry._listings.get(self._key)
         if cached is not None and cached[0] == signature:
+            self.memo = cached[2]
             return list(cached[1])
         messages = self._snapshot()
         if time.time_ns() - max(s[0] for s in signature) > RACY_NS:
             if len(self._registry._listings) > 1000:  # bounded: one entry per active mailbox
                 self._registry._listings.clear()
-            self._registry._listings[self._key] = (signature, messages)
+            self._registry._listings[self._key] = (signature, messages, self.memo)
         else:
             self._registry._listings.pop(self._key, None)
         return list(messages)
