@@ -18,6 +18,7 @@ from ismail.store.maildrop import (CHUNK, INFO_SEP, LONG_LINE, MaildropBusy, Mai
                                    unique_name)
 
 HEADER = b"Return-Path: <a@remote.test>\r\n"  # what delivery puts in front
+INFO = INFO_SEP + "2,"  # ":2," (on Windows "!2,": a ":" in a name there opens a data stream)
 
 
 def smtp_text(body: bytes) -> bytes:
@@ -72,7 +73,7 @@ class SnapshotTest(MaildropCase):
         first = self.deliver(b"Subject: 1\r\n\r\none\r\n")
         second = self.deliver(b"Subject: 2\r\n\r\ntwo\r\n")
         third = self.deliver(b"Subject: 3\r\n\r\nthree\r\n")
-        os.replace(second, self.box / "cur" / (second.name + ":2,S"))
+        os.replace(second, self.box / "cur" / (second.name + INFO + "S"))
         write(self.box / "new" / ".hidden", b"x\n")
         write(self.box / "cur" / ".dovecot.lock", b"x\n")
         (self.box / "new" / "1.M1P1.folder").mkdir()
@@ -91,10 +92,10 @@ class SnapshotTest(MaildropCase):
 
     def test_order_is_by_delivery_time_in_the_name_then_foreign_names(self):
         names = ["1700000001.M5P9Q1.h", "1700000000.M900000P9Q2.h,S=2,W=3",
-                 "1700000001.M40P9Q3.h:2,S", "zeta-no-time", "1700000000.M12P9Q4.h",
-                 "alpha-no-time:2,S", "999999999.M999999P9Q5.h"]
+                 "1700000001.M40P9Q3.h" + INFO + "S", "zeta-no-time", "1700000000.M12P9Q4.h",
+                 "alpha-no-time" + INFO + "S", "999999999.M999999P9Q5.h"]
         for n, name in enumerate(names):  # created in this order: mtime says nothing
-            write(self.box / ("cur" if ":2," in name else "new") / name, b"%d\n" % n)
+            write(self.box / ("cur" if INFO in name else "new") / name, b"%d\n" % n)
         uids = [m.uid for m in self.opened().messages]
         self.assertEqual(uids, ["999999999.M999999P9Q5.h", "1700000000.M12P9Q4.h",
                                 "1700000000.M900000P9Q2.h", "1700000001.M5P9Q1.h",
@@ -136,7 +137,7 @@ class RememberedListingTest(MaildropCase):
         self.assertEqual(len(self.uids()), 2)
         self.age()
         self.uids()
-        os.replace(paths[2], self.box / "cur" / (paths[2].name + ":2,F"))
+        os.replace(paths[2], self.box / "cur" / (paths[2].name + INFO + "F"))
         drop = self.drops.open(self.box)
         try:
             self.assertEqual(len(drop.messages), 2)
@@ -160,7 +161,7 @@ class UidTest(MaildropCase):
         drop.commit(set(), {0})
         drop.close()
         self.assertEqual(self.files("new"), [])
-        self.assertEqual(self.files("cur"), [path.name + ":2,S"])
+        self.assertEqual(self.files("cur"), [path.name + INFO + "S"])
         self.assertEqual(self.opened().messages[0].uid, uid)
         self.assertEqual(self.opened(Maildrops()).messages[0].uid, uid, "after a restart too")
 
@@ -189,7 +190,7 @@ class SizeTest(MaildropCase):
         self.deliver(body)
         lf = smtp_text(body).replace(b"\r\n", b"\n")
         write(self.box / "new" / "1700000000.foreign.host", lf)
-        write(self.box / "cur" / "1700000001.foreign.host,S=1:2,S", lf)  # S= but no W=
+        write(self.box / "cur" / ("1700000001.foreign.host,S=1" + INFO + "S"), lf)  # no W=
         drop = self.opened()
         self.assertEqual([m.size for m in drop.messages], [len(smtp_text(body))] * 3)
         self.assertEqual(drop.total_size(), 3 * len(smtp_text(body)))
@@ -276,7 +277,7 @@ class ReadTest(MaildropCase):
     def test_a_file_renamed_since_the_snapshot_is_still_found(self):
         path = self.deliver(b"Subject: moved\r\n\r\nbody\r\n")
         drop = self.opened()
-        moved = self.box / "cur" / (path.name + ":2,F")
+        moved = self.box / "cur" / (path.name + INFO + "F")
         os.replace(path, moved)
         self.assertEqual(b"".join(drop.read(0)), smtp_text(b"Subject: moved\r\n\r\nbody\r\n"))
         moved.unlink()
@@ -287,15 +288,15 @@ class ReadTest(MaildropCase):
 class UpdateTest(MaildropCase):
     def test_commit_deletes_only_the_marked_and_flags_the_seen(self):
         paths = [self.deliver(b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(5)]
-        flagged = self.box / "cur" / (paths[2].name + ":2,Fa")  # a flag and a keyword
-        read_before = self.box / "cur" / (paths[3].name + ":2,RS")
+        flagged = self.box / "cur" / (paths[2].name + INFO + "Fa")  # a flag and a keyword
+        read_before = self.box / "cur" / (paths[3].name + INFO + "SP")  # as another tool wrote it
         os.replace(paths[2], flagged)
         os.replace(paths[3], read_before)
         drop = self.opened()
         self.assertEqual(drop.commit({0}, {0, 1, 2, 3}), 1)
         self.assertEqual(self.files("new"), [paths[4].name], "not retrieved: left in new/")
-        self.assertEqual(self.files("cur"), sorted([paths[1].name + INFO_SEP + "2,S",
-                                                    paths[2].name + ":2,FSa", read_before.name]))
+        self.assertEqual(self.files("cur"), sorted([paths[1].name + INFO + "S",
+                                                    paths[2].name + INFO + "FSa", read_before.name]))
         self.assertEqual(b"".join(Maildrops().open(self.box).read(1)),
                          smtp_text(b"Subject: 2\r\n\r\nx\r\n"), "contents kept")
 
@@ -308,9 +309,9 @@ class UpdateTest(MaildropCase):
         paths = [self.deliver(b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(2)]
         drop = self.opened()
         for p in paths:
-            os.replace(p, self.box / "cur" / (p.name + ":2,T"))
+            os.replace(p, self.box / "cur" / (p.name + INFO + "T"))
         self.assertEqual(drop.commit({0}, {1}), 1)
-        self.assertEqual(self.files("cur"), [paths[1].name + ":2,ST"])
+        self.assertEqual(self.files("cur"), [paths[1].name + INFO + "ST"])
         self.assertEqual(self.files("new"), [])
 
     def test_a_message_already_gone_counts_as_deleted(self):
@@ -318,7 +319,7 @@ class UpdateTest(MaildropCase):
         drop = self.opened()
         paths[0].unlink()
         self.assertEqual(drop.commit({0}, {1}), 1)
-        self.assertEqual(self.files("cur"), [paths[1].name + INFO_SEP + "2,S"])
+        self.assertEqual(self.files("cur"), [paths[1].name + INFO + "S"])
 
     def test_a_failed_delete_is_reported_after_the_rest_is_done(self):
         paths = [self.deliver(b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(3)]
@@ -329,11 +330,11 @@ class UpdateTest(MaildropCase):
             drop.commit({0, 1}, {2})
         self.assertIn(paths[0].name, str(caught.exception))
         self.assertEqual(self.files("new"), [paths[0].name])
-        self.assertEqual(self.files("cur"), [paths[2].name + INFO_SEP + "2,S"])
+        self.assertEqual(self.files("cur"), [paths[2].name + INFO + "S"])
 
     def test_flagging_never_replaces_another_file(self):
         path = self.deliver(b"Subject: a\r\n\r\nx\r\n")
-        clash = write(self.box / "cur" / (path.name + INFO_SEP + "2,S"), b"another\n")
+        clash = write(self.box / "cur" / (path.name + INFO + "S"), b"another\n")
         drop = Maildrops().open(self.box)
         index = [m.name for m in drop.messages].index(path.name)
         drop.commit(set(), {index})
@@ -416,7 +417,7 @@ class LargeMaildropTest(MaildropCase):
         for i in range(100_000):  # empty files: a size read from them would be 0
             name = f"{1700000000 + i}.M{i % 1000000}P1Q{i}.host,S={i % 500},W={i % 500 + 7}"
             folder = new if i % 2 else cur
-            os.close(os.open(folder / (name if i % 2 else name + INFO_SEP + "2,S"), flags))
+            os.close(os.open(folder / (name if i % 2 else name + INFO + "S"), flags))
         started = time.perf_counter()
         drop = self.opened()
         elapsed = time.perf_counter() - started
