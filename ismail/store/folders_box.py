@@ -1,0 +1,298 @@
+"""One folder on disk: its new/ cur/ tmp/, its UID index and keyword table.
+
+A ``Box`` knows nothing of sessions; ``folders_view.Folder`` builds a session's view
+on one, and copy/move use a bare Box for the destination so that a COPY into a
+large folder does not list it.  Everything that changes the index happens under
+the folder lock, and the index is written *before* the files it names are put in
+place: a crash then leaves a UID that names no file (wasted, never reused), never
+a file whose UID was handed out but not recorded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from ..fsutil import fsync_dir, unique_name, write_new_file
+from .folders_flags import Keywords, split_name
+from .folders_model import NoSuchFolder, UidValidityChanged
+from .uidlist import CorruptIndex, Index, UidList, next_uidvalidity
+
+log = logging.getLogger("ismail.folders")
+
+TMP_MAX_AGE = 36 * 3600  # the Maildir rule for tmp/ leftovers
+_TIME = re.compile(r"(\d{1,12})\.(?:M(\d{1,6})(?!\d))?")
+_SIZES = re.compile(r",S=(\d+),W=(\d+)")
+_W = re.compile(r",W=(\d+)")
+
+Listing = dict[str, tuple[Path, str, str]]  # key -> (subdir, file name, info)
+
+
+def size_from_key(key: str) -> int | None:
+    cut = key.rfind(",W=")
+    if cut >= 0 and key[cut + 3:].isdigit():  # the usual case: W= ends the key
+        return int(key[cut + 3:])
+    m = _W.search(key)
+    return int(m.group(1)) if m else None
+
+
+def date_from_key(key: str, _match=_TIME.match) -> float | None:
+    """The delivery time a Maildir name starts with ("1717171717.M52P7..."), if it does."""
+    m = _match(key)
+    if not m:
+        return None
+    secs, usecs = m.groups()
+    return int(secs) + int(usecs) / 1e6 if usecs else float(secs)
+
+
+def sizes_suffix(key: str) -> str:
+    """The ",S=..,W=.." of a key, for another name of the same file."""
+    m = _SIZES.search(key)
+    return m.group(0) if m else ""
+
+
+def arrival(key: str) -> tuple[float, str]:
+    """Sort key: oldest delivery first, names without a time last."""
+    date = date_from_key(key)
+    return (date if date is not None else float("inf"), key)
+
+
+class Box:
+    """The directories and index of one folder. Not a view: no list of messages."""
+
+    def __init__(self, account_root: Path, name: str, path: Path) -> None:
+        self.root = account_root
+        self.name = name
+        self.path = path
+        self.new = path / "new"
+        self.cur = path / "cur"
+        self.tmp = path / "tmp"
+        self.uidlist = UidList(path)
+        self.keywords = Keywords(path)
+        self._index: Index | None = None
+        self._index_stat: tuple | None = None
+
+    # -- the index ------------------------------------------------------------------------------
+    def locked(self):
+        return self.uidlist.locked()
+
+    def index(self) -> Index:
+        """The current index: the cached one if the file has not been replaced since."""
+        if self._index is not None and self.uidlist.stat() == self._index_stat:
+            return self._index
+        # Read under the lock: a writer puts the files of its new lines in place before it
+        # lets go, so every line of what we read here names a file that was placed.
+        with self.locked():
+            return self.index_locked()
+
+    def index_locked(self) -> Index:
+        """Like ``index``, for a caller that holds the lock (and may change and write it)."""
+        stat = self.uidlist.stat()
+        if self._index is not None and stat == self._index_stat:
+            return self._index
+        above = self._index.uidvalidity if self._index is not None else 0
+        try:
+            index = self.uidlist.read()
+        except CorruptIndex as e:
+            self.uidlist.set_aside(str(e))
+            index, above = None, max(above, e.uidvalidity)
+        if index is None:
+            if self._index is not None:
+                log.warning("UID index of folder %s disappeared; it gets a new UIDVALIDITY", self.name)
+            self.uidlist.remove_leftovers()
+            index = Index(next_uidvalidity(self.root, above))
+            self.write_locked(index)
+            return index
+        self._index, self._index_stat = index, stat
+        return index
+
+    def write_locked(self, index: Index) -> None:
+        try:
+            self.uidlist.write(index)
+        except BaseException:
+            self._index = None  # the cached object may hold changes that never reached the disk
+            raise
+        self._index, self._index_stat = index, self.uidlist.stat()
+
+    def assign(self, unknown: list[str], listing: Listing, gone: set[tuple[int, str]],
+               uidvalidity: int) -> Index:
+        """Give new files UIDs (oldest first) and drop lines whose files are gone."""
+        extra = {key: self.measure(key, listing[key]) for key in unknown if size_from_key(key) is None
+                 or date_from_key(key) is None}
+        with self.locked():
+            index = self.index_locked()
+            if uidvalidity and index.uidvalidity != uidvalidity:
+                raise UidValidityChanged(f"folder {self.name} was given a new UIDVALIDITY")
+            changed = False
+            for uid, key in gone:
+                if index.uids.get(key) == uid:
+                    index.remove(key)
+                    changed = True
+            for key in sorted(unknown, key=arrival):
+                if key not in index.uids:
+                    index.add(key, *extra.get(key, (None, None)))
+                    changed = True
+            if changed:
+                self.write_locked(index)
+            return index
+
+    def measure(self, key: str, where: tuple[Path, str, str]) -> tuple[int | None, float | None]:
+        """Size with CRLF and date for a file whose name does not tell (read once, then indexed)."""
+        path = where[0] / where[1]
+        size = size_from_key(key)
+        try:
+            if size is None:
+                size = 0
+                with open(path, "rb") as f:
+                    while block := f.read(1 << 20):
+                        size += len(block) + block.count(b"\n")
+            date = None if date_from_key(key) is not None else os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None, None
+        return (size if size_from_key(key) is None else None), date
+
+    # -- the files ------------------------------------------------------------------------------
+    def stats(self) -> tuple:
+        """What changes when a message comes, goes, or changes flags, or the index is replaced."""
+        try:
+            return (os.stat(self.new).st_mtime_ns, os.stat(self.cur).st_mtime_ns, self.uidlist.stat())
+        except FileNotFoundError:
+            raise NoSuchFolder(f"folder {self.name} no longer exists") from None
+
+    def scan(self) -> Listing:
+        """Every message file: new/ first, then cur/, so a file POP3 moves between the two
+        while we list is seen at least once (and cur/ wins if it is seen twice)."""
+        out: Listing = {}
+        for sub in (self.new, self.cur):
+            try:
+                entries = os.scandir(sub)
+            except FileNotFoundError:
+                raise NoSuchFolder(f"folder {self.name} no longer exists") from None
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] == ".":
+                        continue
+                    cut = name.find(":")
+                    if cut < 0:
+                        cut = name.find("!")
+                    if cut < 0:
+                        out[name] = (sub, name, "")
+                    else:
+                        out[name[:cut]] = (sub, name, name[cut + 1:])
+        return out
+
+    def locate(self, key: str) -> tuple[Path, str, str] | None:
+        """Where the file of ``key`` is now (another session may have renamed it)."""
+        for sub in (self.cur, self.new):
+            try:
+                with os.scandir(sub) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(key):
+                            k, info = split_name(entry.name)
+                            if k == key:
+                                return sub, entry.name, info
+            except FileNotFoundError:
+                return None
+        return None
+
+    def write_tmp(self, source: bytes | str | Path) -> tuple[Path, int, int]:
+        """The message in tmp/ with LF line ends, fsync'd: (path, size on disk, size with CRLF)."""
+        self.tmp.mkdir(exist_ok=True)
+        path = self.tmp / unique_name()
+        counts = [0, 0]
+
+        def count(chunk: bytes) -> bytes:
+            counts[0] += len(chunk)
+            counts[1] += chunk.count(b"\n")
+            return chunk
+
+        def chunks():
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                yield count(bytes(source).replace(b"\r\n", b"\n"))
+                return
+            with open(source, "rb") as f:
+                carry = b""
+                while block := f.read(1 << 20):
+                    block = carry + block
+                    carry = b"\r" if block.endswith(b"\r") else b""
+                    yield count((block[:-1] if carry else block).replace(b"\r\n", b"\n"))
+                if carry:
+                    yield count(carry)
+
+        try:
+            write_new_file(path, chunks())
+        except BaseException:
+            discard(path)
+            raise
+        return path, counts[0], counts[0] + counts[1]
+
+    def clean_tmp(self, max_age: float = TMP_MAX_AGE) -> None:
+        """Remove tmp/ files older than a day and a half: writes a crash cut short."""
+        limit = time.time() - max_age
+        try:
+            with os.scandir(self.tmp) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_file() and entry.stat().st_mtime < limit:
+                            os.unlink(entry.path)
+                    except OSError:
+                        pass
+        except FileNotFoundError:
+            pass
+
+    def sync_dirs(self, dirs) -> None:
+        for d in set(dirs):
+            fsync_dir(d)
+
+
+def discard(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+class CrlfReader:
+    """A message file read with CRLF line ends, block by block (for large messages)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._pending = memoryview(b"")
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            rest = bytes(self._pending) + self._f.read().replace(b"\n", b"\r\n")
+            self._pending = memoryview(b"")
+            return rest
+        while not self._pending:
+            block = self._f.read(max(n, 1 << 16))
+            if not block:
+                return b""
+            self._pending = memoryview(block.replace(b"\n", b"\r\n"))
+        out = bytes(self._pending[:n])
+        self._pending = self._pending[n:]
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def __enter__(self) -> "CrlfReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self):
+        while block := self.read(1 << 16):
+            yield block

@@ -1,0 +1,398 @@
+"""``Folder``: one session's live view of one folder.
+
+Several views of one folder may be open at once (a phone and a desktop), and SMTP
+delivers into INBOX and POP3 renames and deletes its files behind their backs.  A
+view therefore never assumes: ``refresh`` compares the folder with what the view
+last saw and reports the difference, and every operation finds a message's file
+again by its key if another party has renamed it.
+
+What a view takes in by itself, and what it leaves for ``refresh`` to report:
+* its own ``store_flags``, ``expunge`` and ``move`` (the session answers those
+  commands itself): the view is updated, refresh does not report them again;
+* its own ``append`` and ``copy`` into this same folder: not taken in, so the
+  next refresh reports them as ``added`` (the session's EXISTS).
+
+A view belongs to one thread (one session).  Views in different threads or
+processes share nothing but the files and the folder lock.
+"""
+from __future__ import annotations
+
+import bisect
+import io
+import logging
+import operator
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .folders_box import Box, CrlfReader, Listing, date_from_key, size_from_key
+from .folders_flags import INFO_SEP, SYSTEM_FLAGS, change_info, letters, normalize_flags
+from .folders_model import Changes, MessageRef, NoSuchMessage, UidValidityChanged
+from .folders_transfer import append_to, copy_into, move_into
+from .uidlist import retry_windows
+
+log = logging.getLogger("ismail.folders")
+
+# A directory's mtime has a granularity (2 s on FAT): a change in the same tick as our
+# last look leaves it unchanged, so for this long after a change we list again anyway.
+MTIME_SLACK = 2.0
+DELETED = "\\Deleted"
+_uid_of = operator.attrgetter("uid")
+
+
+class Folder:
+    """A live view: ``messages`` in UID order, kept current by ``refresh``."""
+
+    def __init__(self, box: Box, open_box: Callable[[str], Box]) -> None:
+        self._box = box
+        self._open_box = open_box
+        self.name = box.name
+        self.uidvalidity = 0
+        self.uidnext = 1
+        self.messages: list[MessageRef] = []
+        self._by_uid: dict[int, MessageRef] = {}
+        self._stats: tuple | None = None
+        self._recheck_until = 0.0
+        self._highest = 0
+        box.clean_tmp()
+        self._sync()
+
+    # -- looking -------------------------------------------------------------------------------
+    def refresh(self) -> Changes:
+        """What changed since the last refresh: expunged UIDs, new messages, new flags.
+
+        Cheap when nothing did (two directory stats and one of the index).  Raises
+        NoSuchFolder if the folder was deleted or renamed, UidValidityChanged if its
+        index was rebuilt: the session must then close it.
+        """
+        return self._sync()
+
+    def message(self, uid: int) -> MessageRef | None:
+        return self._by_uid.get(uid)
+
+    @property
+    def keywords(self) -> list[str]:
+        """The keywords defined in this folder (for FLAGS and PERMANENTFLAGS)."""
+        return [name for name in self._box.keywords.names if name]
+
+    def _sync(self) -> Changes:
+        box = self._box
+        now = time.time()
+        stats = box.stats()
+        if stats == self._stats and now >= self._recheck_until:
+            return Changes()
+        index = box.index()
+        if self.uidvalidity and index.uidvalidity != self.uidvalidity:
+            raise UidValidityChanged(f"folder {self.name} was given a new UIDVALIDITY")
+        table_changed = box.keywords.reload()
+        listing = box.scan()
+        gone = [key for key in index.uids if key not in listing]
+        if gone or any(ref.key not in listing for ref in self._by_uid.values()):
+            # A file renamed (new flags) while we listed may be missing from that listing;
+            # it is gone only if a second listing does not have it either.
+            listing.update(box.scan())
+            gone = [key for key in gone if key not in listing]
+        unknown = [key for key in listing if key not in index.uids]
+        if unknown or gone:
+            index = box.assign(unknown, listing, {(index.uids[k], k) for k in gone}, index.uidvalidity)
+        cap = self._first_unseen_line(index, listing)
+        changes = self._take(listing, index, table_changed, cap)
+        self.uidvalidity, self.uidnext = index.uidvalidity, index.uidnext
+        self._stats = stats if cap is None else None  # held back: look again next time
+        newest = max(stats[0], stats[1]) / 1e9 + MTIME_SLACK
+        self._recheck_until = newest if newest > now else 0.0
+        return changes
+
+    def _first_unseen_line(self, index, listing: Listing) -> int | None:
+        """The lowest new UID whose file this listing did not show, if any.
+
+        A listing can miss a file placed while it ran and still show a later one.
+        Messages from that UID on wait for the next refresh: showing the later one
+        now would make the earlier one impossible to announce (UIDs only go up).
+        A UID whose file never comes (a crash between index and rename) is dropped
+        from the index by the next refresh, and the wait ends.
+        """
+        cap = None
+        for key in reversed(index.uids):
+            uid = index.uids[key]
+            if uid <= self._highest:
+                break
+            if key not in listing:
+                cap = uid
+        return cap
+
+    def _take(self, listing: Listing, index, table_changed: bool, cap: int | None = None) -> Changes:
+        """Make ``listing`` the view; return how it differs from the old one."""
+        uids, dates, flags_of, old = index.uids, index.dates, self._box.keywords.flags_of, self._by_uid
+        highest, cap, new_ref = self._highest, cap if cap is not None else 1 << 33, tuple.__new__
+        by_uid: dict[int, MessageRef] = {}
+        added: list[MessageRef] = []
+        changed: list[MessageRef] = []
+        for key, (sub, filename, info) in listing.items():
+            uid = uids.get(key)
+            if uid is None:
+                continue
+            prev = old.get(uid)
+            if prev is not None and prev.key == key:
+                if prev.filename == filename and prev.subdir is sub and not table_changed:
+                    by_uid[uid] = prev
+                    continue
+                ref = prev._replace(flags=flags_of(info), subdir=sub, filename=filename)
+                by_uid[uid] = ref
+                if ref.flags != prev.flags:
+                    changed.append(ref)
+                continue
+            if uid <= highest or uid >= cap:
+                # IMAP lets new messages only come after all others: a file that shows up
+                # under a UID below one already shown waits for the folder's next opening.
+                continue
+            cut = key.rfind(",W=")  # the usual name ends in ",W=<size>": no function call
+            size = int(key[cut + 3:]) if cut > 0 and key[cut + 3:].isdigit() else None
+            if size is None:
+                size = self._size(key, index, sub, filename)
+            date = dates.get(key) if dates else None
+            if date is None:
+                date = date_from_key(key)
+                if date is None:
+                    date = self._date(key, index, sub, filename)
+            ref = new_ref(MessageRef, (uid, key, flags_of(info), size, date, sub, filename))
+            by_uid[uid] = ref
+            added.append(ref)
+        expunged = [uid for uid in old if uid not in by_uid]
+        self._by_uid = by_uid
+        self.messages = [by_uid[uid] for uid in sorted(by_uid)]
+        if self.messages:
+            self._highest = max(self._highest, self.messages[-1].uid)
+        added.sort(key=_uid_of)
+        changed.sort(key=_uid_of)
+        expunged.sort()
+        return Changes(expunged, added, changed)
+
+    @staticmethod
+    def _size(key: str, index, sub: Path, filename: str) -> int:
+        size = size_from_key(key)
+        if size is None:
+            size = index.sizes.get(key)
+        if size is None:
+            size = 0
+            try:
+                with open(sub / filename, "rb") as f:
+                    while block := f.read(1 << 20):
+                        size += len(block) + block.count(b"\n")
+            except FileNotFoundError:
+                pass
+        return size
+
+    @staticmethod
+    def _date(key: str, index, sub: Path, filename: str) -> float:
+        date = index.dates.get(key)
+        if date is None:
+            date = date_from_key(key)
+        if date is None:
+            try:
+                date = os.stat(sub / filename).st_mtime
+            except FileNotFoundError:
+                date = 0.0
+        return date
+
+    def _replace_refs(self, refs: Iterable[MessageRef]) -> None:
+        for ref in refs:
+            self._by_uid[ref.uid] = ref
+            i = bisect.bisect_left(self.messages, ref.uid, key=_uid_of)
+            self.messages[i] = ref
+
+    def _drop(self, uids: Iterable[int]) -> None:
+        dropped = {uid for uid in uids if self._by_uid.pop(uid, None) is not None}
+        if dropped:
+            self.messages = [ref for ref in self.messages if ref.uid not in dropped]
+
+    # -- recent ------------------------------------------------------------------------------------
+    def claim_recent(self) -> list[int]:
+        """The UIDs this session is the first to see (its \\Recent, RFC 3501 §2.3.2.).
+
+        Only one session gets each UID; call it on SELECT (not EXAMINE) and after a
+        refresh that added messages.
+        """
+        if not self.messages:
+            return []
+        top = self.messages[-1].uid
+        box = self._box
+        if box.index().first_recent > top:
+            return []
+        with box.locked():
+            index = box.index_locked()
+            start = index.first_recent
+            if start > top:
+                return []
+            index.first_recent = top + 1
+            box.write_locked(index)
+        i = bisect.bisect_left(self.messages, start, key=_uid_of)
+        return [ref.uid for ref in self.messages[i:]]
+
+    def recent_count(self) -> int:
+        """How many messages no session has claimed as recent yet (for STATUS)."""
+        start = self._box.index().first_recent
+        return len(self.messages) - bisect.bisect_left(self.messages, start, key=_uid_of)
+
+    # -- flags ----------------------------------------------------------------------------------------
+    def store_flags(self, uids: Iterable[int], flags: Iterable[str], mode: str = "set") -> list[MessageRef]:
+        """Set, add or remove flags; returns the messages (of ``uids`` still present) as they are now.
+
+        Flags are merged with what is on disk at the moment of the rename, so a flag
+        another session set meanwhile is kept.  A message in new/ moves to cur/.
+        """
+        if mode not in ("set", "add", "remove"):
+            raise ValueError(f"mode must be 'set', 'add' or 'remove', not {mode!r}")
+        wanted = normalize_flags(flags)
+        box = self._box
+        names = sorted(f for f in wanted if f not in SYSTEM_FLAGS)
+        box.keywords.reload()
+        table = box.keywords.letters_for(names) if names else {}
+        if table is None:
+            if mode == "remove":
+                table = {kw: box.keywords.find(kw) for kw in names if box.keywords.find(kw)}
+            else:
+                with box.locked():
+                    table = box.keywords.define(names)
+        change = letters(wanted, table)
+        out: list[MessageRef] = []
+        touched: set[Path] = set()
+        for uid in sorted(set(uids)):
+            ref = self._by_uid.get(uid)
+            if ref is None:
+                continue
+            new = self._rename_flags(ref, change, mode, touched)
+            out.append(new if new is not None else ref)
+        box.sync_dirs(touched)
+        self._replace_refs([r for r in out if r is not self._by_uid.get(r.uid)])
+        return out
+
+    def _rename_flags(self, ref: MessageRef, change: set[str], mode: str,
+                      touched: set[Path]) -> MessageRef | None:
+        box = self._box
+        sub, filename = ref.subdir, ref.filename
+        for _ in range(10):
+            info = filename[len(ref.key) + 1:]
+            new_info = change_info(info, change, mode, box.keywords)
+            target = ref.key + INFO_SEP + new_info
+            if (sub is box.cur and filename == target) or (sub is box.new and new_info == "2," and not info):
+                break
+            try:
+                retry_windows(os.replace, sub / filename, box.cur / target)
+            except FileNotFoundError:
+                found = box.locate(ref.key)
+                if found is None:
+                    return None  # expunged by someone else: refresh will say so
+                sub, filename, _ = found
+                continue
+            touched.update((sub, box.cur))
+            sub, filename = box.cur, target
+            break
+        info = filename[len(ref.key) + 1:]
+        return ref._replace(flags=box.keywords.flags_of(info), subdir=sub, filename=filename)
+
+    # -- adding -----------------------------------------------------------------------------------------
+    def append(self, data: bytes | str | Path, flags: Iterable[str] = (),
+               internaldate: float | None = None) -> int:
+        """Store a message (bytes, or the path of a file the caller keeps); returns its UID.
+
+        CRLF becomes LF on disk.  The UID is in the index, durably, before this returns.
+        The view takes the message in on its next refresh, as new mail.
+        """
+        return append_to(self._box, data, flags, internaldate)
+
+    def _target(self, dest: "Folder | str") -> Box:
+        return dest._box if isinstance(dest, Folder) else self._open_box(dest)
+
+    def _refs(self, uids: Iterable[int]) -> list[MessageRef]:
+        return [self._by_uid[uid] for uid in sorted(set(uids)) if uid in self._by_uid]
+
+    def copy(self, uids: Iterable[int], dest: "Folder | str") -> list[tuple[int, int]]:
+        """Copy messages (hard links where the file system has them); [(source UID, new UID)].
+
+        Flags, keywords and internal date come along.  A message another session
+        expunged meanwhile is left out of the answer.
+        """
+        refs = self._refs(uids)
+        return copy_into(self._box, refs, self._target(dest)) if refs else []
+
+    def move(self, uids: Iterable[int], dest: "Folder | str") -> list[tuple[int, int]]:
+        """Move messages (RFC 6851); [(source UID, new UID)]. The view forgets the moved ones.
+
+        Each file is renamed from this folder into the destination's cur/: one atomic
+        step, so at every instant the message is in exactly one place.
+        """
+        refs = self._refs(uids)
+        if not refs:
+            return []
+        pairs = move_into(self._box, refs, self._target(dest))
+        self._drop(uid for uid, _ in pairs)
+        return pairs
+
+    # -- removing ------------------------------------------------------------------------------------------
+    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove the messages flagged \\Deleted (only those of ``uids`` if given); their UIDs.
+
+        A message counts as deleted only if both this view and its file say so.
+        """
+        wanted = None if uids is None else set(uids)
+        box = self._box
+        done: list[MessageRef] = []
+        touched: set[Path] = set()
+        for ref in self.messages:
+            if DELETED not in ref.flags or (wanted is not None and ref.uid not in wanted):
+                continue
+            sub, filename = ref.subdir, ref.filename
+            for _ in range(10):
+                info = filename[len(ref.key) + 1:]
+                if not (info.startswith("2,") and "T" in info[2:]):
+                    break  # someone took \Deleted off meanwhile
+                try:
+                    retry_windows(os.unlink, sub / filename)
+                except FileNotFoundError:
+                    found = box.locate(ref.key)
+                    if found is None:
+                        break
+                    sub, filename, _ = found
+                    continue
+                except PermissionError:
+                    log.warning("could not expunge %s: the file is in use", sub / filename)
+                    break
+                touched.add(sub)
+                done.append(ref)
+                break
+        if not done:
+            return []
+        box.sync_dirs(touched)
+        with box.locked():
+            index = box.index_locked()
+            for ref in done:
+                if index.uids.get(ref.key) == ref.uid:
+                    index.remove(ref.key)
+            box.write_locked(index)
+        self._drop(ref.uid for ref in done)
+        return [ref.uid for ref in done]
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def read(self, uid: int) -> bytes:
+        """The whole message with CRLF line ends (exactly ``size`` bytes)."""
+        with self._open(uid) as f:
+            return f.read().replace(b"\n", b"\r\n")
+
+    def open_stream(self, uid: int) -> CrlfReader:
+        """The message as a binary stream with CRLF line ends, for large ones. Close it."""
+        return CrlfReader(self._open(uid))
+
+    def _open(self, uid: int) -> io.BufferedReader:
+        ref = self._by_uid.get(uid)
+        if ref is None:
+            raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
+        try:
+            return open(ref.path, "rb")
+        except FileNotFoundError:
+            found = self._box.locate(ref.key)
+            if found is None:
+                raise NoSuchMessage(f"message UID {uid} in {self.name} has been expunged") from None
+            return open(found[0] / found[1], "rb")
+
