@@ -42,6 +42,8 @@ _LISTEN_FORM = ('expected "ip:port", e.g. "0.0.0.0:25" or "[::]:25", optionally 
                 '"tls" (implicit TLS, port 465) or "submission" (AUTH needed to relay, port 587)')
 _POP3_LISTEN_FORM = ('expected "ip:port", e.g. "0.0.0.0:110" or "[::]:110", optionally followed by '
                      '"tls" (implicit TLS, port 995)')
+_IMAP_LISTEN_FORM = ('expected "ip:port", e.g. "0.0.0.0:143" or "[::]:143", optionally followed by '
+                     '"tls" (implicit TLS, port 993)')
 _DNS_FORM = 'expected "ip" or "ip:port", e.g. "192.0.2.53", "192.0.2.53:5353" or "[2001:db8::53]:53"'
 _HOST_FORM = 'expected letters, digits and hyphens in dot-separated labels, e.g. "mail.example.com"'
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?", re.ASCII)
@@ -146,6 +148,12 @@ class Pop3Settings:
         return [parse_listen(entry) for entry in self.listen] if self.enabled else []
 
 
+@dataclass
+class ImapSettings(Pop3Settings):
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:143"])
+    max_per_host: int = 10   # a phone and a desktop each open several connections
+
+
 @dataclass(frozen=True)
 class ListenEntry:
     """One listening address with its flags: "0.0.0.0:465 tls", "0.0.0.0:587 submission"."""
@@ -191,6 +199,7 @@ _SECTIONS: dict[str, type] = {
     "incoming": IncomingSettings, "outgoing": OutgoingSettings, "smarthost": SmartHostSettings,
     "timeouts": TimeoutSettings, "retry": RetrySettings, "tls": TLSSettings, "auth": AuthSettings,
     "access": AccessSettings, "program": ProgramSettings, "pop3": Pop3Settings,
+    "imap": ImapSettings,
 }
 # Allowed ranges of every whole-number setting (the GUI shows them next to its fields).
 RANGES: dict[str, tuple[int, int]] = {
@@ -204,11 +213,12 @@ RANGES: dict[str, tuple[int, int]] = {
     "retry.first_seconds": (1, 86400), "retry.max_interval_seconds": (1, 86400),
     "retry.lifetime_hours": (1, 720), "retry.warn_hours": (0, 720),
     "pop3.max_connections": (10, 100), "pop3.max_per_host": (1, 10),
+    "imap.max_connections": (10, 100), "imap.max_per_host": (1, 10),
 }
 _BOOLS = ("smarthost.enabled", "smarthost.exclusive", "smarthost.authenticate",
           "smarthost.verify_certificate", "auth.allow_plaintext", "auth.require_for_relay",
           "auth.enforce_sender", "program.start_server_on_open", "pop3.enabled",
-          "pop3.allow_plaintext")
+          "pop3.allow_plaintext", "imap.enabled", "imap.allow_plaintext")
 
 
 def split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
@@ -269,6 +279,7 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     program: ProgramSettings = field(default_factory=ProgramSettings)
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
+    imap: ImapSettings = field(default_factory=ImapSettings)
     extra: dict = field(default_factory=dict)
 
     def local_domains(self) -> frozenset[str]:
@@ -425,13 +436,18 @@ def validate(settings: Settings) -> list[FieldError]:
                                    "(each domain may be listed only once)", label))
             seen.add(d.lower())
     smtp_pairs = _check_listen(errors, "listen", settings.listen, settings, _LISTEN_FORM)
-    pop3 = settings.pop3
-    if pop3.enabled is True or not isinstance(pop3.listen, list):
-        pop3_pairs = _check_listen(errors, "pop3.listen", pop3.listen, settings,
-                                   _POP3_LISTEN_FORM, submission=False)
-        for pair in sorted(smtp_pairs & pop3_pairs):
-            errors.append(_err("pop3.listen", pop3.listen, f"uses {pair[0]}:{pair[1]}, which "
-                               "SMTP listens on already (listen); choose another port"))
+    taken = {pair: "SMTP listens on already (listen)" for pair in smtp_pairs}
+    for name, section, form in (("pop3", settings.pop3, _POP3_LISTEN_FORM),
+                                ("imap", settings.imap, _IMAP_LISTEN_FORM)):
+        if section.enabled is not True and isinstance(section.listen, list):
+            continue
+        key = f"{name}.listen"
+        pairs = _check_listen(errors, key, section.listen, settings, form, submission=False)
+        for pair in sorted(pairs):
+            if pair in taken:
+                errors.append(_err(key, section.listen, f"uses {pair[0]}:{pair[1]}, which "
+                                   f"{taken[pair]}; choose another port"))
+            taken[pair] = f"{name.upper()} listens on already ({key})"
 
     def value_of(key: str) -> Any:
         section, _, attr = key.rpartition(".")

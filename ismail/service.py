@@ -29,10 +29,12 @@ from .fsutil import DirSync, new_queue_id
 from .net.guard import Guard
 from .net.limits import ConnectionLimiter
 from .store.maildir import clean_tmp, deliver
+from .store.folders import MailStore
 from .store.maildrop import Maildrop, Maildrops
 from .smtp.policy import Policy
 from .net.listener import Gate, Listener, Protocol, WorkerPool
 from .queue.scheduler import QueueManager
+from .imap.protocol import ImapProtocol
 from .pop3.protocol import Pop3Protocol
 from .smtp.protocol import SmtpProtocol
 from .smtp.session import Envelope
@@ -67,6 +69,8 @@ class MailServer:
         self.maildrops = Maildrops()
         self.pop3_limiter = ConnectionLimiter(settings.pop3.max_connections, settings.pop3.max_per_host)
         self.pop3 = Pop3Protocol(self.pop3_limiter, _Pop3Backend(self), settings)
+        self.imap_limiter = ConnectionLimiter(settings.imap.max_connections, settings.imap.max_per_host)
+        self.imap = ImapProtocol(self.imap_limiter, _ImapBackend(self), settings)
         self._password_checker = _password_executor()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards listener changes (start, apply, stop)
@@ -82,7 +86,8 @@ class MailServer:
     def _protocols(self, settings: Settings) -> dict[str, tuple[Protocol, list[ListenEntry]]]:
         """Each protocol served, with the addresses it listens on under ``settings``."""
         return {"SMTP": (self.smtp, settings.listen_entries()),
-                "POP3": (self.pop3, settings.pop3.listen_entries())}
+                "POP3": (self.pop3, settings.pop3.listen_entries()),
+                "IMAP": (self.imap, settings.imap.listen_entries())}
 
     def _wanted(self, settings: Settings) -> list[tuple[str, ListenEntry]]:
         return [(name, entry) for name, (_, entries) in self._protocols(settings).items()
@@ -161,10 +166,12 @@ class MailServer:
             self.policy = Policy(settings)
             self.smtp.policy = self.policy
             self.pop3.settings = settings
+            self.imap.settings = settings
             self.settings = settings
         self.guard.apply(settings)
         self.limiter.resize(settings.incoming.max_connections, settings.incoming.max_per_host)
         self.pop3_limiter.resize(settings.pop3.max_connections, settings.pop3.max_per_host)
+        self.imap_limiter.resize(settings.imap.max_connections, settings.imap.max_per_host)
         if self.qmgr is not None:
             self.qmgr.apply(settings)
         log.info("settings applied: incoming %d total / %d per host, listening on %s",
@@ -319,6 +326,14 @@ class _Pop3Backend:
 
     def open_maildrop(self, mailbox: Path) -> Maildrop:
         return self._ms.maildrops.open(mailbox)
+
+
+class _ImapBackend(_Pop3Backend):
+    """What an IMAP session asks of the server: the same logins and accounts as POP3,
+    and the account's folders."""
+
+    def open_store(self, mailbox: Path) -> MailStore:
+        return MailStore(mailbox)
 
 
 def _password_executor() -> ThreadPoolExecutor:

@@ -57,8 +57,23 @@ POP3_COUNTERS = (
     "pop3_deleted",
     "pop3_bytes_sent",
 )
-ALL_COUNTERS = RECEIVER_COUNTERS + SENDER_COUNTERS + POP3_COUNTERS
-GAUGES = ("connections_current", "outgoing_current", "queue_length", "pop3_connections_current")
+# IMAP's ("IMAP Server"), named as POP3's.
+IMAP_COUNTERS = (
+    "imap_connections_current",
+    "imap_connections_total",
+    "imap_connections_refused_total_limit",
+    "imap_connections_refused_per_host_limit",
+    "imap_connections_refused_access",
+    "imap_sessions_timed_out",
+    "imap_logins",
+    "imap_logins_failed",
+    "imap_fetched",
+    "imap_appended",
+    "imap_expunged",
+)
+ALL_COUNTERS = RECEIVER_COUNTERS + SENDER_COUNTERS + POP3_COUNTERS + IMAP_COUNTERS
+GAUGES = ("connections_current", "outgoing_current", "queue_length", "pop3_connections_current",
+          "imap_connections_current")
 
 
 class Stats:

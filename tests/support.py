@@ -74,9 +74,11 @@ class ServerProcess:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ismail-test-"))
         self.port = free_port()
         self.pop3_port = free_port()
+        self.imap_port = free_port()
         base = {"server_name": "mx.example.test", "primary_domain": "example.test",
                 "listen": [f"127.0.0.1:{self.port}"],
                 "pop3": {"listen": [f"127.0.0.1:{self.pop3_port}"]},
+                "imap": {"listen": [f"127.0.0.1:{self.imap_port}"]},
                 # Nothing a test starts may send mail beyond loopback: a SmartHost on a closed
                 # loopback port holds anything that would go out.
                 "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True,

@@ -508,6 +508,7 @@ class FrozenBuildTest(unittest.TestCase):
         (self.data / "ismail.json").write_text(json.dumps({
             "server_name": "mx.example.test", "primary_domain": "example.test",
             "listen": [f"127.0.0.1:{self.port}"], "pop3": {"listen": [f"127.0.0.1:{free_port()}"]},
+            "imap": {"listen": [f"127.0.0.1:{free_port()}"]},
             # Nothing may leave loopback: anything going out waits for a SmartHost on a closed port.
             "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True, "tls": "none"}}))
 

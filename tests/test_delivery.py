@@ -767,7 +767,7 @@ class UnexpectedErrorTest(unittest.TestCase):
         data = Path(tempfile.mkdtemp(prefix="ismail-unexpected-"))
         self.addCleanup(_shutil.rmtree, data, ignore_errors=True)
         settings, _ = from_dict({"server_name": "mx.example.test", "primary_domain": "example.test",
-                                 "listen": [f"127.0.0.1:{free_port()}"], "pop3": {"enabled": False},
+                                 "listen": [f"127.0.0.1:{free_port()}"], "pop3": {"enabled": False}, "imap": {"enabled": False},
                                  "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9,
                                                "tls": "none"},
                                  "retry": {"first_seconds": 1, "max_interval_seconds": 1,

@@ -168,6 +168,14 @@ class CommandReader:
         """Octets received but not yet read (after STARTTLS there must be none)."""
         return len(self._buf) - self._pos
 
+    @property
+    def literal_for(self) -> str | None:
+        """While literal octets are awaited (or skipped): the command's name, "" if none was
+        read; else None.  The session tells an APPEND in progress by it."""
+        if self._want is None:
+            return None
+        return self._cmd.name if self._cmd is not None else ""
+
     def next(self) -> Command | Continue | BadCommand | None:
         """The next complete command or event; None when more input is needed."""
         while True:

@@ -14,7 +14,8 @@ Connection: read, feed the session, write what it returns.
 A session is a state machine that never touches a socket (smtp.session,
 pop3.session).  ``feed(data)`` returns the bytes to send: one ``bytes``, or a list
 whose items are ``bytes`` or iterables of ``bytes`` (a POP3 RETR streams the
-message from disk this way).  Reads wait at most POLL_SECONDS at a time so that a
+message from disk this way).  A session may also have ``tick()``, called about once
+a second while the client is silent, for what it has to say unasked (IMAP's IDLE).  Reads wait at most POLL_SECONDS at a time so that a
 thread notices on its own when the server is stopping or the client has gone quiet
 for longer than the command timeout.  The slot is given back the moment the session
 ends: on QUIT *before* the goodbye is sent (a client that reconnects at once finds
@@ -289,6 +290,7 @@ class Connection:
         self._send(session.greeting())
         last_lines, idle_since = 0, time.monotonic()
         data_since, data_bytes = 0.0, 0
+        tick = getattr(session, "tick", None)
         session_end = self.started + self.session_seconds
         while not session.closing:
             try:
@@ -301,8 +303,14 @@ class Connection:
             if data is None:
                 if gate.stopping and not session.in_transaction:
                     self._send(session.shutdown_reply())
-                else:
-                    self._check_time(now, idle_since, data_since, data_bytes, session_end)
+                    continue
+                if tick is not None:  # a session that reports on its own (IMAP IDLE)
+                    out = tick()
+                    if out:
+                        self._send(out)
+                    if session.lines != last_lines:
+                        last_lines, idle_since = session.lines, now
+                self._check_time(now, idle_since, data_since, data_bytes, session_end)
                 continue
             if not data:
                 break

@@ -1,0 +1,197 @@
+"""Reading and marking messages: FETCH, STORE, SEARCH and their UID forms (RFC 3501 §6.4).
+
+FETCH and STORE answer with generators: one ``* n FETCH`` response is made only
+when the connection is ready to send it, so ``FETCH 1:* (UID FLAGS)`` of 100,000
+messages holds one message's response at a time, and reads a message file only
+for an item that needs its text (fetch.render).  The arguments are all checked
+before the first response is made, so a malformed command gets a plain BAD.
+
+\\Seen: a FETCH of body text (BODY[...] without .PEEK, RFC822, RFC822.TEXT,
+BINARY[...]) in a folder opened with SELECT sets \\Seen on every message it names
+first, in one store operation, and adds FLAGS to the responses of the messages
+whose flags that changed (§6.4.5).
+
+A message another session expunged but this client has not yet been told about (a
+ghost, see selected.py): FETCH sends the others and answers NO [EXPUNGEISSUED]
+(RFC 2180 §4.1.2); UID FETCH and STORE leave it out; SEARCH never finds it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Iterator
+
+from ..store.folders import KeywordLimit, NoSuchMessage
+from .commands import SELECTED, Bad, Done, No, command, flag_list, sequence_set
+from .fetch import FetchItem, UnknownEncoding, parse_items, render, sets_seen
+from .parser import Atom
+from .search import BadCharset, CHARSETS, MessageContext, parse_search
+
+if TYPE_CHECKING:
+    from ..store.folders import Folder, MessageRef
+    from .parser import Command
+    from .selected import Selected
+    from .session import ImapSession
+
+log = logging.getLogger("ismail.imap")
+
+HEADER_BYTES = 65536   # what SEARCH reads of a message for a header key
+STORE_MODES = {"FLAGS": "set", "+FLAGS": "add", "-FLAGS": "remove"}
+_HEADER_TEXTS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "MIME")
+SEEN = "\\Seen"
+
+
+class _Message:
+    """One message as fetch.render reads it."""
+    __slots__ = ("uid", "flags", "internaldate", "size", "_folder")
+
+    def __init__(self, ref: "MessageRef", flags: list[str], folder: "Folder") -> None:
+        self.uid, self.flags = ref.uid, flags
+        self.internaldate, self.size = ref.internaldate, ref.size
+        self._folder = folder
+
+    def data(self) -> bytes:
+        return self._folder.read(self.uid)
+
+
+def sends_body(items: list[FetchItem]) -> bool:
+    """Whether the response carries message text (the "imap_fetched" counter)."""
+    return any(i.name in ("RFC822", "RFC822.TEXT") or
+               (i.section is not None and i.name != "BINARY.SIZE" and i.text not in _HEADER_TEXTS)
+               for i in items)
+
+
+# --- FETCH ---------------------------------------------------------------------------------
+
+@command("FETCH", SELECTED, uid=True)
+def fetch(s: "ImapSession", c: "Command") -> Iterator[bytes]:
+    if len(c.args) < 2:
+        raise Bad("FETCH sequence-set items")
+    seqset = sequence_set(c.args[0])
+    items = parse_items(c.args[1:])
+    if c.uid and not any(i.name == "UID" for i in items):
+        items.insert(0, FetchItem("UID"))
+    sel = s.selected
+    sel.numbered(seqset, c.uid)   # a bad message number is a BAD before anything is sent
+    seen_now: set[int] = set()
+    if sets_seen(items) and not sel.readonly:
+        message = sel.folder.message
+        unseen = [uid for _, uid in sel.numbered(seqset, c.uid)
+                  if (ref := message(uid)) is not None and SEEN not in ref.flags]
+        if unseen:
+            seen_now = {ref.uid for ref in sel.folder.store_flags(unseen, [SEEN], "add")}
+    return _fetch_stream(s, c, sel, sel.numbered(seqset, c.uid), items, seen_now)
+
+
+def _fetch_stream(s: "ImapSession", c: "Command", sel: "Selected", numbered, items: list[FetchItem],
+                  seen_now: set[int]) -> Iterator[bytes]:
+    folder = sel.folder
+    with_flags = items + [FetchItem("FLAGS")] if not any(i.name == "FLAGS" for i in items) else items
+    body = sends_body(items)
+    missing = 0
+    for seq, uid in numbered:
+        ref = folder.message(uid)
+        if ref is None:
+            missing += 1
+            continue
+        try:
+            pieces = render(with_flags if uid in seen_now else items,
+                            _Message(ref, sel.flags(ref), folder))
+        except UnknownEncoding as e:
+            raise No(str(e), "UNKNOWN-CTE") from None
+        except (NoSuchMessage, FileNotFoundError):
+            missing += 1
+            continue
+        if len(pieces) == 1:   # no large literal: one response, one piece
+            yield b"* %d FETCH %s\r\n" % (seq, pieces[0])
+        else:
+            yield b"* %d FETCH " % seq
+            for piece in pieces:
+                if isinstance(piece, (bytes, bytearray)):
+                    yield piece
+                else:
+                    yield from piece
+            yield b"\r\n"
+        if body:
+            s.fetched += 1
+            s.backend.stats.add("imap_fetched")
+    if missing and not c.uid:
+        raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
+    return Done(f"{'UID ' if c.uid else ''}FETCH completed")
+
+
+# --- STORE ---------------------------------------------------------------------------------
+
+@command("STORE", SELECTED, uid=True)
+def store(s: "ImapSession", c: "Command") -> Iterator[bytes] | Done:
+    if len(c.args) < 3:
+        raise Bad("STORE sequence-set (+|-)FLAGS[.SILENT] (flags)")
+    seqset = sequence_set(c.args[0])
+    item = str(c.args[1]).upper() if isinstance(c.args[1], Atom) else ""
+    silent = item.endswith(".SILENT")
+    mode = STORE_MODES.get(item[:-7] if silent else item)
+    if mode is None:
+        raise Bad("STORE takes FLAGS, +FLAGS or -FLAGS (optionally .SILENT)")
+    rest = c.args[2:]
+    flags = flag_list(rest[0] if len(rest) == 1 and isinstance(rest[0], list) else rest)
+    sel = s.selected
+    uids = [uid for _, uid in sel.numbered(seqset, c.uid)]
+    if sel.readonly:
+        raise No("the folder is read-only (EXAMINE)", "READ-ONLY")
+    try:
+        refs = sel.folder.store_flags(uids, flags, mode)
+    except KeywordLimit as e:
+        raise No(str(e), "LIMIT") from None
+    except ValueError as e:
+        raise Bad(str(e)) from None
+    done = Done(f"{'UID ' if c.uid else ''}STORE completed")
+    if silent:
+        return done
+    return _store_stream(sel, refs, done)
+
+
+def _store_stream(sel: "Selected", refs: list["MessageRef"], done: Done) -> Iterator[bytes]:
+    for ref in refs:
+        seq = sel.seq(ref.uid)
+        if seq is not None:
+            yield b"* %d FETCH (UID %d %s)\r\n" % (seq, ref.uid, sel.flags_bytes(ref))
+    return done
+
+
+# --- SEARCH --------------------------------------------------------------------------------
+
+@command("SEARCH", SELECTED, uid=True)
+def search(s: "ImapSession", c: "Command") -> Done:
+    try:
+        criteria = parse_search(c.args)
+    except BadCharset as e:
+        raise No(str(e), f"BADCHARSET ({' '.join(CHARSETS)})") from None
+    sel = s.selected
+    folder = sel.folder
+    uids = sel.uids
+    largest_seq, largest_uid = len(uids), (uids[-1] if uids else 0)
+    found: list[int] = []
+    for seq, uid in enumerate(uids, 1):
+        ref = folder.message(uid)
+        if ref is None:
+            continue
+        ctx = MessageContext(seq, uid, ref.flags, sel.is_recent(uid), ref.internaldate, ref.size,
+                             _loader(folder, uid), largest_seq, largest_uid, _header_loader(folder, uid))
+        try:
+            if criteria.matches(ctx):
+                found.append(uid if c.uid else seq)
+        except (NoSuchMessage, FileNotFoundError):
+            pass   # expunged while we looked: the next response reports it
+    s.untagged(b" ".join([b"SEARCH", *(b"%d" % n for n in found)]))
+    return Done(f"{'UID ' if c.uid else ''}SEARCH completed")
+
+
+def _loader(folder: "Folder", uid: int):
+    return lambda: folder.read(uid)
+
+
+def _header_loader(folder: "Folder", uid: int):
+    def head() -> bytes:
+        with folder.open_stream(uid) as f:
+            return f.read(HEADER_BYTES)
+    return head
+

@@ -1,0 +1,170 @@
+"""The selected folder as one session sees it: sequence numbers, \\Recent, pending expunges.
+
+Model
+-----
+The store's ``Folder`` view (store/folders_view.py) knows what the folder holds now.
+The client knows what it was told: message sequence numbers are positions in the
+list of UIDs as of the last EXISTS and EXPUNGE responses (RFC 3501 §2.3.1.2).  The two
+differ between commands, and `Selected` keeps the client's side: ``uids``, an
+``array('I')`` (4 bytes a message, nothing else copied per message), ascending
+because new mail always gets higher UIDs.
+
+``sync`` asks the view what changed and turns it into untagged responses:
+
+* new messages are appended to ``uids`` and announced as ``* n EXISTS`` (and RECENT);
+* flag changes become ``* n FETCH (UID u FLAGS (...))``;
+* messages another session expunged stay in ``uids`` as *ghosts* (``gone``) until
+  an EXPUNGE response may be sent: never during FETCH, STORE or SEARCH (§7.4.1), so
+  that the numbers a client pipelines stay valid.  A ghost has no data any more: a
+  FETCH of one answers NO [EXPUNGEISSUED] (RFC 2180 §4.1.2, RFC 5530), a STORE
+  skips it, a SEARCH never finds it.
+
+\\Recent belongs to one session (§2.3.2): what ``Folder.claim_recent`` handed to this
+one, kept as UID ranges (each claim is everything from some UID to the newest), so
+a first SELECT of 100,000 new messages costs one pair of numbers.
+"""
+from __future__ import annotations
+
+import bisect
+from array import array
+from typing import Iterator
+
+from ..store.folders import Folder, MessageRef
+from .commands import SYSTEM_FLAGS, Bad
+from .parser import SequenceSet
+
+RECENT = "\\Recent"
+_ORDER = {f: i for i, f in enumerate(SYSTEM_FLAGS)}
+
+
+def flag_order(flag: str) -> tuple[int, str]:
+    return (_ORDER.get(flag, len(_ORDER)), flag)
+
+
+class Selected:
+    """One session's SELECT or EXAMINE of one folder."""
+
+    def __init__(self, folder: Folder, readonly: bool) -> None:
+        self.folder = folder
+        self.readonly = readonly
+        self.uids = array("I", [m.uid for m in folder.messages])
+        self.gone: set[int] = set()               # expunged elsewhere, not yet announced
+        self._recent_lo: list[int] = []           # UID ranges this session holds \Recent
+        self._recent_hi: list[int] = []           # for: ascending, disjoint
+        if not readonly:
+            self._claim()
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    # -- \Recent ------------------------------------------------------------------------------
+    def _claim(self) -> None:
+        claimed = self.folder.claim_recent()
+        if not claimed:
+            return
+        lo, hi = claimed[0], claimed[-1]
+        if self._recent_hi and lo <= self._recent_hi[-1] + 1:
+            self._recent_hi[-1] = max(hi, self._recent_hi[-1])
+        else:
+            self._recent_lo.append(lo)
+            self._recent_hi.append(hi)
+
+    def is_recent(self, uid: int) -> bool:
+        k = bisect.bisect_right(self._recent_lo, uid) - 1
+        return k >= 0 and uid <= self._recent_hi[k]
+
+    def recent_count(self) -> int:
+        uids = self.uids
+        return sum(bisect.bisect_right(uids, hi) - bisect.bisect_left(uids, lo)
+                   for lo, hi in zip(self._recent_lo, self._recent_hi))
+
+    def flags(self, ref: MessageRef) -> list[str]:
+        """The message's flags as FETCH shows them: system flags first, \\Recent if ours."""
+        flags = sorted(ref.flags, key=flag_order)
+        if self.is_recent(ref.uid):
+            flags.append(RECENT)
+        return flags
+
+    def flags_bytes(self, ref: MessageRef) -> bytes:
+        return ("FLAGS (" + " ".join(self.flags(ref)) + ")").encode("utf-8", "replace")
+
+    # -- numbers ----------------------------------------------------------------------------------
+    def seq(self, uid: int) -> int | None:
+        """The sequence number of ``uid``, or None if the client does not know it."""
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def numbered(self, seqset: SequenceSet, by_uid: bool) -> Iterator[tuple[int, int]]:
+        """(sequence number, UID) of each message in the set, ascending, lazily.
+
+        For message numbers, Bad if the set names a number the client was never given
+        (``*`` alone in an empty folder names nothing and is no error).  For UIDs, those
+        not in the folder are left out (RFC 3501 §6.4.8).
+        """
+        uids = self.uids
+        if not by_uid:
+            exists = len(uids)
+            for a, b in seqset.ranges:
+                high = max(a or 0, b or 0)
+                if high > exists and None not in (a, b):
+                    raise Bad(f"no message {high} (the folder has {exists})")
+            return ((seq, uids[seq - 1]) for seq in seqset.expand(exists))
+        largest = uids[-1] if uids else 0
+        return self._uid_spans(seqset.spans(largest))
+
+    def _uid_spans(self, spans: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        uids = self.uids
+        for lo, hi in spans:
+            i, j = bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)
+            for k in range(i, j):
+                yield k + 1, uids[k]
+
+    # -- changes ------------------------------------------------------------------------------------
+    def sync(self, expunge_ok: bool) -> list[bytes]:
+        """Untagged responses for what changed since the last look (see the module docstring).
+
+        Raises NoSuchFolder or UidValidityChanged from the store: the session must end.
+        """
+        changes = self.folder.refresh()
+        out: list[bytes] = []
+        if changes.expunged:
+            self.gone.update(uid for uid in changes.expunged if self.seq(uid) is not None)
+        if expunge_ok and self.gone:
+            out += self.expunge_responses(())
+        last = self.uids[-1] if self.uids else 0
+        added = [ref.uid for ref in changes.added if ref.uid > last]   # the store promises it
+        if added:
+            self.uids.extend(added)
+            if not self.readonly:
+                self._claim()
+            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+            out.append(b"* %d RECENT\r\n" % self.recent_count())
+        for ref in changes.flags_changed:
+            seq = self.seq(ref.uid)
+            if seq is not None:
+                out.append(b"* %d FETCH (UID %d %s)\r\n" % (seq, ref.uid, self.flags_bytes(ref)))
+        return out
+
+    def expunge_responses(self, uids) -> list[bytes]:
+        """``* n EXPUNGE`` for ``uids`` (expunged by this session) and every ghost; the
+        numbers are taken out of ``uids`` as the responses go (RFC 3501 §7.4.1)."""
+        doomed = self.gone.union(uids)
+        self.gone.clear()
+        seqs = sorted(s for s in map(self.seq, doomed) if s is not None)
+        if not seqs:
+            return []
+        if len(seqs) < 64:
+            for s in reversed(seqs):
+                del self.uids[s - 1]
+        else:
+            self.uids = array("I", [u for u in self.uids if u not in doomed])
+        return [b"* %d EXPUNGE\r\n" % (s - i) for i, s in enumerate(seqs)]
+
+    def first_unseen(self) -> int | None:
+        message = self.folder.message
+        for seq, uid in enumerate(self.uids, 1):
+            ref = message(uid)
+            if ref is not None and "\\Seen" not in ref.flags:
+                return seq
+        return None

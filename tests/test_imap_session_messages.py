@@ -1,0 +1,342 @@
+"""The IMAP session on messages: FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT, the
+UID forms, two sessions on one folder, IDLE, and a 100,000-message folder (helpers in
+test_imap_session)."""
+from __future__ import annotations
+
+import os
+import re
+import time
+import tracemalloc
+import unittest
+from unittest import mock
+
+from ismail.imap.session import IDLE_KEEPALIVE
+from ismail.store.folders_flags import INFO_SEP
+from tests.test_imap_session import MSG, SessionCase
+
+OTHER = b"From: Bob <bob@remote.test>\r\nSubject: second\r\n\r\nsome words here\r\n"
+
+
+class MessagesCase(SessionCase):
+    def setUp(self):
+        super().setUp()
+        for data in (MSG, OTHER, MSG, OTHER, MSG):
+            self.deliver(data)
+
+
+class FetchTest(MessagesCase):
+    def test_items_and_uid_fetch(self):
+        c = self.client(select="INBOX")
+        reply = c.say("a FETCH 2 (FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (Subject)])")
+        self.assertEqual(reply, f"* 2 FETCH (FLAGS (\\Recent) RFC822.SIZE {len(OTHER)} "
+                                "BODY[HEADER.FIELDS (SUBJECT)] {19}\r\nSubject: second\r\n\r\n)\r\n"
+                                "a OK FETCH completed\r\n")
+        self.assertEqual(c.say("b UID FETCH 4:5 FLAGS"),
+                         "* 4 FETCH (UID 4 FLAGS (\\Recent))\r\n* 5 FETCH (UID 5 FLAGS (\\Recent))\r\n"
+                         "b OK UID FETCH completed\r\n")
+        self.assertEqual(c.say("c UID FETCH 99 FLAGS"), "c OK UID FETCH completed\r\n")
+        self.assertIn("* 5 FETCH (UID 5 FLAGS", c.say("d UID FETCH 99:* FLAGS"))
+        whole = c.say("e FETCH 1 BODY.PEEK[]")
+        self.assertIn("BODY[] {%d}\r\n%s)" % (len(MSG), MSG.decode()), whole)
+        self.assertIn("ENVELOPE (\"Mon, 1 Jan 2024 10:00:00 +0000\" \"hello\" ((\"Ann\" NIL \"ann\" "
+                      "\"remote.test\"))", c.say("f FETCH 1 ENVELOPE"))
+        self.assertIn('BODYSTRUCTURE ("text" "plain"', c.say("g FETCH 1 BODYSTRUCTURE"))
+        self.assertIn("* 1 FETCH (FLAGS (\\Recent) INTERNALDATE", c.say("h FETCH 1 FAST"))
+
+    def test_body_fetch_sets_seen_and_reports_flags(self):
+        c = self.client(select="INBOX")
+        reply = c.say("a FETCH 1:2 BODY[TEXT]")
+        self.assertEqual(reply, "* 1 FETCH (BODY[TEXT] {20}\r\nline one\r\nline two\r\n "
+                                "FLAGS (\\Seen \\Recent))\r\n"
+                                "* 2 FETCH (BODY[TEXT] {17}\r\nsome words here\r\n FLAGS (\\Seen \\Recent))\r\n"
+                                "a OK FETCH completed\r\n")
+        self.assertEqual(c.say("b FETCH 1 RFC822.TEXT"), "* 1 FETCH (RFC822.TEXT {20}\r\nline one\r\n"
+                                                          "line two\r\n)\r\nb OK FETCH completed\r\n",
+                         "already seen: no FLAGS")
+        self.assertNotIn("\\Seen", c.say("c FETCH 3 (BODY.PEEK[] FLAGS)"))
+        seen = {m.uid for m in self.store().open("INBOX").messages if "\\Seen" in m.flags}
+        self.assertEqual(seen, {1, 2})
+        self.assertEqual(self.backend.stats.get("imap_fetched"), 4)
+        examine = self.client()
+        examine.say("d EXAMINE INBOX")
+        self.assertNotIn("\\Seen", examine.say("e FETCH 4 RFC822"))
+        self.assertNotIn("\\Seen", self.store().open("INBOX").message(4).flags)
+
+    def test_bad_message_numbers(self):
+        c = self.client(select="INBOX")
+        self.assertIn("a BAD no message 6 (the folder has 5)", c.say("a FETCH 6 FLAGS"))
+        self.assertIn("a BAD no message 9", c.say("a FETCH 2:9 FLAGS"))
+        self.assertIn("b BAD", c.say("b FETCH 0 FLAGS"))
+        self.assertIn("c BAD", c.say("c FETCH 1:2:3 FLAGS"))
+        self.assertIn("d OK", c.say("d FETCH 3:* UID"), "* may stand for a smaller number")
+        self.assertIn("* 5 FETCH", c.say("e FETCH 9:* UID"))
+        self.assertIn("f BAD", c.say('f FETCH "1" FLAGS'))
+        self.assertIn("g BAD", c.say("g FETCH 1"))
+        empty = self.client(select="Trash")
+        self.assertEqual(empty.say("h FETCH 1:* FLAGS"), "h OK FETCH completed\r\n")
+        self.assertIn("i BAD", empty.say("i FETCH 1 FLAGS"))
+
+    def test_binary_of_an_unknown_encoding(self):
+        c = self.client(select="INBOX")
+        text = b"MIME-Version: 1.0\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 f\r\n"
+        c.send(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(text), text))
+        self.assertIn("b NO [UNKNOWN-CTE]", c.say("b FETCH 6 BINARY.PEEK[1]"))
+
+    def test_pipelined_commands_wait_for_the_stream(self):
+        c = self.client(select="INBOX")
+        out = c.s.feed(b"a FETCH 1:* (UID)\r\nb STORE 1 +FLAGS (\\Flagged)\r\n")
+        self.assertNotIn("\\Flagged", self.store().open("INBOX").message(1).flags,
+                         "the STORE waits until the FETCH has been sent")
+        data = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in out).decode()
+        self.assertRegex(data, r"\* 5 FETCH \(UID 5\)\r\na OK FETCH completed\r\n"
+                               r"\* 1 FETCH \(UID 1 FLAGS \(\\Flagged \\Recent\)\)\r\nb OK STORE")
+
+
+class StoreTest(MessagesCase):
+    def test_modes_and_silent(self):
+        c = self.client(select="INBOX")
+        self.assertEqual(c.say("a STORE 1 +FLAGS (\\Seen $Work)"),
+                         "* 1 FETCH (UID 1 FLAGS (\\Seen $Work \\Recent))\r\na OK STORE completed\r\n")
+        self.assertEqual(c.say("b STORE 1 -FLAGS \\Seen"),
+                         "* 1 FETCH (UID 1 FLAGS ($Work \\Recent))\r\nb OK STORE completed\r\n")
+        self.assertEqual(c.say("c STORE 1:2 FLAGS (\\Answered \\Recent)"),
+                         "* 1 FETCH (UID 1 FLAGS (\\Answered \\Recent))\r\n"
+                         "* 2 FETCH (UID 2 FLAGS (\\Answered \\Recent))\r\nc OK STORE completed\r\n")
+        self.assertEqual(c.say("d STORE 3 +FLAGS.SILENT (\\Flagged)"), "d OK STORE completed\r\n")
+        self.assertEqual(c.say("e UID STORE 3 FLAGS.SILENT ()"), "e OK UID STORE completed\r\n")
+        self.assertEqual(self.store().open("INBOX").message(3).flags, frozenset())
+        self.assertIn("$Work \\*)]", c.say("f SELECT INBOX"), "the keyword is now known")
+
+    def test_bad_flags(self):
+        c = self.client(select="INBOX")
+        self.assertIn("a BAD unknown system flag", c.say("a STORE 1 +FLAGS (\\Bogus)"))
+        self.assertIn("b BAD invalid flag", c.say("b STORE 1 +FLAGS (a%b)"))
+        self.assertIn("c BAD", c.say('c STORE 1 +FLAGS ("quoted")'))
+        self.assertIn("d BAD", c.say("d STORE 1 +FLAGS"))
+        for n in range(26):
+            c.say(f"k STORE 1 +FLAGS.SILENT (kw{n})")
+        self.assertIn("e NO [LIMIT]", c.say("e STORE 1 +FLAGS (one-too-many)"))
+
+    def test_read_only(self):
+        c = self.client()
+        c.say("a EXAMINE INBOX")
+        self.assertIn("b NO [READ-ONLY]", c.say("b STORE 1 +FLAGS (\\Seen)"))
+        self.assertIn("c NO [READ-ONLY]", c.say("c EXPUNGE"))
+        self.assertIn("d NO [READ-ONLY]", c.say("d MOVE 1 Trash"))
+        self.assertIn("e OK [COPYUID", c.say("e COPY 1 Trash"), "copying out is reading")
+
+
+class SearchTest(MessagesCase):
+    def test_search_keys(self):
+        c = self.client(select="INBOX")
+        c.say("a STORE 2 +FLAGS.SILENT (\\Seen)")
+        self.assertEqual(c.say("b SEARCH SUBJECT second"), "* SEARCH 2 4\r\nb OK SEARCH completed\r\n")
+        self.assertIn("* SEARCH 4\r\n", c.say("c SEARCH UNSEEN FROM bob"))
+        self.assertIn("* SEARCH 1 3 5\r\n", c.say("d SEARCH BODY \"line two\""))
+        self.assertIn("* SEARCH 4 5\r\n", c.say("e UID SEARCH 4:*"))
+        self.assertIn("* SEARCH 2\r\n", c.say("f SEARCH SEEN"))
+        self.assertIn("* SEARCH 1 2 3 4 5\r\n", c.say("g SEARCH RECENT"))
+        self.assertIn("* SEARCH 3\r\n", c.say("h SEARCH CHARSET UTF-8 3 ALL"))
+        self.assertIn("* SEARCH\r\n", c.say("i SEARCH OR DELETED DRAFT"))
+        self.assertIn("j NO [BADCHARSET (UTF-8 US-ASCII)]", c.say("j SEARCH CHARSET KOI8-R ALL"))
+        self.assertIn("k BAD", c.say("k SEARCH"))
+        self.assertIn("l BAD", c.say("l SEARCH SINCE yesterday"))
+        self.assertIn("* SEARCH 1 3 5\r\n", c.send(b"m SEARCH CHARSET UTF-8 TEXT {4}\r\n") + c.send(b"line\r\n"))
+
+
+class CopyMoveExpungeTest(MessagesCase):
+    def test_copy_answers_copyuid(self):
+        c = self.client(select="INBOX")
+        trash = self.store().open("Trash")
+        self.assertEqual(c.say("a COPY 2:4 Trash"),
+                         f"a OK [COPYUID {trash.uidvalidity} 2:4 1:3] COPY completed\r\n")
+        self.assertEqual(c.say("b UID COPY 1,5 Trash"),
+                         f"b OK [COPYUID {trash.uidvalidity} 1,5 4:5] UID COPY completed\r\n")
+        self.assertIn("c NO [TRYCREATE]", c.say("c COPY 1 Nowhere"))
+        self.assertEqual(c.say("d UID COPY 77 Trash"), "d OK UID COPY completed\r\n")
+        self.assertEqual(len(self.store().open("Trash").messages), 5)
+        self.assertEqual(len(self.store().open("INBOX").messages), 5)
+        reply = c.say("e COPY 1 INBOX")
+        self.assertRegex(reply, r"^\* 6 EXISTS\r\n\* 6 RECENT\r\ne OK \[COPYUID \d+ 1 6\]")
+
+    def test_move(self):
+        c = self.client(select="INBOX")
+        validity = self.store().open("Junk").uidvalidity
+        self.assertEqual(c.say("a MOVE 2:3 Junk"),
+                         f"* OK [COPYUID {validity} 2:3 1:2] Moved\r\n* 2 EXPUNGE\r\n* 2 EXPUNGE\r\n"
+                         "a OK MOVE completed\r\n")
+        self.assertEqual(c.say("b UID MOVE 5 Junk"),
+                         f"* OK [COPYUID {validity} 5 3] Moved\r\n* 3 EXPUNGE\r\nb OK UID MOVE completed\r\n")
+        self.assertEqual([m.uid for m in self.store().open("INBOX").messages], [1, 4])
+        self.assertIn("c NO [TRYCREATE]", c.say("c MOVE 1 Nowhere"))
+
+    def test_expunge_numbers(self):
+        c = self.client(select="INBOX")
+        c.say("a STORE 2,3,5 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(c.say("b EXPUNGE"), "* 2 EXPUNGE\r\n* 2 EXPUNGE\r\n* 3 EXPUNGE\r\nb OK EXPUNGE completed\r\n")
+        self.assertEqual(c.say("c FETCH 1:* UID"), "* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 4)\r\nc OK FETCH completed\r\n")
+        self.assertEqual(self.backend.stats.get("imap_expunged"), 3)
+        self.assertIn("expunged=3", c.s.summary())
+
+    def test_uid_expunge_only_the_named(self):
+        c = self.client(select="INBOX")
+        c.say("a STORE 1:* +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(c.say("b UID EXPUNGE 2:3"), "* 2 EXPUNGE\r\n* 2 EXPUNGE\r\nb OK UID EXPUNGE completed\r\n")
+        self.assertEqual([m.uid for m in self.store().open("INBOX").messages], [1, 4, 5])
+        self.assertIn("c BAD", c.say("c UID EXPUNGE"))
+
+    def test_close_expunges_silently_unselect_does_not(self):
+        c = self.client(select="INBOX")
+        c.say("a STORE 1 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(c.say("b UNSELECT"), "b OK UNSELECT completed\r\n")
+        self.assertEqual(len(self.store().open("INBOX").messages), 5)
+        c.select()
+        self.assertEqual(c.say("c CLOSE"), "c OK CLOSE completed\r\n")
+        self.assertEqual(c.s.state, "authenticated")
+        self.assertEqual(len(self.store().open("INBOX").messages), 4)
+        c.say("d EXAMINE INBOX")
+        self.store().open("INBOX").store_flags([2], ["\\Deleted"], "add")
+        c.say("e CLOSE")
+        self.assertEqual(len(self.store().open("INBOX").messages), 4, "CLOSE of EXAMINE removes nothing")
+        self.assertEqual(c.say("f CHECK"), "f BAD no folder selected (SELECT or EXAMINE first)\r\n")
+
+
+class TwoSessionsTest(MessagesCase):
+    def test_each_sees_the_others_changes(self):
+        a, b = self.client(select="INBOX"), self.client(select="INBOX")
+        b.say("b1 STORE 1 +FLAGS (\\Flagged)")
+        self.assertEqual(a.say("a1 NOOP"),
+                         "* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))\r\na1 OK NOOP completed\r\n")
+        b.say("b2 STORE 2 +FLAGS.SILENT (\\Deleted)")
+        self.assertIn("* 2 EXPUNGE", b.say("b3 EXPUNGE"))
+        reply = a.say("a2 FETCH 1:* UID")
+        self.assertNotIn(" EXPUNGE\r\n", reply, "no EXPUNGE during FETCH (RFC 3501 §7.4.1)")
+        self.assertIn("* 3 FETCH (UID 3)", reply, "numbers as the client knows them")
+        self.assertIn("a2 NO [EXPUNGEISSUED]", reply)
+        self.assertNotIn("EXPUNGE\r\n", a.say("a3 STORE 3 +FLAGS (\\Seen)"))
+        self.assertEqual(a.say("a4 SEARCH ALL"), "* SEARCH 1 3 4 5\r\na4 OK SEARCH completed\r\n")
+        self.assertEqual(a.say("a5 NOOP"), "* 2 EXPUNGE\r\na5 OK NOOP completed\r\n")
+        self.assertEqual(a.say("a6 FETCH 2 UID"), "* 2 FETCH (UID 3)\r\na6 OK FETCH completed\r\n")
+        self.deliver(OTHER)
+        reply = a.say("a7 UID FETCH 1 UID")
+        self.assertIn("* 5 EXISTS\r\n* 5 RECENT\r\n", reply)
+        self.assertIn("* 5 EXISTS\r\n* 0 RECENT\r\n", b.say("b4 NOOP"), "one session gets \\Recent")
+
+    def test_uid_commands_may_report_expunges(self):
+        a, b = self.client(select="INBOX"), self.client(select="INBOX")
+        b.say("b1 STORE 4 +FLAGS.SILENT (\\Deleted)")
+        b.say("b2 EXPUNGE")
+        self.assertEqual(a.say("a1 UID FETCH 4:5 UID"), "* 5 FETCH (UID 5)\r\n* 4 EXPUNGE\r\n"
+                                                          "a1 OK UID FETCH completed\r\n")
+        self.assertEqual(a.say("a2 FETCH 4 UID"), "* 4 FETCH (UID 5)\r\na2 OK FETCH completed\r\n")
+
+    def test_copy_of_a_message_expunged_elsewhere_copies_nothing(self):
+        a, b = self.client(select="INBOX"), self.client(select="INBOX")
+        b.say("b1 STORE 2 +FLAGS.SILENT (\\Deleted)")
+        b.say("b2 EXPUNGE")
+        self.assertIn("a1 NO [EXPUNGEISSUED]", a.say("a1 COPY 1:3 Trash"))
+        self.assertEqual(self.store().open("Trash").messages, [])
+
+    def test_folder_deleted_under_a_session(self):
+        a, b = self.client(), self.client()
+        a.say("a1 CREATE Box")
+        a.select("Box")
+        b.say("b1 DELETE Box")
+        self.assertEqual(a.say("a2 NOOP"), "* BYE The selected folder was deleted or renamed\r\n"
+                                            "a2 OK NOOP completed\r\n")
+        self.assertTrue(a.s.closing)
+
+
+class IdleTest(MessagesCase):
+    def test_idle_reports_new_mail_flags_and_expunges(self):
+        a, b = self.client(select="INBOX"), self.client(select="INBOX")
+        self.assertEqual(a.say("i1 IDLE"), "+ idling\r\n")
+        self.assertEqual(a.s.tick(), [])
+        started = time.monotonic()
+        self.deliver(OTHER)
+        reported = b""
+        while b"EXISTS" not in reported and time.monotonic() - started < 2:
+            reported += b"".join(a.s.tick())
+            time.sleep(0.05)
+        self.assertEqual(reported, b"* 6 EXISTS\r\n* 6 RECENT\r\n")
+        b.say("b1 STORE 1 +FLAGS.SILENT (\\Deleted)")
+        b.say("b2 EXPUNGE")
+        self.assertEqual(b"".join(a.s.tick()), b"* 1 EXPUNGE\r\n", "EXPUNGE is allowed during IDLE")
+        lines = a.s.lines
+        a.s.tick()
+        self.assertGreater(a.s.lines, lines, "an IDLE client is not idle")
+        self.assertEqual(a.say("DONE"), "i1 OK IDLE terminated\r\n")
+        self.assertEqual(a.s.tick(), [])
+
+    def test_idle_counts_as_activity_for_30_minutes(self):
+        c = self.client(select="INBOX")
+        c.say("i1 IDLE")
+        now = time.monotonic()
+        with mock.patch("ismail.imap.session.time.monotonic", return_value=now + IDLE_KEEPALIVE - 5):
+            lines = c.s.lines
+            c.s.tick()
+            self.assertEqual(c.s.lines, lines + 1)
+        with mock.patch("ismail.imap.session.time.monotonic", return_value=now + IDLE_KEEPALIVE + 5):
+            c.s.tick()
+            self.assertEqual(c.s.lines, lines + 1, "then the autologout timer runs (RFC 2177: "
+                                                   "clients re-issue IDLE within 29 minutes)")
+
+    def test_idle_in_authenticated_state_and_wrong_end(self):
+        c = self.client()
+        self.assertEqual(c.send(b"i1 IDLE\r\ndone\r\ni2 NOOP\r\n"),
+                         "+ idling\r\ni1 OK IDLE terminated\r\ni2 OK NOOP completed\r\n")
+        c.say("i3 IDLE")
+        self.assertEqual(c.say("i4 NOOP"), "i3 BAD expected DONE to end IDLE\r\n")
+        self.assertIn("i5 BAD", c.say("i5 IDLE now"))
+
+    def test_idle_reports_what_was_pending(self):
+        a, b = self.client(select="INBOX"), self.client(select="INBOX")
+        b.say("b1 STORE 5 +FLAGS.SILENT (\\Deleted)")
+        b.say("b2 EXPUNGE")
+        a.say("a1 FETCH 1 UID")
+        self.assertEqual(a.say("a2 IDLE"), "+ idling\r\n* 5 EXPUNGE\r\n")
+
+
+class LargeFolderTest(SessionCase):
+    COUNT = 100_000
+
+    def test_fetch_of_100000_messages_streams(self):
+        cur = str(self.root / "cur") + os.sep
+        self.client(login=True)  # makes the Maildir
+        body = b"Subject: s\n\nbody\n"
+        suffix = f",S={len(body)},W={len(body) + 3}{INFO_SEP}2,S"
+        for i in range(self.COUNT):
+            fd = os.open(f"{cur}{1700000000 + i // 10}.M{i % 10}P1Q{i}.host{suffix}",
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            os.write(fd, body)
+            os.close(fd)
+        c = self.client(select="INBOX")
+        self.assertEqual(c.s.selected.uids.itemsize, 4, "4 bytes a message in the session")
+        tracemalloc.start()
+        try:
+            t0 = time.perf_counter()
+            out = c.s.feed(b"f FETCH 1:* (UID FLAGS)\r\n")
+            base = tracemalloc.get_traced_memory()[0]
+            growth = count = 0
+            tail = b""
+            for item in out:
+                for piece in ((item,) if isinstance(item, bytes) else item):
+                    count += piece.count(b" FETCH (")
+                    tail = (tail + piece)[-200:]
+                    if count % 5000 == 0:
+                        growth = max(growth, tracemalloc.get_traced_memory()[0] - base)
+            seconds = time.perf_counter() - t0
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(count, self.COUNT)
+        self.assertTrue(tail.endswith(b"* 100000 FETCH (UID 100000 FLAGS (\\Seen \\Recent))\r\n"
+                                      b"f OK FETCH completed\r\n"), tail)
+        self.assertLess(growth, 1_000_000, "the responses are made as they are sent")
+        print(f"\n  FETCH 1:* (UID FLAGS) of 100,000 messages: {seconds:.2f}s (traced), "
+              f"memory growth {growth} bytes", flush=True)
+        reply = c.say("s SEARCH UNSEEN")
+        self.assertEqual(reply, "* SEARCH\r\ns OK SEARCH completed\r\n")
+
+
+if __name__ == "__main__":
+    unittest.main()
