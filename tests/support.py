@@ -43,10 +43,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_for_banner(host: str, port: int, timeout: float = 15.0) -> bytes:
+def wait_for_banner(host: str, port: int, timeout: float = 15.0,
+                    alive: subprocess.Popen | None = None) -> bytes:
+    """The SMTP greeting; ``alive``: give up at once if that process has ended."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            raise AssertionError(f"the server ended (exit code {alive.returncode}) before greeting")
         try:
             with socket.create_connection((host, port), timeout=2) as s:
                 banner = s.recv(512)
@@ -97,16 +101,36 @@ class ServerProcess:
         (self.data_dir / "ismail.json").write_text(json.dumps(self.settings, indent=1))
 
     def start(self) -> "ServerProcess":
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ismail", "--data-dir", str(self.data_dir), "run"],
-                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        try:
-            wait_for_banner("127.0.0.1", self.port)
-        except AssertionError:
-            self.stop()
-            raise AssertionError("ISMail did not start:\n" + self.log_path.read_text(errors="replace")[-3000:])
-        return self
+        # A port free_port() found may be taken by someone else before ISMail binds it
+        # (three ports a server now): on a first start, try again with fresh ports.
+        for attempt in range(3):
+            before = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen([sys.executable, "-m", "ismail", "--data-dir", str(self.data_dir),
+                                          "run"], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+            try:
+                wait_for_banner("127.0.0.1", self.port, alive=self.proc)
+                self._started = True
+                return self
+            except AssertionError:
+                self.stop()
+                said = self.log_path.read_bytes()[before:].decode(errors="replace")
+                if "already in use" in said and not getattr(self, "_started", False) and attempt < 2:
+                    self._new_ports()
+                    continue
+                raise AssertionError("ISMail did not start:\n" + said[-3000:])
+        raise AssertionError("unreachable")
+
+    def _new_ports(self) -> None:
+        for attr, key in (("port", "listen"), ("pop3_port", "pop3"), ("imap_port", "imap")):
+            old, new = getattr(self, attr), free_port()
+            setattr(self, attr, new)
+            holder = self.settings if key == "listen" else self.settings.get(key, {})
+            name = "listen"
+            if isinstance(holder.get(name), list):
+                holder[name] = [e.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}") for e in holder[name]]
+        self.write_settings()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         if self.proc is None:
