@@ -593,6 +593,33 @@ def stop(child: subprocess.Popen) -> None:
 
 
 @unittest.skipIf(os.name == "nt", "SIGKILL does not exist on Windows")
+class TmpCleanupTest(StoreCase):
+    """Opening a folder clears what a crash left in tmp/, and nothing that is being written."""
+
+    def test_an_append_dated_in_the_past_is_not_taken_for_a_leftover(self):
+        # ImapTest found it: APPEND sets the file's mtime to the message's date before the
+        # rename, and another session's open removed the "old" file from under it.
+        folder = self.store.open("INBOX")
+        tmp = self.root / "tmp" / "1700000000.M1P1Q1.host"
+        tmp.write_bytes(b"Subject: old\n\nbody\n")
+        two_years = time.time() - 2 * 365 * 86400
+        os.utime(tmp, (two_years, two_years))
+        self.store.open("INBOX")
+        self.assertTrue(tmp.exists(), "a file written just now survives whatever its mtime")
+        uid = folder.append(b"Subject: dated\r\n\r\nx\r\n", internaldate=two_years)
+        self.store.open("INBOX")
+        folder.refresh()
+        self.assertIn(b"dated", folder.read(uid))
+
+    def test_a_real_leftover_is_removed(self):
+        self.store.open("INBOX")
+        tmp = self.root / "tmp" / "1700000000.M2P1Q2.host"
+        tmp.write_bytes(b"half")
+        with mock.patch("time.time", return_value=time.time() + 3 * 86400):
+            self.store.open("INBOX")
+        self.assertFalse(tmp.exists())
+
+
 class KillTest(StoreCase):
     KILLS = 30
 

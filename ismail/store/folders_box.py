@@ -237,7 +237,13 @@ class Box:
             with os.scandir(self.tmp) as entries:
                 for entry in entries:
                     try:
-                        if entry.is_file() and entry.stat().st_mtime < limit:
+                        if not entry.is_file():
+                            continue
+                        st = entry.stat()
+                        # Not the mtime alone: APPEND dates its file back to the message's
+                        # INTERNALDATE before the rename; the change time (POSIX) or the
+                        # creation time (Windows) is when the file was really written.
+                        if max(st.st_mtime, st.st_ctime) < limit:
                             os.unlink(entry.path)
                     except OSError:
                         pass
