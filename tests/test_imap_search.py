@@ -185,6 +185,15 @@ class TextKeysTest(unittest.TestCase):
         self.assertFalse(search(["SUBJECT", b""], message=b"\r\nSubject: in the body"))
 
 
+class AddressKeysTest(unittest.TestCase):
+    def test_from_matches_the_address_inside_comments(self):
+        # ImapTest's search-addresses: the field text never holds "user-from@domain.org".
+        msg = b"From: <user-from (comment)@ (comment) domain.org>\r\nSubject: x\r\n\r\nb\r\n"
+        self.assertTrue(search(["FROM", b"user-from@domain.org"], message=msg))
+        self.assertFalse(search(["FROM", b"other@domain.org"], message=msg))
+        self.assertTrue(search(["FROM", b"comment"], message=msg), "the field text still counts")
+
+
 class BodyDecodingTest(unittest.TestCase):
     def test_base64_body(self):
         body = base64.encodebytes("Die Übergabe ist morgen.".encode("utf-8"))

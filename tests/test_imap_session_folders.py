@@ -36,9 +36,10 @@ class SelectTest(SessionCase):
         c = self.client()
         reply = c.say("a EXAMINE INBOX")
         self.assertIn("* OK [PERMANENTFLAGS ()] Read-only folder", reply)
-        self.assertIn("* 0 RECENT", reply)
+        # It reports the unclaimed recent message, as Dovecot does (ImapTest checks it) ...
+        self.assertIn("* 1 RECENT", reply)
         self.assertIn("a OK [READ-ONLY] EXAMINE completed", reply)
-        self.assertIn("* 1 RECENT", self.client().say("b SELECT INBOX"))
+        self.assertIn("* 1 RECENT", self.client().say("b SELECT INBOX"), "... without claiming it")
 
     def test_failed_select_leaves_no_folder_selected(self):
         c = self.client(select="INBOX")

@@ -35,6 +35,7 @@ import html
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
+from email.utils import getaddresses
 from typing import Callable, Iterable, Protocol, Sequence, Union
 
 Token = Union[str, bytes, list]
@@ -160,7 +161,17 @@ class Header(Key):
     needs = frozenset({"headers"})
 
     def matches(self, ctx: SearchContext) -> bool:
-        return any(self.needle in value.casefold() for value in ctx.header(self.name))
+        values = ctx.header(self.name)
+        if any(self.needle in value.casefold() for value in values):
+            return True
+        if self.name in _ADDRESS_FIELDS and self.needle:
+            # "<user (comment)@ (comment) domain>" holds user@domain only once parsed.
+            return any(self.needle in f"{name} {addr}".casefold()
+                       for name, addr in getaddresses(values))
+        return False
+
+
+_ADDRESS_FIELDS = frozenset({"from", "to", "cc", "bcc", "reply-to", "sender"})
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,15 @@ class Selected:
         self.gone: set[int] = set()               # expunged elsewhere, not yet announced
         self._recent_lo: list[int] = []           # UID ranges this session holds \Recent
         self._recent_hi: list[int] = []           # for: ascending, disjoint
+        # EXAMINE claims nothing, but still reports what is recent (unclaimed): the UIDs
+        # from here up, as Dovecot does (ImapTest's select test checks it).
+        self._peek_from: int | None = None
         if not readonly:
             self._claim()
+        else:
+            unclaimed = folder.recent_count()
+            if unclaimed:
+                self._peek_from = self.uids[len(self.uids) - unclaimed]
 
     @property
     def name(self) -> str:
@@ -71,11 +78,15 @@ class Selected:
             self._recent_hi.append(hi)
 
     def is_recent(self, uid: int) -> bool:
+        if self.readonly:
+            return self._peek_from is not None and uid >= self._peek_from
         k = bisect.bisect_right(self._recent_lo, uid) - 1
         return k >= 0 and uid <= self._recent_hi[k]
 
     def recent_count(self) -> int:
         uids = self.uids
+        if self.readonly:
+            return 0 if self._peek_from is None else len(uids) - bisect.bisect_left(uids, self._peek_from)
         return sum(bisect.bisect_right(uids, hi) - bisect.bisect_left(uids, lo)
                    for lo, hi in zip(self._recent_lo, self._recent_hi))
 
@@ -138,6 +149,8 @@ class Selected:
             self.uids.extend(added)
             if not self.readonly:
                 self._claim()
+            elif self._peek_from is None:
+                self._peek_from = added[0]
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             out.append(b"* %d RECENT\r\n" % self.recent_count())
         for ref in changes.flags_changed:
