@@ -5,10 +5,11 @@
     app.py          the main window: state, live figures, activity, menus
     controller.py   the MailServer's life cycle and the settings file, without Tk
     settings.py     the settings dialog (idlelib's ConfigDialog shape); pages.py its tabs
-    accountspage.py the Accounts tab
+    connectionspage.py  the Connections tab: SmartHost, SMTP, and POP3 beside IMAP
+    accountspage.py the Accounts tab, with the selected account's folders
     programpage.py  the Program tab: AutoStart at log-on, start SMTP when the window opens
     queueview.py    the outgoing queue, paged so 100,000 entries stay quick
-    statsview.py    the counters, grouped as the original program showed them
+    statsview.py    the counters, grouped as the original program showed them (and POP3, IMAP)
     tools.py        Test port 25 and Test SmartHost
     helpwin.py      Help > README
     events.py       the bridge from server threads to Tk: queues polled with after()

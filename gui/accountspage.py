@@ -6,9 +6,16 @@ do not concern it; the page says so.  postmaster and root exist in every domain 
 cannot be removed (RFC 5321 requires postmaster).  Forwarding: the selected account's
 targets fill an entry under the list; "Set forwarding" saves what it holds (empty stops
 forwarding).  root shares postmaster's mailbox, password and forwarding.
+
+Under the list, the selected account's folders (INBOX and those its mail programs made
+over IMAP) with their message counts and sizes.  They are read in a thread (``Pump``):
+a mailbox may hold many thousands of messages, or sit on a slow disk, and the page must
+not freeze meanwhile.  Reading them changes nothing in them (``Admin.account_folders``).
+They are read again when the selection changes and when the page is shown.
 """
 from __future__ import annotations
 
+import logging
 import tkinter as tk
 from tkinter import messagebox, ttk
 from typing import TYPE_CHECKING
@@ -16,13 +23,28 @@ from typing import TYPE_CHECKING
 from ismail.admin import AccountError
 from ismail.config import FieldError, Settings
 
+from .events import Pump
 from .pages import WRAP, Page, split_list
 from .widgets import PAD, ErrorLabel, Query
 
 if TYPE_CHECKING:
     from .controller import Controller
 
+log = logging.getLogger("ismail.gui")
+
 ALL = "All domains"
+NO_ACCOUNT = "Folders: select an account to see them"
+
+
+def human_size(n: int) -> str:
+    """1536 -> "1.5 KB": bytes as a person reads them (1 KB = 1024 bytes, as mail programs count)."""
+    if n < 1024:
+        return f"{n} bytes" if n != 1 else "1 byte"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1024
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if n < 10 else f"{n:,.0f} {unit}"
+    raise AssertionError("unreachable")
 
 
 class AccountsPage(Page):
@@ -35,7 +57,8 @@ class AccountsPage(Page):
         self._utest: bool = dialog._utest
         self.columnconfigure(0, weight=1)
         self.columnconfigure(1, weight=0)
-        self.rowconfigure(2, weight=1)
+        self.rowconfigure(2, weight=2)
+        self.rowconfigure(3, weight=1)
         ttk.Label(self, text="Each account has a mailbox that receives the mail for its address. "
                   "Changes on this page take effect at once.", wraplength=WRAP,
                   justify="left").grid(row=0, column=0, columnspan=2, sticky="w", pady=(0, PAD))
@@ -47,7 +70,7 @@ class AccountsPage(Page):
         self.domain_box.pack(side="left")
         self.domain_box.bind("<<ComboboxSelected>>", lambda e: self.refresh())
         self.tree = ttk.Treeview(self, columns=("address", "password", "forward", "mailbox"),
-                                 show="headings", height=9, selectmode="browse")
+                                 show="headings", height=7, selectmode="browse")
         for col, text, width in (("address", "Address", 200), ("password", "Password", 90),
                                  ("forward", "Copies go to", 170), ("mailbox", "Mailbox folder", 220)):
             self.tree.heading(col, text=text, anchor="w")
@@ -64,8 +87,9 @@ class AccountsPage(Page):
         self.remove_button = ttk.Button(buttons, text="Remove", command=self.remove_account)
         for b in (self.add_button, self.password_button, self.remove_button):
             b.pack(fill="x", pady=(0, 4))
+        self._build_folders()
         fwd = ttk.Frame(self)
-        fwd.grid(row=3, column=0, columnspan=3, sticky="ew", pady=(PAD, 0))
+        fwd.grid(row=4, column=0, columnspan=3, sticky="ew", pady=(PAD, 0))
         fwd.columnconfigure(1, weight=1)
         ttk.Label(fwd, text="Forward copies to:").grid(row=0, column=0, sticky="w", padx=(0, PAD))
         self.forward = tk.StringVar(self)
@@ -78,9 +102,30 @@ class AccountsPage(Page):
                   "account's mail, which is also kept in its mailbox. Empty: no forwarding.",
                   style="Hint.TLabel", wraplength=WRAP, justify="left").grid(
             row=1, column=1, columnspan=2, sticky="w")
-        self.note = ErrorLabel(self, wraplength=WRAP, row=4, column=0, columnspan=3, sticky="w", pady=(PAD, 0))
+        self.note = ErrorLabel(self, wraplength=WRAP, row=5, column=0, columnspan=3, sticky="w", pady=(PAD, 0))
         self._builtin: set[str] = set()
         self._forwards: dict[str, list[str]] = {}  # address -> its targets, as last read
+        self.pump = Pump(self)
+        self.folders_of: str | None = None  # whose folders the list shows (None: nobody's yet)
+        self._looking: str | None = None    # whose folders are being read; older answers are dropped
+        self.bind("<Map>", lambda e: self.show_folders() if e.widget is self else None, add="+")
+
+    def _build_folders(self) -> None:
+        box = self.folders_frame = ttk.LabelFrame(self, text=NO_ACCOUNT, padding=(PAD, 4))
+        box.grid(row=3, column=0, columnspan=2, sticky="nsew", pady=(PAD, 0))
+        box.columnconfigure(0, weight=1)
+        box.rowconfigure(0, weight=1)
+        self.folders = ttk.Treeview(box, columns=("messages", "size"), show="tree headings", height=5,
+                                    selectmode="none")
+        self.folders.heading("#0", text="Folder", anchor="w")
+        self.folders.column("#0", width=300, stretch=True)
+        for col, text in (("messages", "Messages"), ("size", "Size")):
+            self.folders.heading(col, text=text, anchor="e")
+            self.folders.column(col, width=120, anchor="e", stretch=False)
+        self.folders.grid(row=0, column=0, sticky="nsew")
+        scroll = ttk.Scrollbar(box, orient="vertical", command=self.folders.yview)
+        scroll.grid(row=0, column=1, sticky="ns")
+        self.folders.configure(yscrollcommand=scroll.set)
 
     # -- Page duties --------------------------------------------------------------------------
     def load(self, settings: Settings) -> None:
@@ -127,9 +172,48 @@ class AccountsPage(Page):
         return chosen[0] if chosen else None
 
     def _selection_changed(self) -> None:
-        """The entry shows the selected account's forwarding as saved."""
+        """The entry shows the selected account's forwarding as saved; the folders list its folders."""
         self.forward.set(", ".join(self._forwards.get(self.selected() or "", [])))
         self._sync_buttons()
+        self.show_folders()
+
+    # -- the selected account's folders -----------------------------------------------------------
+    def show_folders(self) -> None:
+        """Read the selected account's folders (in a thread) and show them when read."""
+        address = self.selected()
+        if address != self.folders_of:  # another account's folders must not stand under this one's name
+            self.folders.delete(*self.folders.get_children())
+            self.folders_of = None
+        if address is None:
+            self._looking = None
+            self.folders_frame.configure(text=NO_ACCOUNT)
+            return
+        if self.folders_of is None:
+            self.folders_frame.configure(text=f"Folders of {address}: reading…")
+        self._looking = address
+        self.pump.run(lambda: self.admin.account_folders(address),
+                      lambda found, error: self._folders_read(address, found, error), name="account-folders")
+
+    def _folders_read(self, address: str, found: list | None, error: BaseException | None) -> None:
+        if address != self._looking or address != self.selected():
+            return  # the selection moved on meanwhile: its own reading will answer
+        self.folders.delete(*self.folders.get_children())
+        self.folders_of = address
+        if error is not None:
+            if not isinstance(error, (AccountError, OSError)):
+                log.error("reading the folders of %s failed", address, exc_info=error)
+            self.folders_frame.configure(text=f"Folders of {address}: cannot be read ({error})")
+            return
+        found = found or []
+        for name, messages, size in found:
+            parent, _, leaf = name.rpartition("/")
+            # A folder whose parent is not on disk (another program made it): its full name, at the top.
+            under = parent if parent and self.folders.exists(parent) else ""
+            self.folders.insert(under, "end", iid=name, text=leaf if under else name, open=True,
+                                values=(f"{messages:,}", human_size(size)))
+        folders, messages, size = len(found), sum(f[1] for f in found), sum(f[2] for f in found)
+        self.folders_frame.configure(text=f"Folders of {address}: {folders} folder{'s' if folders != 1 else ''}, "
+                                          f"{messages:,} message{'s' if messages != 1 else ''}, {human_size(size)}")
 
     def _sync_buttons(self) -> None:
         address = self.selected()

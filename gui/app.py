@@ -99,8 +99,15 @@ class MainWindow:
         top.columnconfigure(1, weight=1)
         self.state_label = ttk.Label(top, text="Stopped", style="Stopped.TLabel", width=11)
         self.state_label.grid(row=0, column=0, sticky="w")
-        self.listening_label = ttk.Label(top, text="", wraplength=400, justify="left")  # keep the buttons in view
-        self.listening_label.grid(row=0, column=1, sticky="w", padx=(PAD, 0))
+        where = ttk.Frame(top)
+        where.grid(row=0, column=1, sticky="w", padx=(PAD, 0))
+        # SMTP's and POP3's lines (or what the window is doing), then IMAP's, shown only while running.
+        self.listening_label = ttk.Label(where, text="", wraplength=400, justify="left",
+                                         style="Lines.TLabel")  # wraps: keeps the buttons in view
+        self.listening_label.grid(row=0, column=0, sticky="w")
+        self.imap_listening_label = ttk.Label(where, text="", wraplength=400, justify="left", style="Lines.TLabel")
+        self.imap_listening_label.grid(row=1, column=0, sticky="w")
+        self.imap_listening_label.grid_remove()
         self.start_button = ttk.Button(top, text="Start", command=self.start_server)  # every protocol
         self.start_button.grid(row=0, column=2, padx=(PAD, 4))
         self.stop_button = ttk.Button(top, text="Stop", command=self.stop_server)
@@ -120,9 +127,10 @@ class MainWindow:
         figures.columnconfigure(2, minsize=40)
         self.figure_labels: dict[str, ttk.Label] = {}
         layout = (("incoming", "SMTP connections:", 0, 0), ("pop3", "POP3 connections:", 1, 0),
-                  ("outgoing", "Outgoing connections:", 2, 0), ("queue", "Waiting in the queue:", 3, 0),
+                  ("imap", "IMAP connections:", 2, 0), ("outgoing", "Outgoing connections:", 3, 0),
                   ("received", "Messages received:", 0, 3), ("sent", "Messages sent:", 1, 3),
-                  ("deferred", "Deferred (will retry):", 2, 3), ("bounced", "Bounced:", 3, 3))
+                  ("deferred", "Deferred (will retry):", 2, 3), ("bounced", "Bounced:", 3, 3),
+                  ("queue", "Waiting in the queue:", 4, 3))
         for key, text, row, col in layout:
             ttk.Label(figures, text=text).grid(row=row, column=col, sticky="w", padx=(0, PAD), pady=1)
             value = ttk.Label(figures, text="0", style="Figure.TLabel")
@@ -224,8 +232,11 @@ class MainWindow:
         if self.state == "running":
             self.state = "stopping"
             self.state_label.configure(text="Stopping…", style="Stopped.TLabel")
-            pop3 = " and the POP3 server" if self.controller.figures().pop3_listening else ""
-            self.listening_label.configure(text=f"Closing: stopping the SMTP server{pop3} cleanly "
+            f = self.controller.figures()
+            others = "".join(f" and the {name} server" for name, where in
+                             (("POP3", f.pop3_listening), ("IMAP", f.imap_listening)) if where)
+            self.imap_listening_label.grid_remove()
+            self.listening_label.configure(text=f"Closing: stopping the SMTP server{others} cleanly "
                                                 "(open sessions may take a few seconds to finish)…")
             self.pump.run(self.controller.stop, lambda r, e: self._destroy(), name="server-stop")
         else:
@@ -249,6 +260,7 @@ class MainWindow:
         try:
             self.state_label.configure(text="Stopping…", style="Stopped.TLabel")
             self.listening_label.configure(text="The session is ending: stopping the server…")
+            self.imap_listening_label.grid_remove()
             self._sync_buttons()
             self.root.update_idletasks()
         except tk.TclError:
@@ -302,15 +314,20 @@ class MainWindow:
         labels["incoming"].configure(text=f"{f.incoming_now} / {f.incoming_limit}  (at most {f.per_host_limit} per host)")
         labels["pop3"].configure(text=f"{f.pop3_now} / {f.pop3_limit}  (at most {f.pop3_per_host_limit} per host)"
                                  if f.pop3_enabled else "off")
+        labels["imap"].configure(text=f"{f.imap_now} / {f.imap_limit}  (at most {f.imap_per_host_limit} per host)"
+                                 if f.imap_enabled else "off")
         labels["outgoing"].configure(text=f"{f.outgoing_now} / {f.outgoing_limit}")
         for key, value in (("queue", f.queue_length), ("received", f.received), ("sent", f.sent),
                            ("deferred", f.deferred), ("bounced", f.bounced)):
             labels[key].configure(text=f"{value:,}")
         if self.state == "running":
             self.listening_label.configure(text=f.serving_lines())
+            self.imap_listening_label.configure(text=f.imap_line())
+            self.imap_listening_label.grid()
         elif self.state in ("stopped", "starting") and not self.closing:
             self.listening_label.configure(text=self.stopped_note if self.state == "stopped"
                                            else "Opening the listening ports…")
+            self.imap_listening_label.grid_remove()
 
     # -- dialogs -------------------------------------------------------------------------------
     def open_settings(self, page: str = "Domain") -> ConfigDialog | None:
@@ -333,12 +350,13 @@ class MainWindow:
             self.root.after_idle(self.start_server)  # the user fixed what stopped the start: try again
 
     def change_port(self) -> Query:
-        """Move the listening address the start failed on (SMTP's or POP3's) to another port."""
+        """Move the listening address the start failed on (SMTP's, POP3's or IMAP's) to another port."""
         key, failed = self.controller.listen_problem(self.problem.text if self.problem else "")
         s = self.controller.editable_settings()
-        name, listen, suggested, who = (("POP3", s.pop3.listen, "1110", "mail programs that fetch mail from")
-                                        if key == "pop3.listen" else
-                                        ("SMTP", s.listen, "2525", "programs that send mail through"))
+        name, listen, suggested, who = {
+            "pop3.listen": ("POP3", s.pop3.listen, "1110", "mail programs that fetch mail from"),
+            "imap.listen": ("IMAP", s.imap.listen, "1143", "mail programs that read mail on"),
+        }.get(key, ("SMTP", s.listen, "2525", "programs that send mail through"))
 
         def check(values: list[str]) -> str | None:
             text = values[0].strip()

@@ -31,6 +31,8 @@ from ismail.service import MailServer, StartupError
 log = logging.getLogger("ismail.gui")
 
 POP3_LABEL = "POP3 "  # MailServer.listening() names POP3's addresses so; SMTP's go bare
+IMAP_LABEL = "IMAP "
+MAIL_PROGRAMS = ("pop3", "imap")  # settings sections; their addresses are the field "<section>.listen"
 
 
 @dataclass
@@ -46,6 +48,11 @@ class Figures:
     pop3_now: int
     pop3_limit: int
     pop3_per_host_limit: int
+    imap_enabled: bool
+    imap_listening: list[str]   # "127.0.0.1:1143"
+    imap_now: int
+    imap_limit: int
+    imap_per_host_limit: int
     outgoing_now: int
     outgoing_limit: int
     received: int
@@ -55,9 +62,19 @@ class Figures:
     queue_length: int
 
     def serving_lines(self) -> str:
-        """Where each protocol listens, a line each: "SMTP on 0.0.0.0:25", "POP3 on ..." or "POP3 off"."""
-        return "\n".join([f"SMTP on {', '.join(self.smtp_listening)}",
-                          f"POP3 on {', '.join(self.pop3_listening)}" if self.pop3_listening else "POP3 off"])
+        """Where SMTP and POP3 listen, a line each: "SMTP on 0.0.0.0:25", "POP3 on ..." or "POP3 off".
+
+        IMAP's line is ``imap_line``: the window shows it in a label of its own, under these.
+        """
+        return "\n".join([f"SMTP on {', '.join(self.smtp_listening)}", _line("POP3", self.pop3_listening)])
+
+    def imap_line(self) -> str:
+        """ "IMAP on 0.0.0.0:143" or "IMAP off"."""
+        return _line("IMAP", self.imap_listening)
+
+
+def _line(name: str, where: list[str]) -> str:
+    return f"{name} on {', '.join(where)}" if where else f"{name} off"
 
 
 @dataclass
@@ -161,31 +178,38 @@ class Controller:
     @staticmethod
     def _listen_key(settings: Settings, problem: str) -> str:
         """The field of an address that could not be opened ("cannot listen on 127.0.0.1:110: ...")."""
-        for text in settings.pop3.listen if settings.pop3.enabled else []:
-            try:
-                entry = parse_listen(text)
-            except ValueError:
-                continue
-            where = f"[{entry.host}]:{entry.port}" if ":" in entry.host else f"{entry.host}:{entry.port}"
-            if f"cannot listen on {where}:" in problem:
-                return "pop3.listen"
+        for section in MAIL_PROGRAMS:
+            s = getattr(settings, section)
+            for text in s.listen if s.enabled is True and isinstance(s.listen, list) else []:
+                try:
+                    entry = parse_listen(text)
+                except ValueError:
+                    continue
+                where = f"[{entry.host}]:{entry.port}" if ":" in entry.host else f"{entry.host}:{entry.port}"
+                if f"cannot listen on {where}:" in problem:
+                    return f"{section}.listen"
         return "listen"
 
     def listen_problem(self, problem: str) -> tuple[str, str]:
-        """The field ("listen" or "pop3.listen") and the port a start failed on (SMTP's first
-        port when ``problem`` names none)."""
+        """The field ("listen", "pop3.listen" or "imap.listen") and the port a start failed on
+        (SMTP's first port when ``problem`` names none)."""
         s = self.editable_settings()
         smtp = s.listen or ["0.0.0.0:25"]
-        pop3 = s.pop3.listen if isinstance(s.pop3.listen, list) else []
         port = _failed_port(problem, smtp)
-        only_pop3 = port in map(_port_of, pop3) and port not in map(_port_of, smtp)
-        return ("pop3.listen" if only_pop3 else "listen"), port
+        if port not in map(_port_of, smtp):
+            for section in MAIL_PROGRAMS:
+                listen = getattr(s, section).listen
+                if port in map(_port_of, listen if isinstance(listen, list) else []):
+                    return f"{section}.listen", port
+        return "listen", port
 
     def move_port(self, key: str, port: str, new_port: int) -> list[FieldError]:
         """The addresses of ``key`` on ``port`` move to ``new_port``; then as apply_settings."""
         new = self.editable_settings()
-        if key == "pop3.listen":
-            new.pop3.listen = _moved(new.pop3.listen, port, new_port)
+        section = key.partition(".")[0]
+        if section in MAIL_PROGRAMS:
+            s = getattr(new, section)
+            s.listen = _moved(s.listen, port, new_port)
         else:
             new.listen = _moved(new.listen or ["0.0.0.0:25"], port, new_port)
         return self.apply_settings(new)
@@ -288,16 +312,22 @@ class Controller:
                            else (s.incoming.max_connections, s.incoming.max_per_host))
         pop3_total, pop3_per_host = (server.pop3_limiter.limits if server is not None
                                      else (s.pop3.max_connections, s.pop3.max_per_host))
+        imap_total, imap_per_host = (server.imap_limiter.limits if server is not None
+                                     else (s.imap.max_connections, s.imap.max_per_host))
         listening = server.listening() if server and self.running else []
         pop3 = [a[len(POP3_LABEL):] for a in listening if a.startswith(POP3_LABEL)]
+        imap = [a[len(IMAP_LABEL):] for a in listening if a.startswith(IMAP_LABEL)]
         return Figures(
             running=self.running, listening=listening,
             incoming_now=snap.get("connections_current", 0), incoming_limit=total,
             per_host_limit=per_host,
-            smtp_listening=[a for a in listening if not a.startswith(POP3_LABEL)],
+            smtp_listening=[a for a in listening if not a.startswith((POP3_LABEL, IMAP_LABEL))],
             pop3_enabled=bool(pop3) if self.running else s.pop3.enabled is True,
             pop3_listening=pop3, pop3_now=snap.get("pop3_connections_current", 0),
             pop3_limit=pop3_total, pop3_per_host_limit=pop3_per_host,
+            imap_enabled=bool(imap) if self.running else s.imap.enabled is True,
+            imap_listening=imap, imap_now=snap.get("imap_connections_current", 0),
+            imap_limit=imap_total, imap_per_host_limit=imap_per_host,
             outgoing_now=snap.get("outgoing_current", 0),
             outgoing_limit=s.outgoing.max_connections, received=snap.get("messages_received", 0),
             sent=snap.get("messages_sent", 0), deferred=snap.get("deliveries_deferred", 0),

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Callable
 from ismail.config import FieldError, Settings, validate
 
 from .accountspage import AccountsPage
-from .pages import AccessPage, ConnectionsPage, DomainPage, Page
+from .connectionspage import ConnectionsPage
+from .pages import AccessPage, DomainPage, Page
 from .programpage import ProgramPage
 from .widgets import PAD, ErrorLabel, Window, friendly, place_over
 

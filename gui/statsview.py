@@ -63,9 +63,22 @@ GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("pop3_deleted", "Messages deleted"),
         ("pop3_bytes_sent", "Bytes sent"),
     )),
+    ("IMAP Server", (
+        ("imap_connections_current", "Connections now"),
+        ("imap_connections_total", "Connections since start"),
+        ("imap_connections_refused_total_limit", "Refused: too many in total"),
+        ("imap_connections_refused_per_host_limit", "Refused: too many from one host"),
+        ("imap_connections_refused_access", "Refused: blocked or banned address"),
+        ("imap_sessions_timed_out", "Sessions timed out"),
+        ("imap_logins", "Logins"),
+        ("imap_logins_failed", "Failed logins"),
+        ("imap_fetched", "Messages fetched"),
+        ("imap_appended", "Messages added (APPEND)"),
+        ("imap_expunged", "Messages deleted (EXPUNGE)"),
+    )),
 )
-# Which column each group goes in: receiving, sending, fetching (the retry note ends column 1).
-COLUMN = {"SMTP Receiver": 0, "POP3 Server": 2}
+# Which column each group goes in: receiving, sending, mail programs (the retry note ends column 1).
+COLUMN = {"SMTP Receiver": 0, "POP3 Server": 2, "IMAP Server": 2}
 
 
 class StatisticsWindow(Window):

@@ -31,6 +31,8 @@ def setup_style(root: tk.Misc) -> ttk.Style:
     style.configure("Running.TLabel", font=("TkDefaultFont", 14, "bold"), foreground="#1b7f2a")
     style.configure("Stopped.TLabel", font=("TkDefaultFont", 14, "bold"), foreground="#9a2b00")
     style.configure("Figure.TLabel", font=("TkDefaultFont", 11, "bold"))
+    # Labels stacked to read as one paragraph: without the border a label has around its text.
+    style.layout("Lines.TLabel", [("Label.label", {"sticky": "nswe"})])
     return style
 
 

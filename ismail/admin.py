@@ -1,8 +1,8 @@
 """Admin: what the window and the command line do to ISMail's data, in one place.
 
 The outgoing queue (list, count, flush, delete) and the local accounts (list, add,
-remove, passwd, forward) are reached through here, so neither the window nor the
-command line knows where a file lives or which stage owns it.
+remove, passwd, forward, and a look at their folders) are reached through here, so
+neither the window nor the command line knows where a file lives or which stage owns it.
 
 Two ways of working, chosen on every call:
 
@@ -22,18 +22,29 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 from .queue.scheduler import FLUSH_FILE
 from .queue.spool import QueueEntry, Spool
 from .store.accounts import AccountError, AccountInfo, AccountStore
+from .store.folders import INBOX, FolderError, MailStore
+from .store.folders_box import Box, size_from_key
+from .store.uidlist import CorruptIndex, UidList
 
 if TYPE_CHECKING:
     from .service import MailServer
 
-__all__ = ["Admin", "AccountError", "AccountInfo", "AccountStore", "QueueEntry"]
+__all__ = ["Admin", "AccountError", "AccountInfo", "AccountStore", "FolderSummary", "QueueEntry"]
 
 log = logging.getLogger("ismail.admin")
+
+
+class FolderSummary(NamedTuple):
+    """One folder of an account as Settings > Accounts shows it."""
+
+    name: str      # "INBOX", "Sent", "Archive/2024": Unicode, "/" between levels
+    messages: int
+    size: int      # bytes with CRLF line ends, as mail programs count them (FolderStatus.size)
 
 
 class Admin:
@@ -162,3 +173,69 @@ class Admin:
     def account_forward(self, address: str, targets: Iterable[str]) -> None:
         """Copies of the account's mail go to ``targets`` too; none: no forwarding."""
         self.account_store.set_forward(address, targets)
+
+    def account_folders(self, address: str) -> list[FolderSummary]:
+        """The account's folders, INBOX first, with how many messages each holds and their size.
+
+        A look, not a visit: nothing in any folder changes.  ``MailStore.status`` is not used
+        because it opens the folder as a session does: it hands out UIDs (writing the folder's
+        UID index, and a new UIDVALIDITY for a folder no mail program has opened yet) and
+        clears tmp/.  Here a folder costs two directory listings, and its UID index is read
+        only for sizes the file names do not carry: about 30 ms for 10,000 messages.
+        An account whose mailbox was never made shows an empty INBOX; none is created.
+        """
+        local, _, domain = address.strip().lower().rpartition("@")
+        mailbox = self.account_store.mailbox_for(local, domain) if local else None
+        if mailbox is None:
+            raise AccountError(f"There is no account {address}.")
+        if not (mailbox / "cur").is_dir():
+            return [FolderSummary(INBOX, 0, 0)]
+        try:
+            # Makes no folder (its lock file at most); clears half-made ones a crash left.
+            store = MailStore(mailbox)
+            found = [info.name for info in store.list()]
+        except (OSError, FolderError) as e:
+            raise AccountError(f"The folders of {address} cannot be read: {e}") from e
+        summaries = []
+        for name in found:
+            try:
+                messages, size = _look(Box(mailbox, name, store.path(name)))
+            except FolderError:  # deleted or renamed while we looked
+                continue
+            summaries.append(FolderSummary(name, messages, size))
+        return summaries
+
+
+def _look(box: Box) -> tuple[int, int]:
+    """Messages and CRLF size of one folder, read-only.
+
+    The size comes from the file name's ",W=" (ISMail and Dovecot write it), else from the
+    UID index (which records it once a session has measured the file), else the file's
+    size on disk: a message no session has opened yet and whose name has no size, counted
+    without reading it (a little under its CRLF size).
+    """
+    listing = box.scan()
+    size = 0
+    sizes: dict[str, int] | None = None
+    for key, (sub, filename, _) in listing.items():
+        known = size_from_key(key)
+        if known is None:
+            if sizes is None:
+                sizes = _indexed_sizes(box.uidlist)
+            known = sizes.get(key)
+        if known is None:
+            try:
+                known = os.stat(sub / filename).st_size
+            except OSError:  # moved or expunged since the listing
+                known = 0
+        size += known
+    return len(listing), size
+
+
+def _indexed_sizes(uidlist: UidList) -> dict[str, int]:
+    """The sizes the index records; read without the lock: the file is only ever replaced whole."""
+    try:
+        index = uidlist.read()
+    except (OSError, CorruptIndex):
+        return {}
+    return index.sizes if index is not None else {}

@@ -7,17 +7,19 @@ deferred for an hour, and never leaves the machine.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
 import unittest
 from pathlib import Path
 
-from ismail.admin import AccountError, Admin, QueueEntry
+from ismail.admin import AccountError, Admin, FolderSummary, QueueEntry
 from ismail.config import from_dict
 from ismail.queue.scheduler import FLUSH_FILE
 from ismail.queue.spool import MessageBuffer, QueuedRecipient, Spool
 from ismail.service import MailServer
+from ismail.store.folders import MailStore
 from tests.support import free_port
 
 DOMAINS = ["example.test"]
@@ -151,6 +153,92 @@ class FilesTest(unittest.TestCase):
                 call()
             self.assertIn("accounts.json", str(caught.exception))
         self.assertEqual(path.read_text(), "{ this is not json")
+
+
+def files_of(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and directory under ``root`` with its size and modification time."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            st = os.stat(path)
+            found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def put(folder: Path, count: int, body: bytes, sized: bool = True, sub: str = "cur", start: int = 0) -> None:
+    """``count`` message files as a delivery leaves them; ``sized``: with ISMail's ",S=..,W=.." in the name."""
+    crlf = len(body) + body.count(b"\n")
+    for i in range(start, start + count):
+        name = f"{1717000000 + i}.M{i}P7Q{i}.host" + (f",S={len(body)},W={crlf}" if sized else "")
+        (folder / sub / (name + (":2,S" if sub == "cur" else ""))).write_bytes(body)
+
+
+class FoldersTest(unittest.TestCase):
+    """Admin.account_folders: what Settings > Accounts shows of an account's folders."""
+
+    BODY = b"Subject: hello\n\nthree\nshort\nlines\n"
+    DISK, CRLF = len(BODY), len(BODY) + BODY.count(b"\n")  # 34 bytes on disk, 39 as mail programs count
+
+    def setUp(self) -> None:
+        self.data = Path(tempfile.mkdtemp(prefix="ismail-admin-"))
+        self.addCleanup(shutil.rmtree, self.data, True)
+        self.admin = Admin(self.data)
+        self.mailbox = self.admin.account_add("ann@example.test", "pw1", DOMAINS).mailbox
+
+    def test_folders_with_counts_and_crlf_sizes(self) -> None:
+        store = MailStore(self.mailbox)
+        for name in ("Archive/2024", "Sent"):
+            store.create(name)
+        put(self.mailbox, 3, self.BODY)
+        put(self.mailbox, 2, self.BODY, sub="new", start=3)
+        put(store.path("Archive/2024"), 4, self.BODY)
+        self.assertEqual(self.admin.account_folders("Ann@Example.test"), [
+            FolderSummary("INBOX", 5, 5 * self.CRLF), FolderSummary("Archive", 0, 0),
+            FolderSummary("Archive/2024", 4, 4 * self.CRLF), FolderSummary("Sent", 0, 0)])
+        self.assertEqual(self.admin.account_folders("root@example.test"), [("INBOX", 0, 0)])  # postmaster's
+
+    def test_the_same_figures_as_status_without_changing_anything(self) -> None:
+        store = MailStore(self.mailbox)
+        store.create("Imported")
+        put(self.mailbox, 5, self.BODY)
+        put(store.path("Imported"), 6, self.BODY, sized=False, sub="new")  # a foreign Maildir's names
+        before = files_of(self.mailbox)
+        looked = self.admin.account_folders("ann@example.test")
+        self.assertEqual(files_of(self.mailbox), before, "a look changed the mailbox")
+        for folder in ("", ".Imported"):
+            self.assertFalse((self.mailbox / folder / "ismail-uidlist").exists(), "UIDs were handed out")
+        # Never opened and no size in the names: the size on disk, without reading the files.
+        self.assertEqual(looked, [("INBOX", 5, 5 * self.CRLF), ("Imported", 6, 6 * self.DISK)])
+        # Once a session has opened the folder, the index has the CRLF sizes: the look agrees with STATUS.
+        status = {name: store.status(name) for name in ("INBOX", "Imported")}
+        self.assertTrue((self.mailbox / ".Imported" / "ismail-uidlist").exists())  # status() hands out UIDs
+        self.assertEqual(self.admin.account_folders("ann@example.test"),
+                         [(name, s.messages, s.size) for name, s in status.items()])
+
+    def test_a_mailbox_never_made_is_an_empty_inbox_and_stays_unmade(self) -> None:
+        mailbox = self.data / "mailboxes" / "example.test" / "postmaster"
+        self.assertFalse(mailbox.exists())
+        self.assertEqual(self.admin.account_folders("postmaster@example.test"), [("INBOX", 0, 0)])
+        self.assertFalse(mailbox.exists())
+
+    def test_an_unknown_account(self) -> None:
+        for address in ("nobody@example.test", "not an address"):
+            with self.assertRaises(AccountError):
+                self.admin.account_folders(address)
+
+    def test_ten_thousand_messages_stay_quick(self) -> None:
+        store = MailStore(self.mailbox)
+        store.create("Big")
+        put(self.mailbox, 10_000, self.BODY)
+        put(store.path("Big"), 10_000, self.BODY, sized=False)
+        started = time.perf_counter()
+        looked = self.admin.account_folders("ann@example.test")
+        took = time.perf_counter() - started
+        self.assertEqual(looked, [("INBOX", 10_000, 10_000 * self.CRLF), ("Big", 10_000, 10_000 * self.DISK)])
+        # A few hundredths of a second here (status() takes several times longer and writes
+        # the index); the bound leaves room for a slow, busy test machine.
+        self.assertLess(took, 3.0)
 
 
 class RunningServerTest(unittest.TestCase):
