@@ -22,6 +22,18 @@ from pathlib import Path
 from ismail.queue.dns import DNSError, Resolver
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The trace lines ISMail puts in front of a message it stores; the rest is what was sent.
+ADDED_HEADERS = (b"Return-Path:", b"Received:")
+
+
+def without_trace(data: bytes, eol: bytes = b"\r\n") -> bytes:
+    """A stored or downloaded message with ISMail's trace lines taken off its top (they
+    come first, with their folded continuation lines); ``eol`` as the client stores it."""
+    rest = data
+    while rest.startswith(ADDED_HEADERS) or rest[:1] in (b"\t", b" "):
+        rest = rest.split(eol, 1)[1]
+    return rest
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

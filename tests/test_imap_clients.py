@@ -3,7 +3,7 @@
 The server trusts no network ("trusted_networks": TEST-NET-1 only), so a password sent
 without TLS is refused: a client that got in has used STARTTLS.  What each client stores
 must be what was sent in over SMTP (or what the client put on the server), byte for byte
-after the trace headers ISMail adds (ADDED_HEADERS), the headers the client adds itself
+after the trace headers ISMail adds (support.ADDED_HEADERS), the headers the client adds itself
 (CLIENT_HEADERS) and the client's line ends.
 
 The certificate (tests.security_support, CN mx.example.test) is checked for real where
@@ -44,10 +44,9 @@ import unittest
 from pathlib import Path
 
 from tests.security_support import PASSWORD, SERVER_NAME, USER, SelfSignedCertificate
-from tests.support import ServerProcess, require_program
+from tests.support import ServerProcess, require_program, without_trace
 from tests.test_imap_e2e import fetch_flags, fetch_literals, ok
 
-ADDED_HEADERS = (b"Return-Path:", b"Received:")
 # What the clients add to a message themselves (everything else must be left alone).
 CLIENT_HEADERS = {
     "mbsync": (b"X-TUID:",),        # its temporary id, written into every copy it propagates
@@ -85,9 +84,7 @@ def plain(data: bytes, client: str, lf: bool) -> bytes:
     """The message as it was sent: the trace headers off its top, the client's own
     header lines out of its header, CRLF line ends."""
     eol = b"\n" if lf else b"\r\n"
-    rest = data
-    while rest.startswith(ADDED_HEADERS) or rest[:1] in (b"\t", b" "):
-        rest = rest.split(eol, 1)[1]
+    rest = without_trace(data, eol)
     head, sep, body = rest.partition(eol + eol)
     lines = [line for line in head.split(eol) if not line.startswith(CLIENT_HEADERS[client])]
     out = eol.join(lines) + sep + body

@@ -3,7 +3,7 @@
 What a user of a mail program would check, and what a hostile client tries:
 
 * delivered mail comes down byte for byte (after the trace headers ISMail adds on
-  delivery, ADDED_HEADERS), an APPENDed message exactly as it went up; UIDs and
+  delivery, support.ADDED_HEADERS), an APPENDed message exactly as it went up; UIDs and
   UIDVALIDITY stay; flags, COPY, MOVE, EXPUNGE and folders end up in the Maildir++;
 * the state machine: every command outside its state gets a tagged BAD that says why,
   and the session goes on; LOGOUT ends it;
@@ -36,10 +36,9 @@ import unittest
 from pathlib import Path
 
 from tests.security_support import PASSWORD, USER, SelfSignedCertificate, tls_client_context
-from tests.support import SMTPTalk, ServerProcess
+from tests.support import SMTPTalk, ServerProcess, without_trace
 
 # What ISMail puts in front of a message it delivers (the rest is what the client sent).
-ADDED_HEADERS = (b"Return-Path:", b"Received:")
 SPECIAL = ("Drafts", "Junk", "Sent", "Trash")   # made at the first login (RFC 6154)
 IDLE_WITHIN = 2.0                               # seconds from delivery to "* n EXISTS"
 
@@ -61,14 +60,6 @@ def smtp_send(port: int, *messages: bytes, rcpt: str = USER) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
         for m in messages:
             s.sendmail("a@remote.test", [rcpt], m)
-
-
-def stored_tail(full: bytes) -> bytes:
-    """``full`` with ISMail's own trace headers taken off the front (they must be first)."""
-    rest = full
-    while rest.startswith(ADDED_HEADERS) or rest[:1] in (b"\t", b" "):
-        rest = rest.split(b"\r\n", 1)[1]
-    return rest
 
 
 def imap(port: int, source: str | None = None) -> imaplib.IMAP4:
@@ -296,7 +287,7 @@ class DownloadTest(ImapCase):
         bodies = fetch_literals(m, "1:*", "(UID RFC822.SIZE FLAGS BODY.PEEK[])")
         self.assertEqual(len(bodies), 3)
         for (uid, (head, full)), original in zip(sorted(bodies.items()), SAMPLES):
-            self.assertEqual(stored_tail(full), original, f"UID {uid} changed")
+            self.assertEqual(without_trace(full), original, f"UID {uid} changed")
             self.assertTrue(full.startswith(b"Return-Path: <a@remote.test>\r\nReceived: "))
             # RFC822.SIZE is the exact size of what BODY[] gives (RFC 3501 §2.3.4).
             self.assertIn(b"RFC822.SIZE %d " % len(full), head)
@@ -415,7 +406,7 @@ class ChangeTest(ImapCase):
         self.assertEqual(len(self.files("Trash")), 1)
         ok(m.select("Trash"))
         moved = fetch_literals(m, "1:*", "(UID BODY.PEEK[])")
-        self.assertEqual([stored_tail(b) for _, b in moved.values()], [SAMPLES[2]])
+        self.assertEqual([without_trace(b) for _, b in moved.values()], [SAMPLES[2]])
 
     def test_folders_are_maildir_plus_plus_folders(self):
         m = self.session()
@@ -830,7 +821,7 @@ class Pop3InterplayTest(ImapCase):
             got = [b"".join(line + b"\r\n" for line in p.retr(n)[1]) for n in (1, 2)]
         finally:
             p.quit()
-        self.assertEqual(stored_tail(got[0]), SAMPLES[1])
+        self.assertEqual(without_trace(got[0]), SAMPLES[1])
         self.assertEqual(got[1], SAMPLES[2], "what IMAP appended comes down over POP3 unchanged")
 
 

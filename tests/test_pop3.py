@@ -1,7 +1,7 @@
 """POP3 end to end: a real ISMail process, mail sent in over SMTP, read back with poplib.
 
 What a user of a mail program would check: every message comes down byte for byte as it
-was sent (after the two trace headers ISMail adds on delivery, listed in ADDED_HEADERS),
+was sent (after the two trace headers ISMail adds on delivery, listed in support.ADDED_HEADERS),
 the UIDL of a message never changes, DELE deletes only at QUIT, a second session on the
 same mailbox is refused with [IN-USE], mail that arrives during a session waits for the
 next one, plaintext logins need TLS unless the client is trusted, and failed POP3 logins
@@ -14,16 +14,13 @@ import os
 import poplib
 import smtplib
 import socket
-import ssl
 import time
 import unittest
 from pathlib import Path
 
 from tests.security_support import PASSWORD, USER, SelfSignedCertificate, tls_client_context
-from tests.support import SMTPTalk, ServerProcess, free_port
+from tests.support import SMTPTalk, ServerProcess, free_port, without_trace
 
-# What ISMail puts in front of a message it stores (the rest is what the client sent).
-ADDED_HEADERS = (b"Return-Path:", b"Received:")
 
 SAMPLES = [
     # An ordinary message.
@@ -64,14 +61,6 @@ def logged_in(port: int) -> poplib.POP3:
 
 def text_of(lines: list[bytes]) -> bytes:
     return b"".join(line + b"\r\n" for line in lines)
-
-
-def stored_tail(full: bytes, original: bytes) -> bytes:
-    """``full`` with ISMail's own trace headers taken off the front (they must be first)."""
-    rest = full
-    while rest.startswith(ADDED_HEADERS) or rest[:1] in (b"\t", b" "):
-        rest = rest.split(b"\r\n", 1)[1]
-    return rest
 
 
 class Pop3Case(unittest.TestCase):
@@ -118,7 +107,7 @@ class DownloadTest(Pop3Case):
             for n, original in enumerate(SAMPLES, 1):
                 resp, lines, octets = p.retr(n)
                 full = text_of(lines)
-                self.assertEqual(stored_tail(full, original), original, f"message {n} changed")
+                self.assertEqual(without_trace(full), original, f"message {n} changed")
                 # LIST's size is the exact size of the message as sent (RFC 1939 §11).
                 self.assertEqual(len(full), sizes[n - 1])
                 self.assertTrue(full.startswith(b"Return-Path: <a@remote.test>\r\nReceived: "))
@@ -129,10 +118,10 @@ class DownloadTest(Pop3Case):
         self.deliver(SAMPLES[2])
         p = logged_in(self.port)
         try:
-            header, _, body = stored_tail(text_of(p.retr(1)[1]), SAMPLES[2]).partition(b"\r\n\r\n")
+            header, _, body = without_trace(text_of(p.retr(1)[1])).partition(b"\r\n\r\n")
             for n in (0, 1, 5):
                 lines = p.top(1, n)[1]
-                got = stored_tail(text_of(lines), b"")
+                got = without_trace(text_of(lines))
                 want_body = b"".join(l + b"\r\n" for l in body.split(b"\r\n")[:n])
                 self.assertEqual(got, header + b"\r\n\r\n" + want_body, f"TOP 1 {n}")
         finally:
@@ -168,7 +157,7 @@ class DownloadTest(Pop3Case):
         p = logged_in(self.port)
         try:
             self.assertEqual(p.stat()[0], 1)
-            self.assertEqual(stored_tail(text_of(p.retr(1)[1]), SAMPLES[1]), SAMPLES[1])
+            self.assertEqual(without_trace(text_of(p.retr(1)[1])), SAMPLES[1])
         finally:
             p.quit()
 
@@ -395,7 +384,7 @@ class ImplicitTLSTest(unittest.TestCase):
         try:
             p.user(USER)
             p.pass_(PASSWORD)
-            self.assertEqual(stored_tail(text_of(p.retr(1)[1]), SAMPLES[0]), SAMPLES[0])
+            self.assertEqual(without_trace(text_of(p.retr(1)[1])), SAMPLES[0])
         finally:
             p.quit()
 

@@ -4,26 +4,23 @@ Each client downloads over STLS with the test certificate checked for real (the 
 named mx.example.test; each client is told to connect to 127.0.0.1 under that name).  The
 server trusts no network, so a password without TLS would be refused: a client that got
 in has used TLS.  What the clients save must be what was sent in over SMTP, byte for byte
-(line ends as the client stores them) after the headers ISMail adds (ADDED_HEADERS).
+(line ends as the client stores them) after the headers ISMail adds (support.ADDED_HEADERS).
 
 Crash safety: a SIGKILL in the middle of a session with DELEs pending deletes nothing.
 """
 from __future__ import annotations
 
 import os
-import signal
 import smtplib
 import stat
 import subprocess
 import tempfile
-import time
 import unittest
 from pathlib import Path
 
 from tests.security_support import PASSWORD, SERVER_NAME, USER, SelfSignedCertificate
-from tests.support import SMTPTalk, ServerProcess, require_program
+from tests.support import SMTPTalk, ServerProcess, require_program, without_trace
 
-ADDED_HEADERS = (b"Return-Path:", b"Received:")
 
 MESSAGES = [
     b"From: a@remote.test\r\nTo: user@example.test\r\nSubject: first\r\nMessage-ID: <1@remote.test>\r\n"
@@ -34,15 +31,6 @@ MESSAGES = [
     "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße\r\n".encode()
     + b"".join(b"%06d " % i + b"y" * 70 + b"\r\n" for i in range(2000)),
 ]
-
-
-def body_after_trace(data: bytes, lf: bool) -> bytes:
-    """The message without ISMail's trace headers at its top (``lf``: client stores LF ends)."""
-    eol = b"\n" if lf else b"\r\n"
-    rest = data
-    while rest.startswith(ADDED_HEADERS) or rest[:1] in (b"\t", b" "):
-        rest = rest.split(eol, 1)[1]
-    return rest
 
 
 def as_stored(message: bytes, lf: bool) -> bytes:
@@ -72,7 +60,7 @@ class ClientCase(unittest.TestCase):
         self.addCleanup(subprocess.run, ["rm", "-rf", str(self.work)])
 
     def assert_same_messages(self, saved: list[bytes], lf: bool) -> None:
-        got = sorted(body_after_trace(d, lf) for d in saved)
+        got = sorted(without_trace(d, b"\n" if lf else b"\r\n") for d in saved)
         want = sorted(as_stored(m, lf) for m in MESSAGES)
         self.assertEqual(len(got), len(want), "every message comes down once")
         for g, w in zip(got, want):
