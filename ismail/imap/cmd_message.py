@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Iterator
 from ..store.folders import KeywordLimit, NoSuchMessage
 from .commands import SELECTED, Bad, Done, No, command, flag_list, sequence_set
 from .fetch import FetchItem, UnknownEncoding, parse_items, render, sets_seen
+from .fetch_fast import fetch_fast, plan
 from .parser import Atom
 from .search import BadCharset, CHARSETS, MessageContext, parse_search
 
@@ -84,6 +85,9 @@ def fetch(s: "ImapSession", c: "Command") -> Iterator[bytes]:
 
 def _fetch_stream(s: "ImapSession", c: "Command", sel: "Selected", numbered, items: list[FetchItem],
                   seen_now: set[int]) -> Iterator[bytes]:
+    shape = None if seen_now else plan(items)
+    if shape is not None:
+        return (yield from fetch_fast(s, c, sel, numbered, shape))
     folder = sel.folder
     with_flags = items + [FetchItem("FLAGS")] if not any(i.name == "FLAGS" for i in items) else items
     body = sends_body(items)

@@ -327,7 +327,11 @@ def _render_item(item: FetchItem, view: _View) -> Iterator[Piece]:
 
 
 def _section_content(item: FetchItem, view: _View) -> Iterator[Piece]:
-    data, root = view.data, view.root
+    data = view.data
+    if not item.section and not item.text:   # BODY[]: the whole message, no parsing
+        yield from _literal(data, *_clip((0, len(data)), item.partial))
+        return
+    root = view.root
     target = find_part(root, list(item.section)) if item.section else root
     message = root if not item.section else target.message if target else None
     if target is None or (item.text not in ("", "MIME") and message is None):

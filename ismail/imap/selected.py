@@ -54,6 +54,7 @@ class Selected:
         # EXAMINE claims nothing, but still reports what is recent (unclaimed): the UIDs
         # from here up, as Dovecot does (ImapTest's select test checks it).
         self._peek_from: int | None = None
+        self._flags_text: dict[tuple[frozenset[str], bool], bytes] = {}  # flags -> "FLAGS (...)"
         if not readonly:
             self._claim()
         else:
@@ -98,7 +99,14 @@ class Selected:
         return flags
 
     def flags_bytes(self, ref: MessageRef) -> bytes:
-        return ("FLAGS (" + " ".join(self.flags(ref)) + ")").encode("utf-8", "replace")
+        key = (ref.flags, self.is_recent(ref.uid))
+        out = self._flags_text.get(key)
+        if out is None:
+            if len(self._flags_text) > 4096:
+                self._flags_text.clear()
+            out = self._flags_text[key] = \
+                ("FLAGS (" + " ".join(self.flags(ref)) + ")").encode("utf-8", "replace")
+        return out
 
     # -- numbers ----------------------------------------------------------------------------------
     def seq(self, uid: int) -> int | None:

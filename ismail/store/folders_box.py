@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +31,62 @@ _SIZES = re.compile(r",S=(\d+),W=(\d+)")
 _W = re.compile(r",W=(\d+)")
 
 Listing = dict[str, tuple[Path, str, str]]  # key -> (subdir, file name, info)
+
+# A file's or directory's mtime has a granularity: a change in the same clock tick as the
+# last one leaves it unchanged, so until that tick is surely over the mtime (and a stat
+# with it) does not prove that nothing changed.  A file system that keeps whole seconds
+# only (FAT: 2 s) shows it in the mtime itself; the others keep fractions, and their
+# clock ticks are at most ~16 ms (Windows; Linux 1-10 ms; exFAT 10 ms), well inside the
+# shorter slack.
+MTIME_SLACK = 2.0
+MTIME_SLACK_FINE = 0.1
+
+
+def settled_after(mtime_ns: int) -> float:
+    """The time after which a later change of a file with this mtime changes the mtime."""
+    slack = MTIME_SLACK if mtime_ns % 1_000_000_000 == 0 else MTIME_SLACK_FINE
+    return mtime_ns / 1e9 + slack
+
+
+class _SharedIndexes:
+    """Parsed UID indexes of recently used folders, shared by this process's sessions, so
+    that ten sessions opening one large folder parse its index once, not ten times.
+
+    An entry is what a read under the folder lock found, for the file's exact stat
+    (inode, mtime, size), and only if that read came after the mtime had settled: a
+    rewrite in the same clock tick could otherwise keep all three (a reused inode).
+    Entries are never changed: writers work on a copy (``Box.index_locked``).
+    """
+
+    MAX_FOLDERS = 64
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._map: OrderedDict[Path, tuple[tuple, Index]] = OrderedDict()
+
+    def get(self, path: Path, stat: tuple | None) -> Index | None:
+        with self._lock:
+            entry = self._map.get(path)
+            if entry is None or entry[0] != stat:
+                return None
+            self._map.move_to_end(path)
+            return entry[1]
+
+    def put(self, path: Path, stat: tuple, index: Index, read_at: float) -> None:
+        if read_at < settled_after(stat[1]):
+            return
+        with self._lock:
+            self._map[path] = (stat, index)
+            self._map.move_to_end(path)
+            while len(self._map) > self.MAX_FOLDERS:
+                self._map.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._map.clear()
+
+
+SHARED_INDEXES = _SharedIndexes()
 
 
 def size_from_key(key: str) -> int | None:
@@ -80,20 +138,35 @@ class Box:
         return self.uidlist.locked()
 
     def index(self) -> Index:
-        """The current index: the cached one if the file has not been replaced since."""
-        if self._index is not None and self.uidlist.stat() == self._index_stat:
-            return self._index
-        # Read under the lock: a writer puts the files of its new lines in place before it
-        # lets go, so every line of what we read here names a file that was placed.
-        with self.locked():
-            return self.index_locked()
-
-    def index_locked(self) -> Index:
-        """Like ``index``, for a caller that holds the lock (and may change and write it)."""
+        """The current index, to read only (it may be shared with other sessions): the
+        cached one if the file has not been replaced since."""
         stat = self.uidlist.stat()
         if self._index is not None and stat == self._index_stat:
             return self._index
+        shared = SHARED_INDEXES.get(self.path, stat)
+        if shared is not None:
+            self._index, self._index_stat = shared, stat
+            return shared
+        # Read under the lock: a writer puts the files of its new lines in place before it
+        # lets go, so every line of what we read here names a file that was placed.
+        with self.locked():
+            return self._current_locked()
+
+    def index_locked(self) -> Index:
+        """The current index for a caller that holds the lock and may change it (and then
+        ``write_locked`` it): a copy of its own, never the one ``index`` hands out."""
+        return self._current_locked().copy()
+
+    def _current_locked(self) -> Index:
+        stat = self.uidlist.stat()
+        if self._index is not None and stat == self._index_stat:
+            return self._index
+        shared = SHARED_INDEXES.get(self.path, stat)
+        if shared is not None:
+            self._index, self._index_stat = shared, stat
+            return shared
         above = self._index.uidvalidity if self._index is not None else 0
+        read_at = time.time()
         try:
             index = self.uidlist.read()
         except CorruptIndex as e:
@@ -107,7 +180,14 @@ class Box:
             self.write_locked(index)
             return index
         self._index, self._index_stat = index, stat
+        if stat is not None:
+            SHARED_INDEXES.put(self.path, stat, index, read_at)
         return index
+
+    @property
+    def index_stat(self) -> tuple | None:
+        """The index file's stat when this box last read or wrote it."""
+        return self._index_stat
 
     def write_locked(self, index: Index) -> None:
         try:

@@ -97,6 +97,11 @@ class Keywords:
         self.names, self._stat, self._cache = names, stat, {}
         return True
 
+    @property
+    def stat(self) -> tuple | None:
+        """The table file as last read (inode, mtime, size), None if there was none."""
+        return self._stat
+
     def flags_of(self, info: str) -> frozenset[str]:
         """The IMAP flags an info part (``2,FSa``) stands for."""
         flags = self._cache.get(info)

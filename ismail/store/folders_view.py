@@ -22,11 +22,13 @@ import io
 import logging
 import operator
 import os
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
-from .folders_box import Box, CrlfReader, Listing, date_from_key, size_from_key
+from .folders_box import Box, CrlfReader, Listing, date_from_key, settled_after, size_from_key
 from .folders_flags import INFO_SEP, SYSTEM_FLAGS, change_info, letters, normalize_flags
 from .folders_model import Changes, MessageRef, NoSuchMessage, UidValidityChanged
 from .folders_transfer import append_to, copy_into, move_into
@@ -34,11 +36,69 @@ from .uidlist import retry_windows
 
 log = logging.getLogger("ismail.folders")
 
-# A directory's mtime has a granularity (2 s on FAT): a change in the same tick as our
-# last look leaves it unchanged, so for this long after a change we list again anyway.
-MTIME_SLACK = 2.0
 DELETED = "\\Deleted"
 _uid_of = operator.attrgetter("uid")
+
+
+class _Snapshot(NamedTuple):
+    """A folder as one complete listing found it, for the next view opened on it."""
+
+    stats: tuple            # Box.stats() before that listing (directories and UID index)
+    keywords: tuple | None  # the keyword table's file, as the flags were read with it
+    uidvalidity: int
+    uidnext: int
+    new: Path               # the Path objects the refs hold (views compare them by identity)
+    cur: Path
+    by_uid: dict[int, MessageRef]
+    messages: list[MessageRef]
+
+
+class _Snapshots:
+    """The last complete view of recently opened folders, shared by the sessions of this
+    process: a SELECT, EXAMINE or STATUS of a folder nobody changed since takes the
+    list from here instead of listing and indexing the directory again (Dovecot keeps
+    its index on disk for the same end).  A snapshot is used only while the folder's
+    directory and index stats are exactly those it was taken under, and only if it was
+    taken once the directories' mtimes had settled (``settled_after``), so every later
+    change shows as a different stat.  Bounded by messages held, oldest dropped first.
+    """
+
+    MAX_MESSAGES = 300_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._map: OrderedDict[Path, _Snapshot] = OrderedDict()
+        self._held = 0
+
+    def get(self, path: Path, stats: tuple) -> _Snapshot | None:
+        """The snapshot of ``path`` if its directories' stats are still ``stats``'s."""
+        with self._lock:
+            snap = self._map.get(path)
+            if snap is None or snap.stats[:2] != stats[:2]:
+                return None
+            self._map.move_to_end(path)
+            return snap
+
+    def put(self, path: Path, snap: _Snapshot) -> None:
+        with self._lock:
+            old = self._map.pop(path, None)
+            if old is not None:
+                self._held -= len(old.messages)
+            if len(snap.messages) > self.MAX_MESSAGES:
+                return
+            self._map[path] = snap
+            self._held += len(snap.messages)
+            while self._held > self.MAX_MESSAGES:
+                _, dropped = self._map.popitem(last=False)
+                self._held -= len(dropped.messages)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._map.clear()
+            self._held = 0
+
+
+SNAPSHOTS = _Snapshots()
 
 
 class Folder:
@@ -82,6 +142,8 @@ class Folder:
         stats = box.stats()
         if stats == self._stats and now >= self._recheck_until:
             return Changes()
+        if not self.uidvalidity and self._adopt(stats, now):
+            return Changes(added=list(self.messages))
         index = box.index()
         if self.uidvalidity and index.uidvalidity != self.uidvalidity:
             raise UidValidityChanged(f"folder {self.name} was given a new UIDVALIDITY")
@@ -96,13 +158,43 @@ class Folder:
         unknown = [key for key in listing if key not in index.uids]
         if unknown or gone:
             index = box.assign(unknown, listing, {(index.uids[k], k) for k in gone}, index.uidvalidity)
+            stats = stats[:2] + (box.index_stat,)   # the index as assign left it, not as before
         cap = self._first_unseen_line(index, listing)
         changes = self._take(listing, index, table_changed, cap)
         self.uidvalidity, self.uidnext = index.uidvalidity, index.uidnext
         self._stats = stats if cap is None else None  # held back: look again next time
-        newest = max(stats[0], stats[1]) / 1e9 + MTIME_SLACK
+        newest = max(settled_after(stats[0]), settled_after(stats[1]))
         self._recheck_until = newest if newest > now else 0.0
+        if cap is None and not self._recheck_until:
+            # Complete, and taken when the directories' mtimes had settled.
+            SNAPSHOTS.put(box.path, _Snapshot(stats, box.keywords.stat, self.uidvalidity, self.uidnext,
+                                              box.new, box.cur, dict(self._by_uid), list(self.messages)))
         return changes
+
+    def _adopt(self, stats: tuple, now: float) -> bool:
+        """Open from the shared snapshot if the folder is exactly as it was taken."""
+        box = self._box
+        snap = SNAPSHOTS.get(box.path, stats)
+        if snap is None or now < max(settled_after(stats[0]), settled_after(stats[1])):
+            return False
+        if snap.stats[2] != stats[2]:
+            # The index was rewritten since, with the same files in place (the directories
+            # say so): what matters is that it still has the same UIDVALIDITY and that
+            # it has given out no new UIDs (a \Recent claim rewrites it too).
+            head = box.uidlist.header()
+            if head is None or head[:2] != (snap.uidvalidity, snap.uidnext):
+                return False
+        box.keywords.reload()
+        if box.keywords.stat != snap.keywords:
+            return False
+        box.new, box.cur = snap.new, snap.cur
+        self._by_uid = dict(snap.by_uid)
+        self.messages = list(snap.messages)
+        self.uidvalidity, self.uidnext = snap.uidvalidity, snap.uidnext
+        if self.messages:
+            self._highest = self.messages[-1].uid
+        self._stats = stats
+        return True
 
     def _first_unseen_line(self, index, listing: Listing) -> int | None:
         """The lowest new UID whose file this listing did not show, if any.
@@ -218,7 +310,8 @@ class Folder:
             return []
         top = self.messages[-1].uid
         box = self._box
-        if box.index().first_recent > top:
+        head = box.uidlist.header()   # the first line is enough to see nothing is left to claim
+        if (head[2] if head is not None else box.index().first_recent) > top:
             return []
         with box.locked():
             index = box.index_locked()
@@ -232,7 +325,8 @@ class Folder:
 
     def recent_count(self) -> int:
         """How many messages no session has claimed as recent yet (for STATUS)."""
-        start = self._box.index().first_recent
+        head = self._box.uidlist.header()
+        start = head[2] if head is not None else self._box.index().first_recent
         return len(self.messages) - bisect.bisect_left(self.messages, start, key=_uid_of)
 
     # -- flags ----------------------------------------------------------------------------------------

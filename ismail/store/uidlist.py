@@ -161,6 +161,10 @@ class Index:
             self.dates[key] = date
         return uid
 
+    def copy(self) -> "Index":
+        return Index(self.uidvalidity, self.uidnext, self.first_recent,
+                     dict(self.uids), dict(self.sizes), dict(self.dates))
+
     def remove(self, key: str) -> int | None:
         self.sizes.pop(key, None)
         self.dates.pop(key, None)
@@ -249,6 +253,23 @@ class UidList:
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def header(self) -> tuple[int, int, int] | None:
+        """(UIDVALIDITY, UIDNEXT, first recent UID) from the first line alone, without the
+        lock; None if there is no file or its first line is not as we write it."""
+        try:
+            with open(self.path, "rb") as f:
+                line = f.read(128).split(b"\n", 1)
+        except FileNotFoundError:
+            return None
+        head = line[0].decode("ascii", "replace").split(" ")
+        if len(line) < 2 or len(head) < 4 or head[0] != MAGIC or head[1] != str(VERSION):
+            return None
+        fields = {t[0]: t[1:] for t in head[2:] if t}
+        try:
+            return int(fields["V"]), int(fields["N"]), int(fields.get("R", "1"))
+        except (KeyError, ValueError):
+            return None
 
     def read(self) -> Index | None:
         """The index, None if there is none yet; CorruptIndex if it cannot be trusted."""

@@ -1,0 +1,118 @@
+"""FETCH without the general renderer, for the two shapes clients send most.
+
+* Opening a folder: ``FETCH 1:* (UID FLAGS RFC822.SIZE)`` and the like, only items the
+  view knows (UID, FLAGS, RFC822.SIZE, INTERNALDATE): no file is read.
+* Downloading: those plus one whole message, ``BODY.PEEK[]``, ``BODY[]`` or ``RFC822``
+  without a partial range (mbsync, offlineimap, fetchmail, phones): the file is read and
+  sent as one literal; no MIME parsing.
+
+Each response is byte for byte what ``fetch.render`` gives for the same items (the
+tests compare the two); responses are joined into writes of about ``BATCH`` bytes.
+Anything else (sections, partial ranges, ENVELOPE, BODYSTRUCTURE, a FETCH that sets
+\\Seen on some of its messages) goes the general way.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from ..store.folders import NoSuchMessage
+from .commands import Done, No
+from .fetch import FetchItem, internaldate
+
+if TYPE_CHECKING:
+    from .parser import Command
+    from .selected import Selected
+    from .session import ImapSession
+
+META_ITEMS = frozenset(("UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"))
+WHOLE_ITEMS = frozenset(("BODY", "BODY.PEEK", "RFC822"))
+BATCH = 1 << 16
+_FORMATS = {"UID": b"UID %d", "FLAGS": b"FLAGS %s", "RFC822.SIZE": b"RFC822.SIZE %d",
+            "INTERNALDATE": b'INTERNALDATE "%s"'}
+
+
+def _whole(item: FetchItem) -> bool:
+    if item.name == "RFC822":
+        return True
+    return item.name in WHOLE_ITEMS and item.section == () and not item.text and item.partial is None
+
+
+def plan(items: Sequence[FetchItem]) -> tuple[list[str], list[str], bytes | None] | None:
+    """(items before the message text, items after it, its label) if this path can
+    answer ``items``; None otherwise.  Without a message text all items are "before"."""
+    before: list[str] = []
+    after: list[str] = []
+    label: bytes | None = None
+    seen: set[FetchItem] = set()
+    for item in items:
+        if item in seen:
+            continue   # a repeated item is answered once, as render does
+        seen.add(item)
+        if item.name in META_ITEMS and item.section is None:
+            (before if label is None else after).append(item.name)
+        elif label is None and _whole(item):
+            label = item.label()
+        else:
+            return None
+    return before, after, label
+
+
+def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape) -> Iterator[bytes]:
+    """The responses for ``shape`` (from ``plan``), then Done, or No [EXPUNGEISSUED]."""
+    before, after, label = shape
+    folder = sel.folder
+    message, flags_bytes = folder.message, sel.flags_bytes
+    dates: dict[float, bytes] = {}
+
+    def value(name: str, ref):
+        if name == "UID":
+            return ref.uid
+        if name == "FLAGS":
+            return flags_bytes(ref)[6:]
+        if name == "RFC822.SIZE":
+            return ref.size
+        text = dates.get(ref.internaldate)
+        if text is None:
+            text = dates[ref.internaldate] = internaldate(ref.internaldate).encode()
+        return text
+
+    head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in before)
+    if label is not None:
+        head += (b" " if before else b"") + label + b" "
+        tail = (b" " + b" ".join(_FORMATS[n] for n in after) if after else b"") + b")\r\n"
+    else:
+        head += b")\r\n"
+    missing = 0
+    batch: list[bytes] = []
+    size = 0
+    for seq, uid in numbered:
+        ref = message(uid)
+        if ref is None:
+            missing += 1
+            continue
+        line = head % (seq, *[value(n, ref) for n in before])
+        if label is None:
+            batch.append(line)
+            size += len(line)
+        else:
+            try:
+                data = folder.read(uid)
+            except (NoSuchMessage, FileNotFoundError):
+                missing += 1
+                continue
+            if b"\0" in data:
+                data = data.replace(b"\0", b"\x80")   # as fetch._literal: NUL is not allowed
+            literal = b"{%d}\r\n" % len(data) if data else b'""'
+            end = tail % tuple(value(n, ref) for n in after) if after else tail
+            batch += (line, literal, data, end)
+            size += len(line) + len(literal) + len(data) + len(end)
+            s.fetched += 1
+            s.backend.stats.add("imap_fetched")
+        if size >= BATCH:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+    if missing and not c.uid:
+        raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
+    return Done(f"{'UID ' if c.uid else ''}FETCH completed")

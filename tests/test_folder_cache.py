@@ -1,0 +1,180 @@
+"""What the store remembers between looks, and when it must look again.
+
+* A directory's mtime proves nothing for one clock tick after it was set: a view lists
+  the folder again until that tick is surely over (2 s for whole-second mtimes, FAT;
+  0.1 s for file systems with fractions).
+* A view opened on a folder nobody changed since another view listed it takes that
+  listing (the shared snapshot) instead of listing again; any change makes it list.
+* Parsed UID indexes are shared between sessions only when read after their file's
+  mtime had settled.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import unittest
+from pathlib import Path
+from unittest import mock
+
+from ismail.store import folders_box, folders_view
+from ismail.store.folders import MailStore
+from ismail.store.folders_box import SHARED_INDEXES, Box, settled_after
+from ismail.store.folders_view import SNAPSHOTS
+from tests.test_folders import MSG, age_dirs, deliver
+
+
+def set_mtime_ns(path: Path, ns: int) -> None:
+    os.utime(path, ns=(ns, ns))
+
+
+class CacheCase(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="ismail-cache-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.root = self.dir / "user"
+        self.store = MailStore(self.root)
+        SNAPSHOTS.clear()
+        SHARED_INDEXES.clear()
+        for n in range(5):
+            deliver(self.root, MSG + str(n).encode())
+
+    def settle(self):
+        """Put the folder's directories and index (made if missing) a minute in the past."""
+        Box(self.root, "INBOX", self.root).index()
+        age_dirs(self.root / "new", self.root / "cur", self.root / "ismail-uidlist")
+
+    def scans(self):
+        return mock.patch.object(Box, "scan", autospec=True, side_effect=Box.scan)
+
+
+class MtimeGranularityTest(CacheCase):
+    def test_slack_follows_the_mtime_resolution(self):
+        whole = 1_700_000_000 * 10**9
+        self.assertEqual(settled_after(whole), 1_700_000_002.0, "FAT-like: whole seconds, 2 s")
+        self.assertAlmostEqual(settled_after(whole + 123_456_789), 1_700_000_000.223456789, places=6)
+
+    def check_change_in_the_same_tick(self, mtime_ns: int):
+        view = self.store.open("INBOX")
+        self.assertEqual(len(view.messages), 5)
+        set_mtime_ns(self.root / "new", mtime_ns)
+        view.refresh()
+        deliver(self.root, MSG + b"late")
+        set_mtime_ns(self.root / "new", mtime_ns)   # the same tick: the mtime did not move
+        changes = view.refresh()
+        self.assertEqual(len(changes.added), 1, "a change within the mtime's tick is still seen")
+        self.assertEqual(len(view.messages), 6)
+
+    def test_change_in_the_same_tick_fine_mtimes(self):
+        self.check_change_in_the_same_tick(time.time_ns() + 30_000_000)
+
+    def test_change_in_the_same_tick_whole_second_mtimes(self):
+        self.check_change_in_the_same_tick((int(time.time()) + 1) * 10**9)
+
+    def test_settled_folder_is_not_listed_again(self):
+        self.settle()
+        view = self.store.open("INBOX")
+        with self.scans() as scan:
+            for _ in range(3):
+                self.assertFalse(view.refresh())
+        self.assertEqual(scan.call_count, 0)
+
+
+class SnapshotTest(CacheCase):
+    def test_second_view_takes_the_listing_of_the_first(self):
+        self.settle()
+        first = self.store.open("INBOX")
+        first.store_flags([first.messages[0].uid], ["\\Seen", "Work"], "add")
+        self.settle()
+        first.refresh()                      # a complete listing of the settled folder
+        with self.scans() as scan:
+            second = self.store.open("INBOX")
+        self.assertEqual(scan.call_count, 0)
+        self.assertEqual(second.messages, first.messages)
+        self.assertEqual((second.uidvalidity, second.uidnext), (first.uidvalidity, first.uidnext))
+        self.assertEqual(second.messages[0].flags, {"\\Seen", "Work"})
+        # The views are independent: a change through one is taken in by the other as a change.
+        second.store_flags([second.messages[1].uid], ["\\Flagged"], "add")
+        self.assertNotIn("\\Flagged", first.messages[1].flags)
+        changed = first.refresh().flags_changed
+        self.assertEqual([m.uid for m in changed], [second.messages[1].uid])
+
+    def test_any_change_makes_the_next_view_list_again(self):
+        self.settle()
+        self.store.open("INBOX").refresh()
+        deliver(self.root, MSG + b"new")
+        self.settle()
+        with self.scans() as scan:
+            view = self.store.open("INBOX")
+        self.assertGreater(scan.call_count, 0)
+        self.assertEqual(len(view.messages), 6)
+
+    def test_expunge_elsewhere_is_seen_by_a_new_view(self):
+        self.settle()
+        first = self.store.open("INBOX")
+        doomed = first.messages[2].uid
+        first.store_flags([doomed], ["\\Deleted"], "add")
+        self.assertEqual(first.expunge(), [doomed])
+        self.settle()
+        view = self.store.open("INBOX")
+        self.assertNotIn(doomed, [m.uid for m in view.messages])
+        self.assertEqual(len(view.messages), 4)
+
+    def test_unsettled_listing_is_not_shared(self):
+        now = time.time_ns()
+        set_mtime_ns(self.root / "new", now)
+        self.store.open("INBOX")
+        with self.scans() as scan:
+            self.store.open("INBOX")
+        self.assertGreater(scan.call_count, 0, "a listing taken within the mtime's tick is not trusted")
+
+    def test_new_uids_in_the_index_make_it_list_again(self):
+        # An APPEND elsewhere gives out a UID before its file is in place: the index's
+        # UIDNEXT moves, and a snapshot from before it is not taken.
+        self.settle()
+        self.store.open("INBOX").refresh()
+        box = Box(self.root, "INBOX", self.root)
+        with box.locked():
+            index = box.index_locked()
+            index.add("1700000000.reserved,S=1,W=1")
+            box.write_locked(index)
+        self.settle()
+        with self.scans() as scan:
+            self.store.open("INBOX")
+        self.assertGreater(scan.call_count, 0)
+
+
+class SharedIndexTest(CacheCase):
+    def test_index_read_right_after_a_write_is_not_shared(self):
+        view = self.store.open("INBOX")
+        view.append(MSG + b"appended")              # the index file is brand new
+        Box(self.root, "INBOX", self.root).index()
+        stat = Box(self.root, "INBOX", self.root).uidlist.stat()
+        self.assertIsNone(SHARED_INDEXES.get(self.root, stat))
+
+    def test_settled_index_is_shared_and_writers_get_a_copy(self):
+        self.settle()
+        a = Box(self.root, "INBOX", self.root)
+        shared = a.index()
+        b = Box(self.root, "INBOX", self.root)
+        self.assertIs(b.index(), shared, "parsed once, handed to the next session")
+        with b.locked():
+            mine = b.index_locked()
+            self.assertIsNot(mine, shared)
+            before = dict(shared.uids)
+            mine.add("1700000001.other,S=1,W=1")
+            self.assertEqual(shared.uids, before, "a writer's change never shows in the shared copy")
+            b.write_locked(mine)
+        self.assertIn("1700000001.other,S=1,W=1", Box(self.root, "INBOX", self.root).index().uids)
+
+    def test_header_gives_the_numbers_without_the_lines(self):
+        box = Box(self.root, "INBOX", self.root)
+        index = box.index()
+        self.assertEqual(box.uidlist.header(), (index.uidvalidity, index.uidnext, index.first_recent))
+        (self.root / "ismail-uidlist").write_bytes(b"garbage\n")
+        self.assertIsNone(box.uidlist.header())
+
+
+if __name__ == "__main__":
+    unittest.main()

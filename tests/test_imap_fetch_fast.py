@@ -1,0 +1,112 @@
+"""FETCH's fast path (imap/fetch_fast.py) answers exactly as the general renderer does.
+
+Each case sends the same FETCH to two fresh sessions, one with the fast path and one
+with it switched off, and compares every byte: the fast path exists for speed only.
+"""
+from __future__ import annotations
+
+import unittest
+from unittest import mock
+
+from ismail.imap import cmd_message
+from tests.test_imap_session import MSG, SessionCase
+
+NUL = b"From: x@remote.test\r\nSubject: binary\r\n\r\nzero \x00 byte\r\n"
+ITEM_LISTS = [
+    "(UID FLAGS RFC822.SIZE)", "FLAGS", "UID", "(INTERNALDATE UID)", "FAST", "(UID UID FLAGS)",
+    "(UID BODY.PEEK[])", "BODY.PEEK[]", "(BODY.PEEK[] UID FLAGS RFC822.SIZE)",
+    "(FLAGS BODY.PEEK[] INTERNALDATE)", "RFC822", "(UID RFC822 RFC822.SIZE)", "BODY[]",
+    "(UID BODY.PEEK[]<0.10>)", "(UID BODY.PEEK[] BODY.PEEK[HEADER])", "ALL",
+]
+
+
+class FastPathTest(SessionCase):
+    def setUp(self):
+        super().setUp()
+        for data in (MSG, NUL, MSG):
+            self.deliver(data)
+        first = self.client(select="INBOX")       # \Recent goes to this one; later sessions
+        first.say("f STORE 1 +FLAGS (\\Flagged $Work)")  # see a keyword and a system flag
+        first.say("g STORE 2 +FLAGS (\\Seen)")
+
+    def both(self, command: str, examine: bool = False) -> tuple[str, str]:
+        """The answers with and without the fast path; if ``command`` sets \\Seen, the
+        state before it is put back in between (the flags of the Maildir files)."""
+        before = self.flag_state()
+        fast = self.session(examine).say(command)
+        self.restore(before)
+        with mock.patch.object(cmd_message, "plan", return_value=None):
+            general = self.session(examine).say(command)
+        self.restore(before)
+        return fast, general
+
+    def session(self, examine: bool):
+        if not examine:
+            return self.client(select="INBOX")
+        c = self.client()
+        c.say("x EXAMINE INBOX")
+        return c
+
+    def flag_state(self) -> dict:
+        return {p: p.name for p in (self.root / "cur").iterdir()} | \
+               {p: p.name for p in (self.root / "new").iterdir()}
+
+    def restore(self, state: dict) -> None:
+        now = {p.name.split(":")[0]: p for p in list((self.root / "cur").iterdir()) +
+               list((self.root / "new").iterdir())}
+        for old in state:
+            current = now[old.name.split(":")[0]]
+            if current != old:
+                current.rename(old)
+
+    def test_same_bytes_as_the_general_renderer(self):
+        self.compare_all()
+
+    def test_same_bytes_once_every_message_is_seen(self):
+        # BODY[] and RFC822 set \Seen: the first session to fetch them changes what the
+        # second one answers, so compare them again when there is nothing left to set.
+        self.client(select="INBOX").say("z FETCH 1:* BODY[TEXT]")
+        self.compare_all()
+
+    def test_same_bytes_read_only(self):
+        self.compare_all(examine=True)
+
+    def compare_all(self, examine: bool = False):
+        for items in ITEM_LISTS:
+            for command in (f"a FETCH 1:* {items}", f"a UID FETCH 2:3 {items}"):
+                with self.subTest(command=command):
+                    fast, general = self.both(command, examine)
+                    self.assertEqual(fast, general)
+                    self.assertTrue(fast.endswith("FETCH completed\r\n"), fast[-200:])
+
+    def test_nul_byte_and_flags_in_the_answer(self):
+        fast, _ = self.both("a FETCH 2 (UID FLAGS BODY.PEEK[])")
+        self.assertIn("zero \ufffd byte", fast, "0x80 in place of the NUL (read as UTF-8 here)")
+        self.assertNotIn("\x00", fast)
+        self.assertIn("FLAGS (\\Seen)", fast)
+        fast, _ = self.both("a FETCH 1 FLAGS")
+        self.assertIn("FLAGS (\\Flagged $Work)", fast)
+
+    def test_message_expunged_by_another_session(self):
+        for fast_path in (True, False):
+            with self.subTest(fast_path=fast_path):
+                watcher = self.client(select="INBOX")
+                other = self.client(select="INBOX")
+                other.say("a STORE 2 +FLAGS (\\Deleted)")
+                other.say("b EXPUNGE")
+                patch = mock.patch.object(cmd_message, "plan", return_value=None)
+                if not fast_path:
+                    patch.start()
+                try:
+                    reply = watcher.say("c FETCH 1:3 (UID BODY.PEEK[])")
+                finally:
+                    if not fast_path:
+                        patch.stop()
+                self.assertIn("* 1 FETCH (UID 1 BODY[]", reply)
+                self.assertRegex(reply, r"\* 3 FETCH \(UID \d+ BODY\[\]")
+                self.assertIn("c NO [EXPUNGEISSUED]", reply)
+                self.deliver(NUL)   # put a message back for the next round
+
+
+if __name__ == "__main__":
+    unittest.main()
