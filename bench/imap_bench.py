@@ -679,7 +679,7 @@ def run_scenario(server, scenario: str, content: dict[str, MessageSet], extra: d
         if time.monotonic() > deadline:
             log(f"{server.name} {scenario}: --max-seconds reached after {rnd - 1} round(s)")
             break
-        fill_maildir(messages, server.mailbox(USER), owner)
+        fill_maildir(messages, server.mailbox(USER), owner, tag=f"r{rnd}")
         if scenario == "fetch10k":
             result = run_fetch10k(server, messages, args)
             note = (f"1st SELECT {result['select1_s']:.3f} s, FETCH {result['fetch1_s']:.3f} s; "

@@ -163,9 +163,13 @@ def generate(kind: str, folder: Path, count: int, size: int, owner: tuple[int, i
     return out
 
 
-def fill_maildir(messages: MessageSet, mailbox: Path, owner: tuple[int, int] | None) -> None:
+def fill_maildir(messages: MessageSet, mailbox: Path, owner: tuple[int, int] | None,
+                 tag: str = "") -> None:
     """A fresh Maildir at ``mailbox`` (anything there before is removed, server indexes
-    included) holding ``messages`` in new/, hard-linked (copied across file systems)."""
+    included) holding ``messages`` in new/, hard-linked (copied across file systems).
+    ``tag`` goes into every file name (".bench<tag>,"): each round then has messages
+    no server has seen before, as mail that really arrives, so nothing a server kept in
+    memory from an earlier round (its caches are keyed by the Maildir name) applies."""
     if mailbox.exists():
         shutil.rmtree(mailbox)
     for sub in ("", "new", "cur", "tmp"):
@@ -175,10 +179,11 @@ def fill_maildir(messages: MessageSet, mailbox: Path, owner: tuple[int, int] | N
     src, dst = str(messages.folder), str(mailbox / "new")
     link = os.link
     for name in messages.names:
+        target = name.replace(".bench,", f".bench{tag},", 1) if tag else name
         try:
-            link(f"{src}/{name}", f"{dst}/{name}")
+            link(f"{src}/{name}", f"{dst}/{target}")
         except OSError:
-            shutil.copy2(f"{src}/{name}", f"{dst}/{name}")
+            shutil.copy2(f"{src}/{name}", f"{dst}/{target}")
             link = shutil.copy2
 
 

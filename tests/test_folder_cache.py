@@ -18,7 +18,6 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
-from ismail.store import folders_box, folders_view
 from ismail.store.folders import MailStore
 from ismail.store.folders_box import SHARED_INDEXES, Box, settled_after
 from ismail.store.folders_view import SNAPSHOTS

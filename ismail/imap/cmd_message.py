@@ -1,4 +1,4 @@
-"""Reading and marking messages: FETCH, STORE, SEARCH and their UID forms (RFC 3501 §6.4).
+"""Reading and marking messages: FETCH, STORE and their UID forms (RFC 3501 §6.4).
 
 FETCH and STORE answer with generators: one ``* n FETCH`` response is made only
 when the connection is ready to send it, so ``FETCH 1:* (UID FLAGS)`` of 100,000
@@ -13,7 +13,7 @@ whose flags that changed (§6.4.5).
 
 A message another session expunged but this client has not yet been told about (a
 ghost, see selected.py): FETCH sends the others and answers NO [EXPUNGEISSUED]
-(RFC 2180 §4.1.2); UID FETCH and STORE leave it out; SEARCH never finds it.
+(RFC 2180 §4.1.2); UID FETCH and STORE leave it out.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from .commands import SELECTED, Bad, Done, No, command, flag_list, sequence_set
 from .fetch import FetchItem, UnknownEncoding, parse_items, render, sets_seen
 from .fetch_fast import fetch_fast, plan
 from .parser import Atom
-from .search import BadCharset, CHARSETS, MessageContext, parse_search
 
 if TYPE_CHECKING:
     from ..store.folders import Folder, MessageRef
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ismail.imap")
 
-HEADER_BYTES = 65536   # what SEARCH reads of a message for a header key
 STORE_MODES = {"FLAGS": "set", "+FLAGS": "add", "-FLAGS": "remove"}
 _HEADER_TEXTS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "MIME")
 SEEN = "\\Seen"
@@ -159,43 +157,3 @@ def _store_stream(sel: "Selected", refs: list["MessageRef"], done: Done) -> Iter
         if seq is not None:
             yield b"* %d FETCH (UID %d %s)\r\n" % (seq, ref.uid, sel.flags_bytes(ref))
     return done
-
-
-# --- SEARCH --------------------------------------------------------------------------------
-
-@command("SEARCH", SELECTED, uid=True)
-def search(s: "ImapSession", c: "Command") -> Done:
-    try:
-        criteria = parse_search(c.args)
-    except BadCharset as e:
-        raise No(str(e), f"BADCHARSET ({' '.join(CHARSETS)})") from None
-    sel = s.selected
-    folder = sel.folder
-    uids = sel.uids
-    largest_seq, largest_uid = len(uids), (uids[-1] if uids else 0)
-    found: list[int] = []
-    for seq, uid in enumerate(uids, 1):
-        ref = folder.message(uid)
-        if ref is None:
-            continue
-        ctx = MessageContext(seq, uid, ref.flags, sel.is_recent(uid), ref.internaldate, ref.size,
-                             _loader(folder, uid), largest_seq, largest_uid, _header_loader(folder, uid))
-        try:
-            if criteria.matches(ctx):
-                found.append(uid if c.uid else seq)
-        except (NoSuchMessage, FileNotFoundError):
-            pass   # expunged while we looked: the next response reports it
-    s.untagged(b" ".join([b"SEARCH", *(b"%d" % n for n in found)]))
-    return Done(f"{'UID ' if c.uid else ''}SEARCH completed")
-
-
-def _loader(folder: "Folder", uid: int):
-    return lambda: folder.read(uid)
-
-
-def _header_loader(folder: "Folder", uid: int):
-    def head() -> bytes:
-        with folder.open_stream(uid) as f:
-            return f.read(HEADER_BYTES)
-    return head
-

@@ -247,6 +247,25 @@ class Criteria:
     def needs(self) -> set[str]:
         return set(self.root.needs)
 
+    @property
+    def header_fields(self) -> frozenset[str]:
+        """The header fields (lower case) the keys read by name: what a cache can keep."""
+        out: set[str] = set()
+        todo: list[Key] = [self.root]
+        while todo:
+            key = todo.pop()
+            if isinstance(key, Header):
+                out.add(key.name)
+            elif isinstance(key, Date) and key.sent:
+                out.add("date")
+            elif isinstance(key, Not):
+                todo.append(key.key)
+            elif isinstance(key, Or):
+                todo += (key.left, key.right)
+            elif isinstance(key, And):
+                todo += key.keys
+        return frozenset(out)
+
 
 # ---------------------------------------------------------------- parsing
 
@@ -443,14 +462,34 @@ _LOGICAL_LINE = re.compile(rb"\r?\n(?![ \t])")  # a line break that is not a fol
 
 def parse_fields(raw: bytes) -> list[tuple[str, str]]:
     """Header fields as (name, unfolded value) pairs, in order; junk lines are skipped."""
-    fields: list[tuple[str, str]] = []
+    return [(name.decode("latin-1"), _to_text(value, None)) for name, value in raw_fields(raw)]
+
+
+def raw_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """Like ``parse_fields``, the values unfolded but not decoded."""
+    fields: list[tuple[bytes, bytes]] = []
     for line in _LOGICAL_LINE.split(raw):
         name, colon, value = line.partition(b":")
         name = name.rstrip(b" \t")
         if colon and name and b" " not in name and b"\n" not in name:
-            unfolded = value.replace(b"\r", b"").replace(b"\n", b"").strip()
-            fields.append((name.decode("latin-1"), _to_text(unfolded, None)))
+            fields.append((name, value.replace(b"\r", b"").replace(b"\n", b"").strip()))
     return fields
+
+
+_FIELD_PATTERNS: dict[str, re.Pattern[bytes]] = {}
+
+
+def field_values(raw: bytes, name: str) -> list[bytes]:
+    """The unfolded, undecoded values of every ``name`` field of a header block, in order
+    (what ``raw_fields`` gives for that name, found without splitting every field)."""
+    pattern = _FIELD_PATTERNS.get(name)
+    if pattern is None:
+        if len(_FIELD_PATTERNS) > 256:
+            _FIELD_PATTERNS.clear()
+        pattern = _FIELD_PATTERNS[name] = re.compile(
+            rb"^" + re.escape(name.encode("latin-1", "replace")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+            re.IGNORECASE | re.MULTILINE)
+    return [m.group(1).replace(b"\r", b"").replace(b"\n", b"").strip() for m in pattern.finditer(raw)]
 
 
 def header_text(raw: bytes) -> str:
@@ -533,12 +572,15 @@ class MessageContext:
     BODY/TEXT, or for headers when no ``header_loader`` is given.  ``header_loader()``
     returns the message's first bytes, at least up to the blank line after the header
     (the store may read the first ~64 KiB); what follows the blank line is ignored.
+    ``known``: decoded header fields already at hand (a cache), by lower-case name;
+    ``decoded`` gives them back with those this context decoded itself.
     """
 
     def __init__(self, seq: int, uid: int, flags: Iterable[str], recent: bool,
                  internaldate: float, size: int, loader: Callable[[], bytes],
                  largest_seq: int, largest_uid: int,
-                 header_loader: Callable[[], bytes] | None = None) -> None:
+                 header_loader: Callable[[], bytes] | None = None,
+                 known: dict[str, list[str]] | None = None) -> None:
         self.seq, self.uid = seq, uid
         self.largest_seq, self.largest_uid = largest_seq, largest_uid
         self.flags = frozenset(flags)
@@ -546,8 +588,7 @@ class MessageContext:
         self._loader, self._header_loader = loader, header_loader
         self._message: bytes | None = None
         self._header: bytes | None = None
-        self._fields: dict[str, list[str]] | None = None
-        self._decoded: dict[str, list[str]] = {}
+        self._decoded: dict[str, list[str]] = known if known is not None else {}
         self._body: str | None = None
 
     def message(self) -> bytes:
@@ -561,14 +602,15 @@ class MessageContext:
             self._header = split_header(self.message() if use_full else self._header_loader())
         return self._header
 
+    @property
+    def decoded(self) -> dict[str, list[str]]:
+        return self._decoded
+
     def header(self, name: str) -> list[str]:
         key = name.lower()
         if key not in self._decoded:
-            if self._fields is None:
-                self._fields = {}
-                for field, value in parse_fields(self.header_bytes()):
-                    self._fields.setdefault(field.lower(), []).append(value)
-            self._decoded[key] = [decode_words(v) for v in self._fields.get(key, ())]
+            self._decoded[key] = [decode_words(_to_text(v, None))
+                                  for v in field_values(self.header_bytes(), key)]
         return self._decoded[key]
 
     def body_text(self) -> str:

@@ -39,7 +39,7 @@ from typing import Callable, Protocol
 
 from ..stats import Stats
 from ..store.folders import MailStore, NoSuchFolder, UidValidityChanged
-from . import cmd_any, cmd_auth, cmd_mailbox, cmd_list, cmd_message, cmd_selected  # noqa: F401
+from . import cmd_any, cmd_auth, cmd_mailbox, cmd_list, cmd_message, cmd_search, cmd_selected  # noqa: F401
 from .commands import AUTH, COMMANDS, NOT_AUTH, SELECTED, Bad, Done, No
 from .parser import LITERAL_TOO_LARGE, BadCommand, Command, CommandReader, Continue
 from .selected import Selected

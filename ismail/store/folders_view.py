@@ -128,6 +128,11 @@ class Folder:
         """
         return self._sync()
 
+    @property
+    def path(self) -> Path:
+        """The folder's directory."""
+        return self._box.path
+
     def message(self, uid: int) -> MessageRef | None:
         return self._by_uid.get(uid)
 
@@ -474,6 +479,18 @@ class Folder:
         with self._open(uid) as f:
             return f.read().replace(b"\n", b"\r\n")
 
+    def read_head(self, uid: int, limit: int) -> bytes:
+        """The message's first bytes as stored (LF line ends), up to its blank line after the
+        header if that comes within ``limit`` bytes (read in small steps: most headers are short)."""
+        with self._open(uid) as f:
+            data = f.read(min(limit, 8192))
+            while len(data) < limit and b"\n\n" not in data:
+                more = f.read(min(limit - len(data), len(data) or 8192))
+                if not more:
+                    break
+                data += more
+            return data
+
     def open_stream(self, uid: int) -> CrlfReader:
         """The message as a binary stream with CRLF line ends, for large ones. Close it."""
         return CrlfReader(self._open(uid))
@@ -483,7 +500,7 @@ class Folder:
         if ref is None:
             raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
         try:
-            return open(ref.path, "rb")
+            return open(f"{os.fspath(ref.subdir)}{os.sep}{ref.filename}", "rb")  # no Path object
         except FileNotFoundError:
             found = self._box.locate(ref.key)
             if found is None:
