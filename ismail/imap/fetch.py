@@ -107,6 +107,20 @@ def parse_items(tokens: str | Sequence[Token]) -> list[FetchItem]:
         text = " ".join(_token_text(t) for t in tokens)
         if len(tokens) > 1:
             text = f"({text})"
+    known = _PARSED.get(text)
+    if known is not None:
+        return list(known)
+    if len(_PARSED) > 256:
+        _PARSED.clear()
+    items = _parse_items(text)
+    _PARSED[text] = tuple(items)   # clients send the same few item lists again and again
+    return items
+
+
+_PARSED: dict[str, tuple[FetchItem, ...]] = {}
+
+
+def _parse_items(text: str) -> list[FetchItem]:
     if text.strip().upper() in MACROS:
         text = f"({MACROS[text.strip().upper()]})"
     r = _Reader(text.strip())

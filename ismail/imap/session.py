@@ -51,6 +51,7 @@ MAX_LINE = 65536            # octets of command text outside literals
 PRE_AUTH_LITERAL = 8192     # a literal before login is a user name or a password
 IDLE_KEEPALIVE = 1800       # seconds an IDLE counts as activity (RFC 2177: re-IDLE every 29 min)
 NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")   # RFC 3501 §7.4.1, for the non-UID forms
+FRESH_ENOUGH = 0.005        # seconds: a look at the folder this recent stands for "now"
 BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                      "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE")
 
@@ -99,6 +100,9 @@ class ImapSession:
         self._idle_since: float | None = None
         self._deferred = False              # input waits until a stream has been sent
         self._streams: list[Iterator] = []  # generators handed out, closed by close()
+        self._batch = 0                     # input batches (feed calls) so far
+        self._synced_at = 0.0               # monotonic time of the last look at the folder
+        self._synced_batch = -1             # and the batch it was made in
 
     # -- the connection's side ------------------------------------------------------------
     def greeting(self) -> bytes:
@@ -123,6 +127,7 @@ class ImapSession:
         if self.closing or self.starttls:
             return []   # after STARTTLS: sent in the clear, never to be taken as sent over TLS
         self._streams.clear()   # what was handed out before has been sent (or never will be)
+        self._batch += 1
         if self._reader.literal_for is not None:
             self.lines += 1   # a literal coming in slowly is still progress
         self._reader.feed(data)
@@ -296,7 +301,7 @@ class ImapSession:
         if self.state not in handler.states:
             self._tagged(cmd.tag, "BAD", "", self._wrong_state(handler.states))
             return None
-        if handler.uid and self.selected is not None:
+        if handler.uid and self.selected is not None and not self._just_looked():
             # A command on messages works on the folder as it is now: new mail and flags
             # are announced first, expunges held back (the client's numbers stay valid).
             self._out += self._sync(expunge_ok=False)
@@ -359,9 +364,17 @@ class ImapSession:
             out += self._bad(cmd.tag, str(result))
         return out
 
+    def _just_looked(self) -> bool:
+        """Whether the previous command, sent in the same batch as this one (a pipeline),
+        looked at the folder when it ended, a moment ago: a change since then is no
+        different from one a moment later, which this command's closing look reports."""
+        return self._synced_batch == self._batch and time.monotonic() - self._synced_at < FRESH_ENOUGH
+
     def _sync(self, expunge_ok: bool) -> list[bytes]:
         try:
-            return self.selected.sync(expunge_ok)
+            out = self.selected.sync(expunge_ok)
+            self._synced_at, self._synced_batch = time.monotonic(), self._batch
+            return out
         except OSError as e:   # the disk may be back next time; the client loses nothing
             log.error("%s: %s: cannot look at %s: %s", self.client_ip, self.authenticated,
                       self.selected.name, e)

@@ -128,6 +128,7 @@ class Box:
         self.new = path / "new"
         self.cur = path / "cur"
         self.tmp = path / "tmp"
+        self._new_s, self._cur_s = os.fspath(self.new), os.fspath(self.cur)   # for stat(): no Path work
         self.uidlist = UidList(path)
         self.keywords = Keywords(path)
         self._index: Index | None = None
@@ -238,7 +239,7 @@ class Box:
     def stats(self) -> tuple:
         """What changes when a message comes, goes, or changes flags, or the index is replaced."""
         try:
-            return (os.stat(self.new).st_mtime_ns, os.stat(self.cur).st_mtime_ns, self.uidlist.stat())
+            return (os.stat(self._new_s).st_mtime_ns, os.stat(self._cur_s).st_mtime_ns, self.uidlist.stat())
         except FileNotFoundError:
             raise NoSuchFolder(f"folder {self.name} no longer exists") from None
 

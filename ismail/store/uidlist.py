@@ -241,6 +241,7 @@ class UidList:
     def __init__(self, folder_dir: Path) -> None:
         self.dir = folder_dir
         self.path = folder_dir / NAME
+        self._path_s = os.fspath(self.path)
         self.lock_path = folder_dir / (NAME + LOCK_SUFFIX)
 
     def locked(self):
@@ -249,7 +250,7 @@ class UidList:
     def stat(self) -> tuple[int, int, int] | None:
         """What changes whenever the file is replaced (a new inode each time)."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._path_s)
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
