@@ -95,8 +95,17 @@ class FetchTest(MessagesCase):
 class StoreTest(MessagesCase):
     def test_modes_and_silent(self):
         c = self.client(select="INBOX")
+        other = self.client(select="INBOX")
+        flags = "\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work"
         self.assertEqual(c.say("a STORE 1 +FLAGS (\\Seen $Work)"),
-                         "* 1 FETCH (UID 1 FLAGS (\\Seen $Work \\Recent))\r\na OK STORE completed\r\n")
+                         f"* FLAGS ({flags})\r\n* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n"
+                         "* 1 FETCH (UID 1 FLAGS (\\Seen $Work \\Recent))\r\na OK STORE completed\r\n",
+                         "a new keyword is announced in FLAGS before a FETCH shows it (RFC 3501 §7.2.6)")
+        self.assertEqual(other.say("x NOOP"),
+                         f"* FLAGS ({flags})\r\n* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted\r\n"
+                         "* 1 FETCH (UID 1 FLAGS (\\Seen $Work))\r\nx OK NOOP completed\r\n",
+                         "another session learns of the keyword the same way")
+        self.assertEqual(other.say("y NOOP"), "y OK NOOP completed\r\n", "announced once")
         self.assertEqual(c.say("b STORE 1 -FLAGS \\Seen"),
                          "* 1 FETCH (UID 1 FLAGS ($Work \\Recent))\r\nb OK STORE completed\r\n")
         self.assertEqual(c.say("c STORE 1:2 FLAGS (\\Answered \\Recent)"),

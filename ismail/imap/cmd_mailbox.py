@@ -20,9 +20,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from ..store.folders import (SEP, FolderError, FolderExists, Folder, KeywordLimit, NoSuchFolder)
-from ..store.folders_flags import MAX_KEYWORDS
 from ..store.folders_names import normalize
-from .commands import (AUTH, SELECTED, SYSTEM_FLAGS, Bad, Done, No, arity, command, flag_list,
+from .commands import (AUTH, SELECTED, Bad, Done, No, arity, command, flag_list,
                        mailbox, wire_name)
 from .parser import as_list, quote
 from .selected import Selected
@@ -87,14 +86,7 @@ def _select(s: "ImapSession", c: "Command", readonly: bool) -> Done:
     except ValueError as e:
         raise No(str(e), "CANNOT") from None
     sel = Selected(folder, readonly)
-    keywords = folder.keywords
-    flags = " ".join((*SYSTEM_FLAGS, *keywords))
-    s.untagged(f"FLAGS ({flags})".encode("utf-8", "replace"))
-    if readonly:
-        s.untagged(b"OK [PERMANENTFLAGS ()] Read-only folder")
-    else:
-        more = " \\*" if len(keywords) < MAX_KEYWORDS else ""
-        s.untagged(f"OK [PERMANENTFLAGS ({flags}{more})] Flags permitted".encode("utf-8", "replace"))
+    s.respond(sel.flag_lines())
     s.untagged(b"%d EXISTS" % len(sel.uids))
     s.untagged(b"%d RECENT" % sel.recent_count())
     unseen = sel.first_unseen()

@@ -152,6 +152,7 @@ def store(s: "ImapSession", c: "Command") -> Iterator[bytes] | Done:
 
 
 def _store_stream(sel: "Selected", refs: list["MessageRef"], done: Done) -> Iterator[bytes]:
+    yield from sel.new_keyword_lines()   # a keyword this STORE made: FLAGS first (§7.2.6)
     for ref in refs:
         seq = sel.seq(ref.uid)
         if seq is not None:

@@ -30,6 +30,7 @@ from array import array
 from typing import Iterator
 
 from ..store.folders import Folder, MessageRef
+from ..store.folders_flags import MAX_KEYWORDS
 from .commands import SYSTEM_FLAGS, Bad
 from .parser import SequenceSet
 
@@ -55,6 +56,7 @@ class Selected:
         # from here up, as Dovecot does (ImapTest's select test checks it).
         self._peek_from: int | None = None
         self._flags_text: dict[tuple[frozenset[str], bool], bytes] = {}  # flags -> "FLAGS (...)"
+        self._announced: frozenset[str] = frozenset()   # keywords the client was given in FLAGS
         if not readonly:
             self._claim()
         else:
@@ -108,6 +110,28 @@ class Selected:
                 ("FLAGS (" + " ".join(self.flags(ref)) + ")").encode("utf-8", "replace")
         return out
 
+    # -- the folder's flags -------------------------------------------------------------------
+    def flag_lines(self) -> list[bytes]:
+        """``FLAGS`` and ``OK [PERMANENTFLAGS]`` for the keywords the folder has now (SELECT,
+        and again whenever a keyword is new, before any FETCH shows it: RFC 3501 §7.2.6)."""
+        keywords = self.folder.keywords
+        self._announced = frozenset(keywords)
+        flags = " ".join((*SYSTEM_FLAGS, *keywords))
+        out = [f"* FLAGS ({flags})\r\n".encode("utf-8", "replace")]
+        if self.readonly:
+            out.append(b"* OK [PERMANENTFLAGS ()] Read-only folder\r\n")
+        else:
+            more = " \\*" if len(keywords) < MAX_KEYWORDS else ""
+            out.append(f"* OK [PERMANENTFLAGS ({flags}{more})] Flags permitted\r\n"
+                       .encode("utf-8", "replace"))
+        return out
+
+    def new_keyword_lines(self) -> list[bytes]:
+        """``flag_lines`` if the folder has a keyword this session has not announced yet."""
+        if self._announced.issuperset(self.folder.keywords):
+            return []
+        return self.flag_lines()
+
     # -- numbers ----------------------------------------------------------------------------------
     def seq(self, uid: int) -> int | None:
         """The sequence number of ``uid``, or None if the client does not know it."""
@@ -146,7 +170,7 @@ class Selected:
         Raises NoSuchFolder or UidValidityChanged from the store: the session must end.
         """
         changes = self.folder.refresh()
-        out: list[bytes] = []
+        out: list[bytes] = self.new_keyword_lines()
         if changes.expunged:
             self.gone.update(uid for uid in changes.expunged if self.seq(uid) is not None)
         if expunge_ok and self.gone:
