@@ -13,7 +13,8 @@ Anything else (sections, partial ranges, ENVELOPE, BODYSTRUCTURE, a FETCH that s
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Sequence
+from operator import attrgetter
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ..store.folders import NoSuchMessage
 from .commands import Done, No
@@ -64,17 +65,16 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
     message, flags_bytes = folder.message, sel.flags_bytes
     dates: dict[float, bytes] = {}
 
-    def value(name: str, ref):
-        if name == "UID":
-            return ref.uid
-        if name == "FLAGS":
-            return flags_bytes(ref)[6:]
-        if name == "RFC822.SIZE":
-            return ref.size
+    def date(ref) -> bytes:
         text = dates.get(ref.internaldate)
         if text is None:
             text = dates[ref.internaldate] = internaldate(ref.internaldate).encode()
         return text
+
+    getters = {"UID": attrgetter("uid"), "RFC822.SIZE": attrgetter("size"), "INTERNALDATE": date,
+               "FLAGS": lambda ref: flags_bytes(ref)[6:]}
+    row = _row([getters[n] for n in before])
+    after_values = [getters[n] for n in after]
 
     head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in before)
     if label is not None:
@@ -90,7 +90,7 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
         if ref is None:
             missing += 1
             continue
-        line = head % (seq, *[value(n, ref) for n in before])
+        line = head % row(seq, ref)
         if label is None:
             batch.append(line)
             size += len(line)
@@ -103,7 +103,7 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
             if b"\0" in data:
                 data = data.replace(b"\0", b"\x80")   # as fetch._literal: NUL is not allowed
             literal = b"{%d}\r\n" % len(data) if data else b'""'
-            end = tail % tuple(value(n, ref) for n in after) if after else tail
+            end = tail % tuple(get(ref) for get in after_values) if after else tail
             batch += (line, literal, data, end)
             size += len(line) + len(literal) + len(data) + len(end)
             s.fetched += 1
@@ -116,3 +116,18 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
     if missing and not c.uid:
         raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return Done(f"{'UID ' if c.uid else ''}FETCH completed")
+
+
+def _row(getters: list[Callable]) -> Callable:
+    """(seq, ref) -> the values for the response's format: one call, no loop, for the
+    usual one to three items."""
+    if len(getters) == 1:
+        (a,) = getters
+        return lambda seq, ref: (seq, a(ref))
+    if len(getters) == 2:
+        a, b = getters
+        return lambda seq, ref: (seq, a(ref), b(ref))
+    if len(getters) == 3:
+        a, b, c = getters
+        return lambda seq, ref: (seq, a(ref), b(ref), c(ref))
+    return lambda seq, ref: (seq, *[get(ref) for get in getters])
