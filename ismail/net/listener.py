@@ -395,6 +395,10 @@ class Connection:
         for item in out:
             pieces: Iterable[bytes] = (item,) if isinstance(item, (bytes, bytearray)) else item
             for piece in pieces:
+                if not batch and len(piece) >= SEND_BATCH:   # big enough: no copy into a batch
+                    if not self._write(piece):
+                        return
+                    continue
                 batch += piece
                 if len(batch) >= SEND_BATCH:
                     if not self._write(batch):
