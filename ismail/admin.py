@@ -96,8 +96,7 @@ class Admin:
         if server is not None:
             return server.stats.get("queue_length")
         try:
-            with os.scandir(self._spool.messages) as it:
-                return sum(1 for e in it if e.name.endswith(".json") and not e.name.startswith("."))
+            return self._spool.count()
         except OSError:
             return 0
 
@@ -123,8 +122,7 @@ class Admin:
     def queue_delete(self, queue_id: str) -> bool:
         """Delete a queued message (it is not sent, its sender not told); False if it was not there."""
         queue_id = queue_id.upper()  # ids are upper-case hex; people type either
-        existed = (self._spool.message_path(queue_id).exists()
-                   or (self._spool.messages / f"{queue_id}.json").exists())
+        existed = self._spool.exists(queue_id) or (self._spool.messages / f"{queue_id}.json").exists()
         server = self._running()
         if server is not None:
             server.qmgr.delete(queue_id)

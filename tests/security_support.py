@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 import socket
@@ -18,8 +17,10 @@ import subprocess
 import tempfile
 import time
 import unittest
+from dataclasses import asdict
 from pathlib import Path
 
+from ismail.queue.spool import Spool
 from tests.support import SMTPTalk, require_program
 
 SERVER_NAME = "mx.example.test"
@@ -122,14 +123,10 @@ def said_nothing(talk: SMTPTalk, seconds: float) -> bytes:
 
 
 def queue_entries(data_dir: Path) -> dict[str, dict]:
-    """queue id -> its envelope (.json), for every complete entry in DATA/queue/messages."""
-    messages = Path(data_dir) / "queue" / "messages"
-    out = {}
-    if messages.is_dir():
-        for p in sorted(messages.glob("*.json")):
-            if (messages / f"{p.stem}.eml").is_file():
-                out[p.stem] = json.loads(p.read_text("utf-8"))
-    return out
+    """queue id -> its envelope, for every complete entry in DATA/queue/messages (read
+    through the spool, as the server reads them)."""
+    spool = Spool(Path(data_dir) / "queue")
+    return {qid: asdict(spool.load(qid)) for qid in spool.list_ids()}
 
 
 def files_in(folder: Path) -> list[str]:

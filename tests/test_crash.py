@@ -9,14 +9,13 @@ up), then started again on the same data folder.  What a user would then check:
 * no file in the Maildir is partial (each parses and its body is the body sent);
 * nothing is left half-written in Maildir tmp/ or in DATA/queue/tmp;
 * for a message with a remote recipient too, the outgoing queue holds a complete
-  entry (.eml and a readable .json) for every acknowledged message, and no .eml
-  without its .json survives the restart.
+  entry (a .msg with a readable envelope, and the message whole) for every
+  acknowledged message, and no lone state file survives the restart.
 """
 from __future__ import annotations
 
 import email
 import email.policy
-import json
 import re
 import sys
 import threading
@@ -24,6 +23,7 @@ import time
 import unittest
 from pathlib import Path
 
+from ismail.queue.spool import Spool
 from tests.support import ServerProcess, SMTPTalk
 
 THREADS = 8
@@ -236,9 +236,9 @@ class CrashTest(unittest.TestCase):
         load = self.run_and_kill([LOCAL, REMOTE], "mixed")
         messages = self.server.data_dir / "queue" / "messages"
         names = {p.name for p in files_in(messages)}
-        orphans = [n for n in names if n.endswith(".eml") and n[:-4] + ".json" not in names]
+        orphans = [n for n in names if n.endswith(".state") and n[:-6] + ".msg" not in names]
         spill = files_in(self.server.data_dir / "queue" / "tmp")
-        print(f"[crash] before the restart: {len(orphans)} .eml without .json, "
+        print(f"[crash] before the restart: {len(orphans)} .state without .msg, "
               f"{len(spill)} file(s) in queue tmp/", file=sys.stderr)
         self.restart()
         found = self.parse_maildir(load)
@@ -252,19 +252,20 @@ class CrashTest(unittest.TestCase):
         names = {p.name for p in files_in(messages)}
         for name in sorted(names):
             stem, _, ext = name.rpartition(".")
-            self.assertIn(ext, ("eml", "json"), f"unexpected file in the queue: {name}")
-            other = f"{stem}.json" if ext == "eml" else f"{stem}.eml"
-            self.assertTrue(other in names, f"{name} without {other} after the restart")
+            self.assertIn(ext, ("msg", "state"), f"unexpected file in the queue: {name}")
+            if ext == "state":
+                self.assertIn(f"{stem}.msg", names, f"{name} without its message after the restart")
+        spool = Spool(messages.parent)
         corrupt = self.server.data_dir / "queue" / "corrupt"
         self.assertEqual([p.name for p in files_in(corrupt)], [], "queue entries were set aside")
 
         for token, queue_id in sorted(load.acked.items()):
             with self.subTest(token=token, queue_id=queue_id):
                 self.assertTrue(queue_id, f"no queue id in the 250 for {token}")
-                entry = json.loads((messages / f"{queue_id}.json").read_text("utf-8"))
-                self.assertEqual(entry["sender"], SENDER)
-                self.assertEqual([r["address"] for r in entry["recipients"]], [REMOTE])
-                eml = (messages / f"{queue_id}.eml").read_bytes()
+                entry = spool.load(queue_id)
+                self.assertEqual(entry.sender, SENDER)
+                self.assertEqual([r.address for r in entry.recipients], [REMOTE])
+                eml = spool.read_message(queue_id)
                 msg = email.message_from_bytes(eml, policy=email.policy.compat32)
                 self.assertEqual(msg["Subject"], f"crash test {token}")
                 self.assertEqual(msg.get_payload(), expected_body(token, "\r\n"),

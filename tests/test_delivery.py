@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 
+from ismail.queue.spool import Spool
 from tests.support import Dnsmasq, ServerProcess, cli, free_port, require_program
 
 AS_ROOT = getattr(os, "geteuid", lambda: 1)() == 0
@@ -79,8 +80,7 @@ def submit(port: int, sender: str, rcpts: list[str], token: str | None = None,
 
 
 def queue_ids(data_dir: Path) -> list[str]:
-    messages = data_dir / "queue" / "messages"
-    return sorted(p.stem for p in messages.glob("*.json")) if messages.is_dir() else []
+    return Spool(data_dir / "queue").list_ids()
 
 
 def ss_established(port: int) -> int:
@@ -247,10 +247,10 @@ class DeliveryCase(unittest.TestCase):
 
     def wait_queue_empty(self, s: ServerProcess, timeout: float = 20) -> None:
         self.wait_for(lambda: not queue_ids(s.data_dir), timeout, "the outgoing queue to empty")
-        # The spool removes an entry's .json first, then its .eml: allow that moment, no more.
+        # The spool removes an entry's .msg first, then its .state: allow that moment, no more.
         messages = s.data_dir / "queue" / "messages"
         self.wait_for(lambda: not any(messages.iterdir()), 2,
-                      "queue/messages to hold no file (a message file left without its .json?)")
+                      "queue/messages to hold no file (a state file left without its message?)")
 
     def wait_delivered(self, sink: Sink, token: str, timeout: float = 20) -> None:
         self.wait_for(lambda: sink.count(token) >= 1, timeout, f"{token} at {sink.name}")
@@ -789,4 +789,4 @@ class UnexpectedErrorTest(unittest.TestCase):
                     time.sleep(0.05)
         self.assertGreaterEqual(len(calls), 2, "the message was not tried again")
         self.assertEqual(len(ms.qmgr.entries()), 1)
-        self.assertEqual(len(list((data / "queue" / "messages").glob("*.json"))), 1)
+        self.assertEqual(Spool(data / "queue").count(), 1)

@@ -13,6 +13,7 @@ import unittest
 from pathlib import Path
 
 from gui.app import MainWindow
+from ismail.queue.spool import Spool
 from tests.gui_support import GuiTestCase, pump, pump_until, screenshot
 
 MESSAGE = (b"From: sender@example.net\r\nTo: alice@example.test\r\n"
@@ -69,7 +70,8 @@ class AccountsForwardingTest(GuiTestCase):
             self.assertEqual(len(got), 1, name)
             self.assertIn(b"Subject: forwarding test", got[0], name)
             self.assertIn(b"hello alice", got[0], name)
-        queued = "".join(p.read_text() for p in (w.controller.queue_dir() / "messages").glob("*.json"))
+        spool = Spool(w.controller.queue_dir())
+        queued = "".join(spool.load(qid).to_json().decode() for qid in spool.list_ids())
         self.assertIn("Friend@Example.org", queued)  # the outside copy waits for the SmartHost
 
         page.forward.set("")  # an empty entry stops forwarding

@@ -18,31 +18,29 @@ from pathlib import Path
 from gui.controller import Controller
 from gui.instance import InstanceLock
 from gui.queueview import PAGE_SIZE, QueueWindow
-from ismail.queue.spool import QueueEntry, QueuedRecipient
+from ismail.queue.spool import QueueEntry, QueuedRecipient, file_head
 from tests.gui_support import GuiTestCase, greetings, make_data_dir, pump, pump_until, screenshot, xdotool
 from tests.support import ROOT, free_port, wait_for_banner
 from tests.test_porttest import SmtpSink
 
 
 def fill_queue(messages: Path, count: int) -> list[str]:
-    """``count`` queue entries as the spool writes them (the .json is what the window reads)."""
+    """``count`` queue entries as the spool writes them (one .msg file each)."""
     messages.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    template = QueueEntry(id="@ID@", sender="alice@example.test",
-                          recipients=[QueuedRecipient("bob@example.net"), QueuedRecipient("carol@example.org")],
-                          arrival=now - 3600, size=4321, attempts=3, next_try=now + 900,
-                          last_error="4.4.1 Cannot connect to 127.0.0.1[127.0.0.1]:9: Connection refused"
-                          ).to_json()
+    entry = QueueEntry(id="", sender="alice@example.test",
+                       recipients=[QueuedRecipient("bob@example.net"), QueuedRecipient("carol@example.org")],
+                       arrival=now - 3600, size=4321, attempts=3, next_try=now + 900,
+                       last_error="4.4.1 Cannot connect to 127.0.0.1[127.0.0.1]:9: Connection refused")
     ids = [f"Q{i:07d}" for i in range(count)]
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for qid in ids:
-        fd = os.open(messages / f"{qid}.json", flags, 0o600)
+        entry.id = qid
+        fd = os.open(messages / f"{qid}.msg", flags, 0o600)
         try:
-            os.write(fd, template.replace(b"@ID@", qid.encode()))
+            os.write(fd, file_head(entry) + b"Subject: queued\r\n\r\nhello\r\n")
         finally:
             os.close(fd)
-    for qid in ids[:PAGE_SIZE]:  # the first page also gets its message files
-        (messages / f"{qid}.eml").write_bytes(b"Subject: queued\r\n\r\nhello\r\n")
     return ids
 
 
@@ -86,9 +84,8 @@ class QueueWindowTest(GuiTestCase):
         pump_until(window, lambda: window.loaded and window.page == 0, timeout=30, what="page 1 again")
         window.tree.selection_set(ids[0], ids[1])
         self.assertEqual(window.delete_selected(), ids[:2])
-        self.assertFalse((data / "queue" / "messages" / f"{ids[0]}.json").exists())
-        self.assertFalse((data / "queue" / "messages" / f"{ids[0]}.eml").exists())
-        self.assertTrue((data / "queue" / "messages" / f"{ids[2]}.json").exists())
+        self.assertEqual(list((data / "queue" / "messages").glob(f"{ids[0]}.*")), [])
+        self.assertTrue((data / "queue" / "messages" / f"{ids[2]}.msg").exists())
         self.assertIn("99,998 messages", window.status.cget("text"))
         window.retry_button.invoke()
         self.assertTrue((data / "queue" / "flush").exists())  # what `ismail queue flush` leaves too

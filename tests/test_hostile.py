@@ -31,6 +31,7 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+from ismail.queue.spool import Spool
 from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
 from ismail.service import MailServer
@@ -807,9 +808,12 @@ class InjectedDiskFullTest(HostileCase):
         import ismail.queue.spool
         self.check("ismail.queue.spool.write_new_file", half_then_enospc(ismail.queue.spool.write_new_file), (USER, REMOTE))
 
-    def test_queue_envelope_write_fails_after_the_message_file(self):
-        import ismail.fsutil
-        self.check("ismail.fsutil.write_new_file", half_then_enospc(ismail.fsutil.write_new_file), (REMOTE,))
+    def test_queue_folder_sync_fails_after_the_queue_file_is_in_place(self):
+        # The entry's one file is written and renamed into messages/; making that rename
+        # durable fails: no 250, and the file that is in place is taken away again.
+        def fsync_dir(path):
+            raise _enospc()
+        self.check("ismail.fsutil.fsync_dir", fsync_dir, (REMOTE,))
 
     def test_fsync_fails(self):
         def fsync(fd):
@@ -1004,13 +1008,14 @@ class CrashWithTLSAndAuthTest(HostileCase):
         names = files_in(messages)
         for name in names:
             stem, _, ext = name.rpartition(".")
-            self.assertIn(ext, ("eml", "json"), f"unexpected file in the queue: {name}")
-            self.assertIn(f"{stem}.json" if ext == "eml" else f"{stem}.eml", names, f"{name} alone")
+            self.assertIn(ext, ("msg", "state"), f"unexpected file in the queue: {name}")
+            if ext == "state":
+                self.assertIn(f"{stem}.msg", names, f"{name} alone")
         self.assertEqual(files_in(self.srv.data_dir / "queue" / "tmp"), [])
         self.assertEqual(files_in(self.srv.data_dir / "queue" / "corrupt"), [])
         holders: dict[str, list[str]] = {}
         for qid in queue_entries(self.srv.data_dir):
-            raw = (messages / f"{qid}.eml").read_bytes()
+            raw = Spool(messages.parent).read_message(qid)
             msg = email.message_from_bytes(raw, policy=email.policy.compat32)
             token = (msg["Subject"] or "").removeprefix("crash test ")
             self.assertIn(token, attempted, f"{qid}: a message nobody sent")

@@ -1,14 +1,15 @@
 """The SMTP state machine, fed bytes directly (no sockets), against a real spool and Maildirs."""
-import json
 import mailbox
 import re
 import shutil
 import tempfile
 import unittest
+from dataclasses import asdict
 from pathlib import Path
 
 from ismail.config import from_dict
 from ismail.smtp.policy import Policy
+from ismail.queue.spool import Spool
 from ismail.service import MailServer
 from ismail.smtp.session import MAX_ERRORS, Session
 
@@ -52,8 +53,10 @@ class SessionTestCase(unittest.TestCase):
     def maildir(self, local="user", domain="example.test"):
         return mailbox.Maildir(self.dir / "mailboxes" / domain / local, factory=None, create=False)
 
-    def queued(self):
-        return sorted((self.dir / "queue" / "messages").glob("*.json"))
+    def queued(self) -> list[tuple[dict, bytes]]:
+        """(envelope, message) of each queue entry, read through the spool."""
+        spool = Spool(self.dir / "queue")
+        return [(asdict(spool.load(qid)), spool.read_message(qid)) for qid in spool.list_ids()]
 
 
 class CommandsTest(SessionTestCase):
@@ -209,12 +212,10 @@ class RelayTest(SessionTestCase):
                             "RCPT TO:<user@example.test>", "DATA")
         self.assertEqual([codes(a) for a in answers], [[250], [250], [250], [354]])
         self.assertTrue(s.feed(b"Subject: out\r\n\r\nbody\r\n.\r\n").startswith(b"250"))
-        [env] = self.queued()
-        entry = json.loads(env.read_text())
+        [(entry, eml)] = self.queued()
         self.assertEqual(entry["sender"], "me@example.test")
         self.assertEqual([r["address"] for r in entry["recipients"]], ["friend@remote.example"])
         self.assertEqual(entry["client_ip"], "127.0.0.1")
-        eml = env.with_suffix(".eml").read_bytes()
         self.assertTrue(eml.startswith(b"Received: from x ([127.0.0.1])\r\n"))
         self.assertNotIn(b"Return-Path", eml)
         self.assertTrue(eml.endswith(b"\r\n\r\nbody\r\n"))
@@ -417,8 +418,7 @@ class ForwardTest(SessionTestCase):
         self.assertTrue(s.feed(b"Subject: fw\r\n\r\nx\r\n.\r\n").startswith(b"250"))
         self.assertEqual(len(self.maildir("boss")), 1)
         self.assertEqual(len(self.maildir("user")), 1)
-        [env] = self.queued()
-        entry = json.loads(env.read_text())
+        [(entry, _)] = self.queued()
         self.assertEqual([r["address"] for r in entry["recipients"]], ["boss@home.example"])
         self.assertEqual(entry["sender"], "a@b.example")  # bounces go back to the real sender
 

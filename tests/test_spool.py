@@ -34,27 +34,51 @@ class SpoolTest(unittest.TestCase):
         self.spool.on_enqueue = lambda entry, data: seen.append((entry, data))
         body = buffer_of(self.spool.tmp, b"Subject: q\r\n\r\n", b"text\r\n")
         self.spool.enqueue(self.entry(), b"Received: x\r\n", body)
-        self.assertEqual(self.spool.message_path("0000000000001000").read_bytes(),
+        self.assertEqual(self.spool.read_message("0000000000001000"),
                          b"Received: x\r\nSubject: q\r\n\r\ntext\r\n")
         loaded = self.spool.load("0000000000001000")
         self.assertEqual(loaded, self.entry())
         self.assertEqual([(e.id, data) for e, data in seen],
                          [("0000000000001000", b"Received: x\r\nSubject: q\r\n\r\ntext\r\n")])
         self.assertEqual(list(self.spool.tmp.iterdir()), [])
+        self.assertEqual([p.name for p in self.spool.messages.iterdir()], ["0000000000001000.msg"],
+                         "one file an entry: envelope and message together")
+        with mock.patch("ismail.queue.spool.os.fsync", wraps=__import__("os").fsync) as fsync:
+            self.spool.enqueue(self.entry("0000000000001001"), b"", buffer_of(self.spool.tmp, b"x\r\n"))
+        self.assertEqual(fsync.call_count, 2, "the file and its folder: one fsync each")
 
     def test_prepare_keeps_complete_entries_and_removes_crash_leftovers(self):
         for qid in ("0000000000000001", "0000000000000002"):
             self.spool.enqueue(self.entry(qid), b"", buffer_of(self.spool.tmp, b"x\r\n"))
         msgs = self.spool.messages
-        (msgs / "0000000000000003.eml").write_bytes(b"half")  # crashed before its .json: never acknowledged
-        (msgs / ".0000000000000004.json.77.1.tmp").write_bytes(b"{")  # an atomic write cut short
-        (self.spool.tmp / "0000000000000005.9.eml").write_bytes(b"partial")
-        ids = Spool(self.dir / "queue").prepare()
+        (msgs / "0000000000000003.eml").write_bytes(b"half")  # (old layout) crashed before its .json
+        (msgs / ".0000000000000004.state.77.1.tmp").write_bytes(b"{")  # an atomic write cut short
+        (self.spool.tmp / "0000000000000005.9.msg").write_bytes(b"partial")  # crashed before the rename
+        (msgs / "0000000000000006.state").write_bytes(self.entry("0000000000000006").to_json())  # a removal cut short
+        with self.assertNoLogs("ismail.spool", "ERROR"):
+            ids = Spool(self.dir / "queue").prepare()
         self.assertEqual(ids, ["0000000000000001", "0000000000000002"])
         self.assertEqual(sorted(p.name for p in msgs.iterdir()),
-                         ["0000000000000001.eml", "0000000000000001.json",
-                          "0000000000000002.eml", "0000000000000002.json"])
+                         ["0000000000000001.msg", "0000000000000002.msg"])
         self.assertEqual(list(self.spool.tmp.iterdir()), [])
+        self.assertEqual(list(self.spool.corrupt.iterdir()), [])
+
+    def test_entries_of_the_old_two_file_layout_are_still_served(self):
+        old = self.entry("00000000000000C1")
+        (self.spool.messages / "00000000000000C1.eml").write_bytes(b"Subject: old\r\n\r\nkept\r\n")
+        (self.spool.messages / "00000000000000C1.json").write_bytes(old.to_json())
+        self.spool.enqueue(self.entry("00000000000000C2"), b"", buffer_of(self.spool.tmp, b"new\r\n"))
+        self.assertEqual(Spool(self.dir / "queue").prepare(), ["00000000000000C1", "00000000000000C2"])
+        self.assertEqual(self.spool.list_ids(), ["00000000000000C1", "00000000000000C2"])
+        self.assertEqual(self.spool.count(), 2)
+        self.assertEqual(self.spool.load("00000000000000C1"), old)
+        self.assertEqual(self.spool.read_message("00000000000000C1"), b"Subject: old\r\n\r\nkept\r\n")
+        old.attempts = 3
+        self.spool.save(old)
+        self.assertEqual(json.loads((self.spool.messages / "00000000000000C1.json").read_text())["attempts"], 3)
+        self.spool.remove("00000000000000C1")
+        self.assertFalse(self.spool.exists("00000000000000C1"))
+        self.assertEqual(self.spool.list_ids(), ["00000000000000C2"])
 
     def test_envelope_without_message_is_set_aside_not_dropped(self):
         (self.spool.messages / "00000000000000AA.json").write_bytes(self.entry("00000000000000AA").to_json())
@@ -65,13 +89,24 @@ class SpoolTest(unittest.TestCase):
 
     def test_corrupt_envelope_is_moved_to_corrupt_and_reported(self):
         self.spool.enqueue(self.entry("00000000000000BB"), b"", buffer_of(self.spool.tmp, b"x\r\n"))
-        (self.spool.messages / "00000000000000BB.json").write_text("{not json")
+        (self.spool.messages / "00000000000000BB.state").write_text("{not json")
         with self.assertLogs("ismail.spool", "ERROR"):
             with self.assertRaises(ValueError) as ctx:
                 self.spool.load("00000000000000BB")
         self.assertIn("corrupt", str(ctx.exception))
         self.assertEqual(list(self.spool.messages.iterdir()), [])
         self.assertEqual(len(list(self.spool.corrupt.iterdir())), 2)  # both files kept for a person
+
+    def test_damaged_queue_file_is_moved_to_corrupt_and_reported(self):
+        for n, damage in enumerate([b"garbage\r\n", b"ISMAIL-QUEUE 1 999\r\n{\"id\": 1}", b""]):
+            qid = f"00000000000000D{n}"
+            self.spool.enqueue(self.entry(qid), b"", buffer_of(self.spool.tmp, b"x\r\n"))
+            (self.spool.messages / f"{qid}.msg").write_bytes(damage)
+            with self.subTest(damage=damage), self.assertLogs("ismail.spool", "ERROR"):
+                with self.assertRaises(ValueError):
+                    self.spool.load(qid)
+            self.assertFalse(self.spool.exists(qid))
+        self.assertEqual(len(list(self.spool.corrupt.iterdir())), 3)
 
     def test_failed_write_leaves_nothing_behind(self):
         body = buffer_of(self.spool.tmp, b"x\r\n")
@@ -86,8 +121,14 @@ class SpoolTest(unittest.TestCase):
         e = self.spool.load("0000000000001000")
         e.attempts, e.recipients[0].state, e.last_error = 1, "sent", "250 ok"
         self.spool.save(e)
-        self.assertEqual(json.loads((self.spool.messages / "0000000000001000.json").read_text())["attempts"], 1)
-        self.spool.remove("0000000000001000")
+        self.assertEqual(json.loads((self.spool.messages / "0000000000001000.state").read_text())["attempts"], 1)
+        self.assertEqual(self.spool.load("0000000000001000"), e, "the state file wins over the first envelope")
+        self.assertEqual(self.spool.read_message("0000000000001000"), b"x\r\n")
+        with mock.patch("ismail.queue.spool._remove_quietly", wraps=__import__(
+                "ismail.queue.spool", fromlist=["_remove_quietly"])._remove_quietly) as removed:
+            self.spool.remove("0000000000001000")
+        self.assertEqual([c.args[0].suffix for c in removed.call_args_list][:2], [".msg", ".state"],
+                         "the message first: a crash between never brings back the first envelope")
         self.assertEqual(list(self.spool.messages.iterdir()), [])
 
 

@@ -277,8 +277,8 @@ class QueueManager:
             data = self._fresh.pop(entry.id, None)
             self._fresh_bytes -= len(data) if data is not None else 0
         try:
-            if data is None or not self.spool.message_path(entry.id).exists():
-                data = self.spool.message_path(entry.id).read_bytes()
+            if data is None or not self.spool.exists(entry.id):
+                data = self.spool.read_message(entry.id)
         except FileNotFoundError:
             log.info("%s: gone from the queue (deleted)", entry.id)
             self._forget(entry)
@@ -322,7 +322,7 @@ class QueueManager:
         entry.next_try = time.time() + delay
         entry.last_error = left[0].last_error
         self._maybe_warn(entry, data)
-        if self.spool.message_path(entry.id).exists():  # not deleted meanwhile by `queue delete`
+        if self.spool.exists(entry.id):  # not deleted meanwhile by `queue delete`
             self.spool.save(entry)
         self.stats.add("deliveries_deferred", len(left))
         log.info("%s: deferred %d recipient(s), next try in %ds: %s", entry.id, len(left), delay,

@@ -2,19 +2,28 @@
 
 Layout under ``DATA/queue/``::
 
-    messages/<id>.eml    the message as it will be sent (CRLF lines, with our Received:)
-    messages/<id>.json   its envelope and delivery state; its presence commits the entry
+    messages/<id>.msg    one entry: a first line "ISMAIL-QUEUE 1 <n>", the envelope as
+                         n bytes of JSON and CRLF, then the message as it will be sent
+                         (CRLF lines, with our Received:)
+    messages/<id>.state  the envelope and delivery state once an attempt changed them
+                         (it wins over the envelope inside the .msg)
     tmp/                 files being written, and spill files of large messages
     corrupt/             entries that could not be read, set aside for a person to look at
 
-An entry is committed in this order: the .eml is written to tmp/, fsync'd and
-renamed into messages/; then the .json likewise; then messages/ is fsync'd.  Only
-then does the client get its 250.  A crash before that leaves at most an .eml
-without a .json (an unacknowledged message: removed at start-up) or files in tmp/
-(removed at start-up).  A .json without its .eml cannot come from a crash of this
-code, so it is never silently dropped: it is moved to corrupt/ and logged.
+An entry is committed by one file: written to tmp/, fsync'd, renamed into messages/,
+and messages/ fsync'd; only then does the client get its 250.  One file and one
+fsync a message (Postfix's queue file), where envelope and text in two files took two.
+A crash before the rename leaves a file in tmp/ (removed at start-up).
 
-State updates after each delivery attempt rewrite only the small .json, atomically.
+State updates after an attempt rewrite only the small .state, atomically.  Removal
+takes the .msg first, then the .state: a crash between leaves a lone .state, which
+start-up removes (its message was delivered or bounced).  Removing in the other order
+could bring back the first envelope, and with it recipients already delivered.
+
+Older versions kept ``<id>.eml`` (the message) and ``<id>.json`` (the envelope, whose
+presence committed the entry); such entries are still read, updated and removed as
+they were: an .eml without its .json was never acknowledged and is removed at start-up;
+a .json without its .eml cannot come from a crash, so it is set aside in corrupt/.
 """
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..fsutil import DirSync, atomic_write, next_serial, write_new_file
+from ..fsutil import DirSync, atomic_write, fsync_dir, next_serial, write_new_file
 
 log = logging.getLogger("ismail.spool")
 
@@ -121,6 +130,11 @@ class QueueEntry:
         return entry
 
 
+MAGIC = b"ISMAIL-QUEUE"
+VERSION = 1
+_MAX_ENVELOPE = 1 << 24  # a larger envelope length in the first line means a damaged file
+
+
 class Spool:
     """The outgoing queue: commit entries durably, list them, update their state."""
 
@@ -133,6 +147,9 @@ class Spool:
         # The scheduler hooks in here; it gets the message too when it is small, so the
         # first delivery attempt need not read back what was just written.
         self.on_enqueue: Callable[[QueueEntry, bytes | None], None] | None = None
+
+    def _path(self, queue_id: str, ext: str) -> Path:
+        return self.messages / f"{queue_id}.{ext}"
 
     def prepare(self) -> list[str]:
         """Create the folders, clear leftovers of a crash, set aside what cannot be read.
@@ -147,7 +164,12 @@ class Spool:
         ids = []
         for name in sorted(names):
             stem, dot, ext = name.rpartition(".")
-            if ext == "eml" and f"{stem}.json" not in names:
+            if ext == "msg":
+                ids.append(stem)
+            elif ext == "state" and f"{stem}.msg" not in names:
+                log.info("removing %s: left by a removal cut short (the message was done)", name)
+                _remove_quietly(self.messages / name)
+            elif ext == "eml" and f"{stem}.json" not in names:
                 log.info("removing %s: written before a crash, never acknowledged", name)
                 _remove_quietly(self.messages / name)
             elif ext == "json":
@@ -157,29 +179,40 @@ class Spool:
                 ids.append(stem)
             elif ext == "tmp":  # an atomic_write cut short by a crash
                 _remove_quietly(self.messages / name)
-            elif ext != "eml":
+            elif ext not in ("eml", "state"):
                 log.warning("queue: ignoring unexpected file %s", self.messages / name)
-        return ids
+        return sorted(ids)
 
     def list_ids(self) -> list[str]:
         """Ids of the committed entries, oldest first (for the command line, not the hot path)."""
         if not self.messages.is_dir():
             return []
-        return sorted(p.stem for p in self.messages.glob("*.json") if not p.name.startswith("."))
+        with os.scandir(self.messages) as it:
+            names = {e.name for e in it if not e.name.startswith(".")}
+        return sorted([n[:-4] for n in names if n.endswith(".msg")] +
+                      [n[:-5] for n in names if n.endswith(".json") and n[:-5] + ".eml" in names])
+
+    def count(self) -> int:
+        """How many entries there are (one directory listing; an entry being removed may count)."""
+        if not self.messages.is_dir():
+            return 0
+        with os.scandir(self.messages) as it:
+            return sum(1 for e in it if e.name.endswith((".msg", ".json")) and not e.name.startswith("."))
 
     def enqueue(self, entry: QueueEntry, header: bytes, body: MessageBuffer) -> None:
         """Write the entry durably; when this returns, it survives a crash."""
-        eml = self.messages / f"{entry.id}.eml"
-        tmp = self.tmp / f"{entry.id}.{next_serial()}.eml"
+        path = self._path(entry.id, "msg")
+        tmp = self.tmp / f"{entry.id}.{next_serial()}.msg"
         try:
-            write_new_file(tmp, itertools.chain((header,), body.chunks()))
-            os.replace(tmp, eml)
-            # The .json's rename commits the entry; the fsync of messages/ makes both renames last.
-            atomic_write(self.messages / f"{entry.id}.json", entry.to_json(), tmp_dir=self.tmp,
-                         dirsync=self.dirsync)
+            write_new_file(tmp, itertools.chain((file_head(entry) + header,), body.chunks()))
+            os.replace(tmp, path)
+            if self.dirsync is None:
+                fsync_dir(self.messages)
+            else:
+                self.dirsync.sync(self.messages)
         except BaseException:
             _remove_quietly(tmp)
-            _remove_quietly(eml)
+            _remove_quietly(path)
             raise
         if self.on_enqueue is not None:
             small = body.size <= SPILL_BYTES
@@ -188,30 +221,70 @@ class Spool:
     def load(self, queue_id: str) -> QueueEntry:
         """Read an entry; a broken one is moved to corrupt/ and ValueError raised."""
         try:
-            return QueueEntry.from_json((self.messages / f"{queue_id}.json").read_bytes())
+            for ext in ("state", "json"):
+                try:
+                    return QueueEntry.from_json(self._path(queue_id, ext).read_bytes())
+                except FileNotFoundError:
+                    continue
+            with open(self._path(queue_id, "msg"), "rb") as f:
+                return QueueEntry.from_json(_read_envelope(f))
         except (ValueError, TypeError, KeyError) as e:
             self.set_aside(queue_id, f"unreadable envelope ({e})")
             raise ValueError(f"queue entry {queue_id} is corrupt and was moved to {self.corrupt}")
 
+    def read_message(self, queue_id: str) -> bytes:
+        """The message text as it will be sent; FileNotFoundError if the entry is gone."""
+        try:
+            f = open(self._path(queue_id, "msg"), "rb")
+        except FileNotFoundError:
+            return self._path(queue_id, "eml").read_bytes()
+        with f:
+            _read_envelope(f)
+            return f.read()
+
+    def exists(self, queue_id: str) -> bool:
+        """Whether the entry is still queued (``queue delete`` may have taken it)."""
+        return self._path(queue_id, "msg").exists() or self._path(queue_id, "eml").exists()
+
     def save(self, entry: QueueEntry) -> None:
-        atomic_write(self.messages / f"{entry.id}.json", entry.to_json(), tmp_dir=self.tmp,
-                     dirsync=self.dirsync)
+        ext = "state" if self._path(entry.id, "msg").exists() else "json"
+        atomic_write(self._path(entry.id, ext), entry.to_json(), tmp_dir=self.tmp, dirsync=self.dirsync)
 
     def remove(self, queue_id: str) -> None:
-        """Delivered or bounced: the .json goes first, so a crash leaves an orphan .eml only."""
-        _remove_quietly(self.messages / f"{queue_id}.json")
-        _remove_quietly(self.messages / f"{queue_id}.eml")
-
-    def message_path(self, queue_id: str) -> Path:
-        return self.messages / f"{queue_id}.eml"
+        """Delivered, bounced or deleted.  The message file goes first: a crash before the
+        state file follows leaves a lone .state, which start-up removes.  (An entry of an
+        older version: its .json first, so a crash leaves an orphan .eml only.)"""
+        _remove_quietly(self._path(queue_id, "msg"))
+        _remove_quietly(self._path(queue_id, "state"))
+        _remove_quietly(self._path(queue_id, "json"))
+        _remove_quietly(self._path(queue_id, "eml"))
 
     def set_aside(self, queue_id: str, why: str) -> None:
         self.corrupt.mkdir(parents=True, exist_ok=True)
-        for ext in ("json", "eml"):
-            src = self.messages / f"{queue_id}.{ext}"
+        for ext in ("state", "json", "msg", "eml"):
+            src = self._path(queue_id, ext)
             if src.exists():
                 shutil.move(str(src), str(self.corrupt / f"{queue_id}.{int(time.time())}.{ext}"))
         log.error("queue entry %s set aside in %s: %s", queue_id, self.corrupt, why)
+
+
+def file_head(entry: QueueEntry) -> bytes:
+    """What a .msg file holds before the message: the first line and the envelope."""
+    envelope = entry.to_json()
+    return b"%s %d %d\r\n%s\r\n" % (MAGIC, VERSION, len(envelope), envelope)
+
+
+def _read_envelope(f) -> bytes:
+    """The envelope JSON of a .msg file open at its start; the file is left at the message."""
+    first = f.readline(100)
+    parts = first.split()
+    if (len(parts) != 3 or parts[0] != MAGIC or parts[1] != str(VERSION).encode()
+            or not parts[2].isdigit() or int(parts[2]) > _MAX_ENVELOPE or not first.endswith(b"\r\n")):
+        raise ValueError(f"not an ISMail queue file (first line {first[:40]!r})")
+    envelope = f.read(int(parts[2]))
+    if len(envelope) != int(parts[2]) or f.read(2) != b"\r\n":
+        raise ValueError("queue file cut short in its envelope")
+    return envelope
 
 
 def _remove_quietly(path: Path) -> None:
@@ -221,4 +294,3 @@ def _remove_quietly(path: Path) -> None:
         pass
     except OSError as e:
         log.warning("could not remove %s: %s", path, e)
-
