@@ -13,6 +13,9 @@ A server that cannot be reached or fails before the recipients are given (greeti
 EHLO, TLS, AUTH, MAIL) is a *host* failure: the next destination is tried.  After
 RCPT, each recipient has its own Result.  The caller owns the retry policy.
 
+A server that offers PIPELINING (RFC 2920) gets MAIL, the RCPTs and DATA in one
+write and answers them together (pipeline.py); any other gets one command at a time.
+
 Each delivery thread keeps its last connection open for a few seconds and reuses it
 for the next message to the same destination (Postfix's connection cache); that
 connection counts against the outgoing limit like any other, because a thread holds
@@ -30,6 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import pipeline
 from .dns import DNSError, DNSTemporaryError, NXDomain, Resolver
 from ..net.sockets import client_tls_context, no_delay, set_io_timeout
 
@@ -244,6 +248,8 @@ class Sender:
             options.append("BODY=8BITMIME")
         if smtp.has_extn("size"):
             options.append(f"SIZE={len(data)}")
+        if smtp.has_extn("pipelining"):
+            return self._send_pipelined(smtp, dest, sender, recipients, data, options)
         code, text = smtp.mail(sender, options)
         self._local.mail_given = True
         if code >= 400:
@@ -260,6 +266,44 @@ class Sender:
             self._reset(smtp)
             return results
         code, text = smtp.data(data)
+        for rcpt in accepted:
+            results[rcpt] = Result(code, _reply(code, text), dest.host)
+        self._local.cached.used += 1
+        self._local.cached.last = time.monotonic()
+        return results
+
+    def _send_pipelined(self, smtp: smtplib.SMTP, dest: Destination, sender: str,
+                        recipients: list[str], data: bytes, options: list[str]) -> dict[str, Result]:
+        """_send's transaction with MAIL, every RCPT and DATA in one write (RFC 2920)."""
+        replies = pipeline.replies(smtp, pipeline.envelope(smtp, sender, options, recipients))
+        code, text = next(replies)
+        # As one command at a time: a failure before MAIL's reply (on the write, or the EOF of
+        # a stale cached connection) may be retried on a new connection.  That cannot deliver
+        # twice: the text goes only after DATA's 354, so after every reply of this group.  A
+        # server that answered was alive: later failures are its own, not a stale connection's.
+        self._local.mail_given = True
+        mail = Result(code, _reply(code, text), dest.host)
+        results: dict[str, Result] = {}
+        accepted = []
+        try:
+            for rcpt in recipients:
+                code, text = next(replies)
+                results[rcpt] = Result(code, _reply(code, text), dest.host)
+                if 200 <= code < 300:
+                    accepted.append(rcpt)
+            code, text = next(replies)  # DATA's: every reply of the group is read from here on
+        except (OSError, smtplib.SMTPException):
+            if mail.code < 400:
+                raise
+            raise HostFailure(mail)  # MAIL refused with 421, and the server hung up
+        if mail.code >= 400 or not accepted:
+            self._reset(smtp, end_data=code == 354)  # 354: a server that should have refused DATA
+            if mail.code >= 400:
+                raise HostFailure(mail)
+            return results
+        if code != 354:
+            raise smtplib.SMTPDataError(code, text)  # what smtp.data() raises one command at a time
+        code, text = pipeline.send_text(smtp, data)
         for rcpt in accepted:
             results[rcpt] = Result(code, _reply(code, text), dest.host)
         self._local.cached.used += 1
@@ -332,13 +376,18 @@ class Sender:
             raise HostFailure(Result(0, f"4.7.4 {dest.host} does not offer STARTTLS "
                                         "(TLS is set to starttls)", dest.host))
 
-    def _reset(self, smtp: smtplib.SMTP) -> None:
+    def _reset(self, smtp: smtplib.SMTP, end_data: bool = False) -> None:
         try:
+            if end_data:
+                pipeline.end_empty(smtp)
             smtp.rset()
         except (OSError, smtplib.SMTPException):
             self._drop(smtp)
 
     def _drop(self, smtp: smtplib.SMTP) -> None:
+        if getattr(smtp, "_ismail_dropped", False):
+            return  # a failed _reset dropped it already; count it once
+        smtp._ismail_dropped = True
         cached = getattr(self._local, "cached", None)
         if cached is not None and cached.smtp is smtp:
             self._local.cached = None

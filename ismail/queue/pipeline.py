@@ -1,0 +1,77 @@
+"""SMTP PIPELINING (RFC 2920) on top of smtplib, for the sender.
+
+A pipelined transaction writes MAIL FROM, every RCPT TO and DATA together and then
+reads their replies in order: one round trip instead of one per command.  DATA must
+end the group (§3.1), so the message text is only sent after DATA's 354, by which
+time every earlier reply has been read.
+
+smtplib reads replies from ``smtp.file``, a buffered reader, so several replies that
+arrive in one packet are taken one after another by ``smtp.getreply()``.  Commands
+are written exactly as ``smtplib.SMTP.mail()``/``rcpt()`` write them, in the same
+encoding (``command_encoding``, UTF-8 after SMTPUTF8), and the text is dot-stuffed
+as ``smtplib.SMTP.data()`` does for bytes.
+
+This module knows the wire, not the policy: what a refusal means for each recipient
+is decided by ``sender.Sender``.
+"""
+from __future__ import annotations
+
+import re
+import smtplib
+from typing import Iterator
+
+# Commands in flight at most.  A server answers each command as it reads it; with
+# thousands of recipients its replies could fill both socket buffers while we are
+# still writing, and neither side would read again.  A window never lets that happen,
+# and one of this size keeps an ordinary transaction (the scheduler sends 50
+# recipients at most) in one write.
+WINDOW = 100
+
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+
+
+def envelope(smtp: smtplib.SMTP, sender: str, options: list[str], recipients: list[str]) -> list[str]:
+    """MAIL, the RCPTs and DATA, as smtplib would write them one by one."""
+    optionlist = ""
+    if options and smtp.does_esmtp:
+        if any(o.lower() == "smtputf8" for o in options):
+            smtp.command_encoding = "utf-8"  # what smtplib.SMTP.mail() switches to
+        optionlist = " " + " ".join(options)
+    commands = [f"mail FROM:{smtplib.quoteaddr(sender)}{optionlist}"]
+    commands += [f"rcpt TO:{smtplib.quoteaddr(r)}" for r in recipients]
+    commands.append("data")
+    for command in commands:
+        if "\r" in command or "\n" in command:  # smtplib's putcmd() refuses these too
+            raise ValueError(f"command contains a line break: {command!r}")
+    return commands
+
+
+def replies(smtp: smtplib.SMTP, commands: list[str]) -> Iterator[tuple[int, bytes]]:
+    """Write ``commands`` without waiting and yield their replies, one per command, in order.
+
+    The first WINDOW commands go in one write; each further window is written once
+    the replies to the one before have been read.
+    """
+    written = 0
+    for i in range(len(commands)):
+        if i == written:
+            window = commands[written:written + WINDOW]
+            smtp.send("".join(c + "\r\n" for c in window))
+            written += len(window)
+        yield smtp.getreply()
+
+
+def send_text(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+    """After DATA's 354: the message dot-stuffed and ended with "."; the final reply."""
+    text = _LINE_START_DOT.sub(b"..", data)
+    if not text.endswith(b"\r\n"):
+        text += b"\r\n"
+    smtp.send(text + b".\r\n")
+    return smtp.getreply()
+
+
+def end_empty(smtp: smtplib.SMTP) -> tuple[int, bytes]:
+    """A 354 nobody should have got (no sender or no recipient accepted): a lone "." ends
+    the message without sending a byte of it (RFC 2920 §3.1)."""
+    smtp.send(b".\r\n")
+    return smtp.getreply()
