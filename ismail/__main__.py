@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, loadtest
 from .admin import AccountError, Admin
 from .config import ConfigError, Settings, load, redacted, resolve_data_dir, settings_path
 
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     q_sub.add_parser("list", help="id, sender, recipients, size, attempts, next try, last error")
     q_sub.add_parser("flush", help="retry everything now (also while `run` is serving)")
     q_sub.add_parser("delete", help="delete a queued message").add_argument("id")
+    load = sub.add_parser("loadtest", help="send test mail to an SMTP server and measure it "
+                                           "(messages/s, latency; like Postfix's smtp-source)")
+    loadtest.add_arguments(load)
     return p
 
 
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="ismail: %(message)s")
     try:
+        if args.command == "loadtest":  # a client: no data folder, no settings
+            return loadtest.cli_loadtest(args)
         data_dir = resolve_data_dir(args.data_dir)
         if args.command == "run":
             return cmd_run(data_dir)
