@@ -37,7 +37,7 @@ def search(s: "ImapSession", c: "Command") -> Done:
     folder = sel.folder
     fields = criteria.header_fields
     cached = HEADERS.tables(folder.path, fields) if fields else {}
-    learned: dict[str, dict[str, list[str]]] = {f: {} for f in fields}
+    learned: dict[str, dict[str, tuple[str, ...]]] = {f: {} for f in fields}
     only_header = cached[criteria.root.name] if isinstance(criteria.root, Header) else None
     found: list[int] = []
     for seq, uid, ref in _messages(sel):
@@ -58,7 +58,7 @@ def search(s: "ImapSession", c: "Command") -> Done:
         if had < len(fields):
             for f, values in ctx.decoded.items():
                 if f in learned and ref.key not in cached[f]:
-                    learned[f][ref.key] = values
+                    learned[f][ref.key] = tuple(values)
     if any(learned.values()):
         HEADERS.add(folder.path, learned, {m.key for m in folder.messages})
     s.untagged(b" ".join([b"SEARCH", *(b"%d" % n for n in found)]))
@@ -78,10 +78,10 @@ class _Values:
     """The context a single HEADER key needs when the cache has the field's values."""
     __slots__ = ("values",)
 
-    def __init__(self, values: list[str]) -> None:
+    def __init__(self, values: tuple[str, ...]) -> None:
         self.values = values
 
-    def header(self, name: str) -> list[str]:
+    def header(self, name: str) -> tuple[str, ...]:
         return self.values
 
 

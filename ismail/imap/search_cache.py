@@ -17,7 +17,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
-Values = list[str]   # never changed once in the cache
+Values = tuple[str, ...]   # tuples of str: the cyclic GC stops tracking them, so a big
+                           # cache does not make every full collection slower
 
 
 class HeaderCache:
