@@ -71,6 +71,18 @@ class MtimeGranularityTest(CacheCase):
     def test_change_in_the_same_tick_whole_second_mtimes(self):
         self.check_change_in_the_same_tick((int(time.time()) + 1) * 10**9)
 
+    def test_change_in_the_same_tick_seen_by_a_look_after_the_tick(self):
+        # The view lists the folder within its mtime's tick; a file then arrives in the same
+        # tick (the mtime stays); the next look comes only after the tick: it must list again.
+        mtime = time.time_ns()
+        set_mtime_ns(self.root / "new", mtime)
+        view = self.store.open("INBOX")
+        deliver(self.root, MSG + b"same tick")
+        set_mtime_ns(self.root / "new", mtime)
+        time.sleep(0.15)   # past settled_after(mtime) for a file system with fractions
+        self.assertEqual(len(view.refresh().added), 1)
+        self.assertFalse(view.refresh(), "settled now: nothing more to report")
+
     def test_settled_folder_is_not_listed_again(self):
         self.settle()
         view = self.store.open("INBOX")
@@ -120,13 +132,18 @@ class SnapshotTest(CacheCase):
         self.assertNotIn(doomed, [m.uid for m in view.messages])
         self.assertEqual(len(view.messages), 4)
 
-    def test_unsettled_listing_is_not_shared(self):
-        now = time.time_ns()
-        set_mtime_ns(self.root / "new", now)
-        self.store.open("INBOX")
+    def test_unsettled_listing_is_shared_and_checked_at_the_next_look(self):
+        mtime = time.time_ns() + 50_000_000
+        set_mtime_ns(self.root / "new", mtime)
+        self.store.open("INBOX")                      # lists within the mtime's tick
+        deliver(self.root, MSG + b"same tick")        # and a message comes in that tick
+        set_mtime_ns(self.root / "new", mtime)
         with self.scans() as scan:
-            self.store.open("INBOX")
-        self.assertGreater(scan.call_count, 0, "a listing taken within the mtime's tick is not trusted")
+            second = self.store.open("INBOX")
+        self.assertEqual(scan.call_count, 0, "opened from the first view's listing")
+        self.assertEqual(len(second.messages), 5)
+        time.sleep(0.2)                               # even when the next look comes later
+        self.assertEqual(len(second.refresh().added), 1, "a listing taken within the tick is checked")
 
     def test_new_uids_in_the_index_make_it_list_again(self):
         # An APPEND elsewhere gives out a UID before its file is in place: the index's

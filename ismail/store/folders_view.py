@@ -51,6 +51,7 @@ class _Snapshot(NamedTuple):
     cur: Path
     by_uid: dict[int, MessageRef]
     messages: list[MessageRef]
+    settled: bool           # taken after the directories' mtimes had settled
 
 
 class _Snapshots:
@@ -58,9 +59,11 @@ class _Snapshots:
     process: a SELECT, EXAMINE or STATUS of a folder nobody changed since takes the
     list from here instead of listing and indexing the directory again (Dovecot keeps
     its index on disk for the same end).  A snapshot is used only while the folder's
-    directory and index stats are exactly those it was taken under, and only if it was
-    taken once the directories' mtimes had settled (``settled_after``), so every later
-    change shows as a different stat.  Bounded by messages held, oldest dropped first.
+    directories' stats are exactly those it was taken under (and its index has given
+    out no UID since).  One taken before the mtimes had settled (``settled_after``) may
+    miss a change made in the same clock tick: a view opened from it lists the folder
+    again at its next look, as the view that took it does.  Bounded by messages held,
+    oldest dropped first.
     """
 
     MAX_MESSAGES = 300_000
@@ -113,7 +116,6 @@ class Folder:
         self.messages: list[MessageRef] = []
         self._by_uid: dict[int, MessageRef] = {}
         self._stats: tuple | None = None
-        self._recheck_until = 0.0
         self._highest = 0
         box.clean_tmp()
         self._sync()
@@ -145,9 +147,9 @@ class Folder:
         box = self._box
         now = time.time()
         stats = box.stats()
-        if stats == self._stats and now >= self._recheck_until:
+        if stats == self._stats:   # kept only from a look made after the mtimes had settled
             return Changes()
-        if not self.uidvalidity and self._adopt(stats, now):
+        if not self.uidvalidity and self._adopt(stats):
             return Changes(added=list(self.messages))
         index = box.index()
         if self.uidvalidity and index.uidvalidity != self.uidvalidity:
@@ -167,20 +169,22 @@ class Folder:
         cap = self._first_unseen_line(index, listing)
         changes = self._take(listing, index, table_changed, cap)
         self.uidvalidity, self.uidnext = index.uidvalidity, index.uidnext
-        self._stats = stats if cap is None else None  # held back: look again next time
-        newest = max(settled_after(stats[0]), settled_after(stats[1]))
-        self._recheck_until = newest if newest > now else 0.0
-        if cap is None and not self._recheck_until:
-            # Complete, and taken when the directories' mtimes had settled.
+        # Equal stats prove nothing changed only if they were read after the mtimes had
+        # settled: a change in the same clock tick as the last one leaves the mtime as it
+        # was.  Until a look made after that, every look lists again (whenever it comes).
+        settled = now >= max(settled_after(stats[0]), settled_after(stats[1]))
+        self._stats = stats if cap is None and settled else None  # None: look again next time
+        if cap is None:
             SNAPSHOTS.put(box.path, _Snapshot(stats, box.keywords.stat, self.uidvalidity, self.uidnext,
-                                              box.new, box.cur, dict(self._by_uid), list(self.messages)))
+                                              box.new, box.cur, dict(self._by_uid), list(self.messages),
+                                              settled))
         return changes
 
-    def _adopt(self, stats: tuple, now: float) -> bool:
+    def _adopt(self, stats: tuple) -> bool:
         """Open from the shared snapshot if the folder is exactly as it was taken."""
         box = self._box
         snap = SNAPSHOTS.get(box.path, stats)
-        if snap is None or now < max(settled_after(stats[0]), settled_after(stats[1])):
+        if snap is None:
             return False
         if snap.stats[2] != stats[2]:
             # The index was rewritten since, with the same files in place (the directories
@@ -198,7 +202,7 @@ class Folder:
         self.uidvalidity, self.uidnext = snap.uidvalidity, snap.uidnext
         if self.messages:
             self._highest = self.messages[-1].uid
-        self._stats = stats
+        self._stats = stats if snap.settled else None   # not settled: list again at the next look
         return True
 
     def _first_unseen_line(self, index, listing: Listing) -> int | None:
