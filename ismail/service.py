@@ -1,4 +1,4 @@
-"""MailServer: the one object that owns ISMail's state and wires its stages.
+r"""MailServer: the one object that owns ISMail's state and wires its stages.
 
     net (listeners, limits, bans, TLS) -> smtp session -> accept_message -> store (local Maildirs)
                                                                         \-> queue (outgoing)
