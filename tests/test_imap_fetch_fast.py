@@ -12,6 +12,8 @@ from ismail.imap import cmd_message
 from tests.test_imap_session import MSG, SessionCase
 
 NUL = b"From: x@remote.test\r\nSubject: binary\r\n\r\nzero \x00 byte\r\n"
+BIG = b"From: x@remote.test\r\nSubject: big\r\n\r\n" + b"y" * 998 + b"\r\n" + \
+      b"".join(b"line %d of a message larger than one write\r\n" % n for n in range(3000))
 ITEM_LISTS = [
     "(UID FLAGS RFC822.SIZE)", "FLAGS", "UID", "(INTERNALDATE UID)", "FAST", "(UID UID FLAGS)",
     "(UID BODY.PEEK[])", "BODY.PEEK[]", "(BODY.PEEK[] UID FLAGS RFC822.SIZE)",
@@ -23,7 +25,7 @@ ITEM_LISTS = [
 class FastPathTest(SessionCase):
     def setUp(self):
         super().setUp()
-        for data in (MSG, NUL, MSG):
+        for data in (MSG, NUL, MSG, BIG):
             self.deliver(data)
         first = self.client(select="INBOX")       # \Recent goes to this one; later sessions
         first.say("f STORE 1 +FLAGS (\\Flagged $Work)")  # see a keyword and a system flag

@@ -104,8 +104,14 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
                 data = data.replace(b"\0", b"\x80")   # as fetch._literal: NUL is not allowed
             literal = b"{%d}\r\n" % len(data) if data else b'""'
             end = tail % tuple(get(ref) for get in after_values) if after else tail
-            batch += (line, literal, data, end)
-            size += len(line) + len(literal) + len(data) + len(end)
+            if len(data) >= BATCH:   # a large message goes out as it is: no copy into a batch
+                batch += (line, literal)
+                yield b"".join(batch)
+                yield data
+                batch, size = [end], len(end)
+            else:
+                batch += (line, literal, data, end)
+                size += len(line) + len(literal) + len(data) + len(end)
             s.fetched += 1
             s.backend.stats.add("imap_fetched")
         if size >= BATCH:
