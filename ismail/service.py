@@ -6,7 +6,7 @@ r"""MailServer: the one object that owns ISMail's state and wires its stages.
 
 ``start()`` prepares the data folder (clearing what a crash left half-written),
 binds every listening address of every protocol (all or none) and serves each in
-its own thread.  ``apply(settings)`` puts new settings into force without a
+its own thread (plain SMTP: all in one loop, net.reactor).  ``apply(settings)`` puts new settings into force without a
 restart: limits hold for the next connection, connections already open keep
 theirs.  ``stop()`` stops accepting, lets sessions in the middle of a message
 finish for a grace period and tells idle ones goodbye.  The GUI and the command
@@ -33,6 +33,7 @@ from .store.folders import MailStore
 from .store.maildrop import Maildrop, Maildrops
 from .smtp.policy import Policy
 from .net.listener import Gate, Listener, Protocol, WorkerPool
+from .net.reactor import Reactor
 from .queue.scheduler import QueueManager
 from .imap.protocol import ImapProtocol
 from .pop3.protocol import Pop3Protocol
@@ -65,6 +66,7 @@ class MailServer:
         self._listeners: dict[tuple[str, ListenEntry], Listener] = {}
         self.guard = Guard(settings)
         self.gate = Gate(self.guard, self.stats, self.workers)
+        self.reactor = Reactor(self.gate)
         self.smtp = SmtpProtocol(self.limiter, self, self.policy)
         self.maildrops = Maildrops()
         self.pop3_limiter = ConnectionLimiter(settings.pop3.max_connections, settings.pop3.max_per_host)
@@ -213,10 +215,9 @@ class MailServer:
                 listener.server_close()
             raise StartupError(_bind_problem(entry.host, entry.port, e)) from e
         for addr, listener in opened.items():
-            thread = threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.2},
-                                      name=f"listen-{listener.label}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            thread = listener.start(self.reactor)
+            if thread is not None:
+                self._threads.append(thread)
             self._listeners[addr] = listener
 
     @staticmethod

@@ -9,7 +9,10 @@ The accepting thread takes the limiter's slot before any thread is involved: a
 client over a limit gets the protocol's refusal (SMTP ``421 4.7.0``, POP3
 ``-ERR [SYS/TEMP]``) and is disconnected right there, so a flood of connections
 costs no threads.  Every admitted connection is run by a pooled thread as a
-Connection: read, feed the session, write what it returns.
+Connection: read, feed the session, write what it returns.  Plain SMTP is the
+exception: its listeners are served by one loop (net.reactor) that answers the
+command talk of every connection and passes a connection to a pooled thread only
+for what may wait (the message text and its fsync, AUTH, TLS), and takes it back.
 
 A session is a state machine that never touches a socket (smtp.session,
 pop3.session).  ``feed(data)`` returns the bytes to send: one ``bytes``, or a list
@@ -33,13 +36,16 @@ import socketserver
 import ssl
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..config import ListenEntry
 from ..stats import Stats
 from .guard import Guard
 from .limits import PER_HOST, ConnectionLimiter, Slot
 from .sockets import WAITED, no_delay, set_io_timeout
+
+if TYPE_CHECKING:
+    from .reactor import Reactor
 
 log = logging.getLogger("ismail.receiver")
 
@@ -52,8 +58,20 @@ DATA_RATE_GRACE = 30.0  # seconds before the minimum data rate is enforced
 SEND_BATCH = 65536      # streamed output is sent in writes of about this size
 
 
+_CLIENT_IPS: dict[str, str] = {}
+
+
 def client_ip(address: str) -> str:
     """The client's address as the limits and trusted networks see it (no IPv4-mapped form)."""
+    known = _CLIENT_IPS.get(address)
+    if known is None:
+        if len(_CLIENT_IPS) >= 4096:
+            _CLIENT_IPS.clear()
+        known = _CLIENT_IPS[address] = _client_ip(address)
+    return known
+
+
+def _client_ip(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
@@ -138,6 +156,7 @@ class Protocol:
     counter = ""
     pregreet_check = False   # refuse clients that talk before the greeting (SMTP)
     stress_timeout = True    # a busy server cuts idle clients after STRESS_TIMEOUT
+    loop = False             # plain connections may be served by a loop (net.reactor)
 
     def __init__(self, limiter: ConnectionLimiter) -> None:
         self.limiter = limiter
@@ -172,6 +191,7 @@ class Listener(socketserver.ThreadingTCPServer):
         self.protocol = protocol
         self.entry = entry
         self.label = entry.label if protocol.name == "SMTP" else f"{protocol.name} {entry.label}"
+        self.reactor: Reactor | None = None  # the loop serving this listener, if one does
         super().__init__((entry.host, entry.port), _Handler)
 
     def server_bind(self) -> None:
@@ -181,6 +201,24 @@ class Listener(socketserver.ThreadingTCPServer):
             # "[::]:25" and "0.0.0.0:25" may both be configured: each takes its own family.
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         super().server_bind()
+
+    def start(self, reactor: "Reactor | None") -> threading.Thread | None:
+        """Serve: from ``reactor``'s loop if the protocol and the address allow it, else
+        from a thread of its own (returned)."""
+        if reactor is not None and self.protocol.loop and not self.entry.tls:
+            self.reactor = reactor
+            reactor.add_listener(self)
+            return None
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name=f"listen-{self.label}", daemon=True)
+        thread.start()
+        return thread
+
+    def shutdown(self) -> None:
+        if self.reactor is not None:
+            self.reactor.remove_listener(self)
+        else:
+            super().shutdown()
 
     def process_request(self, request: socket.socket, client_address) -> None:
         gate, proto = self.gate, self.protocol
@@ -199,30 +237,49 @@ class Listener(socketserver.ThreadingTCPServer):
         stats.add(f"{prefix}connections_current")
         stats.add(f"{prefix}connections_total")
         try:
-            gate.workers.submit(lambda: self._serve(request, client_address, ip, slot))
+            conn = Connection(self.gate, self.protocol, request, ip, client_address[1], slot, self.entry)
+            if self.reactor is not None:
+                self.reactor.open(self, conn)
+            else:
+                gate.workers.submit(lambda: self._serve(conn))
         except BaseException:
             self._finished(ip, slot)
             self.shutdown_request(request)
             raise
 
-    def _serve(self, request: socket.socket, client_address, ip: str, slot: Slot) -> None:
-        conn = Connection(self.gate, self.protocol, request, ip, client_address[1], slot, self.entry)
+    def _serve(self, conn: "Connection") -> None:
         try:
             conn.run()
         except Exception:
-            log.exception("%s: session ended by an unexpected error", ip)
+            log.exception("%s: session ended by an unexpected error", conn.ip)
         finally:
-            self._finished(ip, slot)
+            self.finish(conn)
+
+    def serve_rest(self, conn: "Connection", data: bytes | None, out: bytes | None) -> None:
+        """In a worker thread, for the loop: serve ``conn`` until it can go back, or ends."""
+        back = False
+        try:
+            back = conn.talk(data, out, handback=True)
+        except Exception:
+            log.exception("%s: session ended by an unexpected error", conn.ip)
+        if back and self.reactor is not None:
+            self.reactor.take_back(self, conn)
+        else:
+            self.finish(conn)
+
+    def finish(self, conn: "Connection") -> None:
+        """The connection is over: its slot back, the session's log line, the socket closed."""
+        self._finished(conn.ip, conn.slot)
+        try:
+            self.protocol.ended(conn.session, conn.ip, conn.port, conn.seconds())
+        except Exception:
+            log.exception("%s: closing the session failed", conn.ip)
+        if conn.sock is not conn.request:  # the TLS socket took over the connection
             try:
-                self.protocol.ended(conn.session, ip, client_address[1], conn.seconds())
-            except Exception:
-                log.exception("%s: closing the session failed", ip)
-            if conn.sock is not request:  # the TLS socket took over the connection
-                try:
-                    conn.sock.close()
-                except OSError:
-                    pass
-            self.shutdown_request(request)
+                conn.sock.close()
+            except OSError:
+                pass
+        self.shutdown_request(conn.request)
 
     def _finished(self, ip: str, slot: Slot) -> None:
         self.protocol.limiter.release(slot)  # does nothing if QUIT already released it
@@ -254,13 +311,19 @@ def _say(sock: socket.socket, data: bytes) -> None:
 
 
 class Connection:
-    """One client, from greeting to hang-up."""
+    """One client, from greeting to hang-up.
+
+    In a thread, ``run()`` serves it from the greeting and ``talk()`` from any later
+    point; with a loop (net.reactor) the loop serves its command talk and passes it to
+    ``talk()`` in a thread for whatever may wait, and takes it back afterwards.
+    """
 
     def __init__(self, gate: Gate, proto: Protocol, sock: socket.socket, ip: str, port: int,
                  slot: Slot, entry: ListenEntry) -> None:
         self.gate = gate
         self.proto = proto
         self.sock = sock
+        self.request = sock  # the accepted socket, whatever TLS wraps around it
         self.ip = ip
         self.port = port
         self.slot = slot
@@ -269,30 +332,56 @@ class Connection:
         self.tls = gate.tls_context
         self.started = time.monotonic()
         self._dead = False  # a send failed: the client is gone, send nothing more
+        self.waits = False  # the socket is in the waiting mode of _wait_style (not the loop's)
         self.session = proto.session(ip, entry, self.tls is not None)
+        # Progress, for the time-outs: complete lines seen, and when the last one came.
+        self.last_lines, self.idle_since = 0, self.started
+        self.data_since, self.data_bytes = 0.0, 0  # while in DATA: since when, how much
+        self.session_end = self.started + self.session_seconds
 
     def seconds(self) -> float:
         return time.monotonic() - self.started
 
     def run(self) -> None:
-        gate, session = self.gate, self.session
         no_delay(self.sock)
         if self.entry.tls and not self._handshake():
             return
-        if self.proto.pregreet_check and not self.entry.tls and _talks_first(self.sock):
-            # Real mail servers wait for the greeting; spam bots often do not (Postfix's
-            # postscreen calls it "pregreet").
-            gate.stats.add("protocol_errors")
-            log.info("%s: talked before the greeting: disconnected", self.ip)
-            self._send(self.proto.pregreet_reply())
+        if self.pregreeted():
             return
         self._wait_style()
-        self._send(session.greeting())
-        last_lines, idle_since = 0, time.monotonic()
-        data_since, data_bytes = 0.0, 0
+        self._send(self.session.greeting())
+        self.talk()
+
+    def pregreeted(self) -> bool:
+        """A client that talked before the greeting: answered, to be hung up on."""
+        if not self.proto.pregreet_check or self.entry.tls or not _talks_first(self.sock):
+            return False
+        # Real mail servers wait for the greeting; spam bots often do not (Postfix's
+        # postscreen calls it "pregreet").
+        self.gate.stats.add("protocol_errors")
+        log.info("%s: talked before the greeting: disconnected", self.ip)
+        self._send(self.proto.pregreet_reply())
+        return True
+
+    def talk(self, data: bytes | None = None, out: bytes | None = None, handback: bool = False) -> bool:
+        """Serve the client until the session ends.
+
+        ``out`` is a reply still to be sent (with what follows a feed: a delay, STARTTLS),
+        ``data`` input not yet fed.  With ``handback``, return True as soon as the session is
+        back to plain command talk (the loop's part); False means the connection is over.
+        """
+        gate, session = self.gate, self.session
+        if out is not None and not self._answer(out, time.monotonic()):
+            return False
+        if data is not None and not session.closing:
+            if not self._take(data, time.monotonic()):
+                return False
         tick = getattr(session, "tick", None)
-        session_end = self.started + self.session_seconds
         while not session.closing:
+            if handback and self.loop_may_serve():
+                return True
+            if not self.waits:  # from the loop's non-blocking mode: only now that a read must wait
+                self._wait_style()
             try:
                 data = self.sock.recv(RECV_BYTES)
             except WAITED:
@@ -308,60 +397,87 @@ class Connection:
                     out = tick()
                     if out:
                         self._send(out)
-                    if session.lines != last_lines:
-                        last_lines, idle_since = session.lines, now
-                self._check_time(now, idle_since, data_since, data_bytes, session_end)
+                    if session.lines != self.last_lines:
+                        self.last_lines, self.idle_since = session.lines, now
+                self._send_overdue(now)
                 continue
-            if not data:
+            if not data or not self._take(data, now):
                 break
-            out = session.feed(data)
-            if session.lines != last_lines:  # a whole line arrived: that is progress
-                last_lines, idle_since = session.lines, now
-            if session.in_data:
-                if not data_since:
-                    data_since, data_bytes = now, 0
-                data_bytes += len(data)
-            else:
-                data_since = 0.0
-            if session.closing:
-                self.proto.limiter.release(self.slot)  # before the goodbye: a client reconnecting at once fits
-            if session.delay:
-                time.sleep(min(session.delay, 10.0))
-                session.delay = 0.0
-            if out:
-                self._send(out)
-            if session.starttls and not session.closing:
-                if not self._handshake():
-                    break
-                session.tls_started()
-                continue
-            self._check_time(now, idle_since, data_since, data_bytes, session_end)
-            if gate.stopping and not session.closing and not session.in_transaction:
-                self._send(session.shutdown_reply())
+        return False
 
-    def _check_time(self, now: float, idle_since: float, data_since: float, data_bytes: int,
-                    session_end: float) -> None:
-        """Cut off clients that are idle, too slow, or simply never finish."""
+    def loop_may_serve(self) -> bool:
+        """Nothing under way that could wait: a loop can serve what comes next."""
+        session = self.session
+        return (not session.closing and not session.in_data and not session.starttls
+                and not session.delay and not isinstance(self.sock, ssl.SSLSocket)
+                and not getattr(session, "awaiting_answer", False))
+
+    def progress(self, data: bytes, now: float) -> None:
+        """Bookkeeping after a feed: a whole line is progress; DATA's pace is measured."""
+        session = self.session
+        if session.lines != self.last_lines:
+            self.last_lines, self.idle_since = session.lines, now
+        if session.in_data:
+            if not self.data_since:
+                self.data_since, self.data_bytes = now, 0
+            self.data_bytes += len(data)
+        else:
+            self.data_since = 0.0
+
+    def _take(self, data: bytes, now: float) -> bool:
+        """Feed what the client sent and act on the session's answer; False when it is over."""
+        out = self.session.feed(data)
+        self.progress(data, now)
+        return self._answer(out, now)
+
+    def _answer(self, out: bytes | list, now: float) -> bool:
+        gate, session = self.gate, self.session
+        if session.closing:
+            self.proto.limiter.release(self.slot)  # before the goodbye: a client reconnecting at once fits
+        if session.delay:
+            time.sleep(min(session.delay, 10.0))
+            session.delay = 0.0
+        if out:
+            self._send(out)
+        if session.starttls and not session.closing:
+            if not self._handshake():
+                return False
+            session.tls_started()
+            return True
+        self._send_overdue(now)
+        if gate.stopping and not session.closing and not session.in_transaction:
+            self._send(session.shutdown_reply())
+        return True
+
+    def _send_overdue(self, now: float) -> None:
+        out = self.overdue(now)
+        if out:
+            self._send(out)
+
+    def overdue(self, now: float) -> bytes:
+        """Cut off clients that are idle, too slow, or simply never finish: the last reply."""
         session = self.session
         if session.closing:
-            return
+            return b""
         limit = self.timeout
         if self.proto.stress_timeout and self.proto.limiter.busy(STRESS_SHARE):
             limit = min(limit, STRESS_TIMEOUT)  # busy: idle clients make room sooner (Postfix's stress mode)
         why = ""
-        if now - idle_since > limit:
+        if now - self.idle_since > limit:
             why = f"timeout after {limit}s without a complete command"
-        elif now > session_end:
+        elif now > self.session_end:
             why = f"session longer than {self.session_seconds}s"
-        elif (data_since and self.min_data_rate and now - data_since > DATA_RATE_GRACE
-              and data_bytes / (now - data_since) < self.min_data_rate):
+        elif (self.data_since and self.min_data_rate and now - self.data_since > DATA_RATE_GRACE
+              and self.data_bytes / (now - self.data_since) < self.min_data_rate):
             why = f"data slower than {self.min_data_rate} bytes/s"
-        if why:
-            self.gate.stats.add(f"{self.proto.counter}sessions_timed_out")
-            log.info("%s: %s", self.ip, why)
-            self._send(session.timeout_reply())
+        if not why:
+            return b""
+        self.gate.stats.add(f"{self.proto.counter}sessions_timed_out")
+        log.info("%s: %s", self.ip, why)
+        return session.timeout_reply()
 
     def _wait_style(self) -> None:
+        self.waits = True
         # Plain connections: kernel time-outs (one system call per read); TLS: Python's,
         # as an expired kernel wait inside OpenSSL is not a clean "try again".
         if isinstance(self.sock, ssl.SSLSocket):
@@ -417,6 +533,9 @@ class Connection:
             try:
                 sent = self.sock.send(view)
             except WAITED:
+                if not self.waits:  # the loop's non-blocking socket: from here on, wait
+                    self._wait_style()
+                    continue
                 if time.monotonic() < deadline:
                     continue
                 self._dead = True
@@ -433,6 +552,8 @@ class Connection:
 def _talks_first(sock: socket.socket) -> bool:
     """Has the client sent anything before our greeting?"""
     try:
+        if sock.gettimeout() == 0.0:  # non-blocking (the loop's): one system call
+            return bool(sock.recv(1, socket.MSG_PEEK))
         readable, _, _ = select.select([sock], [], [], 0)
         if not readable:
             return False

@@ -17,6 +17,7 @@ class SmtpProtocol(Protocol):
     name = "SMTP"
     counter = ""
     pregreet_check = True
+    loop = True  # command talk on plain connections is served by net.reactor's loop
 
     def __init__(self, limiter: ConnectionLimiter, backend: Server, policy: Policy) -> None:
         super().__init__(limiter)

@@ -126,6 +126,34 @@ class Session:
         """Between MAIL and the end of DATA: a stop waits for this to finish."""
         return self._mail is not None or self._data is not None
 
+    @property
+    def awaiting_answer(self) -> bool:
+        """An AUTH challenge is out: the next line is its answer."""
+        return self._auth_step is not None
+
+    def may_block(self, data: bytes) -> str:
+        """What ``feed(data)`` could wait for: "" (nothing), "disk" (the end of a message is
+        made durable) or "login" (a password check).
+
+        The receiver's loop (net.reactor) feeds only input that waits for nothing; anything
+        else goes to a thread.  Erring towards waiting costs a hand-over, never a wrong answer.
+        """
+        if self._auth_step is not None or self.delay:
+            return "login"
+        if self._data is not None:
+            return "disk"
+        text = bytes(self._buf) + data if self._buf else data
+        upper = text.upper()
+        if b"AUTH" in upper:
+            return "login"
+        at = upper.find(b"DATA")
+        while at >= 0:  # DATA with more input after its line: the text (and its end) may be there
+            eol = upper.find(b"\n", at)
+            if eol >= 0 and eol + 1 < len(upper):
+                return "disk"
+            at = upper.find(b"DATA", at + 4)
+        return ""
+
     def feed(self, data: bytes) -> bytes:
         """Take bytes from the client; return every reply due, in order."""
         buf = self._buf

@@ -1,0 +1,153 @@
+"""The SMTP loop (ismail/net/reactor.py): clients that only talk hold no thread, and a
+connection goes to a worker and back as often as it needs, with nothing lost or reordered.
+
+Run against a real `python3 -m ismail run`; threads are counted in /proc (Linux, where
+the tests run)."""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import unittest
+from pathlib import Path
+
+from tests.support import ServerProcess, SMTPTalk
+
+
+def threads_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status")
+    for line in status.read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads: line in /proc status")
+
+
+def message(n: int) -> bytes:
+    return (f"From: a@example.test\r\nTo: user@example.test\r\nSubject: loop {n}\r\n\r\n"
+            f"body of message {n}\r\n").encode()
+
+
+class ReactorTest(unittest.TestCase):
+    def setUp(self) -> None:
+        if not Path("/proc/self/status").exists():
+            self.skipTest("counts threads in /proc (Linux)")
+        self.server = ServerProcess({"incoming": {"max_connections": 100, "max_per_host": 10},
+                                     "trusted_networks": []}).start()
+        self.addCleanup(self.server.cleanup)
+        self.talks: list[SMTPTalk] = []
+        self.addCleanup(lambda: [t.close() for t in self.talks])
+
+    def talk(self, source: str = "127.0.0.1") -> SMTPTalk:
+        t = SMTPTalk(self.server.port, source=source, timeout=20)
+        self.talks.append(t)
+        self.assertRegex(t.reply(), rb"^220 ")
+        return t
+
+    def wait_count(self, n: int, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.server.count() < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.server.count()
+
+    def test_sixty_talking_clients_hold_no_thread_and_all_get_their_mail_in(self) -> None:
+        pid = self.server.proc.pid
+        # One message first, so the thread that makes a message durable exists already.
+        first = self.talk()
+        first.cmd("EHLO first.test")
+        first.cmd("MAIL FROM:<a@example.test>")
+        first.cmd("RCPT TO:<user@example.test>")
+        self.assertRegex(first.cmd("DATA"), rb"^354 ")
+        self.assertRegex(first.cmd(message(0) + b"."), rb"^250 ")
+        self.assertRegex(first.cmd("QUIT"), rb"^221 ")
+        time.sleep(0.5)
+        before = threads_of(pid)
+        clients = [self.talk(f"127.0.0.{2 + i // 10}") for i in range(60)]  # 10 per host: the limit
+        for i, c in enumerate(clients):
+            self.assertRegex(c.cmd(f"EHLO client{i}.test"), rb"^250[ -]")
+            self.assertRegex(c.cmd("MAIL FROM:<a@example.test>"), rb"^250 ")
+            self.assertRegex(c.cmd("RCPT TO:<user@example.test>"), rb"^250 ")
+        during = threads_of(pid)
+        self.assertLessEqual(during - before, 3,
+                             f"60 clients in the middle of a transaction took {during - before} threads")
+        for i, c in enumerate(clients):
+            self.assertRegex(c.cmd("DATA"), rb"^354 ")
+        for i, c in enumerate(clients):
+            c.send(message(i + 1) + b".\r\n")
+        for i, c in enumerate(clients):
+            self.assertRegex(c.reply(), rb"^250 ", f"client {i}")
+        self.assertEqual(self.wait_count(61), 61)
+        # Back in the loop after the message: the next command is answered there.
+        for c in clients:
+            self.assertRegex(c.cmd("NOOP"), rb"^250 ")
+            self.assertRegex(c.cmd("QUIT"), rb"^221 ")
+        texts = sorted(p.read_bytes() for sub in ("new", "cur")
+                       for p in (self.server.maildir() / sub).iterdir())
+        for n in range(61):
+            self.assertEqual(sum(f"body of message {n}\n".encode() in t for t in texts), 1, n)
+
+    def test_several_messages_on_one_connection_while_another_talks(self) -> None:
+        a, b = self.talk(), self.talk("127.0.0.2")
+        a.cmd("EHLO a.test")
+        b.cmd("EHLO b.test")
+        for n in range(5):
+            self.assertRegex(a.cmd("MAIL FROM:<a@example.test>"), rb"^250 ")
+            self.assertRegex(b.cmd("NOOP"), rb"^250 ")
+            self.assertRegex(a.cmd("RCPT TO:<user@example.test>"), rb"^250 ")
+            self.assertRegex(a.cmd("DATA"), rb"^354 ")
+            self.assertRegex(b.cmd("RSET"), rb"^250 ")
+            self.assertRegex(a.cmd(message(n) + b"."), rb"^250 ")
+        self.assertRegex(a.cmd("QUIT"), rb"^221 ")
+        self.assertRegex(b.cmd("QUIT"), rb"^221 ")
+        self.assertEqual(self.wait_count(5), 5)
+        maillog = self.server.data_dir / "logs" / "maillog.log"
+        deadline = time.monotonic() + 10
+        while "5 message(s), 0 error(s)" not in maillog.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertIn("5 message(s), 0 error(s)", maillog.read_text())
+
+    def test_a_client_that_does_not_read_gets_every_reply_in_order_later(self) -> None:
+        c = self.talk()
+        c.cmd("EHLO slow-reader.test")
+        lines = 20000  # ~400 kB of replies: more than both socket buffers hold
+        done = threading.Event()
+
+        def write() -> None:
+            try:
+                c.send(b"".join(f"NOOP {i}\r\n".encode() for i in range(lines)) + b"QUIT\r\n")
+            finally:
+                done.set()
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        time.sleep(1.5)  # the server's replies pile up unread
+        got = b""
+        deadline = time.monotonic() + 60
+        while got.count(b"\r\n") < lines + 1 and time.monotonic() < deadline:
+            data = c.sock.recv(1 << 16)
+            if not data:
+                break
+            got += data
+        self.assertTrue(done.wait(30))
+        replies = got.split(b"\r\n")
+        self.assertEqual(len([r for r in replies if r.startswith(b"250 ")]), lines)
+        self.assertRegex(replies[lines], rb"^221 ")
+        # Meanwhile the server went on serving others.
+        other = self.talk("127.0.0.2")
+        self.assertRegex(other.cmd("NOOP"), rb"^250 ")
+
+    def test_auth_and_starttls_free_commands_still_pipeline_in_one_answer(self) -> None:
+        c = self.talk()
+        c.send(b"EHLO p.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<user@example.test>\r\n"
+               b"RCPT TO:<nobody@example.test>\r\nDATA\r\n")
+        got = b""
+        deadline = time.monotonic() + 20
+        while got.count(b"\r\n") < 12 and not re.search(rb"\r\n354 ", got) and time.monotonic() < deadline:
+            got += c.sock.recv(65536)
+        codes = [line[:3] for line in got.split(b"\r\n") if line and line[3:4] == b" "]
+        self.assertEqual(codes, [b"250", b"250", b"250", b"550", b"354"], got)
+        self.assertRegex(c.cmd(message(1) + b"."), rb"^250 ")
+        self.assertEqual(self.wait_count(1), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
