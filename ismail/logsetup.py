@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -121,14 +122,29 @@ class MailLogHandler(logging.Handler):
         self._open()
 
 
+class _Formatter(logging.Formatter):
+    """The stock format, with the date and time formatted once a second, not once a line."""
+
+    _cache = (-1, "")  # (second, its text): one attribute, so threads never see half of it
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        cached, text = self._cache
+        if second != cached:
+            text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            self._cache = (second, text)
+        return "%s,%03d" % (text, record.msecs)
+
+
 def setup_logging(data_dir: Path, to_stderr: bool = True, level: int = logging.INFO) -> MailLogHandler:
     """Send the `ismail` loggers to DATA/logs/maillog.log (and stderr); returns the handler."""
     logging.logProcesses = False  # saves a getpid() per line; there is only one process
     logging.logMultiprocessing = False
+    logging.logThreads = False  # the format names no thread
     logging._srcfile = None  # no stack walk per line (the logging docs' own optimisation advice)
     handler = MailLogHandler(Path(data_dir) / "logs" / LOG_FILE,
                              sys.stderr if to_stderr else None)  # a windowed .exe has no stderr
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(_Formatter(LOG_FORMAT))
     logger = logging.getLogger("ismail")
     logger.setLevel(level)
     logger.addHandler(handler)

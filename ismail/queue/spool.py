@@ -34,7 +34,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -116,7 +116,11 @@ class QueueEntry:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False, indent=1).encode("utf-8")
+        # asdict() would deep-copy every field first; the instance dicts already hold them
+        # in field order, which is all json needs.
+        fields = dict(self.__dict__)
+        fields["recipients"] = [r.__dict__ for r in self.recipients]
+        return json.dumps(fields, ensure_ascii=False, indent=1).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> "QueueEntry":
@@ -147,6 +151,9 @@ class Spool:
         # The scheduler hooks in here; it gets the message too when it is small, so the
         # first delivery attempt need not read back what was just written.
         self.on_enqueue: Callable[[QueueEntry, bytes | None], None] | None = None
+        # Entries committed by this process and never saved since: they have no .state file,
+        # so removing them is one unlink, not two (each a system call, at every message).
+        self._stateless: set[str] = set()
 
     def _path(self, queue_id: str, ext: str) -> Path:
         return self.messages / f"{queue_id}.{ext}"
@@ -214,6 +221,7 @@ class Spool:
             _remove_quietly(tmp)
             _remove_quietly(path)
             raise
+        self._stateless.add(entry.id)
         if self.on_enqueue is not None:
             small = body.size <= SPILL_BYTES
             self.on_enqueue(entry, header + b"".join(body.chunks()) if small else None)
@@ -247,6 +255,7 @@ class Spool:
         return self._path(queue_id, "msg").exists() or self._path(queue_id, "eml").exists()
 
     def save(self, entry: QueueEntry) -> None:
+        self._stateless.discard(entry.id)
         ext = "state" if self._path(entry.id, "msg").exists() else "json"
         atomic_write(self._path(entry.id, ext), entry.to_json(), tmp_dir=self.tmp, dirsync=self.dirsync)
 
@@ -254,9 +263,12 @@ class Spool:
         """Delivered, bounced or deleted.  The message file goes first: a crash before the
         state file follows leaves a lone .state, which start-up removes.  (An entry of an
         older version: its .json first, so a crash leaves an orphan .eml only.)"""
+        stateless = queue_id in self._stateless
+        self._stateless.discard(queue_id)
         if _remove_quietly(self._path(queue_id, "msg")):
-            _remove_quietly(self._path(queue_id, "state"))
-            return   # the usual case: two unlinks, not four (each a system call)
+            if not stateless:
+                _remove_quietly(self._path(queue_id, "state"))
+            return   # the usual case: one or two unlinks, not four
         _remove_quietly(self._path(queue_id, "state"))
         _remove_quietly(self._path(queue_id, "json"))
         _remove_quietly(self._path(queue_id, "eml"))
