@@ -1,0 +1,1 @@
+"""Mail authentication: DKIM, SPF, DMARC, SRS and the RSA/DER code they need."""
