@@ -1,8 +1,9 @@
 """A small DNS stub resolver on plain sockets (RFC 1035), for finding where to deliver mail.
 
 The outgoing delivery code asks ``Resolver.mx(domain)`` and then
-``Resolver.addresses(host)`` for each MX host.  The resolver sends recursive
-(RD=1) queries to the configured or system name servers and never recurses itself.
+``Resolver.addresses(host)`` for each MX host; the DNS records assistant also asks
+``Resolver.txt(name)`` (SPF, DKIM, DMARC) and ``Resolver.ptr(ip)``.  The resolver sends
+recursive (RD=1) queries to the configured or system name servers and never recurses itself.
 
 Model:
 
@@ -14,7 +15,11 @@ Model:
   REFUSED and other error codes, time-outs and malformed replies move on to the next
   server; when all rounds are used up the lookup fails with DNSTemporaryError, which
   the caller treats as "try again later".  NXDOMAIN (RCODE 3) is final: NXDomain.
-* A truncated (TC) reply is asked again over TCP to the same server.
+* A truncated (TC) reply is asked again over TCP to the same server.  Queries carry no
+  EDNS0, so any reply over 512 bytes (a TXT record with a 4096-bit DKIM key) comes by TCP.
+* A TXT record is one or more character-strings of up to 255 bytes; ``txt`` joins those of
+  one record without spaces (RFC 7208 §3.3, RFC 6376 §3.6.2.2) and decodes the bytes as
+  UTF-8, an invalid byte becoming U+FFFD (SPF, DKIM and DMARC records are plain ASCII).
 * CNAME chains are followed, inside one reply and by asking again for the target,
   up to MAX_CNAME_HOPS.
 * Results, including "no such domain" and "no such record", are cached per
@@ -43,9 +48,9 @@ from ..config import split_host_port
 
 log = logging.getLogger("ismail.dns")
 
-A, CNAME, SOA, MX, AAAA = 1, 5, 6, 15, 28
+A, CNAME, SOA, PTR, MX, TXT, AAAA = 1, 5, 6, 12, 15, 16, 28
 CLASS_IN = 1
-TYPE_NAMES = {A: "A", CNAME: "CNAME", SOA: "SOA", MX: "MX", AAAA: "AAAA"}
+TYPE_NAMES = {A: "A", CNAME: "CNAME", SOA: "SOA", PTR: "PTR", MX: "MX", TXT: "TXT", AAAA: "AAAA"}
 RCODE_NAMES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 MAX_CNAME_HOPS = 8
 MAX_CACHE_TTL = 86400
@@ -210,8 +215,18 @@ def _decode_rdata(msg: bytes, off: int, rdlen: int, rtype: int) -> Any:
         return str(ipaddress.IPv6Address(rdata))
     if rtype in (A, AAAA):
         raise DNSTemporaryError(f"malformed reply: {TYPE_NAMES[rtype]} record of {rdlen} bytes")
-    if rtype == CNAME:
+    if rtype in (CNAME, PTR):
         return _read_name(msg, off)[0]
+    if rtype == TXT:
+        # One or more <length><bytes> strings, joined without spaces (RFC 7208 §3.3).
+        parts, at, end = [], off, off + rdlen
+        while at < end:
+            n = msg[at]
+            if at + 1 + n > end:
+                raise DNSTemporaryError("malformed reply: TXT string runs past its record")
+            parts.append(msg[at + 1:at + 1 + n])
+            at += 1 + n
+        return b"".join(parts).decode("utf-8", "replace")
     if rtype == MX:
         if rdlen < 3:
             raise DNSTemporaryError("malformed reply: short MX record")
@@ -400,6 +415,20 @@ class Resolver:
         records = list(dict.fromkeys(self._resolve(normalize_name(domain), MX)))
         random.shuffle(records)  # RFC 5321 5.1: spread load over hosts of equal preference
         return sorted(records, key=lambda r: r.preference)
+
+    def txt(self, name: str) -> list[str]:
+        """The TXT records of ``name``, each one's strings joined (UTF-8, bad bytes replaced);
+        [] when there are none; NXDomain when the name does not exist."""
+        return list(self._resolve(normalize_name(name), TXT))
+
+    def ptr(self, ip: str) -> list[str]:
+        """The names a reverse look-up of ``ip`` gives (in-addr.arpa / ip6.arpa); DNSError if
+        ``ip`` is not an address."""
+        try:
+            name = ipaddress.ip_address(ip.strip()).reverse_pointer
+        except (ValueError, AttributeError):
+            raise DNSError(f"not an IP address: {ip!r}") from None
+        return [n.rstrip(".") for n in self._resolve(name, PTR)]
 
     def addresses(self, host: str) -> list[str]:
         try:
