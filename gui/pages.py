@@ -84,6 +84,13 @@ class Page(ttk.Frame):
                        highlightthickness=0, font="TkFixedFont", undo=True)
 
 
+TLS_NOTE = ("Encryption: without a certificate of your own, ISMail makes a self-signed one for the "
+            "server name, so STARTTLS, POP3 and IMAP are encrypted at once. A self-signed certificate "
+            "encrypts but does not prove who the server is: mail programs warn about it. For a real "
+            "one, set tls.certificate and tls.key in ismail.json to PEM files (Let's Encrypt's "
+            "fullchain.pem and privkey.pem work as they are).")
+
+
 class DomainPage(Page):
     title = "Domain"
 
@@ -110,6 +117,18 @@ class DomainPage(Page):
         ttk.Label(self, text="how ISMail introduces itself to other servers (greeting, HELO)",
                   style="Hint.TLabel").grid(row=7, column=1, sticky="w")
         self.error_for("server_name", self, 8)
+        dns = ttk.Frame(self)
+        dns.grid(row=9, column=0, columnspan=3, sticky="w", pady=(PAD * 2, 0))
+        self.dns_button = ttk.Button(dns, text="DNS records...", command=self.open_dns)
+        self.dns_button.pack(side="left")
+        ttk.Label(dns, text="  MX, SPF, DKIM and DMARC to publish for each domain, and a check of them",
+                  style="Hint.TLabel").pack(side="left")
+        ttk.Label(self, text=TLS_NOTE, wraplength=WRAP, justify="left", style="Hint.TLabel").grid(
+            row=10, column=0, columnspan=3, sticky="w", pady=(PAD * 2, 0))
+
+    def open_dns(self) -> tk.Toplevel:
+        from .dnsview import dns_window
+        return dns_window(self.winfo_toplevel(), self.dialog.controller, self.primary.get().strip().lower())
 
     def load(self, settings: Settings) -> None:
         self.primary.set(str(settings.primary_domain))

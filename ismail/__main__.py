@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__, loadtest
+from . import __version__, cli_mailauth, loadtest
 from .admin import AccountError, Admin
 from .config import ConfigError, Settings, load, redacted, resolve_data_dir, settings_path
 
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     load = sub.add_parser("loadtest", help="send test mail to an SMTP server and measure it "
                                            "(messages/s, latency; like Postfix's smtp-source)")
     loadtest.add_arguments(load)
+    cli_mailauth.add_arguments(sub)
     return p
 
 
@@ -203,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check_config(data_dir)
         if args.command == "queue":
             return cmd_queue(args, data_dir)
+        if args.command == "dkim":
+            return cli_mailauth.cmd_dkim(args, data_dir, load_settings(data_dir), CommandError)
+        if args.command == "dns":
+            return cli_mailauth.cmd_dns(args, data_dir, load_settings(data_dir), CommandError)
         if args.command == "check-port":
             from .porttest import cli_check_port
             return cli_check_port(args.host, args.port)

@@ -88,6 +88,9 @@ class IncomingSettings:
 class OutgoingSettings:
     max_connections: int = 2
     mx_port: int = 25
+    # Mail for these domains goes out only over TLS with a verified certificate; when that
+    # is not possible it waits in the queue (and bounces when retry.lifetime_hours runs out).
+    require_tls_domains: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -101,6 +104,7 @@ class SmartHostSettings:
     password: str = ""
     tls: str = "starttls"
     verify_certificate: bool = True
+    spf_include: str = ""  # the provider's SPF domain (e.g. "spf.protection.outlook.com"), for `ismail dns`
 
 
 @dataclass
@@ -114,6 +118,9 @@ class TimeoutSettings:
 class TLSSettings:
     certificate: str = ""         # PEM file; STARTTLS is offered only when both are set
     key: str = ""
+    # With no certificate set: make a self-signed one for server_name on the first start
+    # (DATA/tls/), so STARTTLS, POP3 STLS and IMAP STARTTLS work at once.
+    self_signed: bool = True
 
 
 @dataclass
@@ -188,6 +195,20 @@ def parse_listen(text: str) -> ListenEntry:
 
 
 @dataclass
+class DkimSettings:
+    enabled: bool = True      # sign mail from local domains that have a key (DATA/dkim/)
+    selector: str = ""        # the selector of new keys; "" means "ismail" and the year
+    key_bits: int = 2048      # the size of new keys (RFC 8301: at least 1024)
+    auto_keys: bool = True    # a local domain without a key gets one when the server starts
+
+
+@dataclass
+class SrsSettings:
+    enabled: bool = True      # forwarded copies get an SRS sender of the primary domain
+    max_age_days: int = 21    # bounces to older SRS addresses are refused
+
+
+@dataclass
 class RetrySettings:
     first_seconds: int = 300
     max_interval_seconds: int = 4000
@@ -199,7 +220,7 @@ _SECTIONS: dict[str, type] = {
     "incoming": IncomingSettings, "outgoing": OutgoingSettings, "smarthost": SmartHostSettings,
     "timeouts": TimeoutSettings, "retry": RetrySettings, "tls": TLSSettings, "auth": AuthSettings,
     "access": AccessSettings, "program": ProgramSettings, "pop3": Pop3Settings,
-    "imap": ImapSettings,
+    "imap": ImapSettings, "dkim": DkimSettings, "srs": SrsSettings,
 }
 # Allowed ranges of every whole-number setting (the GUI shows them next to its fields).
 RANGES: dict[str, tuple[int, int]] = {
@@ -214,11 +235,13 @@ RANGES: dict[str, tuple[int, int]] = {
     "retry.lifetime_hours": (1, 720), "retry.warn_hours": (0, 720),
     "pop3.max_connections": (10, 100), "pop3.max_per_host": (1, 10),
     "imap.max_connections": (10, 100), "imap.max_per_host": (1, 10),
+    "dkim.key_bits": (1024, 4096), "srs.max_age_days": (1, 365),
 }
 _BOOLS = ("smarthost.enabled", "smarthost.exclusive", "smarthost.authenticate",
           "smarthost.verify_certificate", "auth.allow_plaintext", "auth.require_for_relay",
           "auth.enforce_sender", "program.start_server_on_open", "pop3.enabled",
-          "pop3.allow_plaintext", "imap.enabled", "imap.allow_plaintext")
+          "pop3.allow_plaintext", "imap.enabled", "imap.allow_plaintext", "tls.self_signed",
+          "dkim.enabled", "dkim.auto_keys", "srs.enabled")
 
 
 def split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
@@ -280,6 +303,8 @@ class Settings:
     program: ProgramSettings = field(default_factory=ProgramSettings)
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
     imap: ImapSettings = field(default_factory=ImapSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
+    srs: SrsSettings = field(default_factory=SrsSettings)
     extra: dict = field(default_factory=dict)
 
     def local_domains(self) -> frozenset[str]:
@@ -472,7 +497,9 @@ def validate(settings: Settings) -> list[FieldError]:
                            "smarthost.enabled is true (expected a host name or IP address)"))
     elif sh.host != "":
         host("smarthost.host", sh.host, allow_ip=True)
-    for key in ("smarthost.account", "smarthost.password"):
+    if isinstance(sh.spf_include, str) and sh.spf_include:
+        host("smarthost.spf_include", sh.spf_include)
+    for key in ("smarthost.account", "smarthost.password", "smarthost.spf_include"):
         if not isinstance(value_of(key), str):
             errors.append(_err(key, value_of(key), "is not a string (expected text)"))
     if sh.authenticate is True and sh.account == "":
@@ -492,6 +519,15 @@ def validate(settings: Settings) -> list[FieldError]:
                 lambda t: _reason(ipaddress.ip_network, t, False))
     _check_list(errors, "dns_servers", settings.dns_servers, _DNS_FORM,
                 lambda t: _reason(split_host_port, t, False))
+    _check_list(errors, "outgoing.require_tls_domains", settings.outgoing.require_tls_domains,
+                _HOST_FORM, host_name_problem)
+    selector = settings.dkim.selector
+    if not isinstance(selector, str):
+        errors.append(_err("dkim.selector", selector, "is not a string (expected a name such as "
+                           '"ismail2026", or "" for the default)'))
+    elif selector and not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", selector):
+        errors.append(_err("dkim.selector", selector, "is not valid: letters, digits and inner "
+                           'hyphens, at most 63 (expected a name such as "ismail2026")'))
     if not isinstance(settings.extra, dict):
         errors.append(_err("extra", settings.extra, "is not a dict of unknown settings"))
     return errors

@@ -22,6 +22,7 @@ import threading
 import time
 from email.utils import formatdate
 from pathlib import Path
+from typing import Callable
 
 from .store.accounts import AccountStore
 from .config import ListenEntry, Settings
@@ -34,6 +35,11 @@ from .store.maildrop import Maildrop, Maildrops
 from .smtp.policy import Policy
 from .net.listener import Gate, Listener, Protocol, WorkerPool
 from .net.reactor import Reactor
+from .net.selfsigned import self_signed_files
+from .mailauth.keystore import KeyStore, KeyStoreError, keys_missing
+from .mailauth.signing import signature_for
+from .mailauth.srs import SRS
+from .mailauth.srs_secret import load_srs_secret
 from .queue.scheduler import QueueManager
 from .imap.protocol import ImapProtocol
 from .pop3.protocol import Pop3Protocol
@@ -74,6 +80,9 @@ class MailServer:
         self.imap_limiter = ConnectionLimiter(settings.imap.max_connections, settings.imap.max_per_host)
         self.imap = ImapProtocol(self.imap_limiter, _ImapBackend(self), settings)
         self._password_checker = _password_executor()
+        self._srs: tuple[tuple, SRS] | None = None
+        self.dkim_keys = KeyStore(self.data_dir)
+        self._keygen: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards listener changes (start, apply, stop)
 
@@ -106,12 +115,15 @@ class MailServer:
             raise StartupError(f"cannot use the data folder {self.data_dir}: {e.strerror or e}") from e
         if queued:
             log.info("%d message(s) waiting in the outgoing queue", len(queued))
-        self.gate.tls_context = tls_context(self.settings)
         self.gate.stopping = False
+
+        def tls() -> None:  # once every address is bound: a port in use is said first
+            self.gate.tls_context = tls_context(self.settings, self.data_dir)
         with self._lock:
-            self._open_listeners(self._wanted(self.settings))
+            self._open_listeners(self._wanted(self.settings), before_serving=tls)
         self.qmgr = QueueManager(self)
         self.qmgr.start(queued)
+        self._make_dkim_keys(self.settings)
         log.info("ISMail serving %s as %s", self.serving(), self.settings.server_name)
 
     def stop(self, grace: float = 10.0) -> None:
@@ -160,7 +172,7 @@ class MailServer:
         All or nothing: if a new listening address cannot be opened, StartupError is
         raised and the server goes on exactly as before.
         """
-        context = tls_context(settings)  # a bad certificate refuses the change, like a bad port
+        context = tls_context(settings, self.data_dir)  # a bad certificate refuses the change, like a bad port
         with self._lock:
             if not self.stopping:
                 self._move_listeners(self._wanted(settings))
@@ -176,6 +188,7 @@ class MailServer:
         self.imap_limiter.resize(settings.imap.max_connections, settings.imap.max_per_host)
         if self.qmgr is not None:
             self.qmgr.apply(settings)
+        self._make_dkim_keys(settings)
         log.info("settings applied: incoming %d total / %d per host, listening on %s",
                  settings.incoming.max_connections, settings.incoming.max_per_host,
                  ", ".join(settings.listen))
@@ -204,16 +217,23 @@ class MailServer:
             if addr in self._listeners:
                 self._close_listener(self._listeners.pop(addr))
 
-    def _open_listeners(self, entries: list[tuple[str, ListenEntry]]) -> None:
+    def _open_listeners(self, entries: list[tuple[str, ListenEntry]],
+                        before_serving: Callable[[], None] | None = None) -> None:
         protocols = self._protocols(self.settings)
         opened: dict[tuple[str, ListenEntry], Listener] = {}
         try:
             for name, entry in entries:
                 opened[(name, entry)] = Listener(entry, self.gate, protocols[name][0])
+            if before_serving is not None:
+                before_serving()
         except OSError as e:
             for listener in opened.values():
                 listener.server_close()
             raise StartupError(_bind_problem(entry.host, entry.port, e)) from e
+        except BaseException:
+            for listener in opened.values():
+                listener.server_close()
+            raise
         for addr, listener in opened.items():
             thread = listener.start(self.reactor)
             if thread is not None:
@@ -225,12 +245,54 @@ class MailServer:
         listener.shutdown()
         listener.server_close()
 
+    def _make_dkim_keys(self, settings: Settings) -> None:
+        """A local domain without a DKIM key gets one (dkim.auto_keys), in the background:
+        a 2048-bit key takes seconds of CPU, and mail is accepted meanwhile (unsigned)."""
+        if not (settings.dkim.enabled and settings.dkim.auto_keys):
+            return
+        missing = keys_missing(self.dkim_keys, sorted(settings.local_domains()))
+        if not missing or (self._keygen is not None and self._keygen.is_alive()):
+            return
+
+        def make() -> None:
+            for domain in missing:
+                if self.stopping:
+                    return
+                try:
+                    key = self.dkim_keys.create(domain, settings.dkim.key_bits, settings.dkim.selector)
+                except (KeyStoreError, OSError) as e:
+                    log.error("DKIM: no key could be made for %s: %s", domain, e)
+                    continue
+                log.info("DKIM: %s signs with selector %s from now on; publish its DNS record "
+                         "(`ismail dns %s` shows it)", domain, key.selector, domain)
+        self._keygen = threading.Thread(target=make, name="dkim-keys", daemon=True)
+        self._keygen.start()
+
     # -- what sessions call ----------------------------------------------------------------------
     def lookup_mailbox(self, local: str, domain: str) -> Path | None:
         return self.accounts.mailbox_for(local, domain)
 
     def lookup_forwards(self, local: str, domain: str) -> list[str]:
         return self.accounts.forwards_for(local, domain)
+
+    def srs(self) -> SRS | None:
+        """The Sender Rewriting Scheme of the primary domain; None when switched off."""
+        settings = self.settings
+        if not settings.srs.enabled:
+            return None
+        key = (settings.primary_domain, settings.srs.max_age_days)
+        if self._srs is None or self._srs[0] != key:
+            self._srs = (key, SRS(load_srs_secret(self.data_dir), settings.primary_domain,
+                                  max_age_days=settings.srs.max_age_days))
+        return self._srs[1]
+
+    def reverse_srs(self, address: str) -> str | None:
+        """The original sender behind an SRS address of ours; None when SRS is off or this is
+        no SRS address; ValueError (SRSError) when it is forged, damaged or expired."""
+        srs = self.srs()
+        if srs is None or not srs.is_srs(address):
+            return None
+        return srs.reverse(address)
 
     def check_login(self, address: str, password: str, ip: str, count: bool = True) -> str:
         """SMTP AUTH: "ok", "failed", or "banned" (``ip`` is banned, or this failure banned it).
@@ -263,18 +325,41 @@ class MailServer:
             placed = deliver(list(envelope.mailboxes.values()), header, body, self.dirsync)
         remote = envelope.remote_recipients
         if remote:
-            entry = QueueEntry(id=envelope.id, sender=envelope.sender,
-                               recipients=[QueuedRecipient(r) for r in remote],
-                               arrival=envelope.received_at, client_ip=envelope.client_ip,
-                               helo=envelope.helo, size=envelope.size,
-                               smtputf8=envelope.smtputf8, body=envelope.body_type)
+            if self.settings.dkim.enabled:  # signed once, here; every attempt sends these bytes
+                signature = signature_for(self.dkim_keys, self.policy.local_domains,
+                                          received + b"".join(body.chunks()))
+                received = signature + received
+            # Forwarded copies leave with an SRS sender of ours, so the receiver's SPF check
+            # passes and a bounce comes back here to be sent on (issue 12); others as they came.
+            srs = self.srs() if envelope.forwarded and envelope.sender else None
+            forwarded = [r for r in remote if r in envelope.forwarded] if srs is not None else []
+            direct = [r for r in remote if r not in forwarded]
+            entries = []
+            if direct:
+                entries.append((envelope.id, envelope.sender, direct))
+            if forwarded:
+                qid = new_queue_id() if direct else envelope.id
+                entries.append((qid, srs.forward(envelope.sender), forwarded))
+            queued: list[str] = []
             try:
-                self.spool.enqueue(entry, received, body)
+                for qid, sender, rcpts in entries:
+                    entry = QueueEntry(id=qid, sender=sender,
+                                       recipients=[QueuedRecipient(r) for r in rcpts],
+                                       arrival=envelope.received_at, client_ip=envelope.client_ip,
+                                       helo=envelope.helo, size=envelope.size,
+                                       smtputf8=envelope.smtputf8, body=envelope.body_type)
+                    self.spool.enqueue(entry, received, body)
+                    queued.append(qid)
             except BaseException:
-                # The client will be told to try again: take back the local copies too,
-                # or the retry would deliver them twice.
+                # The client will be told to try again: take back the local copies (and a
+                # first queue entry) too, or the retry would deliver them twice.
                 for path in placed:
                     path.unlink(missing_ok=True)
+                for qid in queued:
+                    if self.qmgr is not None:
+                        self.qmgr.delete(qid)
+                    else:
+                        self.spool.remove(qid)
                 raise
             self.stats.add("recipients_queued", len(remote))
         self.stats.add("recipients_local", len(envelope.mailboxes))
@@ -341,11 +426,55 @@ def _password_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check")
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The server's TLS context from tls.certificate/tls.key; None when not configured."""
+def dns_records(settings: Settings, data_dir: Path, domain: str, ips: list[str] | tuple = ()) -> list:
+    """The DNS records ``domain`` needs (MX, SPF, DKIM, DMARC, PTR advice), from the settings and
+    its DKIM keys; ``ips`` are this server's public sending addresses, if known."""
+    from .mailauth.records import records_for
+
+    sh = settings.smarthost
+    ips = list(ips) or _public_listen_ips(settings)
+    return records_for(domain, server_name=settings.server_name, public_ips=ips,
+                       smarthost=sh.host if sh.enabled else None,
+                       smarthost_exclusive=sh.enabled and sh.exclusive,
+                       spf_include=sh.spf_include or None,
+                       dkim=[(k.selector, k.record_value) for k in KeyStore(data_dir).keys(domain)],
+                       postmaster=f"postmaster@{domain}")
+
+
+def check_dns(settings: Settings, records: list) -> list:
+    """Look each record up with ISMail's own resolver (dns_servers): one verdict each."""
+    from .mailauth.records import check
+    from .queue.dns import Resolver, parse_server
+
+    return check(records, Resolver([parse_server(s) for s in settings.dns_servers] or None))
+
+
+def _public_listen_ips(settings: Settings) -> list[str]:
+    """Listening addresses that are public (0.0.0.0 and private ranges tell nothing)."""
+    import ipaddress
+    out = []
+    for entry in settings.listen_entries():
+        try:
+            ip = ipaddress.ip_address(entry.host)
+        except ValueError:
+            continue
+        if ip.is_global and str(ip) not in out:
+            out.append(str(ip))
+    return out
+
+
+def tls_context(settings: Settings, data_dir: Path | None = None) -> ssl.SSLContext | None:
+    """The server's TLS context from tls.certificate/tls.key; without them, from a self-signed
+    certificate made in ``data_dir`` (tls.self_signed); None when there is neither."""
     cert, key = settings.tls.certificate, settings.tls.key
     if not cert:
-        return None
+        if not settings.tls.self_signed or data_dir is None:
+            return None
+        try:
+            cert_path, key_path = self_signed_files(data_dir, settings.server_name)
+        except (OSError, ValueError) as e:
+            raise StartupError(f"cannot make a self-signed TLS certificate in {data_dir}: {e}") from e
+        cert, key = str(cert_path), str(key_path)
     for name, path in (("certificate", cert), ("key", key)):
         if not Path(path).is_file():
             raise StartupError(f"cannot use the TLS {name} {path}: no such file")

@@ -186,7 +186,7 @@ LOOPBACK_SMARTHOST = {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusiv
 
 def make_data_dir(port: int, **extra: object) -> Path:
     data = Path(tempfile.mkdtemp(prefix="ismail-gui-"))
-    settings = {"server_name": "mx.example.test", "primary_domain": "example.test",
+    settings = {"server_name": "mx.example.test", "primary_domain": "example.test", "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
                 "listen": [f"127.0.0.1:{port}"], "pop3": {"listen": [f"127.0.0.1:{free_port()}"]},
                 "imap": {"listen": [f"127.0.0.1:{free_port()}"]},
                 "incoming": {"max_connections": 20, "max_per_host": 10},

@@ -92,6 +92,8 @@ class ServerProcess:
         self.pop3_port = free_port()
         self.imap_port = free_port()
         base = {"server_name": "mx.example.test", "primary_domain": "example.test",
+                # No RSA key generation at each start (tests/test_mailauth_* cover it).
+                "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
                 "listen": [f"127.0.0.1:{self.port}"],
                 "pop3": {"listen": [f"127.0.0.1:{self.pop3_port}"]},
                 "imap": {"listen": [f"127.0.0.1:{self.imap_port}"]},

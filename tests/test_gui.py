@@ -336,3 +336,36 @@ class SettingsDialogTest(GuiTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DnsRecordsWindowTest(GuiTestCase):
+    def test_records_copy_and_check_now_against_a_real_dns_server(self) -> None:
+        from tests.support import Dnsmasq, cli, require_program
+        program = require_program(self, "dnsmasq")
+        w = self.open_main(start=False)
+        r = cli(w.controller.data_dir, "dkim", "new", "example.test", "--bits", "1024", "--selector", "gui1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        dialog = w.open_settings("Domain")
+        self.addCleanup(dialog.destroy)
+        win = dialog.pages["Domain"].open_dns()
+        self.addCleanup(win.destroy)
+        pump(win, 0.2)
+        kinds = [(row["record"].type, row["record"].name) for row in win.rows]
+        self.assertIn(("MX", "example.test"), [(t, n.rstrip(".")) for t, n in kinds])
+        dkim_row = next(row for row in win.rows if "_domainkey" in row["record"].name)
+        self.assertTrue(dkim_row["record"].value.startswith("v=DKIM1; k=rsa; p="))
+        win.copy(dkim_row["record"].value)
+        self.assertEqual(win.clipboard_get(), dkim_row["record"].value)
+        # Publish only the DKIM record; Check now says so, record by record.
+        dns = Dnsmasq(program, [f"--txt-record=gui1._domainkey.example.test,{dkim_row['record'].value}"],
+                      probe="gui1._domainkey.example.test")
+        self.addCleanup(dns.stop)
+        settings = w.controller.editable_settings()
+        settings.dns_servers = [dns.server]
+        self.assertEqual(w.controller.apply_settings(settings), [])
+        win.check()
+        pump_until(win, lambda: "record(s) as they should be" in win.status.cget("text"), what="the DNS check")
+        self.assertTrue(dkim_row["verdict"].cget("text").startswith("\u2713"), dkim_row["verdict"].cget("text"))
+        mx_row = next(row for row in win.rows if row["record"].type == "MX")
+        self.assertTrue(mx_row["verdict"].cget("text").startswith("\u2717"), mx_row["verdict"].cget("text"))
+        screenshot("dns-records")

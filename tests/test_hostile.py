@@ -751,6 +751,7 @@ class InjectedDiskFullTest(HostileCase):
         self.port = free_port()
         settings, _ = from_dict({
             "server_name": SERVER_NAME, "primary_domain": "example.test", "listen": [f"127.0.0.1:{self.port}"], "pop3": {"enabled": False}, "imap": {"enabled": False},
+            "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
             "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True, "tls": "none"}})
         AccountStore(self.data_dir).add(USER, PASSWORD, sorted(settings.local_domains()))
         # The server's log comes here instead of the test output; the refusal must be logged.

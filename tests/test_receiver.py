@@ -39,7 +39,7 @@ TOTAL_421 = re.compile(rb"^421 4\.7\.0 .*total limit.*\r\n$")
 # -- helpers ------------------------------------------------------------------------------------
 def settings_dict(port: int, overrides: dict | None = None) -> dict:
     """The settings every server here starts from; nothing can leave loopback."""
-    base = {"server_name": "mx.example.test", "primary_domain": "example.test",
+    base = {"server_name": "mx.example.test", "primary_domain": "example.test", "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
             "listen": [f"127.0.0.1:{port}"], "pop3": {"enabled": False}, "imap": {"enabled": False},
             "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True,
                           "tls": "none"}}

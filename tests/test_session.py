@@ -28,7 +28,7 @@ class SessionTestCase(unittest.TestCase):
     def setUp(self):
         self.dir = Path(tempfile.mkdtemp(prefix="ismail-session-"))
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        base = {"server_name": "mx.example.test", "primary_domain": "example.test",
+        base = {"server_name": "mx.example.test", "primary_domain": "example.test", "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
                 "additional_domains": ["other.test"], "listen": ["127.0.0.1:2525"]}
         base.update(self.settings)
         self.config, _ = from_dict(base)
@@ -420,7 +420,26 @@ class ForwardTest(SessionTestCase):
         self.assertEqual(len(self.maildir("user")), 1)
         [(entry, _)] = self.queued()
         self.assertEqual([r["address"] for r in entry["recipients"]], ["boss@home.example"])
-        self.assertEqual(entry["sender"], "a@b.example")  # bounces go back to the real sender
+        # The copy leaves with an SRS sender of ours (SPF passes where it goes); a bounce to
+        # it is accepted from anyone and goes back to the real sender.
+        self.assertRegex(entry["sender"], r"^SRS0=[^=]{4}=[A-Z2-7]{2}=b\.example=a@example\.test$")
+        bounce = self.session(trusted=False)
+        answer = bounce.feed(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<" + entry["sender"].encode() + b">\r\n")
+        self.assertEqual(codes(answer), [250, 250, 250])
+        self.assertEqual(bounce._rcpts, ["a@b.example"])
+        forged = entry["sender"].replace("SRS0=", "SRS0=x", 1)
+        self.assertEqual(codes(bounce.feed(b"RCPT TO:<" + forged.encode() + b">\r\n")), [550])
+
+    def test_without_srs_the_copy_keeps_the_sender(self):
+        self.server.settings.srs.enabled = False
+        self.server.accounts.add("boss@example.test", "pw", self.config.local_domains())
+        self.server.accounts.set_forward("boss@example.test", ["boss@home.example"])
+        self.server.accounts.maybe_reload()
+        s = self.session(trusted=False)
+        s.feed(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<boss@example.test>\r\nDATA\r\n")
+        self.assertTrue(s.feed(b"Subject: fw\r\n\r\nx\r\n.\r\n").startswith(b"250"))
+        [(entry, _)] = self.queued()
+        self.assertEqual(entry["sender"], "a@b.example")
 
     def test_forward_targets_are_checked(self):
         from ismail.store.accounts import AccountError

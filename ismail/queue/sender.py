@@ -142,7 +142,8 @@ class Sender:
             # The manual's rule: the SmartHost only when direct sending failed for now.
             retry = [r for r, res in results.items() if not res.sent and not res.permanent]
             if retry:
-                results.update(self._try([self._smarthost()], sender, retry, data, smtputf8, body))
+                results.update(self._try([self._smarthost(self.requires_tls(domain))], sender, retry,
+                                         data, smtputf8, body))
         return results
 
     def _try(self, dests: list[Destination], sender: str, recipients: list[str], data: bytes,
@@ -160,15 +161,24 @@ class Sender:
     def routes(self, domain: str) -> list[Destination]:
         sh = self.settings.smarthost
         if sh.enabled and sh.exclusive:
-            return [self._smarthost()]
+            return [self._smarthost(self.requires_tls(domain))]
         return self._direct(domain)
 
-    def _smarthost(self) -> Destination:
+    def requires_tls(self, domain: str) -> bool:
+        """outgoing.require_tls_domains: mail for ``domain`` only over TLS with a verified
+        certificate, else it waits in the queue."""
+        domain = domain.lower()
+        return any(domain == d.lower() for d in self.settings.outgoing.require_tls_domains)
+
+    def _smarthost(self, require_tls: bool = False) -> Destination:
         sh = self.settings.smarthost
-        return Destination(host=sh.host, address=sh.host, port=sh.port, tls=sh.tls, smarthost=True,
+        tls, verify = sh.tls, sh.verify_certificate
+        if require_tls:  # whatever the SmartHost's own setting says, this mail needs more
+            tls, verify = (tls if tls in ("tls", "starttls") else "starttls"), True
+        return Destination(host=sh.host, address=sh.host, port=sh.port, tls=tls, smarthost=True,
                            account=sh.account if sh.authenticate else "",
                            password=sh.password if sh.authenticate else "",
-                           verify=sh.verify_certificate)
+                           verify=verify)
 
     def _direct(self, domain: str) -> list[Destination]:
         try:
@@ -181,6 +191,9 @@ class Sender:
             raise RouteError(Result(556, f"5.1.10 {domain} does not accept mail (null MX)"))
         hosts = [domain] if not mxs else _order(mxs)[:MAX_MX_HOSTS]
         port = self.settings.outgoing.mx_port
+        # Opportunistic TLS as everywhere; for a domain that requires it, verified STARTTLS
+        # against the MX host's name, and no sending in the clear.
+        tls, verify = ("starttls", True) if self.requires_tls(domain) else ("opportunistic", False)
         dests: list[Destination] = []
         temporary: str = ""
         for host in hosts:
@@ -196,8 +209,8 @@ class Sender:
             for address in addresses[:2]:
                 if self._is_myself(address, port):
                     raise RouteError(Result(554, f"5.4.6 Mail for {domain} loops back to myself ({host})"))
-                dests.append(Destination(host=host, address=address, port=port, tls="opportunistic",
-                                         verify=False))
+                dests.append(Destination(host=host, address=address, port=port, tls=tls,
+                                         verify=verify))
         if not dests:
             if temporary:
                 raise RouteError(Result(450, temporary))
@@ -373,8 +386,9 @@ class Sender:
             set_io_timeout(smtp.sock, COMMAND_TIMEOUT)  # the TLS socket is a new object
             smtp.ehlo()
         elif dest.tls == "starttls":
-            raise HostFailure(Result(0, f"4.7.4 {dest.host} does not offer STARTTLS "
-                                        "(TLS is set to starttls)", dest.host))
+            why = ("the SmartHost's TLS is set to starttls" if dest.smarthost and not dest.verify
+                   else "TLS is required for this destination")
+            raise HostFailure(Result(0, f"4.7.4 {dest.host} does not offer STARTTLS ({why})", dest.host))
 
     def _reset(self, smtp: smtplib.SMTP, end_data: bool = False) -> None:
         try:

@@ -21,6 +21,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Protocol
 
+from ..mailauth.srs import is_srs_local
 from ..net import sasl
 from .addresses import AddressSyntaxError, Path as SmtpPath, parse_argument, relay_trick
 from .policy import Policy
@@ -49,6 +50,7 @@ class Server(Protocol):
 
     def lookup_mailbox(self, local: str, domain: str) -> Path | None: ...
     def lookup_forwards(self, local: str, domain: str) -> list[str]: ...
+    def reverse_srs(self, address: str) -> str | None: ...  # None: not an SRS address of ours
     def accept_message(self, envelope: "Envelope", body: MessageBuffer) -> None: ...
     def check_login(self, address: str, password: str, ip: str) -> str: ...  # ok | failed | banned
 
@@ -59,6 +61,7 @@ class Envelope:
     sender: str
     recipients: list[str] = field(default_factory=list)
     mailboxes: dict[str, Path] = field(default_factory=dict)  # local recipients -> Maildir
+    forwarded: set[str] = field(default_factory=set)  # remote copies an account forwards
     helo: str = ""
     client_ip: str = ""
     protocol: str = "SMTP"
@@ -414,6 +417,8 @@ class Session:
         address = f"{path.address}@{domain}" if not path.domain else path.address
         # A source route is ignored (RFC 5321 §3.6.1); strangers using one were refused above.
         if self.policy.is_local_domain(domain):
+            if is_srs_local(local):
+                return self._route_srs(address)
             box = self.server.lookup_mailbox(local, domain)
             if box is None:
                 self._unknown_rcpts += 1
@@ -427,7 +432,31 @@ class Session:
         if not may_relay:
             self.server.stats.add("relay_refused")
             return reply(554, "5.7.1", f"<{address}>: Relay access denied")
+        if address in self._rcpts:  # a forward added it already: sent directly, as asked now
+            self._forwarded.discard(address)
+            return reply(250, "2.1.5", "Ok")
         self._rcpts.append(address)
+        return reply(250, "2.1.5", "Ok")
+
+    def _route_srs(self, address: str) -> bytes:
+        """A reply or bounce to a forwarded copy's sender (an SRS address): it goes back to the
+        original sender, whoever the client is - but only if our own signature checks out."""
+        try:
+            original = self.server.reverse_srs(address)
+        except ValueError as e:
+            self.server.stats.add("srs_refused")
+            return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: {e}")
+        if original is None:
+            return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+        if original in self._rcpts:
+            return reply(250, "2.1.5", "Ok")
+        o_local, _, o_domain = original.rpartition("@")
+        if self.policy.is_local_domain(o_domain):
+            box = self.server.lookup_mailbox(o_local, o_domain)
+            if box is None:
+                return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+            self._mailboxes[original] = box
+        self._rcpts.append(original)
         return reply(250, "2.1.5", "Ok")
 
     def _add_forwards(self, local: str, domain: str) -> None:
@@ -444,6 +473,8 @@ class Session:
                     log.warning("%s@%s forwards to %s, which does not exist here", local, domain, target)
                     continue
                 self._mailboxes[target] = box
+            else:
+                self._forwarded.add(target)
             self._rcpts.append(target)
 
     def smtp_DATA(self, arg: str) -> bytes:
@@ -493,6 +524,7 @@ class Session:
         self._mail: SmtpPath | None = None
         self._rcpts: list[str] = []
         self._mailboxes: dict[str, Path] = {}
+        self._forwarded: set[str] = set()
         self._smtputf8 = False
         self._body = "7BIT"
         buffer = getattr(self, "_data", None)
@@ -526,7 +558,8 @@ class Session:
                 protocol += "A"
             envelope = Envelope(
                 id=new_queue_id(), sender=self._mail.address, recipients=list(self._rcpts),
-                mailboxes=dict(self._mailboxes), helo=self.helo or "", client_ip=self.client_ip,
+                mailboxes=dict(self._mailboxes), forwarded=set(self._forwarded),
+                helo=self.helo or "", client_ip=self.client_ip,
                 protocol=protocol, smtputf8=self._smtputf8, body_type=self._body,
                 received_at=time.time(), size=data.size)
             try:

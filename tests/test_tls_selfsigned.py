@@ -1,0 +1,116 @@
+"""TLS out of the box (issue 12): with no certificate configured, the first start makes a
+self-signed one for server_name, and STARTTLS (SMTP), STLS (POP3) and STARTTLS (IMAP)
+work at once - checked with OpenSSL's own client, the way an administrator would."""
+from __future__ import annotations
+
+import os
+import re
+import ssl
+import subprocess
+import tempfile
+import unittest
+from pathlib import Path
+
+from tests.support import ServerProcess, require_program
+
+SETTINGS = {"tls": {"self_signed": True}, "dkim": {"auto_keys": False}}
+
+
+def s_client(openssl: str, port: int, proto: str, ca: Path | None = None) -> str:
+    args = [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-starttls", proto,
+            "-servername", "mx.example.test", "-showcerts"]
+    if ca is not None:
+        args += ["-CAfile", str(ca), "-verify_hostname", "mx.example.test", "-verify_return_error"]
+    r = subprocess.run(args, input=b"", capture_output=True, timeout=30)
+    return (r.stdout + r.stderr).decode(errors="replace")
+
+
+class SelfSignedTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = ServerProcess(SETTINGS).start()
+        cls.tls_dir = cls.server.data_dir / "tls"
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.cleanup()
+
+    def setUp(self) -> None:
+        self.openssl = require_program(self, "openssl")
+
+    def files(self) -> tuple[Path, Path]:
+        certs = sorted(self.tls_dir.glob("*.crt"))
+        keys = sorted(self.tls_dir.glob("*.key"))
+        self.assertEqual((len(certs), len(keys)), (1, 1), list(self.tls_dir.iterdir()))
+        return certs[0], keys[0]
+
+    def test_starttls_pop3_stls_and_imap_starttls_are_encrypted_with_it(self) -> None:
+        cert, _ = self.files()
+        for port, proto in ((self.server.port, "smtp"), (self.server.pop3_port, "pop3"),
+                            (self.server.imap_port, "imap")):
+            out = s_client(self.openssl, port, proto, ca=cert)
+            self.assertRegex(out, r"Verify return code: 0 \(ok\)", f"{proto}: {out[-1500:]}")
+            self.assertRegex(out, r"subject=.*CN\s*=\s*mx\.example\.test", proto)
+            self.assertRegex(out, r"Protocol *: *TLSv1\.[23]|New, TLSv1\.[23]", proto)
+
+    def test_openssl_accepts_the_certificate_and_the_key(self) -> None:
+        cert, key = self.files()
+        text = subprocess.run([self.openssl, "x509", "-in", str(cert), "-noout", "-text"],
+                              capture_output=True, text=True, timeout=30)
+        self.assertEqual(text.returncode, 0, text.stderr)
+        self.assertIn("DNS:mx.example.test", text.stdout)
+        self.assertRegex(text.stdout, r"Public-Key: \(2048 bit\)")
+        self.assertIn("sha256WithRSAEncryption", text.stdout)
+        years = re.findall(r"Not (?:Before|After) *: \w+ +\d+ [\d:]+ (\d{4})", text.stdout)
+        self.assertEqual(int(years[1]) - int(years[0]), 10, years)
+        verify = subprocess.run([self.openssl, "verify", "-CAfile", str(cert), str(cert)],
+                                capture_output=True, text=True, timeout=30)
+        self.assertIn("OK", verify.stdout, verify.stderr)
+        check = subprocess.run([self.openssl, "pkey", "-in", str(key), "-check", "-noout"],
+                               capture_output=True, text=True, timeout=30)
+        self.assertEqual(check.returncode, 0, check.stderr)
+        self.assertIn("valid", (check.stdout + check.stderr).lower())
+        if os.name != "nt":
+            self.assertEqual(key.stat().st_mode & 0o777, 0o600)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))  # what ISMail itself does
+
+    def test_a_restart_keeps_the_same_certificate(self) -> None:
+        cert, key = self.files()
+        before = (cert.read_bytes(), key.read_bytes())
+        self.server.stop()
+        self.server.start()
+        cert2, key2 = self.files()
+        self.assertEqual((cert2.read_bytes(), key2.read_bytes()), before)
+        self.assertRegex(s_client(self.openssl, self.server.port, "smtp", ca=cert2),
+                         r"Verify return code: 0 \(ok\)")
+
+
+class NotWantedTest(unittest.TestCase):
+    def test_switched_off_no_certificate_and_no_starttls(self) -> None:
+        server = ServerProcess({"tls": {"self_signed": False}, "dkim": {"auto_keys": False}}).start()
+        self.addCleanup(server.cleanup)
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as s:
+            s.ehlo("client.test")
+            self.assertFalse(s.has_extn("starttls"))
+        self.assertFalse((server.data_dir / "tls").exists())
+
+    def test_a_configured_certificate_wins(self) -> None:
+        openssl = require_program(self, "openssl")
+        folder = Path(tempfile.mkdtemp(prefix="ismail-cert-"))
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", str(folder)]))
+        cert, key = folder / "c.pem", folder / "k.pem"
+        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                        "-out", str(cert), "-days", "2", "-subj", "/CN=real.example.test"],
+                       check=True, capture_output=True, timeout=60)
+        server = ServerProcess({"tls": {"certificate": str(cert), "key": str(key)},
+                                "dkim": {"auto_keys": False}}).start()
+        self.addCleanup(server.cleanup)
+        out = s_client(openssl, server.port, "smtp")
+        self.assertRegex(out, r"subject=.*CN\s*=\s*real\.example\.test")
+        self.assertFalse((server.data_dir / "tls").exists())
+
+
+if __name__ == "__main__":
+    unittest.main()
