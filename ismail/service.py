@@ -6,11 +6,12 @@ r"""MailServer: the one object that owns ISMail's state and wires its stages.
 
 ``start()`` prepares the data folder (clearing what a crash left half-written),
 binds every listening address of every protocol (all or none) and serves each in
-its own thread (plain SMTP: all in one loop, net.reactor).  ``apply(settings)`` puts new settings into force without a
-restart: limits hold for the next connection, connections already open keep
-theirs.  ``stop()`` stops accepting, lets sessions in the middle of a message
-finish for a grace period and tells idle ones goodbye.  The GUI and the command
-line drive it through these three calls and read ``stats``.
+its own thread (plain SMTP: all in one loop, net.reactor).  ``apply(settings)``
+puts new settings into force without a restart: limits hold for the next
+connection, connections already open keep theirs.  ``stop()`` stops accepting,
+lets sessions in the middle of a message finish for a grace period and tells idle
+ones goodbye.  The GUI and the command line drive it through these three calls and
+read ``stats``.
 """
 from __future__ import annotations
 
@@ -250,16 +251,23 @@ class MailServer:
         a 2048-bit key takes seconds of CPU, and mail is accepted meanwhile (unsigned)."""
         if not (settings.dkim.enabled and settings.dkim.auto_keys):
             return
-        missing = keys_missing(self.dkim_keys, sorted(settings.local_domains()))
-        if not missing or (self._keygen is not None and self._keygen.is_alive()):
+        if not keys_missing(self.dkim_keys, sorted(settings.local_domains())):
             return
+        if self._keygen is not None and self._keygen.is_alive():
+            return  # the running one looks again at the settings in force when it is done
 
         def make() -> None:
-            for domain in missing:
-                if self.stopping:
+            tried: set[str] = set()
+            while not self.stopping:
+                current = self.settings
+                todo = [d for d in keys_missing(self.dkim_keys, sorted(current.local_domains()))
+                        if d not in tried]
+                if not todo or not (current.dkim.enabled and current.dkim.auto_keys):
                     return
+                domain = todo[0]
+                tried.add(domain)
                 try:
-                    key = self.dkim_keys.create(domain, settings.dkim.key_bits, settings.dkim.selector)
+                    key = self.dkim_keys.create(domain, current.dkim.key_bits, current.dkim.selector)
                 except (KeyStoreError, OSError) as e:
                     log.error("DKIM: no key could be made for %s: %s", domain, e)
                     continue
@@ -326,8 +334,8 @@ class MailServer:
         remote = envelope.remote_recipients
         if remote:
             if self.settings.dkim.enabled:  # signed once, here; every attempt sends these bytes
-                signature = signature_for(self.dkim_keys, self.policy.local_domains,
-                                          received + b"".join(body.chunks()))
+                signature = signature_for(self.dkim_keys, self.policy.local_domains, received,
+                                          body.chunks)
                 received = signature + received
             # Forwarded copies leave with an SRS sender of ours, so the receiver's SPF check
             # passes and a bounce comes back here to be sent on (issue 12); others as they came.
@@ -446,7 +454,9 @@ def check_dns(settings: Settings, records: list) -> list:
     from .mailauth.records import check
     from .queue.dns import Resolver, parse_server
 
-    return check(records, Resolver([parse_server(s) for s in settings.dns_servers] or None))
+    # A person waits for the answer: one try of 2 s per server, not the sender's patience.
+    return check(records, Resolver([parse_server(s) for s in settings.dns_servers] or None,
+                                   timeout=2.0, attempts=1))
 
 
 def _public_listen_ips(settings: Settings) -> list[str]:

@@ -290,6 +290,34 @@ class AutoKeysTest(unittest.TestCase):
         self.assertRegex(listing, rf"example\.test\s+ismail{year}\s+1024 bits\s+signs")
         self.assertRegex(listing, rf"other\.test\s+ismail{year}\s+1024 bits\s+signs")
 
+    def test_a_domain_added_while_running_gets_its_key(self) -> None:
+        import copy
+        import shutil
+        import tempfile
+        from ismail.config import from_dict
+        from ismail.service import MailServer
+        from tests.support import free_port
+        data = Path(tempfile.mkdtemp(prefix="ismail-keys-"))
+        self.addCleanup(shutil.rmtree, data, True)
+        raw = {"server_name": "mx.example.test", "primary_domain": "example.test",
+               "listen": [f"127.0.0.1:{free_port()}"], "pop3": {"enabled": False},
+               "imap": {"enabled": False}, "tls": {"self_signed": False},
+               "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "tls": "none"},
+               "dkim": {"key_bits": 1024}}
+        server = MailServer(from_dict(raw)[0], data)
+        server.start()
+        self.addCleanup(server.stop, 5.0)
+        more = copy.deepcopy(raw)
+        more["additional_domains"] = ["new.test"]
+        server.apply(from_dict(more)[0])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+                server.dkim_keys.signing_key("example.test") and server.dkim_keys.signing_key("new.test")):
+            time.sleep(0.2)
+        self.assertIsNotNone(server.dkim_keys.signing_key("example.test"))
+        self.assertIsNotNone(server.dkim_keys.signing_key("new.test"))
+        self.assertEqual(server.dkim_keys.signing_key("new.test").key.bits, 1024)
+
 
 if __name__ == "__main__":
     unittest.main()

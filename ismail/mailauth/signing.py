@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from email.utils import getaddresses
+from typing import Callable, Iterator
 
 from . import dkim
 from .keystore import KeyStore
@@ -34,16 +35,21 @@ def from_domain(message: bytes) -> str:
     return addresses[0].rpartition("@")[2].strip().lower().rstrip(".") if addresses else ""
 
 
-def signature_for(store: KeyStore, local_domains: frozenset[str], message: bytes) -> bytes:
-    """The DKIM-Signature header to put on top of ``message``, or b"" when it is not ours
-    to sign.  Never raises: a message that cannot be signed goes out unsigned (logged)."""
-    domain = from_domain(message)
+def signature_for(store: KeyStore, local_domains: frozenset[str], received: bytes,
+                  chunks: Callable[[], Iterator[bytes]]) -> bytes:
+    """The DKIM-Signature header to put on top of ``received`` + the message (whose text
+    ``chunks()`` gives), or b"" when it is not ours to sign.  The message is read whole
+    only when it will be signed.  Never raises: a message that cannot be signed goes out
+    unsigned (logged)."""
+    first = next(chunks(), b"")  # the whole message, or its first MiB: the header is there
+    domain = from_domain(first)
     if not domain or domain not in local_domains:
         return b""
     key = store.signing_key(domain)
     if key is None:
         return b""
     try:
+        message = received + b"".join(chunks())
         return dkim.sign(message, domain, key.selector, key.key, now=int(time.time()))
     except Exception:
         log.exception("DKIM signing for %s failed; the message goes out unsigned", domain)
