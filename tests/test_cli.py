@@ -89,6 +89,28 @@ class CliTest(unittest.TestCase):
             self.assertOneLineError(r, 1, "accounts.json")
         self.assertEqual(accounts.read_text(), "{ this is not json")
 
+    def test_queue_list_goes_on_past_an_unreadable_entry(self):
+        from ismail.fsutil import new_queue_id
+        from ismail.queue.spool import QueueEntry, QueuedRecipient, file_head
+        self.write({"primary_domain": "example.test"})
+        messages = self.dir / "queue" / "messages"
+        messages.mkdir(parents=True)
+        ids = []
+        for n in range(3):
+            e = QueueEntry(id=new_queue_id(), sender=f"s{n}@example.test",
+                           recipients=[QueuedRecipient(f"r{n}@remote.test")], arrival=1.0e9 + n, size=5)
+            (messages / f"{e.id}.msg").write_bytes(file_head(e) + b"x\r\n\r\n")
+            ids.append(e.id)
+        (messages / f"{ids[1]}.msg").write_bytes(b"ISMAIL-QUEUE 1 9999\r\nnot json")
+        r = cli(self.dir, "queue", "list")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("<s0@example.test>", r.stdout)
+        self.assertIn("<s2@example.test>", r.stdout)
+        self.assertNotIn("<s1@example.test>", r.stdout)
+        self.assertIn(ids[1], r.stderr)
+        self.assertIn("corrupt", r.stderr)
+        self.assertEqual(len(list((self.dir / "queue" / "corrupt").iterdir())), 1)  # set aside, not lost
+
     def test_run_on_a_port_in_use_says_so(self):
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))
