@@ -20,7 +20,7 @@ from .config import Settings
 from .mailauth.keystore import KeyStore, KeyStoreError
 
 
-def add_arguments(sub, check_domain: Callable | None = None) -> None:
+def add_arguments(sub) -> None:
     dk = sub.add_parser("dkim", help="DKIM keys of the local domains (list, new, import, export, remove)")
     dk_sub = dk.add_subparsers(dest="action", metavar="ACTION")
     dk_sub.required = True

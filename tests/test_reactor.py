@@ -5,7 +5,6 @@ Run against a real `python3 -m ismail run`; threads are counted in /proc (Linux,
 the tests run)."""
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
