@@ -430,6 +430,14 @@ class Resolver:
             raise DNSError(f"not an IP address: {ip!r}") from None
         return [n.rstrip(".") for n in self._resolve(name, PTR)]
 
+    def a(self, name: str) -> list[str]:
+        """The IPv4 addresses of ``name`` ([] when it has none; NXDomain when it does not exist)."""
+        return list(self._resolve(normalize_name(name), A))
+
+    def aaaa(self, name: str) -> list[str]:
+        """The IPv6 addresses of ``name`` ([] when it has none; NXDomain when it does not exist)."""
+        return list(self._resolve(normalize_name(name), AAAA))
+
     def addresses(self, host: str) -> list[str]:
         try:
             ipaddress.ip_address(host)
