@@ -136,6 +136,32 @@ class AuthSettings:
 @dataclass
 class AccessSettings:
     blocked: list[str] = field(default_factory=list)   # CIDR list refused at connect
+    # Client networks, sender addresses and domains ("*@example.com"): a whitelisted client or
+    # sender skips every anti-spam check; a blacklisted one is refused (554) at MAIL FROM.
+    whitelist: list[str] = field(default_factory=list)
+    blacklist: list[str] = field(default_factory=list)
+
+
+ACTIONS = ("off", "tag", "reject")  # "tag": an X-Spam header and delivery into Junk
+
+
+@dataclass
+class AntispamSettings:
+    """Checks on mail from clients outside trusted_networks that have not logged in."""
+
+    connection_rate: int = 60         # new SMTP connections a minute from one address (0 = no limit)
+    greeting_pause_ms: int = 0        # wait before the greeting; a client that talks first is refused
+    tls_handshake_seconds: int = 30
+    rdns: str = "tag"                 # the client's name (PTR) must resolve back to its address
+    dnsbl: list[str] = field(default_factory=list)  # "zen.spamhaus.org" or "zone=127.0.0.2,127.0.0.4-127.0.0.7"
+    dnsbl_action: str = "reject"
+    greylisting: bool = False
+    greylist_delay_seconds: int = 300
+    spf: str = "tag"
+    dkim: str = "tag"                 # a failing signature and none that passes
+    dmarc: str = "reject"             # honour the sender domain's policy (quarantine = Junk)
+    rules: list = field(default_factory=list)  # content rules (antispam/rules.py)
+    max_unknown_recipients: int = 20  # then 421, and the address counts towards a ban
 
 
 @dataclass
@@ -220,7 +246,7 @@ _SECTIONS: dict[str, type] = {
     "incoming": IncomingSettings, "outgoing": OutgoingSettings, "smarthost": SmartHostSettings,
     "timeouts": TimeoutSettings, "retry": RetrySettings, "tls": TLSSettings, "auth": AuthSettings,
     "access": AccessSettings, "program": ProgramSettings, "pop3": Pop3Settings,
-    "imap": ImapSettings, "dkim": DkimSettings, "srs": SrsSettings,
+    "imap": ImapSettings, "dkim": DkimSettings, "srs": SrsSettings, "antispam": AntispamSettings,
 }
 # Allowed ranges of every whole-number setting (the GUI shows them next to its fields).
 RANGES: dict[str, tuple[int, int]] = {
@@ -236,12 +262,15 @@ RANGES: dict[str, tuple[int, int]] = {
     "pop3.max_connections": (10, 100), "pop3.max_per_host": (1, 10),
     "imap.max_connections": (10, 100), "imap.max_per_host": (1, 10),
     "dkim.key_bits": (1024, 4096), "srs.max_age_days": (1, 365),
+    "antispam.connection_rate": (0, 100_000), "antispam.greeting_pause_ms": (0, 30_000),
+    "antispam.tls_handshake_seconds": (1, 600), "antispam.greylist_delay_seconds": (1, 86_400),
+    "antispam.max_unknown_recipients": (1, 1000),
 }
 _BOOLS = ("smarthost.enabled", "smarthost.exclusive", "smarthost.authenticate",
           "smarthost.verify_certificate", "auth.allow_plaintext", "auth.require_for_relay",
           "auth.enforce_sender", "program.start_server_on_open", "pop3.enabled",
           "pop3.allow_plaintext", "imap.enabled", "imap.allow_plaintext", "tls.self_signed",
-          "dkim.enabled", "dkim.auto_keys", "srs.enabled")
+          "dkim.enabled", "dkim.auto_keys", "srs.enabled", "antispam.greylisting")
 
 
 def split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
@@ -305,6 +334,7 @@ class Settings:
     imap: ImapSettings = field(default_factory=ImapSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     srs: SrsSettings = field(default_factory=SrsSettings)
+    antispam: AntispamSettings = field(default_factory=AntispamSettings)
     extra: dict = field(default_factory=dict)
 
     def local_domains(self) -> frozenset[str]:
@@ -528,9 +558,35 @@ def validate(settings: Settings) -> list[FieldError]:
     elif selector and not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", selector):
         errors.append(_err("dkim.selector", selector, "is not valid: letters, digits and inner "
                            'hyphens, at most 63 (expected a name such as "ismail2026")'))
+    _check_antispam(errors, settings)
     if not isinstance(settings.extra, dict):
         errors.append(_err("extra", settings.extra, "is not a dict of unknown settings"))
     return errors
+
+
+def _check_antispam(errors: list[FieldError], settings: Settings) -> None:
+    from .antispam.lists import check_entry  # the anti-spam modules import no settings
+    from .antispam.rules import check_rule
+    from .antispam.dnsbl import check_zone
+    spam = settings.antispam
+    for key in ("rdns", "dnsbl_action", "spf", "dkim", "dmarc"):
+        value = getattr(spam, key)
+        if not isinstance(value, str) or value not in ACTIONS:
+            errors.append(_err(f"antispam.{key}", value, "is not valid (expected one of "
+                               + ", ".join(f'"{a}"' for a in ACTIONS) + ")"))
+    _check_list(errors, "antispam.dnsbl", spam.dnsbl, 'expected zones such as "zen.spamhaus.org" '
+                'or "zen.spamhaus.org=127.0.0.2-127.0.0.11"', check_zone)
+    for key in ("access.whitelist", "access.blacklist"):
+        _check_list(errors, key, getattr(settings.access, key.partition(".")[2]),
+                    'expected networks ("192.0.2.0/24"), addresses ("bob@example.com") or '
+                    'domains ("example.com", "*@example.com", "*.example.com")', check_entry)
+    if not isinstance(spam.rules, list):
+        errors.append(_err("antispam.rules", spam.rules, "is not a list of content rules"))
+        return
+    for i, rule in enumerate(spam.rules):
+        problem = check_rule(rule) if isinstance(rule, dict) else "is not an object {...}"
+        if problem:
+            errors.append(FieldError("antispam.rules", f"antispam.rules[{i}]: {problem}"))
 
 
 def from_dict(data: dict, source: str = SETTINGS_FILE) -> tuple[Settings, list[str]]:

@@ -25,13 +25,16 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Callable
 
+from .antispam.engine import Antispam, AntispamState
+from .mailauth.authres import header as authres_header, remove_ours
+from .queue.dns import Resolver, parse_server
 from .store.accounts import AccountStore
 from .config import ListenEntry, Settings
 from .fsutil import DirSync, new_queue_id
 from .net.guard import Guard
 from .net.limits import ConnectionLimiter
 from .store.maildir import clean_tmp, deliver
-from .store.folders import MailStore
+from .store.folders import SPECIAL_USE, FolderExists, MailStore
 from .store.maildrop import Maildrop, Maildrops
 from .smtp.policy import Policy
 from .net.listener import Gate, Listener, Protocol, WorkerPool
@@ -74,7 +77,10 @@ class MailServer:
         self.guard = Guard(settings)
         self.gate = Gate(self.guard, self.stats, self.workers)
         self.reactor = Reactor(self.gate)
-        self.smtp = SmtpProtocol(self.limiter, self, self.policy)
+        self.antispam_state = AntispamState(self.data_dir, self.stats)
+        self.resolver = _resolver(settings)
+        self.antispam = Antispam(settings, self.resolver, self.antispam_state)
+        self.smtp = SmtpProtocol(self.limiter, self, self.policy, self.antispam)
         self.maildrops = Maildrops()
         self.pop3_limiter = ConnectionLimiter(settings.pop3.max_connections, settings.pop3.max_per_host)
         self.pop3 = Pop3Protocol(self.pop3_limiter, _Pop3Backend(self), settings)
@@ -117,6 +123,10 @@ class MailServer:
         if queued:
             log.info("%d message(s) waiting in the outgoing queue", len(queued))
         self.gate.stopping = False
+        self.gate.handshake_seconds = float(self.settings.antispam.tls_handshake_seconds)
+        if self.antispam_state.stopped:  # started again after a stop: fresh lookup threads
+            self.antispam_state = AntispamState(self.data_dir, self.stats)
+            self.antispam = self.smtp.antispam = Antispam(self.settings, self.resolver, self.antispam_state)
 
         def tls() -> None:  # once every address is bound: a port in use is said first
             self.gate.tls_context = tls_context(self.settings, self.data_dir)
@@ -141,6 +151,7 @@ class MailServer:
         while self._open_connections() > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         self.workers.stop()
+        self.antispam_state.stop()  # saves the greylist
         # Its thread ends; a new executor starts none until a login needs it (after a restart).
         self._password_checker.shutdown(wait=False)
         self._password_checker = _password_executor()
@@ -180,6 +191,10 @@ class MailServer:
             self.gate.tls_context = context
             self.policy = Policy(settings)
             self.smtp.policy = self.policy
+            if settings.dns_servers != self.settings.dns_servers:
+                self.resolver = _resolver(settings)
+            self.antispam = self.smtp.antispam = Antispam(settings, self.resolver, self.antispam_state)
+            self.gate.handshake_seconds = float(settings.antispam.tls_handshake_seconds)
             self.pop3.settings = settings
             self.imap.settings = settings
             self.settings = settings
@@ -302,6 +317,12 @@ class MailServer:
             return None
         return srs.reverse(address)
 
+    def strike(self, ip: str, why: str) -> bool:
+        """Count something a client did wrong (a harvest of addresses) towards a ban, as a
+        failed login counts; True when this one starts the ban."""
+        log.info("%s: strike for %s", ip, why)
+        return self.guard.login_failed(ip)
+
     def check_login(self, address: str, password: str, ip: str, count: bool = True) -> str:
         """SMTP AUTH: "ok", "failed", or "banned" (``ip`` is banned, or this failure banned it).
 
@@ -329,8 +350,13 @@ class MailServer:
             received = envelope.received_header(self.settings.server_name)
         placed: list[Path] = []
         if envelope.mailboxes:
-            header = f"Return-Path: <{envelope.sender}>\r\n".encode("utf-8") + received
-            placed = deliver(list(envelope.mailboxes.values()), header, body, self.dirsync)
+            body = self._without_forged_results(body)
+            auth = envelope.auth_header or self._plain_results(envelope)
+            header = f"Return-Path: <{envelope.sender}>\r\n".encode("utf-8") + auth + received
+            boxes = list(envelope.mailboxes.values())
+            if envelope.folder:
+                boxes = [_folder_of(box, envelope.folder) for box in boxes]
+            placed = deliver(boxes, header, body, self.dirsync)
         remote = envelope.remote_recipients
         if remote:
             if self.settings.dkim.enabled:  # signed once, here; every attempt sends these bytes
@@ -374,6 +400,36 @@ class MailServer:
         log.info("%s: from=<%s> to=%s size=%d client=%s local=%d queued=%d", envelope.id,
                  envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients), envelope.size,
                  envelope.client_ip, len(envelope.mailboxes), len(remote))
+
+    def _plain_results(self, envelope: Envelope) -> bytes:
+        """Authentication-Results for mail that was not checked (trusted or logged-in clients)."""
+        if envelope.authenticated:
+            return authres_header(self.settings.server_name,
+                                  [("auth", "pass", {"smtp.auth": envelope.authenticated}, "")])
+        return authres_header(self.settings.server_name, [])
+
+    def _without_forged_results(self, body: MessageBuffer) -> MessageBuffer:
+        """RFC 8601 §5: an Authentication-Results header that claims to be ours, but came with
+        the message, is removed (it could say "pass" for anything)."""
+        first = next(body.chunks(), b"")
+        end = first.find(b"\r\n\r\n")
+        head = first[:end + 2] if end >= 0 else first
+        if b"authentication-results" not in head.lower():
+            return body
+        cleaned = remove_ours(head, self.settings.server_name)
+        if cleaned == head:
+            return body
+        log.info("removed an Authentication-Results header naming this server from a message")
+        fresh = MessageBuffer(self.spill_dir)
+        fresh.write(cleaned)
+        skip = len(head)
+        for chunk in body.chunks():
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            fresh.write(chunk[skip:])
+            skip = 0
+        return fresh
 
     def inject(self, sender: str, recipients: list[str], data: bytes) -> str:
         """Send a message ISMail wrote itself (a bounce): into local Maildirs or the queue.
@@ -510,3 +566,22 @@ def _bind_problem(host: str, port: int, e: OSError) -> str:
     else:
         why = e.strerror or str(e)
     return f"cannot listen on {where}: {why}"
+
+
+def _resolver(settings: Settings) -> Resolver:
+    return Resolver([parse_server(s) for s in settings.dns_servers] or None)
+
+
+def _folder_of(box: Path, folder: str) -> Path:
+    """The Maildir of ``folder`` in the account whose INBOX is ``box``, made if missing."""
+    store = MailStore(box)
+    path = store.path(folder)
+    if not (path / "cur").is_dir():
+        if folder in SPECIAL_USE:
+            store.ensure_special()
+        else:
+            try:
+                store.create(folder)
+            except FolderExists:
+                pass
+    return store.path(folder)

@@ -71,7 +71,28 @@ IMAP_COUNTERS = (
     "imap_appended",
     "imap_expunged",
 )
-ALL_COUNTERS = RECEIVER_COUNTERS + SENDER_COUNTERS + POP3_COUNTERS + IMAP_COUNTERS
+# The anti-spam checks' ("Anti-spam, today"): what each refused or tagged since midnight.
+ANTISPAM_COUNTERS = (
+    "antispam_rate_refused",
+    "antispam_pregreet_refused",
+    "antispam_blacklist_refused",
+    "antispam_whitelisted",
+    "antispam_dnsbl_refused",
+    "antispam_dnsbl_tagged",
+    "antispam_rdns_refused",
+    "antispam_rdns_tagged",
+    "antispam_greylisted",
+    "antispam_spf_refused",
+    "antispam_spf_tagged",
+    "antispam_dkim_refused",
+    "antispam_dkim_tagged",
+    "antispam_dmarc_refused",
+    "antispam_dmarc_tagged",
+    "antispam_rules_refused",
+    "antispam_rules_tagged",
+    "antispam_harvest_refused",
+)
+ALL_COUNTERS = RECEIVER_COUNTERS + SENDER_COUNTERS + POP3_COUNTERS + IMAP_COUNTERS + ANTISPAM_COUNTERS
 GAUGES = ("connections_current", "outgoing_current", "queue_length", "pop3_connections_current",
           "imap_connections_current")
 
@@ -110,12 +131,13 @@ class Stats:
             total[name] -= value
         return total
 
-    def reset(self) -> None:
-        """Start counting again; the gauges (open connections, queue length) stay true."""
+    def reset(self, names: list[str] | None = None) -> None:
+        """Start counting again (all, or just ``names``); the gauges (open connections,
+        queue length) stay true."""
         now = self.snapshot()
         with self._lock:
             for name, value in now.items():
-                if name not in GAUGES:
+                if name not in GAUGES and (names is None or name in names):
                     self._baseline[name] = self._baseline.get(name, 0) + value
 
     def summary(self) -> str:

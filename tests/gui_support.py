@@ -187,6 +187,11 @@ LOOPBACK_SMARTHOST = {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusiv
 def make_data_dir(port: int, **extra: object) -> Path:
     data = Path(tempfile.mkdtemp(prefix="ismail-gui-"))
     settings = {"server_name": "mx.example.test", "primary_domain": "example.test", "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
+                # No DNS-based anti-spam checks (no test may ask the machine's resolver) and no
+                # connection-rate limit (load tests reconnect from one untrusted address); tests/
+                # test_antispam_* turn them on, with dnsmasq.
+                "antispam": {"rdns": "off", "spf": "off", "dkim": "off", "dmarc": "off",
+                 "connection_rate": 0},
                 "listen": [f"127.0.0.1:{port}"], "pop3": {"listen": [f"127.0.0.1:{free_port()}"]},
                 "imap": {"listen": [f"127.0.0.1:{free_port()}"]},
                 "incoming": {"max_connections": 20, "max_per_host": 10},

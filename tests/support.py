@@ -23,8 +23,9 @@ from ismail.queue.dns import DNSError, Resolver
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The trace lines ISMail puts in front of a message it stores; the rest is what was sent.
-ADDED_HEADERS = (b"Return-Path:", b"Received:")
+# The trace lines ISMail puts in front of a message it stores (Authentication-Results naming
+# this server too); the rest is what was sent.
+ADDED_HEADERS = (b"Return-Path:", b"Authentication-Results:", b"Received:")
 
 
 def without_trace(data: bytes, eol: bytes = b"\r\n") -> bytes:
@@ -94,6 +95,11 @@ class ServerProcess:
         base = {"server_name": "mx.example.test", "primary_domain": "example.test",
                 # No RSA key generation at each start (tests/test_mailauth_* cover it).
                 "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
+                # No DNS-based anti-spam checks (no test may ask the machine's resolver) and no
+                # connection-rate limit (load tests reconnect from one untrusted address); tests/
+                # test_antispam_* turn them on, with dnsmasq.
+                "antispam": {"rdns": "off", "spf": "off", "dkim": "off", "dmarc": "off",
+                 "connection_rate": 0},
                 "listen": [f"127.0.0.1:{self.port}"],
                 "pop3": {"listen": [f"127.0.0.1:{self.pop3_port}"]},
                 "imap": {"listen": [f"127.0.0.1:{self.imap_port}"]},

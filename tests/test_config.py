@@ -275,6 +275,51 @@ class DomainAndAddressTest(unittest.TestCase):
             from_dict({"smarthost": {"host": "bad host"}})
 
 
+class AntispamSettingsTest(unittest.TestCase):
+    def errors(self, data: dict) -> list[FieldError]:
+        with self.assertRaises(ConfigError) as cm:
+            from_dict(data)
+        return cm.exception.errors
+
+    def test_defaults_a_desktop_user_can_leave_alone(self) -> None:
+        spam = from_dict({})[0].antispam
+        self.assertEqual((spam.rdns, spam.spf, spam.dkim, spam.dmarc), ("tag", "tag", "tag", "reject"))
+        self.assertEqual(spam.dnsbl, [])
+        self.assertFalse(spam.greylisting)
+        self.assertEqual(spam.greeting_pause_ms, 0)
+        self.assertEqual(spam.connection_rate, 60)
+
+    def test_each_action_must_be_off_tag_or_reject(self) -> None:
+        for key in ("rdns", "dnsbl_action", "spf", "dkim", "dmarc"):
+            with self.subTest(key=key):
+                errors = self.errors({"antispam": {key: "drop"}})
+                self.assertEqual([e.key for e in errors], [f"antispam.{key}"])
+                self.assertIn('"off", "tag", "reject"', errors[0].message)
+
+    def test_zones_lists_and_rules_name_the_bad_entry(self) -> None:
+        errors = self.errors({"antispam": {"dnsbl": ["zen.spamhaus.org", "not a zone"],
+                                           "rules": [{"name": "ok", "where": "subject", "match": "contains",
+                                                      "pattern": "x", "action": "junk"},
+                                                     {"name": "slow", "where": "body", "match": "regex",
+                                                      "pattern": "(a+)+$", "action": "reject"}]},
+                              "access": {"whitelist": ["192.0.2.0/24", "300.1.1.1/8"],
+                                         "blacklist": ["*@example.com", 5]}})
+        by_key = {e.key: e.message for e in errors}
+        self.assertIn("antispam.dnsbl[1]", by_key["antispam.dnsbl"])
+        self.assertIn("antispam.rules[1]", by_key["antispam.rules"])
+        self.assertIn("access.whitelist[1]", by_key["access.whitelist"])
+        self.assertIn("access.blacklist[1]", by_key["access.blacklist"])
+
+    def test_ranges(self) -> None:
+        for key, lo, hi in (("connection_rate", 0, 100_000), ("greeting_pause_ms", 0, 30_000),
+                            ("tls_handshake_seconds", 1, 600), ("greylist_delay_seconds", 1, 86_400),
+                            ("max_unknown_recipients", 1, 1000)):
+            with self.subTest(key=key):
+                self.assertEqual(getattr(from_dict({"antispam": {key: hi}})[0].antispam, key), hi)
+                errors = self.errors({"antispam": {key: lo - 1}})
+                self.assertIn(f"allowed {lo}–{hi}", errors[0].message)
+
+
 class UnknownKeysTest(TempDirTest):
     def test_unknown_keys_warn_and_top_level_ones_are_kept(self) -> None:
         self.write({"future_feature": {"a": [1, 2]}, "incoming": {"max_connections": 30, "foo": 1}})

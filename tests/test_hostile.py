@@ -752,6 +752,11 @@ class InjectedDiskFullTest(HostileCase):
         settings, _ = from_dict({
             "server_name": SERVER_NAME, "primary_domain": "example.test", "listen": [f"127.0.0.1:{self.port}"], "pop3": {"enabled": False}, "imap": {"enabled": False},
             "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
+            # No DNS-based anti-spam checks (no test may ask the machine's resolver) and no
+            # connection-rate limit (load tests reconnect from one untrusted address); tests/
+            # test_antispam_* turn them on, with dnsmasq.
+            "antispam": {"rdns": "off", "spf": "off", "dkim": "off", "dmarc": "off",
+             "connection_rate": 0},
             "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True, "tls": "none"}})
         AccountStore(self.data_dir).add(USER, PASSWORD, sorted(settings.local_domains()))
         # The server's log comes here instead of the test output; the refusal must be logged.

@@ -288,7 +288,8 @@ class DownloadTest(ImapCase):
         self.assertEqual(len(bodies), 3)
         for (uid, (head, full)), original in zip(sorted(bodies.items()), SAMPLES):
             self.assertEqual(without_trace(full), original, f"UID {uid} changed")
-            self.assertTrue(full.startswith(b"Return-Path: <a@remote.test>\r\nReceived: "))
+            self.assertTrue(full.startswith(b"Return-Path: <a@remote.test>\r\n"
+                                            b"Authentication-Results: mx.example.test; none\r\nReceived: "))
             # RFC822.SIZE is the exact size of what BODY[] gives (RFC 3501 §2.3.4).
             self.assertIn(b"RFC822.SIZE %d " % len(full), head)
             self.assertNotIn(b"\\Seen", head, "BODY.PEEK sets no flag")

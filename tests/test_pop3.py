@@ -110,7 +110,8 @@ class DownloadTest(Pop3Case):
                 self.assertEqual(without_trace(full), original, f"message {n} changed")
                 # LIST's size is the exact size of the message as sent (RFC 1939 §11).
                 self.assertEqual(len(full), sizes[n - 1])
-                self.assertTrue(full.startswith(b"Return-Path: <a@remote.test>\r\nReceived: "))
+                self.assertTrue(full.startswith(b"Return-Path: <a@remote.test>\r\n"
+                                            b"Authentication-Results: mx.example.test; none\r\nReceived: "))
         finally:
             p.quit()
 

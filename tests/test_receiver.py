@@ -40,6 +40,11 @@ TOTAL_421 = re.compile(rb"^421 4\.7\.0 .*total limit.*\r\n$")
 def settings_dict(port: int, overrides: dict | None = None) -> dict:
     """The settings every server here starts from; nothing can leave loopback."""
     base = {"server_name": "mx.example.test", "primary_domain": "example.test", "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
+            # No DNS-based anti-spam checks (no test may ask the machine's resolver) and no
+            # connection-rate limit (load tests reconnect from one untrusted address); tests/
+            # test_antispam_* turn them on, with dnsmasq.
+            "antispam": {"rdns": "off", "spf": "off", "dkim": "off", "dmarc": "off",
+             "connection_rate": 0},
             "listen": [f"127.0.0.1:{port}"], "pop3": {"enabled": False}, "imap": {"enabled": False},
             "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True,
                           "tls": "none"}}

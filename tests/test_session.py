@@ -29,6 +29,11 @@ class SessionTestCase(unittest.TestCase):
         self.dir = Path(tempfile.mkdtemp(prefix="ismail-session-"))
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
         base = {"server_name": "mx.example.test", "primary_domain": "example.test", "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
+                # No DNS-based anti-spam checks (no test may ask the machine's resolver) and no
+                # connection-rate limit (load tests reconnect from one untrusted address); tests/
+                # test_antispam_* turn them on, with dnsmasq.
+                "antispam": {"rdns": "off", "spf": "off", "dkim": "off", "dmarc": "off",
+                 "connection_rate": 0},
                 "additional_domains": ["other.test"], "listen": ["127.0.0.1:2525"]}
         base.update(self.settings)
         self.config, _ = from_dict(base)
@@ -79,7 +84,8 @@ class CommandsTest(SessionTestCase):
         box = self.maildir()
         self.assertEqual(len(box), 1)
         text = box.get_bytes(next(iter(box.keys()))).decode()
-        self.assertTrue(text.startswith("Return-Path: <a@example.org>\nReceived: from c.example ([192.0.2.1])\n"))
+        self.assertTrue(text.startswith("Return-Path: <a@example.org>\nAuthentication-Results: mx.example.test; none\n"
+                                        "Received: from c.example ([192.0.2.1])\n"), text)
         self.assertIn("by mx.example.test (ISMail) with ESMTP id", text)
         self.assertIn("for <User@example.test>", text)  # the local part as the client wrote it
         self.assertTrue(text.endswith("\nhello\n.leading dot\n"))

@@ -143,6 +143,7 @@ class Gate:
         self.workers = workers
         self.stopping = False
         self.tls_context: ssl.SSLContext | None = None
+        self.handshake_seconds = HANDSHAKE_SECONDS  # antispam.tls_handshake_seconds
 
 
 class Protocol:
@@ -171,6 +172,17 @@ class Protocol:
     def timeouts(self) -> tuple[float, float, int]:
         """(idle seconds, whole-session seconds, minimum bytes/s while in DATA or 0)."""
         raise NotImplementedError
+
+    def admit(self, ip: str) -> bytes | None:
+        """A refusal for a new connection from ``ip`` (a rate limit), or None."""
+        return None
+
+    def greeting_pause(self, ip: str) -> float:
+        """Seconds to wait before greeting ``ip`` (a client that talks meanwhile is refused)."""
+        return 0.0
+
+    def pregreeted(self, ip: str) -> None:
+        """A client talked before the greeting (counted by the protocol that cares)."""
 
     def pregreet_reply(self) -> bytes:
         return b""
@@ -229,6 +241,12 @@ class Listener(socketserver.ThreadingTCPServer):
             _say(request, proto.refusal("access"))
             self.shutdown_request(request)
             return
+        refusal = proto.admit(ip)
+        if refusal is not None:
+            stats.add(f"{prefix}connections_refused_access")
+            _say(request, refusal)
+            self.shutdown_request(request)
+            return
         slot = proto.limiter.acquire(ip)
         if not isinstance(slot, Slot):
             _refuse(gate, proto, request, ip, slot)
@@ -255,11 +273,25 @@ class Listener(socketserver.ThreadingTCPServer):
         finally:
             self.finish(conn)
 
+    def greet_later(self, conn: "Connection", pause: float) -> None:
+        """In a worker thread, for the loop: the greeting pause, the greeting, and the talk
+        until the connection can go back to the loop."""
+        def serve() -> bool:
+            if conn.pregreeted(pause):
+                return False
+            conn._wait_style()
+            conn._send(conn.session.greeting())
+            return conn.talk(handback=True)
+        self._serve_then_hand_back(conn, serve)
+
     def serve_rest(self, conn: "Connection", data: bytes | None, out: bytes | None) -> None:
         """In a worker thread, for the loop: serve ``conn`` until it can go back, or ends."""
+        self._serve_then_hand_back(conn, lambda: conn.talk(data, out, handback=True))
+
+    def _serve_then_hand_back(self, conn: "Connection", serve: Callable[[], bool]) -> None:
         back = False
         try:
-            back = conn.talk(data, out, handback=True)
+            back = serve()
         except Exception:
             log.exception("%s: session ended by an unexpected error", conn.ip)
         if back and self.reactor is not None:
@@ -346,16 +378,18 @@ class Connection:
         no_delay(self.sock)
         if self.entry.tls and not self._handshake():
             return
-        if self.pregreeted():
+        if self.pregreeted(self.proto.greeting_pause(self.ip)):
             return
         self._wait_style()
         self._send(self.session.greeting())
         self.talk()
 
-    def pregreeted(self) -> bool:
-        """A client that talked before the greeting: answered, to be hung up on."""
-        if not self.proto.pregreet_check or self.entry.tls or not _talks_first(self.sock):
+    def pregreeted(self, pause: float = 0.0) -> bool:
+        """A client that talked before the greeting (or during the pause before it, which
+        is waited out here): answered, to be hung up on."""
+        if not self.proto.pregreet_check or self.entry.tls or not _talks_first(self.sock, pause):
             return False
+        self.proto.pregreeted(self.ip)
         # Real mail servers wait for the greeting; spam bots often do not (Postfix's
         # postscreen calls it "pregreet").
         self.gate.stats.add("protocol_errors")
@@ -489,7 +523,7 @@ class Connection:
         """Upgrade to TLS (port 465 at once, or after STARTTLS); False if it failed."""
         if self.tls is None:
             return False
-        self.sock.settimeout(HANDSHAKE_SECONDS)
+        self.sock.settimeout(self.gate.handshake_seconds)
         try:
             self.sock = self.tls.wrap_socket(self.sock, server_side=True)
         except (OSError, ValueError) as e:
@@ -549,12 +583,15 @@ class Connection:
         return True
 
 
-def _talks_first(sock: socket.socket) -> bool:
-    """Has the client sent anything before our greeting?"""
+def _talks_first(sock: socket.socket, pause: float = 0.0) -> bool:
+    """Has the client sent anything before our greeting (waiting ``pause`` seconds for it)?
+
+    With a pause, the answer comes from a read that waits the whole pause, not from where
+    the scheduler happened to be: a client that talks within it is always seen."""
     try:
-        if sock.gettimeout() == 0.0:  # non-blocking (the loop's): one system call
+        if not pause and sock.gettimeout() == 0.0:  # non-blocking (the loop's): one system call
             return bool(sock.recv(1, socket.MSG_PEEK))
-        readable, _, _ = select.select([sock], [], [], 0)
+        readable, _, _ = select.select([sock], [], [], pause)
         if not readable:
             return False
         return bool(sock.recv(1, socket.MSG_PEEK))

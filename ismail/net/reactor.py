@@ -119,6 +119,10 @@ class Reactor:
         sock = conn.sock
         sock.setblocking(False)
         no_delay(sock)
+        pause = conn.proto.greeting_pause(conn.ip)
+        if pause:  # waited out in a worker: the loop never sleeps for one client
+            self.gate.workers.submit(lambda: listener.greet_later(conn, pause))
+            return
         if conn.pregreeted():
             listener.finish(conn)
             return

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from ..antispam.engine import Antispam
 from ..config import ListenEntry
 from ..net.limits import PER_HOST, ConnectionLimiter
 from ..net.listener import Protocol
@@ -19,16 +20,37 @@ class SmtpProtocol(Protocol):
     pregreet_check = True
     loop = True  # command talk on plain connections is served by net.reactor's loop
 
-    def __init__(self, limiter: ConnectionLimiter, backend: Server, policy: Policy) -> None:
+    def __init__(self, limiter: ConnectionLimiter, backend: Server, policy: Policy,
+                 antispam: Antispam | None = None) -> None:
         super().__init__(limiter)
         self.backend = backend
-        self.policy = policy  # replaced by MailServer.apply; a session keeps the one it started with
+        # Both replaced by MailServer.apply; a session keeps the ones it started with.
+        self.policy = policy
+        self.antispam = antispam
+
+    def admit(self, ip: str) -> bytes | None:
+        """The connection rate (Postfix's anvil): trusted networks are not counted."""
+        antispam = self.antispam
+        if antispam is None or self.policy.is_trusted(ip) or antispam.admit(ip):
+            return None
+        log.warning("refused SMTP connection from %s: more than %d a minute", ip,
+                    antispam.spam.connection_rate)
+        return reply(421, "4.7.0", f"{self.policy.settings.server_name} Error: too many "
+                                   "connections from your address, try again later")
+
+    def greeting_pause(self, ip: str) -> float:
+        antispam = self.antispam
+        if antispam is None or not antispam.spam.greeting_pause_ms or self.policy.is_trusted(ip):
+            return 0.0
+        return antispam.spam.greeting_pause_ms / 1000.0
 
     def session(self, ip: str, entry: ListenEntry, tls_available: bool) -> Session:
-        policy = self.policy
-        return Session(self.backend, policy, ip, trusted=policy.is_trusted(ip),
+        policy, antispam = self.policy, self.antispam
+        trusted = policy.is_trusted(ip)
+        return Session(self.backend, policy, ip, trusted=trusted,
                        tls_available=tls_available, tls_active=entry.tls,
-                       submission=entry.submission)
+                       submission=entry.submission,
+                       checks=None if trusted or antispam is None else antispam.client(ip))
 
     def refusal(self, why: str) -> bytes:
         name = self.policy.settings.server_name
@@ -43,6 +65,10 @@ class SmtpProtocol(Protocol):
     def timeouts(self) -> tuple[float, float, int]:
         t = self.policy.settings.timeouts
         return t.command_seconds, t.session_seconds, t.min_data_rate
+
+    def pregreeted(self, ip: str) -> None:
+        if self.antispam is not None:
+            self.antispam.state.count("antispam_pregreet_refused")
 
     def pregreet_reply(self) -> bytes:
         return reply(554, "5.5.1", f"{self.policy.settings.server_name} Protocol error: "

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..mailauth.srs import is_srs_local
 from ..net import sasl
@@ -30,6 +30,9 @@ from .replies import is_error, multiline, reply
 from .dataread import BARE, LONG, SIZE, STORAGE, TEXT_LINE_LIMIT, DataReader
 from ..queue.spool import MessageBuffer
 from ..stats import Stats
+
+if TYPE_CHECKING:
+    from ..antispam.engine import ClientChecks
 
 log = logging.getLogger("ismail.session")
 
@@ -53,6 +56,7 @@ class Server(Protocol):
     def reverse_srs(self, address: str) -> str | None: ...  # None: not an SRS address of ours
     def accept_message(self, envelope: "Envelope", body: MessageBuffer) -> None: ...
     def check_login(self, address: str, password: str, ip: str) -> str: ...  # ok | failed | banned
+    def strike(self, ip: str, why: str) -> bool: ...  # counts towards a ban; True when one starts
 
 
 @dataclass
@@ -69,6 +73,9 @@ class Envelope:
     body_type: str = "7BIT"
     received_at: float = 0.0
     size: int = 0
+    folder: str = ""         # local copies go into this folder ("Junk" when tagged as spam)
+    auth_header: bytes = b""  # Authentication-Results (and X-Spam) lines for local copies
+    authenticated: str = ""   # the account the client logged in as
 
     @property
     def remote_recipients(self) -> list[str]:
@@ -90,7 +97,8 @@ class Envelope:
 
 class Session:
     def __init__(self, server: Server, policy: Policy, client_ip: str, trusted: bool,
-                 tls_available: bool = False, tls_active: bool = False, submission: bool = False) -> None:
+                 tls_available: bool = False, tls_active: bool = False, submission: bool = False,
+                 checks: "ClientChecks | None" = None) -> None:
         self.server = server
         self.policy = policy      # a connection keeps the settings it started with
         self.settings = policy.settings
@@ -114,6 +122,7 @@ class Session:
         self._auth_step: sasl.Exchange | None = None  # the next line answers its challenge
         self._unknown_rcpts = 0
         self._pipelined = False       # more input follows the command being handled
+        self.checks = checks          # anti-spam checks (None: a trusted client)
         self._reset()
 
     # -- the receiver's side ---------------------------------------------------------------
@@ -136,7 +145,7 @@ class Session:
 
     def may_block(self, data: bytes) -> str:
         """What ``feed(data)`` could wait for: "" (nothing), "disk" (the end of a message is
-        made durable) or "login" (a password check).
+        made durable), "login" (a password check) or "dns" (the anti-spam verdicts at MAIL).
 
         The receiver's loop (net.reactor) feeds only input that waits for nothing; anything
         else goes to a thread.  Erring towards waiting costs a hand-over, never a wrong answer.
@@ -149,6 +158,8 @@ class Session:
         upper = text.upper()
         if b"AUTH" in upper:
             return "login"
+        if self.checks is not None and not self.authenticated and b"MAIL" in upper:
+            return "dns"  # the anti-spam verdicts (DNSBL, rDNS, SPF) are waited for at MAIL
         at = upper.find(b"DATA")
         while at >= 0:  # DATA with more input after its line: the text (and its end) may be there
             eol = upper.find(b"\n", at)
@@ -378,9 +389,18 @@ class Session:
                 and path.address.lower() != self.authenticated):
             return reply(553, "5.7.1", f"<{path.address}>: Sender address rejected: "
                                        f"not owned by {self.authenticated}")
+        if self._checked:
+            refusal = self.checks.mail(path.address, self.helo)
+            if refusal is not None:
+                return refusal
         self._mail = path
         self._smtputf8, self._body = smtputf8, body
         return reply(250, "2.1.0", "Ok")
+
+    @property
+    def _checked(self) -> bool:
+        """Does this session's mail go through the anti-spam checks?"""
+        return self.checks is not None and not self.authenticated
 
     def smtp_RCPT(self, arg: str) -> bytes:
         if self._mail is None:
@@ -421,10 +441,11 @@ class Session:
                 return self._route_srs(address)
             box = self.server.lookup_mailbox(local, domain)
             if box is None:
-                self._unknown_rcpts += 1
-                if self._unknown_rcpts > 10:
-                    self.delay += 1.0  # slows down anyone harvesting addresses
-                return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+                return self._unknown(address)
+            if self._checked:
+                refusal = self.checks.rcpt(address)
+                if refusal is not None:
+                    return refusal
             self._rcpts.append(address)
             self._mailboxes[address] = box
             self._add_forwards(local, domain)
@@ -437,6 +458,22 @@ class Session:
             return reply(250, "2.1.5", "Ok")
         self._rcpts.append(address)
         return reply(250, "2.1.5", "Ok")
+
+    def _unknown(self, address: str) -> bytes:
+        self._unknown_rcpts += 1
+        if self._checked and self._unknown_rcpts >= self.settings.antispam.max_unknown_recipients:
+            # A harvester tries address after address: it gets no more answers, and the
+            # address counts towards a ban, as a failed login does.
+            self.closing = True
+            banned = self.server.strike(self.client_ip, "unknown recipients")
+            self.checks.engine.state.count("antispam_harvest_refused")
+            log.info("%s: %d unknown recipients: disconnected%s", self.client_ip, self._unknown_rcpts,
+                     " and banned" if banned else "")
+            return reply(421, "4.7.0", f"{self.settings.server_name} Error: too many unknown "
+                                       "recipients, closing connection")
+        if self._unknown_rcpts > 10:
+            self.delay += 1.0  # slows down anyone harvesting addresses
+        return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
 
     def _route_srs(self, address: str) -> bytes:
         """A reply or bounce to a forwarded copy's sender (an SRS address): it goes back to the
@@ -561,7 +598,12 @@ class Session:
                 mailboxes=dict(self._mailboxes), forwarded=set(self._forwarded),
                 helo=self.helo or "", client_ip=self.client_ip,
                 protocol=protocol, smtputf8=self._smtputf8, body_type=self._body,
-                received_at=time.time(), size=data.size)
+                received_at=time.time(), size=data.size, authenticated=self.authenticated)
+            if envelope.mailboxes and self._checked:
+                refusal = self._verdict(envelope, data)
+                if refusal is not None:
+                    stats.add("messages_refused")
+                    return refusal
             try:
                 self.server.accept_message(envelope, data)
             except OSError as e:
@@ -578,3 +620,13 @@ class Session:
         finally:
             self._reset()
 
+    def _verdict(self, envelope: Envelope, data: MessageBuffer) -> bytes | None:
+        """The checks after DATA, for the local copies: a refusal, or None with the folder and
+        the Authentication-Results header set on ``envelope``."""
+        verdict = self.checks.message(b"".join(data.chunks()))
+        if verdict.reply is not None:
+            log.info("%s: message from <%s> refused: %s", self.client_ip, envelope.sender,
+                     verdict.reply.decode("utf-8", "replace").strip())
+            return verdict.reply
+        envelope.folder, envelope.auth_header = verdict.folder, verdict.header
+        return None

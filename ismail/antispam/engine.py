@@ -1,0 +1,385 @@
+"""The anti-spam checks of an SMTP session, in the order a session meets them.
+
+Only clients outside trusted_networks that have not logged in are checked (Postfix's
+permit_mynetworks and permit_sasl_authenticated come first), and a whitelisted client or
+sender skips every check.  Each check's setting is off, tag or reject:
+
+* at connect (``Antispam.admit``, in the accepting thread): the connection rate;
+* at connect, started in the background (``ClientChecks``): the DNS block lists and
+  the reverse-DNS check, in parallel, answered by MAIL FROM (at most DNS_WAIT_SECONDS);
+* MAIL FROM: the black lists, the DNSBL and rDNS verdicts, SPF (RFC 7208);
+* RCPT TO (a local recipient): greylisting;
+* after DATA: DKIM (every signature), DMARC, the content rules.
+
+A "tag" verdict delivers the message into the account's Junk folder with an X-Spam-Flag
+header; every local copy gets one Authentication-Results header (RFC 8601) naming this
+server, and one it did not write that claims to come from this server is removed first.
+The session calls these methods only from a thread that may wait (session.may_block
+routes MAIL to a worker when checks are on); nothing here runs in the SMTP loop.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..mailauth import authres, dmarc
+from ..mailauth.dkim_verify import verify_message
+from ..mailauth.spf import SpfResult, check_mail_from
+from ..queue.dns import DNSTemporaryError
+from ..smtp.replies import reply
+from . import dnsbl
+from .greylist import Greylist
+from .lists import AccessLists
+from .ratelimit import ConnectionRate
+from .rules import RuleSet
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..stats import Stats
+
+log = logging.getLogger("ismail.antispam")
+
+DNS_WAIT_SECONDS = 5.0       # how long MAIL FROM waits for the connect-time lookups
+DNS_THREADS = 8
+GREYLIST_FILE = "greylist.json"
+GREYLIST_SAVE_SECONDS = 60.0
+HEADER_SCAN = 256 * 1024     # a forged Authentication-Results is looked for this far
+
+
+def _now_date() -> datetime.date:
+    return datetime.date.today()
+
+
+class AntispamState:
+    """What outlives a change of settings: the lookup threads, the greylist, the rate counts,
+    and today's counters (the Statistics window shows them per day)."""
+
+    def __init__(self, data_dir: Path, stats: "Stats", *, today=_now_date) -> None:
+        self.data_dir = Path(data_dir)
+        self.stats = stats
+        self.pool = ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix="dnscheck")
+        self.rate = ConnectionRate(0)
+        self._greylist: Greylist | None = None
+        self._lock = threading.Lock()
+        self._today, self._day = today, today()
+        self._saver: threading.Timer | None = None
+        self._stopped = False
+
+    def greylist(self, delay: float) -> Greylist:
+        with self._lock:
+            if self._greylist is None:
+                self._greylist = Greylist(self.data_dir / GREYLIST_FILE, delay=delay)
+                self._schedule_save()
+            self._greylist.delay = delay
+            return self._greylist
+
+    def _schedule_save(self) -> None:
+        if self._stopped:
+            return
+        self._saver = threading.Timer(GREYLIST_SAVE_SECONDS, self._save_tick)
+        self._saver.daemon = True
+        self._saver.start()
+
+    def _save_tick(self) -> None:
+        try:
+            grey = self._greylist
+            if grey is not None:
+                grey.prune()
+                grey.save()
+        except Exception:
+            log.exception("saving the greylist failed")
+        with self._lock:
+            self._schedule_save()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def count(self, name: str) -> None:
+        """Add one to today's counter ``name`` (``antispam_...``); a new day starts at zero."""
+        day = self._today()
+        if day != self._day:
+            with self._lock:
+                if day != self._day:
+                    self._day = day
+                    self.stats.reset(names=[n for n in self.stats.snapshot() if n.startswith("antispam_")])
+        self.stats.add(name)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._saver is not None:
+                self._saver.cancel()
+            grey = self._greylist
+        if grey is not None:
+            try:
+                grey.save()
+            except Exception:
+                log.exception("saving the greylist failed")
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Verdict:
+    """The outcome of the checks after DATA."""
+
+    reply: bytes | None = None    # a refusal, or None to deliver
+    header: bytes = b""           # Authentication-Results (and X-Spam) lines for local copies
+    folder: str = ""              # "" (INBOX), "Junk", or a rule's folder
+    tags: list[str] = field(default_factory=list)
+
+
+class Antispam:
+    """The checks as one set of settings configures them (rebuilt by MailServer.apply, as Policy)."""
+
+    def __init__(self, settings: "Settings", resolver, state: AntispamState) -> None:
+        self.settings = settings
+        self.spam = spam = settings.antispam
+        self.server_id = settings.server_name
+        self.resolver = resolver
+        self.state = state
+        self.lists = AccessLists(settings.access.whitelist, settings.access.blacklist)
+        self.zones = [dnsbl.parse_zone(z) for z in spam.dnsbl]
+        self.rules = RuleSet(spam.rules) if spam.rules else None
+        state.rate.per_minute = spam.connection_rate
+        self.greylist = state.greylist(float(spam.greylist_delay_seconds)) if spam.greylisting else None
+
+    def admit(self, ip: str) -> bool:
+        """Count a new connection from an untrusted ``ip``; False past the rate limit."""
+        if not self.spam.connection_rate or self.lists.client(ip) == "white":
+            return True
+        if self.state.rate.hit(ip):
+            return True
+        self.state.count("antispam_rate_refused")
+        return False
+
+    def client(self, ip: str) -> "ClientChecks":
+        return ClientChecks(self, ip)
+
+    def plain_header(self, authenticated: str) -> bytes:
+        """The Authentication-Results of mail from a client that is not checked."""
+        if authenticated:
+            return authres.header(self.server_id, [("auth", "pass", {"smtp.auth": authenticated}, "")])
+        return authres.header(self.server_id, [])
+
+
+class ClientChecks:
+    """One untrusted client's checks: started at connect, consulted at MAIL, RCPT and DATA."""
+
+    def __init__(self, engine: Antispam, ip: str) -> None:
+        self.engine = engine
+        self.ip = ip
+        listed = engine.lists.client(ip)
+        self.white = listed == "white"
+        self.black = listed == "black"
+        self._rdns: Future | None = None
+        self._zones: list[Future] = []
+        self.rdns: dnsbl.Reverse | None = None
+        self.listing: dnsbl.Listing | None = None
+        self._settled = False
+        spam = engine.spam
+        if not self.white and not self.black:
+            pool, resolver = engine.state.pool, engine.resolver
+            try:
+                if spam.rdns != "off":
+                    self._rdns = pool.submit(dnsbl.fcrdns, resolver, ip)
+                self._zones = [pool.submit(dnsbl.lookup, resolver, ip, z) for z in engine.zones]
+            except RuntimeError:  # the pool is shut down: the server is stopping
+                self._rdns, self._zones = None, []
+        self._reset_transaction()
+
+    def _reset_transaction(self) -> None:
+        self.sender_white = False
+        self.spf: SpfResult | None = None
+        self.sender = ""
+        self.tags: list[str] = []
+
+    @property
+    def skip(self) -> bool:
+        return self.white or self.sender_white
+
+    def _settle(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        futures = [f for f in (self._rdns, *self._zones) if f is not None]
+        if futures:
+            wait(futures, timeout=DNS_WAIT_SECONDS)
+        if self._rdns is not None:
+            self.rdns = self._rdns.result() if self._rdns.done() and not self._rdns.exception() \
+                else dnsbl.Reverse("temperror")
+        for future in self._zones:
+            if not future.done():
+                continue
+            if future.exception() is not None:
+                if not isinstance(future.exception(), DNSTemporaryError):
+                    log.warning("DNSBL lookup for %s failed: %s", self.ip, future.exception())
+                continue
+            if future.result() is not None:
+                self.listing = future.result()
+                break
+
+    # -- MAIL FROM --------------------------------------------------------------------------------
+    def mail(self, sender: str, helo: str) -> bytes | None:
+        """A refusal for this sender from this client, or None (the verdicts are kept)."""
+        self._reset_transaction()
+        self.sender = sender
+        engine, spam = self.engine, self.engine.spam
+        if self.white:
+            return None
+        listed = engine.lists.sender(sender) if sender else None
+        if listed == "white":
+            self.sender_white = True
+            engine.state.count("antispam_whitelisted")
+            return None
+        if self.black or listed == "black":
+            engine.state.count("antispam_blacklist_refused")
+            who = f"<{sender}>: Sender address" if listed == "black" else f"[{self.ip}]: Client host"
+            log.info("%s: MAIL FROM <%s> refused: black list", self.ip, sender)
+            return reply(554, "5.7.1", f"{who} rejected: Access denied (black list)")
+        self._settle()
+        if self.listing is not None:
+            if spam.dnsbl_action == "reject":
+                engine.state.count("antispam_dnsbl_refused")
+                log.info("%s: refused: listed by %s (%s)", self.ip, self.listing.zone, self.listing.answer)
+                return reply(554, "5.7.1", f"Service unavailable; Client host [{self.ip}] blocked "
+                                           f"using {self.listing.zone}")
+            self.tags.append("DNSBL")
+        if self.rdns is not None and self.rdns.result != "pass":
+            if spam.rdns == "reject":
+                engine.state.count("antispam_rdns_refused")
+                if self.rdns.result == "temperror":
+                    return reply(450, "4.7.25", f"Client host rejected: cannot find your hostname, "
+                                                f"[{self.ip}] (DNS did not answer; try again later)")
+                return reply(550, "5.7.25", f"Client host rejected: cannot find your hostname, [{self.ip}]")
+            if self.rdns.result == "fail":
+                self.tags.append("RDNS_NONE")
+        if spam.spf != "off" or spam.dmarc != "off":
+            self.spf = check_mail_from(self.ip, sender, helo, engine.resolver, receiver=engine.server_id)
+            result = self.spf.result
+            if spam.spf == "reject" and result == "fail":
+                engine.state.count("antispam_spf_refused")
+                why = self.spf.explanation or f"{self.spf.domain} does not designate {self.ip} as permitted sender"
+                log.info("%s: MAIL FROM <%s> refused: SPF fail (%s)", self.ip, sender, self.spf.reason)
+                return reply(550, "5.7.23", f"SPF check failed: {why}")
+            if spam.spf == "reject" and result == "temperror":
+                return reply(451, "4.7.24", "SPF check could not be done (DNS), try again later")
+            if (spam.spf == "tag" and result == "fail") or (spam.spf == "reject" and result == "softfail"):
+                self.tags.append("SPF_FAIL" if result == "fail" else "SPF_SOFTFAIL")
+        return None
+
+    # -- RCPT TO ----------------------------------------------------------------------------------
+    def rcpt(self, recipient: str) -> bytes | None:
+        """Greylisting of a local recipient: 451 on first sight (RFC 6647)."""
+        greylist = self.engine.greylist
+        if greylist is None or self.skip:
+            return None
+        ok, left = greylist.check(self.ip, self.sender, recipient)
+        if ok:
+            return None
+        self.engine.state.count("antispam_greylisted")
+        return reply(451, "4.7.1", f"<{recipient}>: Recipient address rejected: Greylisted, "
+                                   f"try again in {max(1, int(left + 0.999))} seconds")
+
+    # -- after DATA -------------------------------------------------------------------------------
+    def message(self, message: bytes) -> Verdict:
+        """DKIM, DMARC and the content rules on the whole message; the header to add."""
+        engine, spam = self.engine, self.engine.spam
+        verdict = Verdict(tags=list(self.tags))
+        results: list[tuple[str, str, dict[str, str], str]] = []
+        if self.skip:
+            verdict.header = authres.header(engine.server_id, [])
+            return verdict
+        if self.spf is not None:
+            results.append(("spf", self.spf.result, {"smtp.mailfrom": self.sender or f"postmaster@{self.spf.domain}"},
+                            self.spf.reason))
+        signatures = []
+        if spam.dkim != "off" or spam.dmarc != "off":
+            try:
+                signatures = verify_message(message, engine.resolver)
+            except Exception:
+                log.exception("%s: DKIM verification failed unexpectedly", self.ip)
+            for sig in signatures:
+                results.append(("dkim", sig.result, {"header.d": sig.domain, "header.s": sig.selector,
+                                                     "header.b": sig.header_b}, sig.reason))
+            if not signatures:
+                results.append(("dkim", "none", {}, ""))
+        if spam.dkim != "off" and signatures and not any(s.result == "pass" for s in signatures) \
+                and any(s.result == "fail" for s in signatures):
+            if spam.dkim == "reject":
+                engine.state.count("antispam_dkim_refused")
+                verdict.reply = reply(550, "5.7.20", "No passing DKIM signature found")
+                return verdict
+            verdict.tags.append("DKIM_FAIL")
+        if spam.dmarc != "off":
+            refusal = self._dmarc(message, signatures, results, verdict)
+            if refusal:
+                verdict.reply = refusal
+                return verdict
+        # A block list has no registered method (RFC 8601): its verdict is a comment.
+        listed = f"listed by {self.listing.zone}: {self.listing.answer}" if self.listing else ""
+        if self.rdns is not None:
+            results.append(("iprev", self.rdns.result, {"policy.iprev": self.ip},
+                            "; ".join(filter(None, [self.rdns.name, listed]))))
+        elif listed:
+            results.append(("dnsbl", "fail", {"policy.ip": self.ip}, listed))
+        if engine.rules is not None:
+            hit = engine.rules.evaluate(message)
+            if hit is not None:
+                if hit.action == "reject":
+                    engine.state.count("antispam_rules_refused")
+                    log.info("%s: message refused by content rule %r", self.ip, hit.name)
+                    verdict.reply = reply(550, "5.7.1", "Message content rejected")
+                    return verdict
+                if hit.action == "folder":  # the user's filing, not a spam verdict
+                    verdict.folder = hit.folder
+                else:
+                    verdict.tags.append("RULE")
+        verdict.header = authres.header(engine.server_id, results)
+        if verdict.tags:
+            for tag in dict.fromkeys(verdict.tags):
+                engine.state.count(f"antispam_{_TAG_CHECK.get(tag, 'rules')}_tagged")
+            verdict.folder = verdict.folder or "Junk"
+            verdict.header += (b"X-Spam-Flag: YES\r\nX-Spam-Status: Yes, tests="
+                               + ",".join(dict.fromkeys(verdict.tags)).encode("ascii") + b"\r\n")
+        return verdict
+
+    def _dmarc(self, message: bytes, signatures: list, results: list, verdict: Verdict) -> bytes | None:
+        engine = self.engine
+        end = message.find(b"\r\n\r\n")
+        spf = self.spf
+        try:
+            # No From, several From fields, several author domains: dmarc.evaluate_message
+            # keeps the strictest verdict (RFC 7489 §6.6.1), so a second From cannot dodge
+            # the first one's policy.
+            outcome = dmarc.evaluate_message(message[:end + 2] if end >= 0 else message,
+                                             spf.result if spf else "none", spf.domain if spf else "",
+                                             signatures, engine.resolver)
+        except Exception:
+            log.exception("%s: DMARC evaluation failed unexpectedly", self.ip)
+            return None
+        results.append(outcome.authres())
+        if outcome.result == "pass":
+            # The From domain vouched for the message (an aligned DKIM signature or SPF): an
+            # SPF failure of the envelope sender alone - a forwarder, a mailing list - is no
+            # reason for Junk.
+            verdict.tags = [t for t in verdict.tags if not t.startswith("SPF_")]
+        if outcome.result != "fail":
+            return None
+        if outcome.policy == "reject" and engine.spam.dmarc == "reject":
+            engine.state.count("antispam_dmarc_refused")
+            log.info("%s: message refused: DMARC policy of %s", self.ip, outcome.from_domain)
+            return reply(550, "5.7.1", f"Unauthenticated email from {outcome.from_domain} is not "
+                                       "accepted due to its domain's DMARC policy")
+        if outcome.policy in ("reject", "quarantine"):
+            verdict.tags.append("DMARC_FAIL")
+        return None
+
+
+_TAG_CHECK = {"DNSBL": "dnsbl", "RDNS_NONE": "rdns", "SPF_FAIL": "spf", "SPF_SOFTFAIL": "spf",
+              "DKIM_FAIL": "dkim", "DMARC_FAIL": "dmarc", "RULE": "rules"}
