@@ -24,7 +24,7 @@ from .controller import Controller, StartProblem
 from .events import Pump, QueueLogHandler, attach
 from .helpwin import readme_window
 from .queueview import QueueWindow
-from .settings import ConfigDialog
+from .settings import PAGES, ConfigDialog
 from .statsview import StatisticsWindow
 from .tools import PortTestDialog, SmartHostTestDialog
 from .widgets import PAD, ErrorLabel, Query, friendly, set_icon, setup_style
@@ -70,7 +70,7 @@ class MainWindow:
         menus = {
             "File": [("Open data folder", self.open_data_folder), None, ("Exit", self.close)],
             "Settings": [(f"{p}…", lambda p=p: self.open_settings(p))
-                         for p in ("Domain", "Connections", "Access", "Accounts", "Program")],
+                         for p in PAGES],
             "Tools": [("Test port 25…", self.open_port_test), ("Test SmartHost…", self.open_smarthost_test),
                       None, ("Queue…", self.open_queue), ("Statistics…", self.open_statistics)],
             "Help": [("README", self.show_readme), ("About ISMail", self.show_about)],

@@ -189,10 +189,29 @@ class AccessPage(Page):
             for row, key in enumerate(("auth.ban_after_failures", "auth.ban_window_minutes",
                                        "auth.ban_minutes"), start=8):
                 self.error_for(key, self, row)
+        self._build_lists()
+
+    def _build_lists(self) -> None:
+        """The white and black lists: who skips the anti-spam checks, and whose mail is refused."""
+        for top, name, label, hint in (
+                (11, "whitelist", "White list:", "skips every anti-spam check; one per line: a network "
+                 "(192.0.2.0/24), an address (bob@example.com) or a domain (example.com, "
+                 "*@example.com, *.example.com)"),
+                (14, "blacklist", "Black list:", "mail from these is refused; one per line, as the white list")):
+            ttk.Label(self, text=label).grid(row=top, column=0, sticky="nw", padx=(0, PAD), pady=(PAD, 0))
+            box = self.text_box(self, 3)
+            box.grid(row=top, column=1, sticky="w", pady=(PAD, 0))
+            ttk.Label(self, text=hint, style="Hint.TLabel", wraplength=620, justify="left").grid(
+                row=top + 1, column=1, sticky="w")
+            self.error_for(f"access.{name}", self, top + 2, wraplength=660)  # a long "expected ..."
+            setattr(self, name, box)
 
     def load(self, s: Settings) -> None:
         for box, items in ((self.trusted, s.trusted_networks),
                            *(((self.blocked, s.access.blocked),) if self.has_blocked else ())):
+            box.delete("1.0", "end")
+            box.insert("1.0", "\n".join(map(str, items)) if isinstance(items, list) else str(items))
+        for box, items in ((self.whitelist, s.access.whitelist), (self.blacklist, s.access.blacklist)):
             box.delete("1.0", "end")
             box.insert("1.0", "\n".join(map(str, items)) if isinstance(items, list) else str(items))
         if self.has_bans:
@@ -204,6 +223,8 @@ class AccessPage(Page):
         s.trusted_networks = split_list(self.trusted.get("1.0", "end"))
         if self.has_blocked:
             s.access.blocked = split_list(self.blocked.get("1.0", "end"))
+        s.access.whitelist = split_list(self.whitelist.get("1.0", "end"))
+        s.access.blacklist = split_list(self.blacklist.get("1.0", "end"))
         if self.has_bans:
             a = s.auth
             a.ban_after_failures = self.number(self.vars["failures"].get(), "auth.ban_after_failures",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 from ismail.config import FieldError, Settings, validate
 
 from .accountspage import AccountsPage
+from .antispampage import AntispamPage
 from .connectionspage import ConnectionsPage
 from .pages import AccessPage, DomainPage, Page
 from .programpage import ProgramPage
@@ -27,7 +28,7 @@ from .widgets import PAD, ErrorLabel, Window, friendly, place_over
 if TYPE_CHECKING:
     from .controller import Controller
 
-PAGES = ("Domain", "Connections", "Access", "Accounts", "Program")
+PAGES = ("Domain", "Connections", "Access", "Anti-spam", "Accounts", "Program")
 
 
 class ConfigDialog(Window):
@@ -47,7 +48,7 @@ class ConfigDialog(Window):
         self.notebook = ttk.Notebook(outer)
         self.notebook.grid(row=0, column=0, sticky="nsew")
         self.pages: dict[str, Page] = {}
-        for cls in (DomainPage, ConnectionsPage, AccessPage, AccountsPage, ProgramPage):
+        for cls in (DomainPage, ConnectionsPage, AccessPage, AntispamPage, AccountsPage, ProgramPage):
             p = cls(self.notebook, self)
             self.notebook.add(p, text=f" {cls.title} ")
             self.pages[cls.title] = p

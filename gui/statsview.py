@@ -1,7 +1,7 @@
 """Tools ▸ Statistics: every counter, grouped as the original program showed them.
 
-The counters start at zero with each start of the server (a new MailServer each time);
-"Reset" starts them again without a restart.  Counters this window does not know yet
+The counters start at zero with each start of the server (a new MailServer each time),
+the anti-spam ones also at midnight ("today"); "Reset" starts them again without a restart.  Counters this window does not know yet
 (a newer stage may add some) are shown under "Other" rather than hidden.
 """
 from __future__ import annotations
@@ -35,6 +35,26 @@ GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Incoming Queue", (
         ("recipients_local", "Delivered to local mailboxes"),
         ("recipients_queued", "Queued to be sent on"),
+    )),
+    ("Anti-spam (today)", (
+        ("antispam_rate_refused", "Refused: connecting too often"),
+        ("antispam_pregreet_refused", "Refused: spoke before greeting"),
+        ("antispam_blacklist_refused", "Refused: on the black list"),
+        ("antispam_whitelisted", "Passed unchecked: white list"),
+        ("antispam_dnsbl_refused", "Refused: on a DNS block list"),
+        ("antispam_dnsbl_tagged", "Tagged: on a DNS block list"),
+        ("antispam_rdns_refused", "Refused: no reverse DNS"),
+        ("antispam_rdns_tagged", "Tagged: no reverse DNS"),
+        ("antispam_greylisted", "Greylisted (asked to retry)"),
+        ("antispam_spf_refused", "Refused: SPF failed"),
+        ("antispam_spf_tagged", "Tagged: SPF failed"),
+        ("antispam_dkim_refused", "Refused: DKIM failed"),
+        ("antispam_dkim_tagged", "Tagged: DKIM failed"),
+        ("antispam_dmarc_refused", "Refused: DMARC policy"),
+        ("antispam_dmarc_tagged", "Tagged: DMARC failed"),
+        ("antispam_rules_refused", "Refused: content rule"),
+        ("antispam_rules_tagged", "Junk/folder: content rule"),
+        ("antispam_harvest_refused", "Cut off: guessing addresses"),
     )),
     ("SMTP Sender", (
         ("outgoing_current", "Connections now"),
@@ -77,8 +97,11 @@ GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("imap_expunged", "Messages deleted (EXPUNGE)"),
     )),
 )
-# Which column each group goes in: receiving, sending, mail programs (the retry note ends column 1).
-COLUMN = {"SMTP Receiver": 0, "POP3 Server": 2, "IMAP Server": 2}
+# Which column each group goes in: receiving, sending and the queues; anti-spam and the retry
+# manager (its note ends the column); mail programs.  Anti-spam's 18 lines need a column nearly
+# to themselves: the window must fit a screen 800 pixels high.
+COLUMN = {"SMTP Receiver": 0, "Incoming Queue": 0, "SMTP Sender": 0, "Outgoing Queue": 0,
+          "POP3 Server": 2, "IMAP Server": 2}
 
 
 class StatisticsWindow(Window):
