@@ -81,6 +81,50 @@ class EngineTest(unittest.TestCase):
         grey = self.engine({"greylisting": True, "greylist_delay_seconds": 1}, state=state2).greylist
         self.assertEqual(len(grey), len(state._greylist))
 
+    def test_verdicts_are_remembered_so_a_returning_client_waits_for_nothing(self) -> None:
+        class CountingDNS:
+            def __init__(self) -> None:
+                self.asked = 0
+
+            def ptr(self, ip):
+                self.asked += 1
+                return ["mail.sender.test"]
+
+            def a(self, name):
+                self.asked += 1
+                return ["198.51.100.1"] if name == "mail.sender.test" else []
+
+            def txt(self, name):
+                self.asked += 1
+                return ["v=spf1 ip4:198.51.100.0/24 -all"] if name == "sender.test" else []
+
+            def mx(self, name):
+                return []
+
+            def aaaa(self, name):
+                return []
+
+        settings = from_dict({"server_name": "mx.example.test", "primary_domain": "example.test",
+                              "antispam": {"rdns": "tag", "spf": "tag", "dmarc": "off", "dkim": "off",
+                                           "dnsbl": ["bl.test"]}})[0]
+        state = AntispamState(self.dir, self.stats)
+        self.addCleanup(state.stop)
+        dns = CountingDNS()
+        engine = Antispam(settings, dns, state)
+        first = engine.client("198.51.100.1")
+        self.assertTrue(first.may_wait(b"MAIL FROM:<a@sender.test>\r\n", "mail.sender.test"))
+        self.assertIsNone(first.mail("a@sender.test", "mail.sender.test"))
+        self.assertEqual((first.rdns.result, first.spf.result, first.listing), ("pass", "pass", None))
+        asked = dns.asked
+        again = engine.client("198.51.100.1")
+        self.assertFalse(again.may_wait(b"MAIL FROM:<A@sender.test> SIZE=100\r\n", "mail.sender.test"))
+        self.assertTrue(again.may_wait(b"MAIL FROM:<a@sender.test>\r\nMAIL FROM:<b@sender.test>\r\n",
+                                       "mail.sender.test"), "one sender not known yet: a thread waits")
+        self.assertIsNone(again.mail("a@sender.test", "mail.sender.test"))
+        self.assertEqual((again.rdns.result, again.spf.result), ("pass", "pass"))
+        self.assertEqual(dns.asked, asked, "nothing asked again")
+        self.assertTrue(engine.client("198.51.100.2").may_wait(b"MAIL FROM:<a@sender.test>\r\n", "h"))
+
     def test_content_rule_verdicts(self) -> None:
         engine = self.engine({"rules": [
             {"name": "pills", "where": "subject", "match": "contains", "pattern": "cheap pills", "action": "junk"},

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,14 @@ DNS_WAIT_SECONDS = 5.0       # how long MAIL FROM waits for the connect-time loo
 DNS_THREADS = 8
 GREYLIST_FILE = "greylist.json"
 GREYLIST_SAVE_SECONDS = 60.0
+# A client's connect-time verdicts (reverse DNS, block lists) are kept this long, as Postfix's
+# postscreen keeps its DNSBL results: a client that comes back soon is not looked up again,
+# and its session needs no thread to wait for DNS.  SPF verdicts per (client, sender, HELO)
+# are kept for SPF_CACHE_SECONDS, which only spares evaluating the same records again.
+VERDICT_CACHE_SECONDS = 600.0
+SPF_CACHE_SECONDS = 60.0
+CACHE_LIMIT = 10_000
+_MAIL_FROM = re.compile(rb"(?i)MAIL FROM:[ ]?<([^<>\r\n]*)>")
 HEADER_SCAN = 256 * 1024     # a forged Authentication-Results is looked for this far
 
 
@@ -69,6 +79,26 @@ class AntispamState:
         self._today, self._day = today, today()
         self._saver: threading.Timer | None = None
         self._stopped = False
+        # ip and settings -> (expires, rdns, listing); (ip, sender, helo) -> (expires, SpfResult)
+        self.verdicts: dict[tuple, tuple] = {}
+        self.spf: dict[tuple, tuple] = {}
+
+    def remember(self, cache: dict, key: tuple, seconds: float, *value) -> None:
+        with self._lock:  # readers (recall) need none: one dict.get
+            if len(cache) >= CACHE_LIMIT:
+                now = time.monotonic()
+                for k in [k for k, v in cache.items() if v[0] <= now]:
+                    del cache[k]
+                while len(cache) >= CACHE_LIMIT:  # dicts keep insertion order: drop the oldest
+                    del cache[next(iter(cache))]
+            cache[key] = (time.monotonic() + seconds, *value)
+
+    @staticmethod
+    def recall(cache: dict, key: tuple) -> tuple | None:
+        found = cache.get(key)
+        if found is None or found[0] <= time.monotonic():
+            return None
+        return found[1:]
 
     def greylist(self, delay: float) -> Greylist:
         with self._lock:
@@ -183,7 +213,12 @@ class ClientChecks:
         self.listing: dnsbl.Listing | None = None
         self._settled = False
         spam = engine.spam
-        if not self.white and not self.black:
+        self._key = (ip, spam.rdns != "off", tuple(engine.zones))
+        known = engine.state.recall(engine.state.verdicts, self._key)
+        if known is not None:
+            self.rdns, self.listing = known
+            self._settled = True
+        elif not self.white and not self.black:
             pool, resolver = engine.state.pool, engine.resolver
             try:
                 if spam.rdns != "off":
@@ -223,6 +258,25 @@ class ClientChecks:
             if future.result() is not None:
                 self.listing = future.result()
                 break
+        complete = all(f.done() and f.exception() is None for f in self._zones)
+        if complete and (self.rdns is None or self.rdns.result != "temperror"):
+            state = self.engine.state
+            state.remember(state.verdicts, self._key, VERDICT_CACHE_SECONDS, self.rdns, self.listing)
+
+    def may_wait(self, text: bytes, helo: str | None) -> bool:
+        """Could the MAIL FROM in ``text`` wait for DNS?  Not when this client's verdicts and
+        the sender's SPF result are known already (the session then stays in the loop)."""
+        if not self._settled and (self._rdns is not None or self._zones):
+            return True
+        spam = self.engine.spam
+        if spam.spf == "off" and spam.dmarc == "off":
+            return False
+        found = _MAIL_FROM.findall(text)
+        if not found or len(found) != text.upper().count(b"MAIL"):
+            return True  # anything unusual goes to a thread: waiting there is always safe
+        state, helo = self.engine.state, (helo or "").lower()
+        return any(state.recall(state.spf, (self.ip, sender.decode("utf-8", "replace").lower(), helo)) is None
+                   for sender in found)
 
     # -- MAIL FROM --------------------------------------------------------------------------------
     def mail(self, sender: str, helo: str) -> bytes | None:
@@ -260,7 +314,14 @@ class ClientChecks:
             if self.rdns.result == "fail":
                 self.tags.append("RDNS_NONE")
         if spam.spf != "off" or spam.dmarc != "off":
-            self.spf = check_mail_from(self.ip, sender, helo, engine.resolver, receiver=engine.server_id)
+            key = (self.ip, sender.lower(), helo.lower())
+            known = engine.state.recall(engine.state.spf, key)
+            if known is not None:
+                self.spf = known[0]
+            else:
+                self.spf = check_mail_from(self.ip, sender, helo, engine.resolver, receiver=engine.server_id)
+                if self.spf.result != "temperror":
+                    engine.state.remember(engine.state.spf, key, SPF_CACHE_SECONDS, self.spf)
             result = self.spf.result
             if spam.spf == "reject" and result == "fail":
                 engine.state.count("antispam_spf_refused")

@@ -36,6 +36,7 @@ logged, and a fresh list started: never silently overwritten.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import json
@@ -57,6 +58,7 @@ Triplet = tuple[str, str, str]
 Pair = tuple[str, str]
 
 
+@functools.lru_cache(maxsize=4096)  # the same clients come back; ipaddress parsing is slow
 def client_network(ip: str) -> str:
     """The /24 (IPv4) or /64 (IPv6) holding ``ip``, as text; garbage is returned as it is."""
     try:

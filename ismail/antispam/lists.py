@@ -172,9 +172,12 @@ class AccessLists:
                 except ValueError as exc:
                     raise ValueError(f"{name}[{i}]: {exc}") from None
             matcher.finish()
+        self._networks = any(m.net_lists[v] for m in (self._white, self._black) for v in (4, 6))
 
     def client(self, ip: str) -> str | None:
         """WHITE, BLACK or None for a client address, by the network entries."""
+        if not self._networks:  # parsing the address costs more than the rest of the check
+            return None
         try:
             addr = _normal_ip(ip)
         except ValueError:

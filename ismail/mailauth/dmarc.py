@@ -32,6 +32,7 @@ Decisions (see the module's tests):
 """
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -108,6 +109,7 @@ class DmarcResult:
         return ("dmarc", self.result, props, comment)
 
 
+@functools.lru_cache(maxsize=1024)  # the same records arrive with every message from a domain
 def parse_record(text: str) -> DmarcRecord | None:
     """The record in a TXT string, or None when it does not start with v=DMARC1."""
     if not _VERSION.match(text):

@@ -158,7 +158,8 @@ class Session:
         upper = text.upper()
         if b"AUTH" in upper:
             return "login"
-        if self.checks is not None and not self.authenticated and b"MAIL" in upper:
+        if (self.checks is not None and not self.authenticated and b"MAIL" in upper
+                and self.checks.may_wait(text, self.helo)):
             return "dns"  # the anti-spam verdicts (DNSBL, rDNS, SPF) are waited for at MAIL
         at = upper.find(b"DATA")
         while at >= 0:  # DATA with more input after its line: the text (and its end) may be there
