@@ -25,7 +25,8 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Callable
 
-from .antispam.engine import Antispam, AntispamState
+from .antispam.engine import Antispam
+from .antispam.state import AntispamState
 from .mailauth.authres import header as authres_header, remove_ours
 from .queue.dns import Resolver, parse_server
 from .store.accounts import AccountStore

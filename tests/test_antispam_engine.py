@@ -9,7 +9,8 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from ismail.antispam.engine import GREYLIST_FILE, Antispam, AntispamState
+from ismail.antispam.engine import Antispam, AntispamState
+from ismail.antispam.state import GREYLIST_FILE
 from ismail.config import from_dict
 from ismail.stats import Stats
 

@@ -19,14 +19,10 @@ routes MAIL to a worker when checks are on); nothing here runs in the SMTP loop.
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import re
-import threading
-import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..mailauth import authres, dmarc
@@ -35,123 +31,23 @@ from ..mailauth.spf import SpfResult, check_mail_from
 from ..queue.dns import DNSTemporaryError
 from ..smtp.replies import reply
 from . import dnsbl
-from .greylist import Greylist
 from .lists import AccessLists
-from .ratelimit import ConnectionRate
 from .rules import RuleSet
+from .state import AntispamState
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..stats import Stats
 
 log = logging.getLogger("ismail.antispam")
 
 DNS_WAIT_SECONDS = 5.0       # how long MAIL FROM waits for the connect-time lookups
-DNS_THREADS = 8
-GREYLIST_FILE = "greylist.json"
-GREYLIST_SAVE_SECONDS = 60.0
 # A client's connect-time verdicts (reverse DNS, block lists) are kept this long, as Postfix's
 # postscreen keeps its DNSBL results: a client that comes back soon is not looked up again,
 # and its session needs no thread to wait for DNS.  SPF verdicts per (client, sender, HELO)
 # are kept for SPF_CACHE_SECONDS, which only spares evaluating the same records again.
 VERDICT_CACHE_SECONDS = 600.0
 SPF_CACHE_SECONDS = 60.0
-CACHE_LIMIT = 10_000
 _MAIL_FROM = re.compile(rb"(?i)MAIL FROM:[ ]?<([^<>\r\n]*)>")
-HEADER_SCAN = 256 * 1024     # a forged Authentication-Results is looked for this far
-
-
-def _now_date() -> datetime.date:
-    return datetime.date.today()
-
-
-class AntispamState:
-    """What outlives a change of settings: the lookup threads, the greylist, the rate counts,
-    and today's counters (the Statistics window shows them per day)."""
-
-    def __init__(self, data_dir: Path, stats: "Stats", *, today=_now_date) -> None:
-        self.data_dir = Path(data_dir)
-        self.stats = stats
-        self.pool = ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix="dnscheck")
-        self.rate = ConnectionRate(0)
-        self._greylist: Greylist | None = None
-        self._lock = threading.Lock()
-        self._today, self._day = today, today()
-        self._saver: threading.Timer | None = None
-        self._stopped = False
-        # ip and settings -> (expires, rdns, listing); (ip, sender, helo) -> (expires, SpfResult)
-        self.verdicts: dict[tuple, tuple] = {}
-        self.spf: dict[tuple, tuple] = {}
-
-    def remember(self, cache: dict, key: tuple, seconds: float, *value) -> None:
-        with self._lock:  # readers (recall) need none: one dict.get
-            if len(cache) >= CACHE_LIMIT:
-                now = time.monotonic()
-                for k in [k for k, v in cache.items() if v[0] <= now]:
-                    del cache[k]
-                while len(cache) >= CACHE_LIMIT:  # dicts keep insertion order: drop the oldest
-                    del cache[next(iter(cache))]
-            cache[key] = (time.monotonic() + seconds, *value)
-
-    @staticmethod
-    def recall(cache: dict, key: tuple) -> tuple | None:
-        found = cache.get(key)
-        if found is None or found[0] <= time.monotonic():
-            return None
-        return found[1:]
-
-    def greylist(self, delay: float) -> Greylist:
-        with self._lock:
-            if self._greylist is None:
-                self._greylist = Greylist(self.data_dir / GREYLIST_FILE, delay=delay)
-                self._schedule_save()
-            self._greylist.delay = delay
-            return self._greylist
-
-    def _schedule_save(self) -> None:
-        if self._stopped:
-            return
-        self._saver = threading.Timer(GREYLIST_SAVE_SECONDS, self._save_tick)
-        self._saver.daemon = True
-        self._saver.start()
-
-    def _save_tick(self) -> None:
-        try:
-            grey = self._greylist
-            if grey is not None:
-                grey.prune()
-                grey.save()
-        except Exception:
-            log.exception("saving the greylist failed")
-        with self._lock:
-            self._schedule_save()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopped
-
-    def count(self, name: str) -> None:
-        """Add one to today's counter ``name`` (``antispam_...``); a new day starts at zero."""
-        day = self._today()
-        if day != self._day:
-            with self._lock:
-                if day != self._day:
-                    self._day = day
-                    self.stats.reset(names=[n for n in self.stats.snapshot() if n.startswith("antispam_")])
-        self.stats.add(name)
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            if self._saver is not None:
-                self._saver.cancel()
-            grey = self._greylist
-        if grey is not None:
-            try:
-                grey.save()
-            except Exception:
-                log.exception("saving the greylist failed")
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -319,7 +215,11 @@ class ClientChecks:
             if known is not None:
                 self.spf = known[0]
             else:
-                self.spf = check_mail_from(self.ip, sender, helo, engine.resolver, receiver=engine.server_id)
+                try:
+                    self.spf = check_mail_from(self.ip, sender, helo, engine.resolver, receiver=engine.server_id)
+                except Exception:  # a bug must not end the session: the check is left undone
+                    log.exception("%s: SPF check of <%s> failed unexpectedly", self.ip, sender)
+                    self.spf = SpfResult("temperror", sender.rpartition("@")[2], reason="internal error")
                 if self.spf.result != "temperror":
                     engine.state.remember(engine.state.spf, key, SPF_CACHE_SECONDS, self.spf)
             result = self.spf.result
@@ -390,7 +290,11 @@ class ClientChecks:
         elif listed:
             results.append(("dnsbl", "fail", {"policy.ip": self.ip}, listed))
         if engine.rules is not None:
-            hit = engine.rules.evaluate(message)
+            try:
+                hit = engine.rules.evaluate(message)
+            except Exception:
+                log.exception("%s: content rules failed unexpectedly; the message is delivered", self.ip)
+                hit = None
             if hit is not None:
                 if hit.action == "reject":
                     engine.state.count("antispam_rules_refused")
