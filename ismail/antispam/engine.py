@@ -70,7 +70,7 @@ class Antispam:
         self.resolver = resolver
         self.state = state
         self.lists = AccessLists(settings.access.whitelist, settings.access.blacklist)
-        self.zones = [dnsbl.parse_zone(z) for z in spam.dnsbl]
+        self.zones = [dnsbl.parse_zone(z) for z in spam.dnsbl] if spam.dnsbl_action != "off" else []
         self.rules = RuleSet(spam.rules) if spam.rules else None
         state.rate.per_minute = spam.connection_rate
         self.greylist = state.greylist(float(spam.greylist_delay_seconds)) if spam.greylisting else None
@@ -155,7 +155,7 @@ class ClientChecks:
                 self.listing = future.result()
                 break
         complete = all(f.done() and f.exception() is None for f in self._zones)
-        if complete and (self.rdns is None or self.rdns.result != "temperror"):
+        if futures and complete and (self.rdns is None or self.rdns.result != "temperror"):
             state = self.engine.state
             state.remember(state.verdicts, self._key, VERDICT_CACHE_SECONDS, self.rdns, self.listing)
 
