@@ -1,0 +1,420 @@
+"""The address book of the local domains: aliases, groups, catch-all and domain aliases.
+
+Model
+-----
+``DATA/addresses.json`` is one object::
+
+    {"version": 1,
+     "aliases": {"sales@example.com": ["ann@example.com", "bob@partner.org"]},
+     "groups": {"team@example.com": {"members": ["ann@example.com"], "senders": "members"}},
+     "catch_all": {"example.com": "postmaster@example.com"},
+     "domain_aliases": {"example.org": "example.com"}}
+
+* Addresses are compared case-insensitively, the local part included: RFC 5321 lets a
+  server treat ``Ann`` and ``ann`` as two mailboxes, but to people they are one, and the
+  accounts are stored lowercased too.  Keys are stored lowercased; targets are kept as
+  typed (a remote server gets the spelling the admin wrote) and compared lowercased.
+* Resolution (``expand``): rewrite a domain alias; an account wins; then an alias; then a
+  group; then the domain's catch-all; else the address is unknown.  Nested entries are
+  expanded, each address once, at most ``MAX_DEPTH`` deep and ``MAX_TARGETS`` addresses.
+  A group's ``senders`` rule is checked for the first group on each path (reached directly
+  or through aliases, which are only names); a group inside a group is a subscription, so
+  the outer group's rule governs it.
+* Editing re-reads the file under ``addresses.json.lock`` (another process, the CLI, may
+  have changed it), validates the whole new book and saves atomically.  An edit is refused
+  if the edited entry has any problem or if the book gains one; problems that other
+  changes caused (an account removed under an alias) are listed by ``problems()`` but do
+  not block unrelated edits.
+* A corrupt file is never overwritten: it is renamed ``addresses.json.corrupt-<stamp>``,
+  logged, and the book is empty until it is restored (``load_problem`` says why).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from ..fsutil import atomic_write
+from .addressbook_rules import (FORMAT_VERSION, MAX_DEPTH, MAX_TARGETS, SENDER_MODES, Group, _Book,
+                                _clean_targets, _domain, _norm_domains, address_problem, problems_of)
+
+__all__ = ["AddressBook", "AddressError", "Expansion", "Group", "address_problem", "problems_of",
+           "FORMAT_VERSION", "MAX_DEPTH", "MAX_TARGETS", "SENDER_MODES"]
+
+log = logging.getLogger("ismail.addressbook")
+
+FILE_NAME = "addresses.json"
+LOCK_TIMEOUT = 10.0   # an edit takes milliseconds; waiting longer means something is stuck
+LOCK_STALE = 60.0     # a lock file this old was left by a crashed process
+
+class AddressError(ValueError):
+    """A refused edit or unusable file; str() names the entry and the conflict."""
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class _SetAside(AddressError):
+    pass
+
+
+@dataclass
+class Expansion:
+    accounts: list[str] = field(default_factory=list)  # local accounts, lowercased, in order
+    remote: list[str] = field(default_factory=list)    # remote addresses, as written
+    refusal: str = ""                                  # non-empty: refuse the recipient
+    known: bool = True                                 # False: 550 User unknown
+
+
+def _parse(raw: bytes) -> _Book:
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _Corrupt("it is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise _Corrupt(f"it is not valid JSON (line {e.lineno}, column {e.colno}: "
+                       f"{e.msg})") from None
+    if not isinstance(doc, dict):
+        raise _Corrupt("the top level is not an object")
+    version = doc.get("version", FORMAT_VERSION)
+    if type(version) is not int or version != FORMAT_VERSION:  # True == 1, hence type()
+        raise _Corrupt(f"'version' is {doc.get('version')!r}; this ISMail reads {FORMAT_VERSION}")
+    book = _Book()
+
+    def section(name: str) -> dict[str, Any]:
+        value = doc.get(name, {})
+        if not isinstance(value, dict):
+            raise _Corrupt(f"'{name}' is not an object")
+        lowered = {k.strip().lower(): v for k, v in value.items()}
+        if len(lowered) != len(value):
+            raise _Corrupt(f"'{name}' lists an address twice (differing only in case)")
+        return lowered
+
+    def strings(where: str, value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _Corrupt(f"{where} is not a list of addresses")
+        return list(value)
+    for key, value in section("aliases").items():
+        book.aliases[key] = strings(f"alias {key!r}", value)
+    for key, value in section("groups").items():
+        if not isinstance(value, dict) or value.get("senders", "anyone") not in SENDER_MODES:
+            raise _Corrupt(f"group {key!r} is not an object with 'members' and a known 'senders'")
+        book.groups[key] = Group(tuple(strings(f"the members of {key!r}", value.get("members"))),
+                                 value.get("senders", "anyone"))
+    for name, target in (("catch_all", book.catch_all), ("domain_aliases", book.domain_aliases)):
+        for key, value in section(name).items():
+            if not isinstance(value, str):
+                raise _Corrupt(f"'{name}' of {key!r} is not a string")
+            target[key] = value.strip().lower() if name == "domain_aliases" else value.strip()
+    return book
+
+
+@contextmanager
+def _file_lock(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold ``path`` (created exclusively) so edits by other processes and objects serialise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except (FileExistsError, PermissionError) as e:
+            # Windows answers PermissionError while a deleted lock file is still closing.
+            if isinstance(e, PermissionError) and os.name != "nt":
+                raise AddressError(f"Could not create the lock file {path}: {e.strerror}.") from e
+            try:
+                if time.time() - path.stat().st_mtime > LOCK_STALE:
+                    log.warning("Removing the stale lock file %s", path)
+                    path.unlink()
+                    continue
+            except OSError:
+                continue  # released meanwhile: try again at once
+            if time.monotonic() >= deadline:
+                raise AddressError(f"The address book is locked by {path}; if no ISMail is "
+                                   "editing it, delete that file.") from None
+            time.sleep(0.01)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        os.close(fd)
+        yield
+    finally:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+class AddressBook:
+    """addresses.json in memory; readers share one published _Book that is never mutated."""
+
+    def __init__(self, data_dir: Path, *, reload_interval: float = 1.0) -> None:
+        self.path = Path(data_dir) / FILE_NAME
+        self.lock_path = Path(data_dir) / (FILE_NAME + ".lock")
+        self.reload_interval = reload_interval
+        self.load_problem = ""  # why the last file was set aside, for the GUI
+        self._book = _Book()
+        self._mutex = threading.Lock()
+        self._signature: tuple[int, int, int] | None = None
+        self._loaded = False
+        self._next_check = 0.0
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)  # st_ino: os.replace in one mtime tick
+
+    def _read(self, locked: bool) -> _Book:
+        """The book on disk; a corrupt file is set aside (under the lock, so a good file
+        written meanwhile is never the one moved), logged, and _SetAside raised."""
+        try:
+            return _parse(self.path.read_bytes())
+        except FileNotFoundError:
+            return _Book()
+        except OSError as e:
+            raise AddressError(f"Could not read {self.path}: {e.strerror or e}.") from e
+        except _Corrupt as e:
+            if not locked:
+                with _file_lock(self.lock_path):
+                    return self._read(locked=True)
+            aside = self.path.with_name(f"{FILE_NAME}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+                                        f"-{time.time_ns() % 1_000_000:06d}")
+            try:
+                os.replace(self.path, aside)
+            except OSError as err:
+                raise AddressError(f"{self.path} could not be used ({e}) nor renamed aside: "
+                                   f"{err.strerror or err}.") from err
+            self.load_problem = (f"{self.path} could not be used ({e}); it was renamed "
+                                 f"{aside.name} and the address book is empty until it is "
+                                 "restored.")
+            log.error("%s", self.load_problem)
+            raise _SetAside(self.load_problem) from None
+
+    def _refresh(self, locked: bool, strict: bool) -> _Book:
+        """Re-read and publish; after a set-aside the empty book is published, and
+        ``strict`` (an edit) still raises so the admin learns of it before changing anything."""
+        signature = self._stat()  # before reading, so a racing write is seen next time
+        try:
+            book = self._read(locked)
+        except _SetAside:
+            self._book, self._signature, self._loaded = _Book(), self._stat(), True
+            if strict:
+                raise
+            return self._book
+        self._book, self._signature, self._loaded = book, signature, True
+        return book
+
+    def load(self) -> None:
+        """Read the file (missing = empty; corrupt = set aside, logged, empty)."""
+        with self._mutex:
+            self._refresh(locked=False, strict=False)
+
+    def maybe_reload(self) -> None:
+        """Pick up changes by another process: one stat per interval, never blocks delivery."""
+        now = time.monotonic()
+        if now < self._next_check or not self._mutex.acquire(blocking=False):
+            return
+        try:
+            self._next_check = now + self.reload_interval
+            if self._loaded and self._stat() == self._signature:
+                return
+            try:
+                book = self._refresh(locked=False, strict=False)
+                log.info("Reloaded %s (%d aliases, %d groups)", self.path, len(book.aliases),
+                         len(book.groups))
+            except AddressError as e:
+                self._signature, self._loaded = self._stat(), True  # log once per change
+                log.error("%s Keeping the address book loaded before.", e)
+        finally:
+            self._mutex.release()
+
+    def _save(self, book: _Book) -> None:
+        data = (json.dumps(book.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        for attempt in range(10):
+            try:
+                atomic_write(self.path, data, mode=0o600)
+                break
+            except PermissionError as e:
+                # Windows refuses to replace a file another process is reading; that is brief.
+                if os.name != "nt" or attempt == 9:
+                    raise AddressError(f"Could not save {self.path}: {e.strerror or e}.") from e
+                time.sleep(0.05)
+            except OSError as e:
+                raise AddressError(f"Could not save {self.path}: {e.strerror or e}.") from e
+        self._book, self._signature, self._loaded = book, self._stat(), True
+
+    def _edit(self, subject: str, change: Callable[[_Book], None], accounts: set[str] | None,
+              local_domains: Iterable[str]) -> None:
+        domains = _norm_domains(local_domains)
+        with self._mutex, _file_lock(self.lock_path):
+            old = self._refresh(locked=True, strict=True)  # another process may have edited
+            new = old.copy()
+            change(new)
+            before = {m for _, m in problems_of(old, accounts, domains)}
+            refused = [m for s, m in problems_of(new, accounts, domains)
+                       if s == subject or m not in before]
+            if refused:
+                raise AddressError("; ".join(dict.fromkeys(refused)) + ".")
+            self._save(new)
+
+    def _refuse_if_used(self, book: _Book, addr: str) -> None:
+        users = sorted(a for a in set(book.aliases) | set(book.groups)
+                       if a != addr and addr in (book.rewrite(t) for t in book.targets(a)))
+        if users:
+            raise AddressError(f"{addr} is a target of {', '.join(users)}; remove it there first.")
+
+    # ----- editing -----
+    def set_alias(self, address: str, targets: list[str], *, accounts: set[str],
+                  local_domains: set[str]) -> None:
+        addr, clean = address.strip().lower(), _clean_targets(targets)
+        self._edit(addr, lambda b: b.aliases.__setitem__(addr, clean), accounts, local_domains)
+        log.info("Alias %s -> %s", addr, ", ".join(clean))
+
+    def remove_alias(self, address: str) -> None:
+        addr = address.strip().lower()
+
+        def change(book: _Book) -> None:
+            if book.aliases.pop(addr, None) is None:
+                raise AddressError(f"There is no alias {addr}.")
+            self._refuse_if_used(book, addr)
+        self._edit(addr, change, None, ())
+        log.info("Removed alias %s", addr)
+
+    def set_group(self, address: str, members: list[str], senders: str, *, accounts: set[str],
+                  local_domains: set[str]) -> None:
+        addr, clean = address.strip().lower(), _clean_targets(members)
+        if senders not in SENDER_MODES:
+            raise AddressError(f"group {addr}: who may send must be one of "
+                               f"{', '.join(SENDER_MODES)}, not {senders!r}.")
+        self._edit(addr, lambda b: b.groups.__setitem__(addr, Group(tuple(clean), senders)),
+                   accounts, local_domains)
+        log.info("Group %s (%d members, senders: %s)", addr, len(clean), senders)
+
+    def remove_group(self, address: str) -> None:
+        addr = address.strip().lower()
+
+        def change(book: _Book) -> None:
+            if book.groups.pop(addr, None) is None:
+                raise AddressError(f"There is no group {addr}.")
+            self._refuse_if_used(book, addr)
+        self._edit(addr, change, None, ())
+        log.info("Removed group %s", addr)
+
+    def set_catch_all(self, domain: str, account: str | None, *, accounts: set[str],
+                      local_domains: set[str]) -> None:
+        """Send unknown recipients of ``domain`` to ``account``; None turns it off."""
+        dom = domain.strip().lower().rstrip(".")
+
+        def change(book: _Book) -> None:
+            if account is None:
+                book.catch_all.pop(dom, None)
+            else:
+                book.catch_all[dom] = account.strip().lower()
+        self._edit(dom, change, accounts, local_domains)
+        log.info("Catch-all of %s: %s", dom, account or "off")
+
+    def set_domain_alias(self, alias_domain: str, target_domain: str | None, *,
+                         local_domains: set[str], accounts: set[str] | None = None) -> None:
+        """``x@alias_domain`` delivers as ``x@target_domain``; None removes the alias.
+        With ``accounts``, an alias domain that has accounts of its own is refused too."""
+        dom = alias_domain.strip().lower().rstrip(".")
+
+        def change(book: _Book) -> None:
+            if target_domain is None:
+                if book.domain_aliases.pop(dom, None) is None:
+                    raise AddressError(f"There is no domain alias {dom}.")
+            else:
+                book.domain_aliases[dom] = target_domain.strip().lower().rstrip(".")
+        self._edit(dom, change, accounts, local_domains)
+        log.info("Domain alias %s -> %s", dom, target_domain or "(removed)")
+
+    # ----- reading -----
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the book in the file's layout, for ``list`` commands and the GUI."""
+        self.maybe_reload()
+        doc = self._book.to_json()
+        del doc["version"]
+        return doc
+
+    def problems(self, *, accounts: set[str], local_domains: set[str]) -> list[str]:
+        """Everything wrong with the stored book now (e.g. an alias whose account was removed)."""
+        self.maybe_reload()
+        return list(dict.fromkeys(m for _, m in problems_of(self._book, accounts,
+                                                             _norm_domains(local_domains))))
+
+    def accepted_domains(self, local_domains: set[str]) -> set[str]:
+        """The local domains plus the alias domains that point at one of them."""
+        domains = _norm_domains(local_domains)
+        self.maybe_reload()
+        return domains | {a for a, t in self._book.domain_aliases.items() if t in domains}
+
+    def expand(self, address: str, sender: str, *, is_account: Callable[[str], bool],
+               local_domains: set[str], sender_is_local: bool) -> Expansion:
+        """Where mail for ``address`` goes; see the module docstring for the rules."""
+        self.maybe_reload()
+        book, domains = self._book, _norm_domains(local_domains)
+        start = book.rewrite(address)
+        if _domain(start) not in domains:
+            return Expansion(remote=[address.strip()])
+        if not (is_account(start) or start in book.aliases or start in book.groups
+                or _catch_all(book, start, is_account)):
+            return Expansion(known=False)
+        result = Expansion()
+        seen: set[str] = set()
+        stack = [(address.strip(), 0, False)]  # (as written, depth, inside a group)
+        while stack:
+            written, depth, in_group = stack.pop()
+            addr = book.rewrite(written)
+            if addr in seen:
+                continue
+            seen.add(addr)
+            if depth > MAX_DEPTH:
+                log.warning("%s nests deeper than %d levels; refused", start, MAX_DEPTH)
+                return Expansion(refusal=f"{start} nests aliases and groups too deeply")
+            if _domain(addr) not in domains:
+                result.remote.append(written)
+            elif is_account(addr):
+                result.accounts.append(addr)
+            elif addr in book.aliases or addr in book.groups:
+                group = book.groups.get(addr)
+                if group is not None and not in_group:
+                    refusal = _sender_refusal(book, addr, group, sender, sender_is_local)
+                    if refusal:
+                        return Expansion(refusal=refusal)
+                stack += [(t, depth + 1, in_group or group is not None)
+                          for t in reversed(book.targets(addr))]
+            elif (target := _catch_all(book, addr, is_account)):
+                if target not in seen:
+                    seen.add(target)
+                    result.accounts.append(target)
+            else:
+                log.warning("%s: %s is not an account, alias or group; skipped", start, addr)
+            if len(result.accounts) + len(result.remote) > MAX_TARGETS:
+                # Delivering to part of a list would be silent loss; the sender learns instead.
+                log.warning("%s expands to more than %d addresses; refused", start, MAX_TARGETS)
+                return Expansion(refusal=f"{start} expands to more than {MAX_TARGETS} addresses")
+        if not result.accounts and not result.remote:
+            result.refusal = f"{start} delivers to no existing address"
+        return result
+
+
+def _catch_all(book: _Book, addr: str, is_account: Callable[[str], bool]) -> str:
+    target = book.catch_all.get(_domain(addr), "").lower()
+    return target if target and is_account(target) else ""
+
+
+def _sender_refusal(book: _Book, addr: str, group: Group, sender: str,
+                    sender_is_local: bool) -> str:
+    if group.senders == "members":
+        if not sender or book.rewrite(sender) not in {book.rewrite(m) for m in group.members}:
+            return f"only members of {addr} may send to it"
+    elif group.senders == "local" and not sender_is_local:
+        return f"only senders of this server's domains may send to {addr}"
+    return ""
