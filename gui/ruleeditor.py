@@ -14,7 +14,7 @@ from typing import Callable
 from ismail import config
 from ismail.config import Settings
 
-from .widgets import PAD, ErrorLabel, Window, place_over
+from .widgets import PAD, ErrorLabel, Window, ok_cancel_row, place_over
 
 WHERE = {"Subject": "subject", "From": "from", "To": "to", "All headers": "headers",
          "One header": "header:", "Body": "body"}
@@ -102,15 +102,7 @@ class RuleEditor(Window):
         self.enabled_box.grid(row=10, column=1, sticky="w", pady=(PAD, 0))
         self.error = ErrorLabel(body, wraplength=440, row=11, column=0, columnspan=2, sticky="w",
                                 pady=(PAD // 2, 0))
-        buttons = ttk.Frame(body)
-        buttons.grid(row=12, column=0, columnspan=2, sticky="e", pady=(PAD, 0))
-        self.ok_button = ttk.Button(buttons, text="OK", default="active", command=self.ok)
-        self.ok_button.pack(side="left", padx=(0, PAD // 2))
-        self.cancel_button = ttk.Button(buttons, text="Cancel", command=self.cancel)
-        self.cancel_button.pack(side="left")
-        self.bind("<Return>", lambda e: self.ok())
-        self.bind("<Escape>", lambda e: self.cancel())
-        self.protocol("WM_DELETE_WINDOW", self.cancel)
+        ok_cancel_row(self, body, 12)
         self._sync_states()
         place_over(self, parent)
         self.deiconify()

@@ -108,6 +108,20 @@ class Window(tk.Toplevel):
             pass
 
 
+def ok_cancel_row(window, body: ttk.Frame, row: int) -> None:
+    """The OK and Cancel buttons of a small dialog (``window.ok``/``window.cancel``), with
+    Return, Escape and the close box bound to them."""
+    buttons = ttk.Frame(body)
+    buttons.grid(row=row, column=0, columnspan=2, sticky="e", pady=(PAD, 0))
+    window.ok_button = ttk.Button(buttons, text="OK", default="active", command=window.ok)
+    window.ok_button.pack(side="left", padx=(0, PAD // 2))
+    window.cancel_button = ttk.Button(buttons, text="Cancel", command=window.cancel)
+    window.cancel_button.pack(side="left")
+    window.bind("<Return>", lambda e: window.ok())
+    window.bind("<Escape>", lambda e: window.cancel())
+    window.protocol("WM_DELETE_WINDOW", window.cancel)
+
+
 class Query(Window):
     """A small modal question with fields, OK and Cancel; ``check`` returns an error or None.
 
@@ -141,15 +155,7 @@ class Query(Window):
         row = len(fields) + 1
         self.error = ErrorLabel(body, wraplength=380, row=row, column=0, columnspan=2, sticky="w",
                                 pady=(PAD // 2, 0))
-        buttons = ttk.Frame(body)
-        buttons.grid(row=row + 1, column=0, columnspan=2, sticky="e", pady=(PAD, 0))
-        self.ok_button = ttk.Button(buttons, text="OK", default="active", command=self.ok)
-        self.ok_button.pack(side="left", padx=(0, PAD // 2))
-        self.cancel_button = ttk.Button(buttons, text="Cancel", command=self.cancel)
-        self.cancel_button.pack(side="left")
-        self.bind("<Return>", lambda e: self.ok())
-        self.bind("<Escape>", lambda e: self.cancel())
-        self.protocol("WM_DELETE_WINDOW", self.cancel)
+        ok_cancel_row(self, body, row + 1)
         place_over(self, parent)
         self.deiconify()
         if self.entries:

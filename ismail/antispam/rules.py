@@ -51,6 +51,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..textutil import bytes_to_text
 from .regexcheck import LINE_PIECE, regex_danger
 
 log = logging.getLogger("ismail.antispam")
@@ -132,7 +133,7 @@ class _View:
         if self._headers is None:
             head = self.message[:HEADER_LIMIT]
             end = _header_end(head)
-            text = _text(head[:end] if end >= 0 else head)
+            text = bytes_to_text(head[:end] if end >= 0 else head)
             # RFC 5322 unfolding: a line break followed by white space is removed.
             text = re.sub(r"\r?\n(?=[ \t])", "", text)
             self._headers = []
@@ -175,7 +176,7 @@ class _View:
             payload = part.get_payload(decode=True)
             if not isinstance(payload, bytes):
                 continue
-            text = _text(payload[:4 * self.max_body], part.get_content_charset())
+            text = bytes_to_text(payload[:4 * self.max_body], part.get_content_charset())
             texts.append(text[:self.max_body - size])
             size += len(texts[-1])
             if size >= self.max_body:
@@ -186,17 +187,6 @@ class _View:
 def _header_end(data: bytes) -> int:
     ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
     return min(ends) if ends else -1
-
-
-def _text(data: bytes, charset: str | None = None) -> str:
-    """Bytes as text: the declared charset, else UTF-8, else Latin-1 (which never fails)."""
-    for name in (charset, "utf-8"):
-        if name:
-            try:
-                return data.decode(name)
-            except (LookupError, UnicodeDecodeError):
-                pass
-    return data.decode("latin-1")
 
 
 def _decode_words(value: str) -> str:

@@ -38,6 +38,8 @@ from datetime import date, datetime
 from email.utils import getaddresses
 from typing import Callable, Iterable, Protocol, Sequence, Union
 
+from ..textutil import bytes_to_text
+
 Token = Union[str, bytes, list]
 SeqSet = tuple[tuple[Union[int, None], Union[int, None]], ...]  # None stands for "*"
 
@@ -462,7 +464,7 @@ _LOGICAL_LINE = re.compile(rb"\r?\n(?![ \t])")  # a line break that is not a fol
 
 def parse_fields(raw: bytes) -> list[tuple[str, str]]:
     """Header fields as (name, unfolded value) pairs, in order; junk lines are skipped."""
-    return [(name.decode("latin-1"), _to_text(value, None)) for name, value in raw_fields(raw)]
+    return [(name.decode("latin-1"), bytes_to_text(value, None)) for name, value in raw_fields(raw)]
 
 
 def raw_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
@@ -510,13 +512,13 @@ def decode_words(value: str) -> str:
         gap = value[pos:m.start()]
         charset = m.group(1).split("*")[0]  # RFC 2231 adds "*language"
         if gap.strip() or charset.lower() != pending_charset.lower():
-            out.append(_to_text(pending, pending_charset))
+            out.append(bytes_to_text(pending, pending_charset))
             pending = b""
             if gap.strip() or pos == 0:  # white space between two words goes (§6.2)
                 out.append(gap)
         pending += _word_bytes(m.group(2), m.group(3))
         pending_charset, pos = charset, m.end()
-    out.append(_to_text(pending, pending_charset))
+    out.append(bytes_to_text(pending, pending_charset))
     out.append(value[pos:])
     return "".join(out)
 
@@ -531,17 +533,6 @@ def _word_bytes(encoding: str, text: str) -> bytes:
         return data
 
 
-def _to_text(data: bytes, charset: str | None) -> str:
-    """Bytes as text: the declared charset, else UTF-8, else Latin-1 (never fails)."""
-    for name in (charset, "utf-8"):
-        if name:
-            try:
-                return data.decode(name)
-            except (LookupError, UnicodeDecodeError):
-                pass
-    return data.decode("latin-1")
-
-
 _TAG = re.compile(r"<[^<>]*>")  # [^<>] keeps it linear on a flood of "<"
 
 
@@ -554,12 +545,12 @@ def message_text(message: bytes) -> str:
         return "\n".join(_part_text(p) for p in email.message_from_bytes(message).walk()
                          if p.get_content_maintype() == "text" and not p.is_multipart())
     except RecursionError:
-        return _to_text(message[len(split_header(message)):], None)
+        return bytes_to_text(message[len(split_header(message)):], None)
 
 
 def _part_text(part: email.message.Message) -> str:
     payload = part.get_payload(decode=True)
-    text = _to_text(payload if isinstance(payload, bytes) else b"", part.get_content_charset())
+    text = bytes_to_text(payload if isinstance(payload, bytes) else b"", part.get_content_charset())
     if part.get_content_subtype() == "html":
         text = html.unescape(_TAG.sub("", text))
     return text
@@ -609,7 +600,7 @@ class MessageContext:
     def header(self, name: str) -> list[str]:
         key = name.lower()
         if key not in self._decoded:
-            self._decoded[key] = [decode_words(_to_text(v, None))
+            self._decoded[key] = [decode_words(bytes_to_text(v, None))
                                   for v in field_values(self.header_bytes(), key)]
         return self._decoded[key]
 
