@@ -30,6 +30,7 @@ from .antispam.state import AntispamState
 from .mailauth.authres import header as authres_header, remove_ours
 from .queue.dns import Resolver, parse_server
 from .store.accounts import AccountStore
+from .store.addressbook import AddressBook, Expansion
 from .config import ListenEntry, Settings
 from .fsutil import DirSync, new_queue_id
 from .net.guard import Guard
@@ -69,6 +70,7 @@ class MailServer:
         self.limiter = ConnectionLimiter(settings.incoming.max_connections,
                                          settings.incoming.max_per_host)
         self.accounts = AccountStore(self.data_dir)
+        self.addresses = AddressBook(self.data_dir)
         self.dirsync = DirSync()
         self.spool = Spool(self.data_dir / "queue", self.dirsync)
         self.spill_dir = self.spool.tmp
@@ -117,6 +119,7 @@ class MailServer:
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.accounts.load()
+            self.addresses.load()
             queued = self.spool.prepare()
             clean_tmp(self.accounts.mailbox_root)
         except OSError as e:
@@ -298,6 +301,19 @@ class MailServer:
 
     def lookup_forwards(self, local: str, domain: str) -> list[str]:
         return self.accounts.forwards_for(local, domain)
+
+    def is_alias_domain(self, domain: str) -> bool:
+        return self.addresses.alias_target(domain, self.policy.local_domains) is not None
+
+    def is_account(self, address: str) -> bool:
+        local, _, domain = address.rpartition("@")
+        return self.accounts.mailbox_for(local, domain) is not None
+
+    def expand(self, address: str, sender: str, sender_is_local: bool) -> Expansion:
+        """Aliases, groups, catch-all and domain aliases (DATA/addresses.json) for ``address``."""
+        return self.addresses.expand(address, sender, is_account=self.is_account,
+                                     local_domains=self.policy.local_domains,
+                                     sender_is_local=sender_is_local)
 
     def srs(self) -> SRS | None:
         """The Sender Rewriting Scheme of the primary domain; None when switched off."""

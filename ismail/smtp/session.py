@@ -33,6 +33,7 @@ from ..stats import Stats
 
 if TYPE_CHECKING:
     from ..antispam.engine import ClientChecks
+    from ..store.addressbook import Expansion
 
 log = logging.getLogger("ismail.session")
 
@@ -53,6 +54,8 @@ class Server(Protocol):
 
     def lookup_mailbox(self, local: str, domain: str) -> Path | None: ...
     def lookup_forwards(self, local: str, domain: str) -> list[str]: ...
+    def is_alias_domain(self, domain: str) -> bool: ...  # delivers as one of our domains
+    def expand(self, address: str, sender: str, sender_is_local: bool) -> "Expansion": ...
     def reverse_srs(self, address: str) -> str | None: ...  # None: not an SRS address of ours
     def accept_message(self, envelope: "Envelope", body: MessageBuffer) -> None: ...
     def check_login(self, address: str, password: str, ip: str) -> str: ...  # ok | failed | banned
@@ -437,20 +440,11 @@ class Session:
             domain = self.settings.primary_domain
         address = f"{path.address}@{domain}" if not path.domain else path.address
         # A source route is ignored (RFC 5321 §3.6.1); strangers using one were refused above.
-        if self.policy.is_local_domain(domain):
-            if is_srs_local(local):
+        local_domain = self.policy.is_local_domain(domain)
+        if local_domain or self.server.is_alias_domain(domain):
+            if local_domain and is_srs_local(local):
                 return self._route_srs(address)
-            box = self.server.lookup_mailbox(local, domain)
-            if box is None:
-                return self._unknown(address)
-            if self._checked:
-                refusal = self.checks.rcpt(address)
-                if refusal is not None:
-                    return refusal
-            self._rcpts.append(address)
-            self._mailboxes[address] = box
-            self._add_forwards(local, domain)
-            return reply(250, "2.1.5", "Ok")
+            return self._route_local(address, local, domain, local_domain)
         if not may_relay:
             self.server.stats.add("relay_refused")
             return reply(554, "5.7.1", f"<{address}>: Relay access denied")
@@ -459,6 +453,52 @@ class Session:
             return reply(250, "2.1.5", "Ok")
         self._rcpts.append(address)
         return reply(250, "2.1.5", "Ok")
+
+    def _route_local(self, address: str, local: str, domain: str, local_domain: bool) -> bytes:
+        """A recipient of one of our domains: an account (the common case, one lookup), else
+        an alias, a group, a catch-all or a domain alias, expanded by the address book."""
+        box = self.server.lookup_mailbox(local, domain) if local_domain else None
+        if box is not None:
+            accounts, remote = [(address, box)], []
+        else:
+            found = self.server.expand(address, self._mail.address, self._sender_is_local())
+            if not found.known:
+                return self._unknown(address)
+            if found.refusal:
+                return reply(550, "5.7.1", f"<{address}>: Recipient address rejected: {found.refusal}")
+            accounts = []
+            for target in found.accounts:
+                t_local, _, t_domain = target.rpartition("@")
+                t_box = self.server.lookup_mailbox(t_local, t_domain)
+                if t_box is not None:  # an account removed a moment ago: the rest still get it
+                    accounts.append((target, t_box))
+            remote = found.remote
+            if not accounts and not remote:
+                return self._unknown(address)
+        if self._checked:
+            refusal = self.checks.rcpt(address)
+            if refusal is not None:
+                return refusal
+        for target, t_box in accounts:
+            if target not in self._mailboxes:
+                if target not in self._rcpts:
+                    self._rcpts.append(target)
+                self._mailboxes[target] = t_box
+            t_local, _, t_domain = target.rpartition("@")
+            self._add_forwards(t_local, t_domain)
+        for target in remote:
+            # An alias or group member elsewhere: sent on as a forward is (SRS, issue 12).
+            if target not in self._rcpts:
+                self._rcpts.append(target)
+                self._forwarded.add(target)
+        return reply(250, "2.1.5", "Ok")
+
+    def _sender_is_local(self) -> bool:
+        """For groups open to "local senders only": a sender address of our domains, from a
+        client that logged in or is in trusted_networks (anyone can write such an address)."""
+        if not (self.authenticated or self.trusted) or self._mail is None:
+            return False
+        return self.policy.is_local_domain(self._mail.domain or "")
 
     def _unknown(self, address: str) -> bytes:
         self._unknown_rcpts += 1

@@ -355,6 +355,12 @@ class AddressBook:
         self.maybe_reload()
         return domains | {a for a, t in self._book.domain_aliases.items() if t in domains}
 
+    def alias_target(self, domain: str, local_domains: set[str]) -> str | None:
+        """The local domain that ``domain`` is an alias of, or None (the hot path of RCPT)."""
+        self.maybe_reload()
+        target = self._book.domain_aliases.get(domain.lower().rstrip("."))
+        return target if target is not None and target in local_domains else None
+
     def expand(self, address: str, sender: str, *, is_account: Callable[[str], bool],
                local_domains: set[str], sender_is_local: bool) -> Expansion:
         """Where mail for ``address`` goes; see the module docstring for the rules."""
