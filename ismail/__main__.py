@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__, cli_mailauth, loadtest
+from . import __version__, cli_addresses, cli_mailauth, loadtest
 from .admin import AccountError, Admin
 from .config import ConfigError, Settings, load, redacted, resolve_data_dir, settings_path
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(messages/s, latency; like Postfix's smtp-source)")
     loadtest.add_arguments(load)
     cli_mailauth.add_arguments(sub)
+    cli_addresses.add_arguments(sub)
     return p
 
 
@@ -111,8 +112,11 @@ def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
             admin.account_passwd(args.address, read_password(confirm=True))
             print(f"password changed for {args.address.lower()}")
         elif args.action == "remove":
-            admin.account_remove(args.address)
+            users = admin.account_remove(args.address)
             print(f"removed {args.address.lower()}; its mailbox folder was kept")
+            if users:
+                print(f"ismail: warning: {args.address.lower()} is still named by {', '.join(users)}; "
+                      "they skip it until you change them", file=sys.stderr)
     except AccountError as e:
         raise CommandError(str(e)) from e
     return 0
@@ -218,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_mailauth.cmd_dkim(args, data_dir, load_settings(data_dir), CommandError)
         if args.command == "dns":
             return cli_mailauth.cmd_dns(args, data_dir, load_settings(data_dir), CommandError)
+        if args.command in cli_addresses.COMMANDS:
+            return cli_addresses.cmd_addresses(args, data_dir, load_settings(data_dir), CommandError)
         if args.command == "check-port":
             from .porttest import cli_check_port
             return cli_check_port(args.host, args.port)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Iterable, NamedTuple
 from .queue.scheduler import FLUSH_FILE
 from .queue.spool import QueueEntry, Spool
 from .store.accounts import AccountError, AccountInfo, AccountStore
+from .store.addressbook import AddressBook
 from .store.folders import INBOX, FolderError, MailStore
 from .store.folders_box import Box, size_from_key
 from .store.uidlist import CorruptIndex, UidList
@@ -58,6 +59,7 @@ class Admin:
         self.server = server
         self._spool = Spool(self.data_dir / "queue")
         self._store: AccountStore | None = None
+        self._book: AddressBook | None = None
 
     def _running(self) -> "MailServer | None":
         server = self.server
@@ -159,11 +161,44 @@ class Admin:
         return self.account_store.list(domains)
 
     def account_add(self, address: str, password: str, domains: Iterable[str]) -> AccountInfo:
+        book = self.address_book.snapshot()
+        addr = address.strip().lower()
+        for kind in ("aliases", "groups"):
+            if addr in book[kind]:
+                raise AccountError(f"{addr} is already {'an alias' if kind == 'aliases' else 'a group'}; "
+                                   "remove it first, or choose another address.")
+        if addr.rpartition("@")[2] in book["domain_aliases"]:
+            raise AccountError(f"{addr.rpartition('@')[2]} is a domain alias of "
+                               f"{book['domain_aliases'][addr.rpartition('@')[2]]}; add the account "
+                               "there instead.")
         return self.account_store.add(address, password, domains)
 
-    def account_remove(self, address: str) -> None:
-        """The account goes; its mailbox folder and the mail in it stay."""
+    def account_remove(self, address: str) -> list[str]:
+        """The account goes; its mailbox folder and the mail in it stay.  Returns the aliases,
+        groups and catch-alls that name it (they skip it from now on), for a warning."""
         self.account_store.remove(address)
+        addr = address.strip().lower()
+        book = self.address_book.snapshot()
+        users = [f"alias {a}" for a, t in book["aliases"].items() if addr in (x.lower() for x in t)]
+        users += [f"group {g}" for g, v in book["groups"].items()
+                  if addr in (x.lower() for x in v["members"])]
+        users += [f"catch-all of {d}" for d, t in book["catch_all"].items() if t.lower() == addr]
+        return users
+
+    # -- aliases, groups, catch-all, domain aliases ------------------------------------------------
+    @property
+    def address_book(self) -> AddressBook:
+        """The running server's address book, else one of our own on the same file."""
+        server = self._running()
+        if server is not None:
+            return server.addresses
+        if self._book is None:
+            self._book = AddressBook(self.data_dir)
+            self._book.load()
+        return self._book
+
+    def account_addresses(self, domains: Iterable[str]) -> set[str]:
+        return {info.address for info in self.account_list(domains)}
 
     def account_passwd(self, address: str, password: str) -> None:
         self.account_store.set_password(address, password)

@@ -122,8 +122,9 @@ def problems_of(book: _Book, accounts: set[str] | None,
             out.append((dom, f"{subject}: {dom} is not one of ISMail's domains"))
         if (problem := address_problem(target)):
             out.append((dom, f"{subject}: {target!r} {problem}"))
-        elif _domain(target.lower()) != dom or (known is not None and target.lower() not in known):
-            out.append((dom, f"{subject}: {target} is not an account of {dom}"))
+        elif _domain(target.lower()) not in domains or (known is not None and target.lower() not in known):
+            # Any local account may collect a domain's unknown addresses (hMailServer's rule).
+            out.append((dom, f"{subject}: {target} is not an account here"))
     out += _graph_problems(book)
     return out
 
