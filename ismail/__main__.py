@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__, cli_addresses, cli_mailauth, loadtest
+from . import __version__, cli_addresses, cli_mailauth, cli_routes, loadtest
 from .admin import AccountError, Admin
 from .config import ConfigError, Settings, load, redacted, resolve_data_dir, settings_path
 
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     loadtest.add_arguments(load)
     cli_mailauth.add_arguments(sub)
     cli_addresses.add_arguments(sub)
+    cli_routes.add_arguments(sub)
     return p
 
 
@@ -224,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             return cli_mailauth.cmd_dns(args, data_dir, load_settings(data_dir), CommandError)
         if args.command in cli_addresses.COMMANDS:
             return cli_addresses.cmd_addresses(args, data_dir, load_settings(data_dir), CommandError)
+        if args.command in cli_routes.COMMANDS:
+            return cli_routes.cmd_routes(args, data_dir, load_settings(data_dir), CommandError,
+                                         read_password)
         if args.command == "check-port":
             from .porttest import cli_check_port
             return cli_check_port(args.host, args.port)

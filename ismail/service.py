@@ -31,6 +31,8 @@ from .mailauth.authres import header as authres_header, remove_ours
 from .queue.dns import Resolver, parse_server
 from .store.accounts import AccountStore
 from .store.addressbook import AddressBook, Expansion
+from .store.dedupe import DuplicateFilter, top_received
+from .store.routes import Routes
 from .config import ListenEntry, Settings
 from .fsutil import DirSync, new_queue_id
 from .net.guard import Guard
@@ -71,6 +73,8 @@ class MailServer:
                                          settings.incoming.max_per_host)
         self.accounts = AccountStore(self.data_dir)
         self.addresses = AddressBook(self.data_dir)
+        self.routes = Routes(self.data_dir)
+        self.duplicates = DuplicateFilter(self.data_dir, self.accounts.mailbox_root)
         self.dirsync = DirSync()
         self.spool = Spool(self.data_dir / "queue", self.dirsync)
         self.spill_dir = self.spool.tmp
@@ -120,6 +124,8 @@ class MailServer:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.accounts.load()
             self.addresses.load()
+            self.routes.load()
+            self.duplicates.load()
             queued = self.spool.prepare()
             clean_tmp(self.accounts.mailbox_root)
         except OSError as e:
@@ -156,6 +162,7 @@ class MailServer:
             time.sleep(0.05)
         self.workers.stop()
         self.antispam_state.stop()  # saves the greylist
+        self.duplicates.close()
         # Its thread ends; a new executor starts none until a login needs it (after a restart).
         self._password_checker.shutdown(wait=False)
         self._password_checker = _password_executor()
@@ -315,6 +322,27 @@ class MailServer:
                                      local_domains=self.policy.local_domains,
                                      sender_is_local=sender_is_local)
 
+    def relay_accepts(self, address: str) -> bool | None:
+        """A relay domain's recipient (we are its backup MX): True to queue it for the
+        domain's primary, False when the domain lists its recipients and this is not one;
+        None for any other domain."""
+        return self.routes.relay_accepts(address)
+
+    def etrn(self, domain: str) -> int | None:
+        """ETRN (RFC 1985): send what waits for a relay domain now; how many messages."""
+        if self.routes.relay_domain(domain) is None or self.qmgr is None:
+            return None
+        count = self.qmgr.flush_domain(domain)
+        log.info("ETRN %s: %d message(s) due now", domain, count)
+        return count
+
+    def lifetime_hours(self, domain: str) -> int:
+        """How long mail for ``domain`` may wait before it bounces (relay domains may differ)."""
+        relay = self.routes.relay_domain(domain)
+        if relay is not None and relay.lifetime_hours:
+            return relay.lifetime_hours
+        return self.settings.retry.lifetime_hours
+
     def srs(self) -> SRS | None:
         """The Sender Rewriting Scheme of the primary domain; None when switched off."""
         settings = self.settings
@@ -373,7 +401,10 @@ class MailServer:
             boxes = list(envelope.mailboxes.values())
             if envelope.folder:
                 boxes = [_folder_of(box, envelope.folder) for box in boxes]
-            placed = deliver(boxes, header, body, self.dirsync)
+            boxes, keys = self._not_delivered_yet(envelope, body, boxes)
+            if boxes:
+                placed = deliver(boxes, header, body, self.dirsync, before_commit=lambda dests:
+                                 self.duplicates.record(list(zip(keys, dests))) if keys else None)
         remote = envelope.remote_recipients
         if remote:
             if self.settings.dkim.enabled:  # signed once, here; every attempt sends these bytes
@@ -417,6 +448,29 @@ class MailServer:
         log.info("%s: from=<%s> to=%s size=%d client=%s local=%d queued=%d", envelope.id,
                  envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients), envelope.size,
                  envelope.client_ip, len(envelope.mailboxes), len(remote))
+
+    def _not_delivered_yet(self, envelope: Envelope, body: MessageBuffer,
+                           boxes: list[Path]) -> tuple[list[Path], list[str]]:
+        """The mailboxes that have not had this very message yet (store/dedupe.py: a server
+        that lost our 250 sends it again), and the journal key of each."""
+        first = next(body.chunks(), b"")
+        end = first.find(b"\r\n\r\n")
+        received = top_received(first[:end + 2] if end >= 0 else first)
+        if not received:
+            return boxes, []
+        digest = self.duplicates.digest(body.chunks())
+        fresh, keys = [], []
+        for box in dict.fromkeys(boxes):
+            key = self.duplicates.key(digest, box)
+            earlier = self.duplicates.delivered(key)
+            if earlier is not None:
+                log.info("%s: from=<%s> to %s is a copy of %s, delivered before: not stored "
+                         "again", envelope.id, envelope.sender, box, earlier.name)
+                self.stats.add("duplicates_suppressed")
+                continue
+            fresh.append(box)
+            keys.append(key)
+        return fresh, keys
 
     def _plain_results(self, envelope: Envelope) -> bytes:
         """Authentication-Results for mail that was not checked (trusted or logged-in clients)."""

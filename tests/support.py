@@ -86,10 +86,11 @@ class ServerProcess:
     """A real `python3 -m ismail run` on a loopback port, with its own data folder."""
 
     def __init__(self, settings: dict | None = None, accounts: tuple[str, ...] = ("user@example.test",),
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.owns_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ismail-test-"))
-        self.port = free_port()
+        self.host = host  # another loopback address (127.0.0.11) plays another machine
+        self.port = port or free_port(host)
         self.pop3_port = free_port()
         self.imap_port = free_port()
         base = {"server_name": "mx.example.test", "primary_domain": "example.test",
@@ -100,7 +101,7 @@ class ServerProcess:
                 # test_antispam_* turn them on, with dnsmasq.
                 "antispam": {"rdns": "off", "spf": "off", "dkim": "off", "dmarc": "off",
                  "connection_rate": 0},
-                "listen": [f"127.0.0.1:{self.port}"],
+                "listen": [f"{host}:{self.port}"],
                 "pop3": {"listen": [f"127.0.0.1:{self.pop3_port}"]},
                 "imap": {"listen": [f"127.0.0.1:{self.imap_port}"]},
                 # Nothing a test starts may send mail beyond loopback: a SmartHost on a closed
@@ -130,7 +131,7 @@ class ServerProcess:
                                           "run"], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
             try:
-                wait_for_banner("127.0.0.1", self.port, alive=self.proc)
+                wait_for_banner(self.host, self.port, alive=self.proc)
                 self._started = True
                 return self
             except AssertionError:
@@ -144,12 +145,13 @@ class ServerProcess:
 
     def _new_ports(self) -> None:
         for attr, key in (("port", "listen"), ("pop3_port", "pop3"), ("imap_port", "imap")):
-            old, new = getattr(self, attr), free_port()
+            host = self.host if key == "listen" else "127.0.0.1"
+            old, new = getattr(self, attr), free_port(host)
             setattr(self, attr, new)
             holder = self.settings if key == "listen" else self.settings.get(key, {})
             name = "listen"
             if isinstance(holder.get(name), list):
-                holder[name] = [e.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}") for e in holder[name]]
+                holder[name] = [e.replace(f"{host}:{old}", f"{host}:{new}") for e in holder[name]]
         self.write_settings()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:

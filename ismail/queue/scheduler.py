@@ -142,6 +142,7 @@ class QueueManager:
         self.spool = server.spool
         self.stats = server.stats
         self.sender = Sender(server.settings, server.stats)
+        self.sender.route_table = getattr(server, "routes", None)
         self._cond = threading.Condition()
         self._entries: dict[str, QueueEntry] = {}
         self._heap: list[tuple[float, str]] = []
@@ -212,6 +213,18 @@ class QueueManager:
             heapq.heapify(self._heap)
             self._cond.notify()
         log.info("queue flush: %d message(s) due now", len(self._heap))
+
+    def flush_domain(self, domain: str) -> int:
+        """ETRN: every message with a recipient waiting in ``domain`` is due now; how many."""
+        domain = domain.lower()
+        with self._cond:
+            due = [qid for qid, e in self._entries.items() if qid not in self._busy and any(
+                r.state == "pending" and r.address.rpartition("@")[2].lower() == domain
+                for r in e.recipients)]
+            for qid in due:
+                heapq.heappush(self._heap, (0.0, qid))
+            self._cond.notify()
+        return len(due)
 
     def delete(self, queue_id: str) -> bool:
         """Remove a message from the queue (a delivery under way finishes, then finds it gone)."""
@@ -303,13 +316,13 @@ class QueueManager:
                     self._record(entry, r, results[r.address], failed)
         entry.attempts += 1
         left = [r for r in entry.recipients if r.state == "pending"]
-        expired = now >= entry.arrival + settings.retry.lifetime_hours * 3600
-        if left and expired:
-            for r in left:
+        for r in left:
+            hours = self._lifetime_hours(r.address)  # relay domains may wait longer
+            if now >= entry.arrival + hours * 3600:
                 r.state = "bounced"
-                failed.append(FailedRecipient(r.address, "5.4.7", f"Gave up after {settings.retry.lifetime_hours}"
+                failed.append(FailedRecipient(r.address, "5.4.7", f"Gave up after {hours}"
                                               f" hours: {r.last_error}"))
-            left = []
+        left = [r for r in left if r.state == "pending"]
         if failed:
             self._bounce(entry, data, failed)
         if not left:
@@ -328,6 +341,12 @@ class QueueManager:
         log.info("%s: deferred %d recipient(s), next try in %ds: %s", entry.id, len(left), delay,
                  entry.last_error)
         self._reschedule(entry, entry.next_try)
+
+    def _lifetime_hours(self, address: str) -> int:
+        lifetime = getattr(self.server, "lifetime_hours", None)
+        if lifetime is None:
+            return self.server.settings.retry.lifetime_hours
+        return lifetime(address.rpartition("@")[2].lower())
 
     def _record(self, entry: QueueEntry, r, result: Result, failed: list[FailedRecipient]) -> None:
         r.attempts += 1

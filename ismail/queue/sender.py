@@ -122,6 +122,7 @@ class Sender:
         self.settings = settings
         self.stats = stats
         self.resolver = resolver or Resolver([_server(s) for s in settings.dns_servers] or None)
+        self.route_table = None  # store.routes.Routes: per-domain next hops and relay domains
         self._local = threading.local()
 
     def apply(self, settings: "Settings") -> None:
@@ -138,7 +139,7 @@ class Sender:
             results = self._try(self.routes(domain), sender, recipients, data, smtputf8, body)
         except RouteError as e:
             results = {r: e.result for r in recipients}
-        if sh.enabled and not sh.exclusive:
+        if sh.enabled and not sh.exclusive and not self._routed(domain):
             # The manual's rule: the SmartHost only when direct sending failed for now.
             retry = [r for r, res in results.items() if not res.sent and not res.permanent]
             if retry:
@@ -159,10 +160,35 @@ class Sender:
         return {r: failure for r in recipients}
 
     def routes(self, domain: str) -> list[Destination]:
+        table = self.route_table
+        if table is not None:
+            # A route (a fixed next hop) and a relay domain (we are its backup MX) both
+            # override the SmartHost: that mail has one right place to go.
+            route = table.route_for(domain)
+            if route is not None:
+                return [self._route(route, domain)]
+            if table.relay_domain(domain) is not None:
+                return self._direct(domain, primary_only=True)
         sh = self.settings.smarthost
         if sh.enabled and sh.exclusive:
             return [self._smarthost(self.requires_tls(domain))]
         return self._direct(domain)
+
+    def _routed(self, domain: str) -> bool:
+        table = self.route_table
+        return table is not None and (table.route_for(domain) is not None
+                                      or table.relay_domain(domain) is not None)
+
+    def _route(self, route, domain: str) -> Destination:
+        """A route's next hop.  "starttls" and "tls" encrypt without checking the certificate
+        (an office's internal server seldom has a public one: Postfix's "encrypt" level),
+        unless the domain is in require_tls_domains."""
+        verify = self.requires_tls(domain)
+        tls = route.tls
+        if verify and tls not in ("tls", "starttls"):
+            tls = "starttls"
+        return Destination(host=route.host, address=route.host, port=route.port, tls=tls,
+                           account=route.username, password=route.password, verify=verify)
 
     def requires_tls(self, domain: str) -> bool:
         """outgoing.require_tls_domains: mail for ``domain`` only over TLS with a verified
@@ -180,7 +206,7 @@ class Sender:
                            password=sh.password if sh.authenticate else "",
                            verify=verify)
 
-    def _direct(self, domain: str) -> list[Destination]:
+    def _direct(self, domain: str, primary_only: bool = False) -> list[Destination]:
         try:
             mxs = self.resolver.mx(domain)
         except NXDomain:
@@ -189,8 +215,10 @@ class Sender:
             raise RouteError(Result(450, f"4.4.3 Cannot look up the mail servers of {domain}: {e}"))
         if any(mx.host == "" for mx in mxs):
             raise RouteError(Result(556, f"5.1.10 {domain} does not accept mail (null MX)"))
-        hosts = [domain] if not mxs else _order(mxs)[:MAX_MX_HOSTS]
         port = self.settings.outgoing.mx_port
+        if primary_only and mxs:
+            mxs = self._better_than_me(domain, mxs, port)
+        hosts = [domain] if not mxs else _order(mxs)[:MAX_MX_HOSTS]
         # Opportunistic TLS as everywhere; for a domain that requires it, verified STARTTLS
         # against the MX host's name, and no sending in the clear.
         tls, verify = ("starttls", True) if self.requires_tls(domain) else ("opportunistic", False)
@@ -216,6 +244,28 @@ class Sender:
                 raise RouteError(Result(450, temporary))
             raise RouteError(Result(550, f"5.4.4 No address for the mail servers of {domain}"))
         return dests
+
+    def _better_than_me(self, domain: str, mxs: list, port: int) -> list:
+        """A backup MX sends only to the MX hosts preferred over its own record (RFC 5321
+        §5.1); if it is itself the best one, the mail waits (a DNS or settings mistake that
+        the user can fix) instead of going round in a loop."""
+        mine = [mx.preference for mx in mxs if self._is_me(mx.host, port)]
+        if not mine:
+            return mxs  # not one of the domain's MX hosts: any of them will do
+        better = [mx for mx in mxs if mx.preference < min(mine)]
+        if not better:
+            raise RouteError(Result(450, f"4.4.6 This server is the best mail server (MX) of "
+                                         f"relay domain {domain}: nowhere better to send it"))
+        return better
+
+    def _is_me(self, host: str, port: int) -> bool:
+        if host.lower().rstrip(".") == self.settings.server_name.lower():
+            return True
+        try:
+            addresses = self.resolver.addresses(host)
+        except DNSError:
+            return False
+        return any(self._is_myself(a, port) for a in addresses)
 
     def _is_myself(self, address: str, port: int) -> bool:
         try:

@@ -21,6 +21,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..config import host_name_problem
 from ..mailauth.srs import is_srs_local
 from ..net import sasl
 from .addresses import AddressSyntaxError, Path as SmtpPath, parse_argument, relay_trick
@@ -42,7 +43,7 @@ MAIL_EXTENSION_ALLOWANCE = 64  # SIZE=, BODY= and SMTPUTF8 lengthen MAIL FROM (R
 MAX_RECIPIENTS = 1000
 MAX_ERRORS = 20               # Postfix's smtpd_hard_error_limit
 
-HELP_TEXT = ["2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY",
+HELP_TEXT = ["2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY ETRN",
              "2.0.0 See RFC 5321. End data with <CR><LF>.<CR><LF>"]
 
 
@@ -56,6 +57,8 @@ class Server(Protocol):
     def lookup_forwards(self, local: str, domain: str) -> list[str]: ...
     def is_alias_domain(self, domain: str) -> bool: ...  # delivers as one of our domains
     def expand(self, address: str, sender: str, sender_is_local: bool) -> "Expansion": ...
+    def relay_accepts(self, address: str) -> bool | None: ...  # None: not a relay domain
+    def etrn(self, domain: str) -> int | None: ...  # messages now sent on; None: not allowed
     def reverse_srs(self, address: str) -> str | None: ...  # None: not an SRS address of ours
     def accept_message(self, envelope: "Envelope", body: MessageBuffer) -> None: ...
     def check_login(self, address: str, password: str, ip: str) -> str: ...  # ok | failed | banned
@@ -280,7 +283,7 @@ class Session:
             keywords.append("STARTTLS")
         if self._auth_offered() and not self.authenticated:
             keywords.append("AUTH PLAIN LOGIN")
-        return keywords + ["HELP"]
+        return keywords + ["ETRN", "HELP"]
 
     def _auth_offered(self) -> bool:
         """Passwords only over TLS, or from trusted networks, unless auth.allow_plaintext."""
@@ -445,7 +448,15 @@ class Session:
             if local_domain and is_srs_local(local):
                 return self._route_srs(address)
             return self._route_local(address, local, domain, local_domain)
-        if not may_relay:
+        relayed = self.server.relay_accepts(address)
+        if relayed is not None:  # a domain we are a backup MX (or gateway) for
+            if not relayed:
+                return self._unknown(address)
+            if self._checked:
+                refusal = self.checks.rcpt(address)
+                if refusal is not None:
+                    return refusal
+        elif not may_relay:
             self.server.stats.add("relay_refused")
             return reply(554, "5.7.1", f"<{address}>: Relay access denied")
         if address in self._rcpts:  # a forward added it already: sent directly, as asked now
@@ -594,6 +605,29 @@ class Session:
             return reply(501, "5.5.4", "Syntax: VRFY address")
         # Never confirm or deny an account: that would hand out the user list.
         return reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_ETRN(self, arg: str) -> bytes:
+        """RFC 1985: a domain's primary server, back up, asks us (its backup MX) to send what we
+        hold for it now.  Only relay domains may be named; anyone may ask, as it only moves
+        mail towards its rightful servers sooner."""
+        if self.helo is None:
+            return reply(503, "5.5.1", "Error: send HELO/EHLO first")
+        if self._mail is not None:
+            return reply(503, "5.5.1", "Error: ETRN is not allowed inside a mail transaction")
+        if not arg or " " in arg:
+            return reply(501, "5.5.4", "Syntax: ETRN domain")
+        if arg.startswith("#"):
+            return reply(458, "4.5.1", f"Unable to queue messages for node {arg}: queue names "
+                                       "are not supported")
+        node = arg.lstrip("@").rstrip(".").lower()
+        if host_name_problem(node):
+            return reply(501, "5.5.4", f"Syntax: ETRN domain ({node!r} is not a domain name)")
+        count = self.server.etrn(node)
+        if count is None:
+            return reply(459, "4.7.1", f"Node {node} not allowed: not a relay domain of this server")
+        if count == 0:
+            return reply(251, "2.0.0", f"OK, no messages waiting for node {node}")
+        return reply(253, "2.0.0", f"OK, {count} pending messages for node {node} started")
 
     def smtp_EXPN(self, arg: str) -> bytes:
         return reply(502, "5.5.1", "Error: EXPN not available")

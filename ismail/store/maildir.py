@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from ..fsutil import DirSync, fsync_dir, unique_name, write_new_file
 from ..queue.spool import MessageBuffer
@@ -56,8 +57,12 @@ def _lf_chunks(header: bytes, body: MessageBuffer, sizes: _Sizes):
 
 
 def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
-            dirsync: DirSync | None = None) -> list[Path]:
-    """Store one message in every mailbox given; returns the new files. Raises OSError."""
+            dirsync: DirSync | None = None,
+            before_commit: Callable[[list[Path]], None] | None = None) -> list[Path]:
+    """Store one message in every mailbox given; returns the new files. Raises OSError.
+
+    ``before_commit`` hears the final file names (one per mailbox, in order) after the text
+    is on disk and before any of them appears in ``new/`` (the duplicate journal)."""
     boxes = list(dict.fromkeys(mailboxes))  # a mailbox named twice gets one copy
     first = boxes[0]
     for box in boxes:
@@ -70,12 +75,16 @@ def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
     try:
         write_new_file(tmp, _lf_chunks(header, body, sizes))
         if len(boxes) == 1:
-            dest = first / "new" / (tmp.name + sizes.suffix())
-            os.replace(tmp, dest)
-            placed.append(dest)
+            dests = [first / "new" / (tmp.name + sizes.suffix())]
         else:
-            for box in boxes:
-                dest = box / "new" / (unique_name() + sizes.suffix())
+            dests = [box / "new" / (unique_name() + sizes.suffix()) for box in boxes]
+        if before_commit is not None:
+            before_commit(dests)
+        if len(boxes) == 1:
+            os.replace(tmp, dests[0])
+            placed.append(dests[0])
+        else:
+            for dest in dests:
                 _link_or_copy(tmp, dest)
                 placed.append(dest)
             tmp.unlink()

@@ -1,0 +1,244 @@
+"""Routes (a fixed next hop per destination domain) and relay domains (backup MX).
+
+Model
+-----
+``DATA/routes.json`` is one object::
+
+    {"version": 1,
+     "routes": {"corp.example": {"host": "exchange.corp.example", "port": 25,
+                                 "tls": "starttls", "username": "", "password": ""}},
+     "relay_domains": {"backup.example": {"recipients": ["ann@backup.example"],
+                                          "lifetime_hours": 480}}}
+
+* A route sends all mail for its domain to one host, instead of the MX hosts and instead
+  of the SmartHost (an internal Exchange for corp.example).  Its password is stored
+  protected (``platform.protect``: DPAPI on Windows; elsewhere the file is owner-only).
+* A relay domain is accepted without being delivered here: it is queued for the domain's
+  primary (its MX hosts preferred over this server, or its route).  ``recipients`` limits
+  what is accepted, so the backup does not take mail the primary would refuse;
+  ``lifetime_hours`` lets that mail wait longer than ``retry.lifetime_hours``.
+* Domains and hosts are compared lowercased without a trailing dot; recipients lowercased.
+* Editing re-reads the file under ``routes.json.lock`` (another process, the CLI, may have
+  changed it), validates the edited entry (``routes_rules``) and saves atomically.
+  Unknown keys, in an entry or at the top, are kept: a newer ISMail's file survives an edit.
+* A corrupt file is never overwritten: it is renamed ``routes.json.corrupt-<stamp>``,
+  logged, and there are no routes until it is restored (``load_problem`` says why).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..fsutil import atomic_write
+from .addressbook import AddressError, _file_lock
+from .routes_rules import (FORMAT_VERSION, MAX_LIFETIME_HOURS, TLS_MODES, Corrupt, RelayDomain,
+                           Route, RouteError, _Table, check_relay_target, check_route_target,
+                           clean_domain, clean_relay, clean_route, parse, problems_of)
+
+__all__ = ["Routes", "Route", "RelayDomain", "RouteError", "TLS_MODES", "FORMAT_VERSION",
+           "MAX_LIFETIME_HOURS"]
+
+log = logging.getLogger("ismail.routes")
+
+FILE_NAME = "routes.json"
+
+
+class _SetAside(RouteError):
+    pass
+
+
+class Routes:
+    """routes.json in memory; readers share one published _Table that is never mutated."""
+
+    def __init__(self, data_dir: Path, *, reload_interval: float = 1.0) -> None:
+        self.path = Path(data_dir) / FILE_NAME
+        self.lock_path = Path(data_dir) / (FILE_NAME + ".lock")
+        self.reload_interval = reload_interval
+        self.load_problem = ""  # why the last file was set aside, for the GUI
+        self._table = _Table()
+        self._mutex = threading.Lock()
+        self._signature: tuple[int, int, int] | None = None
+        self._loaded = False
+        self._next_check = 0.0
+
+    # ----- the file -----
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)  # st_ino: os.replace in one mtime tick
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(_file_lock(self.lock_path))
+            except AddressError as e:  # its text speaks of the address book
+                if isinstance(e.__cause__, OSError):
+                    raise RouteError(f"Could not create the lock file {self.lock_path}: "
+                                     f"{e.__cause__.strerror or e.__cause__}.") from e
+                raise RouteError(f"The routes are locked by {self.lock_path}; if no ISMail is "
+                                 "editing them, delete that file.") from None
+            yield
+
+    def _read(self, locked: bool) -> _Table:
+        """The table on disk; a corrupt file is set aside (under the lock, so a good file
+        written meanwhile is never the one moved), logged, and _SetAside raised."""
+        try:
+            return parse(self.path.read_bytes())
+        except FileNotFoundError:
+            return _Table()
+        except OSError as e:
+            raise RouteError(f"Could not read {self.path}: {e.strerror or e}.") from e
+        except Corrupt as e:
+            if not locked:
+                with self._locked():
+                    return self._read(locked=True)
+            aside = self.path.with_name(f"{FILE_NAME}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+                                        f"-{time.time_ns() % 1_000_000:06d}")
+            try:
+                os.replace(self.path, aside)
+            except OSError as err:
+                raise RouteError(f"{self.path} could not be used ({e}) nor renamed aside: "
+                                 f"{err.strerror or err}.") from err
+            self.load_problem = (f"{self.path} could not be used ({e}); it was set aside as "
+                                 f"{aside.name} and there are no routes or relay domains "
+                                 "until it is restored.")
+            log.error("%s", self.load_problem)
+            raise _SetAside(self.load_problem) from None
+
+    def _refresh(self, locked: bool, strict: bool) -> _Table:
+        """Re-read and publish; after a set-aside the empty table is published, and
+        ``strict`` (an edit) still raises so the admin learns of it before changing anything."""
+        signature = self._stat()  # before reading, so a racing write is seen next time
+        try:
+            table = self._read(locked)
+        except _SetAside:
+            self._table, self._signature, self._loaded = _Table(), self._stat(), True
+            if strict:
+                raise
+            return self._table
+        self._table, self._signature, self._loaded = table, signature, True
+        return table
+
+    def load(self) -> None:
+        """Read the file (missing = empty; corrupt = set aside, logged, empty)."""
+        with self._mutex:
+            self._refresh(locked=False, strict=False)
+
+    def maybe_reload(self) -> None:
+        """Pick up changes by another process: one stat per interval, never blocks delivery."""
+        now = time.monotonic()
+        if now < self._next_check or not self._mutex.acquire(blocking=False):
+            return
+        try:
+            self._next_check = now + self.reload_interval
+            if self._loaded and self._stat() == self._signature:
+                return
+            try:
+                table = self._refresh(locked=False, strict=False)
+                log.info("Reloaded %s (%d routes, %d relay domains)", self.path,
+                         len(table.routes), len(table.relays))
+            except RouteError as e:
+                self._signature, self._loaded = self._stat(), True  # log once per change
+                log.error("%s Keeping the routes loaded before.", e)
+        finally:
+            self._mutex.release()
+
+    def _save(self, table: _Table) -> None:
+        doc = table.to_json()  # may refuse: a password Windows cannot protect
+        data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        for attempt in range(10):
+            try:
+                atomic_write(self.path, data, mode=0o600)  # owner-only: it may hold passwords
+                break
+            except PermissionError as e:
+                # Windows refuses to replace a file another process is reading; that is brief.
+                if os.name != "nt" or attempt == 9:
+                    raise RouteError(f"Could not save {self.path}: {e.strerror or e}.") from e
+                time.sleep(0.05)
+            except OSError as e:
+                raise RouteError(f"Could not save {self.path}: {e.strerror or e}.") from e
+        self._table, self._signature, self._loaded = table, self._stat(), True
+
+    def _edit(self, change: Callable[[_Table], None]) -> None:
+        with self._mutex, self._locked():
+            new = self._refresh(locked=True, strict=True).copy()  # another process may have edited
+            change(new)
+            self._save(new)
+
+    # ----- editing -----
+    def set_route(self, route: Route, *, local_domains: set[str], own_names: set[str],
+                  own_ports: set[int]) -> None:
+        """Add or replace the route of ``route.domain``.  ``own_names``: this server's names
+        and the exact addresses it listens on; ``own_ports``: the ports it listens on."""
+        clean = clean_route(route)
+        check_route_target(clean, local_domains=local_domains, own_names=own_names,
+                           own_ports=own_ports)
+        self._edit(lambda t: t.put_route(clean))
+        log.info("Route %s -> %s port %d (tls: %s%s)", clean.domain, clean.host, clean.port,
+                 clean.tls, f", login {clean.username}" if clean.username else "")
+
+    def remove_route(self, domain: str) -> None:
+        dom = clean_domain(domain, "route")
+        self._edit(lambda t: t.drop_route(dom))
+        log.info("Removed the route of %s", dom)
+
+    def set_relay_domain(self, relay: RelayDomain, *, local_domains: set[str]) -> None:
+        """Add or replace the relay domain ``relay.domain`` (this server is its backup MX)."""
+        clean = clean_relay(relay)
+        check_relay_target(clean, local_domains=local_domains)
+        self._edit(lambda t: t.put_relay(clean))
+        log.info("Relay domain %s (%s; lifetime %s)", clean.domain,
+                 f"{len(clean.recipients)} recipients" if clean.recipients else "any recipient",
+                 f"{clean.lifetime_hours} hours" if clean.lifetime_hours else "retry.lifetime_hours")
+
+    def remove_relay_domain(self, domain: str) -> None:
+        dom = clean_domain(domain, "relay domain")
+        self._edit(lambda t: t.drop_relay(dom))
+        log.info("Removed the relay domain %s", dom)
+
+    # ----- reading -----
+    def route_for(self, domain: str) -> Route | None:
+        """The route of ``domain``, or None (the queue asks for every delivery)."""
+        self.maybe_reload()
+        return self._table.routes.get(domain.lower().removesuffix("."))
+
+    def relay_domain(self, domain: str) -> RelayDomain | None:
+        self.maybe_reload()
+        return self._table.relays.get(domain.lower().removesuffix("."))
+
+    def relay_accepts(self, address: str) -> bool | None:
+        """None: the address's domain is not a relay domain; True: accept it; False: the
+        domain is relayed but only for listed recipients, and this one is not listed."""
+        self.maybe_reload()
+        addr = address.strip().lower()
+        local, at, domain = addr.rpartition("@")
+        if not at:
+            return None
+        domain = domain.removesuffix(".")
+        accepts = self._table.accepts.get(domain)
+        if accepts is None:
+            return None
+        return not accepts or f"{local}@{domain}" in accepts
+
+    def routes(self) -> list[Route]:
+        self.maybe_reload()
+        return [r for _, r in sorted(self._table.routes.items())]
+
+    def relay_domains(self) -> list[RelayDomain]:
+        self.maybe_reload()
+        return [r for _, r in sorted(self._table.relays.items())]
+
+    def problems(self, *, local_domains: set[str]) -> list[str]:
+        """What is wrong with the stored entries now, e.g. a relay domain made local since,
+        or a password that cannot be opened on this computer."""
+        self.maybe_reload()
+        return problems_of(self._table, local_domains)
