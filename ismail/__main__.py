@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(no TARGET: stop forwarding)")
     fwd.add_argument("address")
     fwd.add_argument("targets", nargs="*", metavar="TARGET")
+    quota = acc_sub.add_parser("quota", help="limit an account's mailbox (MB; \"none\": no limit)")
+    quota.add_argument("address")
+    quota.add_argument("mb", metavar="MB|none")
     port = sub.add_parser("check-port", help="can this computer reach a mail server? (port 25 test)")
     port.add_argument("host", help="a mail server's name or IP, e.g. your SmartHost")
     port.add_argument("port", nargs="?", type=int, default=25)
@@ -101,11 +104,16 @@ def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
                 note = " (built in)" if info.builtin else ""
                 note += "" if info.has_password else " (no password)"
                 note += f" (copies to {', '.join(info.forward)})" if info.forward else ""
+                note += f" (quota {info.quota_mb} MB)" if info.quota_mb else ""
                 print(f"{info.address}{note}\t{info.mailbox}")
         elif args.action == "forward":
             admin.account_forward(args.address, args.targets)
             print(f"{args.address.lower()}: copies go to {', '.join(args.targets)}" if args.targets
                   else f"{args.address.lower()}: no forwarding")
+        elif args.action == "quota":
+            mb = None if args.mb.lower() == "none" else _quota_mb(args.mb)
+            admin.account_store.set_quota(args.address, mb)
+            print(f"{args.address.lower()}: " + (f"quota {mb} MB" if mb else "no quota"))
         elif args.action == "add":
             info = admin.account_add(args.address, read_password(confirm=True), domains)
             print(f"added {info.address}; mailbox {info.mailbox}")
@@ -121,6 +129,12 @@ def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
     except AccountError as e:
         raise CommandError(str(e)) from e
     return 0
+
+
+def _quota_mb(text: str) -> int:
+    if not text.isdigit():
+        raise CommandError(f"quota: {text!r} is not a number of MB (1-1048576, or \"none\")")
+    return int(text)
 
 
 def cmd_queue(args: argparse.Namespace, data_dir: Path) -> int:

@@ -25,6 +25,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Callable
 
+from .aftercare import Aftercare
 from .antispam.engine import Antispam
 from .antispam.state import AntispamState
 from .mailauth.authres import header as authres_header, remove_ours
@@ -75,6 +76,7 @@ class MailServer:
         self.addresses = AddressBook(self.data_dir)
         self.routes = Routes(self.data_dir)
         self.duplicates = DuplicateFilter(self.data_dir, self.accounts.mailbox_root)
+        self.aftercare = Aftercare(self)  # quotas and auto-replies
         self.dirsync = DirSync()
         self.spool = Spool(self.data_dir / "queue", self.dirsync)
         self.spill_dir = self.spool.tmp
@@ -322,6 +324,12 @@ class MailServer:
                                      local_domains=self.policy.local_domains,
                                      sender_is_local=sender_is_local)
 
+    def fits(self, address: str, box: Path, size: int) -> bool:
+        return self.aftercare.fits(address, box, size)
+
+    def over_quota(self, envelope: Envelope) -> list[str]:
+        return self.aftercare.over_quota(envelope)
+
     def relay_accepts(self, address: str) -> bool | None:
         """A relay domain's recipient (we are its backup MX): True to queue it for the
         domain's primary, False when the domain lists its recipients and this is not one;
@@ -448,6 +456,8 @@ class MailServer:
         log.info("%s: from=<%s> to=%s size=%d client=%s local=%d queued=%d", envelope.id,
                  envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients), envelope.size,
                  envelope.client_ip, len(envelope.mailboxes), len(remote))
+        if envelope.mailboxes or envelope.over_quota:
+            self.aftercare.after_delivery(envelope, body, placed, envelope.over_quota)
 
     def _not_delivered_yet(self, envelope: Envelope, body: MessageBuffer,
                            boxes: list[Path]) -> tuple[list[Path], list[str]]:
@@ -544,6 +554,13 @@ class _Pop3Backend:
         if not local or not self._ms.settings.is_local_domain(domain):
             return None
         return self._ms.accounts.mailbox_for(local, domain)
+
+    def quota(self, address: str) -> tuple[int, int] | None:
+        """(used, limit) bytes of the account's quota; None when it has none."""
+        return self._ms.aftercare.usage(address)
+
+    def quota_changed(self, address: str, added: int = 0) -> None:
+        self._ms.aftercare.changed(address, added)
 
     def open_maildrop(self, mailbox: Path) -> Maildrop:
         return self._ms.maildrops.open(mailbox)

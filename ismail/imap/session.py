@@ -40,6 +40,7 @@ from typing import Callable, Protocol
 from ..stats import Stats
 from ..store.folders import MailStore, NoSuchFolder, UidValidityChanged
 from . import cmd_any, cmd_auth, cmd_mailbox, cmd_list, cmd_message, cmd_search, cmd_selected  # noqa: F401
+from . import cmd_quota  # after the others: it wraps their APPEND, COPY, EXPUNGE...
 from .commands import AUTH, COMMANDS, NOT_AUTH, SELECTED, Bad, Done, No
 from .parser import LITERAL_TOO_LARGE, BadCommand, Command, CommandReader, Continue
 from .selected import Selected
@@ -115,6 +116,8 @@ class ImapSession:
             if self.tls_available and not self.tls_active:
                 caps.append("STARTTLS")
             caps.append("AUTH=PLAIN" if self.login_allowed() else "LOGINDISABLED")
+        if cmd_quota.supported(self):
+            caps += cmd_quota.CAPABILITIES
         return " ".join(caps)
 
     def login_allowed(self) -> bool:

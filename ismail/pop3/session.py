@@ -20,6 +20,10 @@ connection rather than end a short message as if it were whole.
 Extensions: CAPA, RESP-CODES, PIPELINING, TOP, UIDL, USER (RFC 2449), STLS (RFC 2595),
 SASL PLAIN and AUTH-RESP-CODE (RFC 5034, RFC 3206).  No APOP: it needs the password
 in clear on the server.
+
+Quotas: POP3 has no command for them, so the login's +OK says how full the mailbox is
+when the account has a quota ("Logged in, 45 MB of 100 MB used (45 %)"), and QUIT tells
+the backend when it removed messages.  Both backend methods are optional (getattr).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from typing import Callable, Protocol
 from ..net import sasl
 from ..stats import Stats
 from ..store.maildrop import DropMessage, Maildrop, MaildropBusy
+from ..store.quota import describe
 
 log = logging.getLogger("ismail.pop3")
 
@@ -58,6 +63,8 @@ class Backend(Protocol):
     def check_login(self, address: str, password: str, ip: str) -> str: ...  # ok | failed | banned
     def mailbox_of(self, address: str) -> Path | None: ...
     def open_maildrop(self, mailbox: Path) -> Maildrop: ...  # raises MaildropBusy or OSError
+    # Optional, for quotas (imap.cmd_quota.QuotaBackend):
+    #   quota(address) -> (used bytes, limit bytes) | None;  quota_changed(address)
 
 
 class _Refusal(Exception):
@@ -394,7 +401,20 @@ class Pop3Session:
         self._drop, self.authenticated, self.state = drop, address, TRANSACTION
         backend.stats.add("pop3_logins")
         log.info("%s: %s logged in (POP3), %d message(s)", self.client_ip, address, len(drop.messages))
-        return ok("Logged in.")
+        usage = self._quota_text(address)
+        return ok(f"Logged in, {usage}" if usage else "Logged in.")
+
+    def _quota_text(self, address: str) -> str:
+        """"45 MB of 100 MB used (45 %)" if the account has a quota; "" if not, or unknown."""
+        ask = getattr(self.backend, "quota", None)
+        if ask is None:
+            return ""
+        try:
+            quota = ask(address)
+        except OSError as e:   # the login stands; only the figure is missing
+            log.error("%s: cannot measure the mailbox of %s: %s", self.client_ip, address, e)
+            return ""
+        return describe(*quota) if quota is not None else ""
 
     @allowed_in(AUTHORIZATION, TRANSACTION)
     def pop3_APOP(self, arg: str) -> bytes:
@@ -420,6 +440,13 @@ class Pop3Session:
             self.close()
         self.deleted = removed
         self.backend.stats.add("pop3_deleted", removed)
+        tell = getattr(self.backend, "quota_changed", None)
+        if removed and tell is not None:
+            try:
+                tell(self.authenticated)
+            except Exception:   # the messages are gone either way; the figure heals by itself
+                log.exception("%s: %s: updating the quota usage failed", self.client_ip,
+                              self.authenticated)
         return ok(f"Logging out, {removed} messages deleted.")
 
     # -- TRANSACTION --------------------------------------------------------------------------

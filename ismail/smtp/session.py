@@ -57,6 +57,8 @@ class Server(Protocol):
     def lookup_forwards(self, local: str, domain: str) -> list[str]: ...
     def is_alias_domain(self, domain: str) -> bool: ...  # delivers as one of our domains
     def expand(self, address: str, sender: str, sender_is_local: bool) -> "Expansion": ...
+    def fits(self, address: str, box: Path, size: int) -> bool: ...  # under the account's quota
+    def over_quota(self, envelope: "Envelope") -> list[str]: ...
     def relay_accepts(self, address: str) -> bool | None: ...  # None: not a relay domain
     def etrn(self, domain: str) -> int | None: ...  # messages now sent on; None: not allowed
     def reverse_srs(self, address: str) -> str | None: ...  # None: not an SRS address of ours
@@ -82,6 +84,8 @@ class Envelope:
     folder: str = ""         # local copies go into this folder ("Junk" when tagged as spam)
     auth_header: bytes = b""  # Authentication-Results (and X-Spam) lines for local copies
     authenticated: str = ""   # the account the client logged in as
+    via: dict[str, str] = field(default_factory=dict)  # account -> the alias/group it came through
+    over_quota: list[str] = field(default_factory=list)  # left out: mailbox full (reported after)
 
     @property
     def remote_recipients(self) -> list[str]:
@@ -375,13 +379,14 @@ class Session:
             return reply(501, "5.1.7", f"Bad sender address syntax: {e}")
         if params and not self.esmtp:
             return reply(555, "5.5.4", "MAIL parameters need EHLO")
-        smtputf8, body = False, "7BIT"
+        smtputf8, body, declared = False, "7BIT", 0
         for key, value in params.items():
             if key == "SIZE":
                 if not value or not value.isdigit():
                     return reply(501, "5.5.4", "Bad SIZE parameter")
                 if int(value) > self.settings.max_message_bytes:
                     return reply(552, "5.3.4", "Message size exceeds fixed limit")
+                declared = int(value)
             elif key == "BODY":
                 if (value or "").upper() not in ("7BIT", "8BITMIME"):
                     return reply(501, "5.5.4", "Bad BODY parameter (7BIT or 8BITMIME)")
@@ -401,7 +406,7 @@ class Session:
             if refusal is not None:
                 return refusal
         self._mail = path
-        self._smtputf8, self._body = smtputf8, body
+        self._smtputf8, self._body, self._declared = smtputf8, body, declared
         return reply(250, "2.1.0", "Ok")
 
     @property
@@ -486,11 +491,17 @@ class Session:
             remote = found.remote
             if not accounts and not remote:
                 return self._unknown(address)
+        if self._declared and len(accounts) == 1 and not remote:
+            target, t_box = accounts[0]
+            if not self.server.fits(target, t_box, self._declared):  # RFC 1870 SIZE, RFC 3463
+                return reply(452, "4.2.2", f"<{address}>: Mailbox full, try again later")
         if self._checked:
             refusal = self.checks.rcpt(address)
             if refusal is not None:
                 return refusal
         for target, t_box in accounts:
+            if target != address.lower():
+                self._via.setdefault(target, address)
             if target not in self._mailboxes:
                 if target not in self._rcpts:
                     self._rcpts.append(target)
@@ -639,6 +650,8 @@ class Session:
         self._forwarded: set[str] = set()
         self._smtputf8 = False
         self._body = "7BIT"
+        self._declared = 0
+        self._via: dict[str, str] = {}
         buffer = getattr(self, "_data", None)
         if buffer is not None:
             buffer.close()
@@ -673,12 +686,22 @@ class Session:
                 mailboxes=dict(self._mailboxes), forwarded=set(self._forwarded),
                 helo=self.helo or "", client_ip=self.client_ip,
                 protocol=protocol, smtputf8=self._smtputf8, body_type=self._body,
-                received_at=time.time(), size=data.size, authenticated=self.authenticated)
+                received_at=time.time(), size=data.size, authenticated=self.authenticated,
+                via=dict(self._via))
             if envelope.mailboxes and self._checked:
                 refusal = self._verdict(envelope, data)
                 if refusal is not None:
                     stats.add("messages_refused")
                     return refusal
+            full = self.server.over_quota(envelope) if envelope.mailboxes else []
+            if full:
+                for address in full:
+                    del envelope.mailboxes[address]
+                    envelope.recipients.remove(address)
+                if not envelope.recipients:
+                    stats.add("messages_refused")
+                    return reply(552, "5.2.2", f"Mailbox full: {', '.join(full)}")
+                envelope.over_quota = full  # the others get it; the sender hears of these
             try:
                 self.server.accept_message(envelope, data)
             except OSError as e:

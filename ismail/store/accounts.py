@@ -11,8 +11,10 @@ Model
   Addresses are stored lowercased.  ``password`` is a salted hash (scrypt, or
   PBKDF2-SHA256 on Python builds without scrypt); the string names its
   algorithm and parameters so old hashes keep verifying if defaults change.
-  ``forward`` lists addresses that get a copy of the account's mail,
-  as are unknown per-account keys.
+  ``forward`` lists addresses that get a copy of the account's mail.
+  ``quota_mb`` (optional; absent or null = no quota) caps the account's Maildir,
+  every folder included, in MiB (1-1048576); store/quota.py measures the usage.
+  Unknown per-account keys are kept and written back unchanged.
 * Each account's mailbox is a Maildir at ``DATA/mailboxes/<domain>/<local>/``.
   Removing an account never deletes its mailbox: mail is only ever deleted by
   a person, not as a side effect of account administration.
@@ -40,7 +42,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -50,6 +52,8 @@ log = logging.getLogger("ismail.accounts")
 
 RESERVED = ("postmaster", "root")
 FORMAT_VERSION = 1
+QUOTA_MB_MIN, QUOTA_MB_MAX = 1, 1_048_576   # 1 MiB .. 1 TiB
+MB = 1024 * 1024
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN = 2**14, 8, 1, 32
 PBKDF2_ITERATIONS = 600_000
@@ -143,6 +147,7 @@ class AccountInfo:
     has_password: bool
     mailbox: Path
     forward: list[str] = field(default_factory=list)  # addresses that get a copy
+    quota_mb: int | None = None                       # None: no quota
 
 
 @dataclass
@@ -150,9 +155,17 @@ class _Account:
     password: str | None
     forward: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, round-tripped
+    quota_mb: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.extra, "password": self.password, "forward": list(self.forward)}
+        doc = {**self.extra, "password": self.password, "forward": list(self.forward)}
+        if self.quota_mb is not None:
+            doc["quota_mb"] = self.quota_mb
+        return doc
+
+
+def _valid_quota(mb: object) -> bool:
+    return type(mb) is int and QUOTA_MB_MIN <= mb <= QUOTA_MB_MAX  # type(): True is no quota
 
 
 def _split(address: str) -> tuple[str, str]:
@@ -255,10 +268,14 @@ class AccountStore:
                 raise bad(f"the password of {key!r} is not a string")
             if not isinstance(forward, list) or not all(isinstance(f, str) for f in forward):
                 raise bad(f"'forward' of {key!r} is not a list of addresses")
+            quota_mb = value.get("quota_mb")
+            if quota_mb is not None and not _valid_quota(quota_mb):
+                raise bad(f"'quota_mb' of {key!r} is {quota_mb!r}, not a whole number of MB "
+                          f"from {QUOTA_MB_MIN} to {QUOTA_MB_MAX}")
             if f"{local}@{domain}" in accounts:
                 raise bad(f"{key!r} appears twice")
-            extra = {k: v for k, v in value.items() if k not in ("password", "forward")}
-            accounts[f"{local}@{domain}"] = _Account(password, list(forward), extra)
+            extra = {k: v for k, v in value.items() if k not in ("password", "forward", "quota_mb")}
+            accounts[f"{local}@{domain}"] = _Account(password, list(forward), extra, quota_mb)
         return accounts
 
     def load(self) -> None:
@@ -372,8 +389,7 @@ class AccountStore:
                 raise AccountError(f"There is no account {addr}; add it first.")
             if local in RESERVED:  # so a first login finds a mailbox to open
                 _make_mailbox(addr, self._mailbox(local, domain))
-            accounts[addr] = _Account(hashed, old.forward if old else [],
-                                      old.extra if old else {})
+            accounts[addr] = replace(old, password=hashed) if old else _Account(hashed)
             self._save_locked(accounts)
         log.info("Changed the password of %s", addr)
 
@@ -396,9 +412,35 @@ class AccountStore:
             old = accounts.get(addr)
             if old is None and local not in RESERVED:
                 raise AccountError(f"There is no account {addr}; add it first.")
-            accounts[addr] = _Account(old.password if old else None, clean, old.extra if old else {})
+            accounts[addr] = replace(old, forward=clean) if old else _Account(None, clean)
             self._save_locked(accounts)
         log.info("Forwarding of %s set to %s", addr, ", ".join(clean) or "nobody")
+
+    def set_quota(self, address: str, mb: int | None) -> None:
+        """Cap the account's Maildir (all folders) at ``mb`` MiB; None removes the cap."""
+        local, domain = _split(address)
+        addr = _canonical(local, domain)
+        if mb is not None and not _valid_quota(mb):
+            raise AccountError(f"quota_mb of {addr} must be a whole number of MB from "
+                               f"{QUOTA_MB_MIN} to {QUOTA_MB_MAX}, or none; {mb!r} is not.")
+        with self._lock:
+            accounts = dict(self._load_locked())
+            old = accounts.get(addr)
+            if old is None and local not in RESERVED:
+                raise AccountError(f"There is no account {addr}; add it first.")
+            accounts[addr] = replace(old, quota_mb=mb) if old else _Account(None, quota_mb=mb)
+            self._save_locked(accounts)
+        log.info("Quota of %s set to %s", addr, f"{mb} MB" if mb is not None else "none")
+
+    def quota_for(self, local: str, domain: str) -> int | None:
+        """The quota of a local recipient in bytes, or None (no quota, or no such account).
+        Called for every RCPT, so it is one dict lookup; root shares postmaster's."""
+        self.maybe_reload()
+        local, domain = local.lower(), domain.lower()
+        acc = self._accounts.get(_canonical(local, domain))
+        if acc is None or acc.quota_mb is None:
+            return None
+        return acc.quota_mb * MB
 
     def forwards_for(self, local: str, domain: str) -> list[str]:
         """Where copies of a local recipient's mail go (root shares postmaster's)."""
@@ -417,14 +459,15 @@ class AccountStore:
         for addr, acc in accounts.items():
             local, _, domain = addr.rpartition("@")
             infos[addr] = AccountInfo(addr, local in RESERVED, bool(acc.password),
-                                      self._mailbox(local, domain), list(acc.forward))
+                                      self._mailbox(local, domain), list(acc.forward),
+                                      acc.quota_mb)
         for d in local_domains:
             domain = d.strip().lower().rstrip(".")
             pm = accounts.get(f"postmaster@{domain}")
             for local in RESERVED:
                 infos.setdefault(f"{local}@{domain}", AccountInfo(
                     f"{local}@{domain}", True, bool(pm and pm.password),
-                    self._mailbox(local, domain)))
+                    self._mailbox(local, domain), quota_mb=pm.quota_mb if pm else None))
         def by_domain(info: AccountInfo) -> tuple[str, str]:
             local, _, domain = info.address.rpartition("@")
             return (domain, local)
