@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__, cli_addresses, cli_mailauth, cli_routes, loadtest
+from . import __version__, cli_addresses, cli_autoreply, cli_mailauth, cli_routes, loadtest
 from .admin import AccountError, Admin
 from .config import ConfigError, Settings, load, redacted, resolve_data_dir, settings_path
 
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     quota = acc_sub.add_parser("quota", help="limit an account's mailbox (MB; \"none\": no limit)")
     quota.add_argument("address")
     quota.add_argument("mb", metavar="MB|none")
+    cli_autoreply.add_arguments(acc_sub)
     port = sub.add_parser("check-port", help="can this computer reach a mail server? (port 25 test)")
     port.add_argument("host", help="a mail server's name or IP, e.g. your SmartHost")
     port.add_argument("port", nargs="?", type=int, default=25)
@@ -110,6 +111,9 @@ def cmd_account(args: argparse.Namespace, data_dir: Path) -> int:
             admin.account_forward(args.address, args.targets)
             print(f"{args.address.lower()}: copies go to {', '.join(args.targets)}" if args.targets
                   else f"{args.address.lower()}: no forwarding")
+        elif args.action == "autoreply":
+            accounts = {info.address for info in admin.account_list(domains)}
+            return cli_autoreply.cmd_autoreply(args, data_dir, accounts, CommandError)
         elif args.action == "quota":
             mb = None if args.mb.lower() == "none" else _quota_mb(args.mb)
             admin.account_store.set_quota(args.address, mb)

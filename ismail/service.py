@@ -32,6 +32,7 @@ from .mailauth.authres import header as authres_header, remove_ours
 from .queue.dns import Resolver, parse_server
 from .store.accounts import AccountStore
 from .store.addressbook import AddressBook, Expansion
+from .store.autoreply import AutoReplies
 from .store.dedupe import DuplicateFilter, top_received
 from .store.routes import Routes
 from .config import ListenEntry, Settings
@@ -76,6 +77,7 @@ class MailServer:
         self.addresses = AddressBook(self.data_dir)
         self.routes = Routes(self.data_dir)
         self.duplicates = DuplicateFilter(self.data_dir, self.accounts.mailbox_root)
+        self.autoreplies = AutoReplies(self.data_dir)
         self.aftercare = Aftercare(self)  # quotas and auto-replies
         self.dirsync = DirSync()
         self.spool = Spool(self.data_dir / "queue", self.dirsync)
@@ -127,6 +129,7 @@ class MailServer:
             self.accounts.load()
             self.addresses.load()
             self.routes.load()
+            self.autoreplies.load()
             self.duplicates.load()
             queued = self.spool.prepare()
             clean_tmp(self.accounts.mailbox_root)

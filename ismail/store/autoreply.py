@@ -1,0 +1,338 @@
+"""Auto-replies ("vacation" messages) per account, answered by the rules of RFC 3834.
+
+Model
+-----
+``DATA/autoreply.json`` holds the settings (edited by the command line and the GUI, maybe
+in another process than the server)::
+
+    {"version": 1,
+     "replies": {"ann@example.com": {"subject": "Out of office", "body": "Back on Monday.",
+                                     "start": "2024-07-01", "end": "2024-07-14",
+                                     "days": 7, "enabled": true}}}
+
+``DATA/autoreply-sent.json`` is the server's memory of who was answered when::
+
+    {"version": 1, "sent": {"ann@example.com": {"bob@remote.org": 1719830400}}}
+
+* ``reply_for`` is asked after a message is stored for an account.  It answers None unless
+  every rule allows a reply (see ``autoreply_rules``): the reply is on today (local date,
+  ``start``..``end`` inclusive); the envelope sender is a person (not <>, not a bounce, list
+  or no-reply address, not the account itself); the message is not automatic
+  (Auto-Submitted other than "no", an older responder's X-Autoreply), not list mail
+  (List-*, Precedence bulk/list/junk) and does not ask Microsoft's responders to keep quiet
+  (X-Auto-Response-Suppress OOF or All); one of the account's addresses is in To or Cc
+  (RFC 3834 section 2: a Bcc or a list copy is not a personal message); and this sender was
+  not answered by this account in the last ``days`` days.
+* The decision and the record of it happen under one thread lock and the state file's lock,
+  and the record is saved before the reply is returned: two deliveries at once, or a crash
+  and restart, never answer a sender twice.  A record that cannot be saved means no reply.
+* The state is pruned on every save: entries older than the account's ``days`` (365 for an
+  account without an auto-reply) and, past ``MAX_SENDERS`` per account, the oldest.
+  Changing an auto-reply (anything but ``days``) forgets its senders: the new text reaches
+  everyone once.
+* Editing re-reads the settings under ``autoreply.json.lock`` (another process may have
+  changed them), checks the entry and saves atomically.  The state file has its own lock
+  ``autoreply-sent.json.lock`` because the command line forgets senders too.
+* A corrupt file is never overwritten: it is renamed ``<name>.corrupt-<stamp>``, logged,
+  and work goes on without it (no auto-replies, or an empty memory); ``load_problem`` says
+  why for the GUI.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ..fsutil import atomic_write
+from .addressbook import AddressError, _file_lock
+from .autoreply_rules import (FORMAT_VERSION, MAX_BODY, MAX_DAYS, MAX_SUBJECT, MIN_DAYS, AutoReply,
+                              AutoReplyError, Corrupt, Original, clean, clean_account, compose,
+                              one_line, own_set, parse_sent, parse_settings, sender_refusal, sent_json,
+                              settings_json)
+
+__all__ = ["AutoReplies", "AutoReply", "AutoReplyError", "FORMAT_VERSION", "MAX_BODY",
+           "MAX_DAYS", "MAX_SUBJECT", "MIN_DAYS", "MAX_SENDERS"]
+
+log = logging.getLogger("ismail.autoreply")
+
+FILE_NAME = "autoreply.json"
+SENT_NAME = "autoreply-sent.json"
+MAX_SENDERS = 10_000  # per account: a flood of forged senders must not grow the file for ever
+_DAY = 86400.0
+
+
+class _SetAside(AutoReplyError):
+    pass
+
+
+class _JsonFile:
+    """One small JSON file with its lock: read (a corrupt file set aside), stat, save."""
+
+    def __init__(self, path: Path, what: str, parse: Callable[[bytes], dict], empty: str) -> None:
+        self.path, self.what, self.parse, self.empty = path, what, parse, empty
+        self.lock_path = path.with_name(path.name + ".lock")
+        self.signature: tuple[int, int, int] | None = None
+        self.problem = ""
+
+    def stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)  # st_ino: os.replace in one mtime tick
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(_file_lock(self.lock_path))
+            except AddressError as e:  # its text speaks of the address book
+                if isinstance(e.__cause__, OSError):
+                    raise AutoReplyError(f"Could not create the lock file {self.lock_path}: "
+                                         f"{e.__cause__.strerror or e.__cause__}.") from e
+                raise AutoReplyError(f"The {self.what} are locked by {self.lock_path}; if no "
+                                     "ISMail is editing them, delete that file.") from None
+            yield
+
+    def read(self, locked: bool) -> dict:
+        """The content on disk ({} when missing); a corrupt file is set aside (under the lock,
+        so a good file written meanwhile is never the one moved), logged, _SetAside raised."""
+        try:
+            return self.parse(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise AutoReplyError(f"Could not read {self.path}: {e.strerror or e}.") from e
+        except Corrupt as e:
+            if not locked:
+                with self.locked():
+                    return self.read(locked=True)
+            aside = self.path.with_name(f"{self.path.name}.corrupt-"
+                                        f"{time.strftime('%Y%m%d-%H%M%S')}"
+                                        f"-{time.time_ns() % 1_000_000:06d}")
+            try:
+                os.replace(self.path, aside)
+            except OSError as err:
+                raise AutoReplyError(f"{self.path} could not be used ({e}) nor renamed aside: "
+                                     f"{err.strerror or err}.") from err
+            self.problem = (f"{self.path} could not be used ({e}); it was set aside as "
+                            f"{aside.name} and {self.empty} until it is restored.")
+            log.error("%s", self.problem)
+            raise _SetAside(self.problem) from None
+
+    def refresh(self, locked: bool, strict: bool) -> dict:
+        """Re-read; after a set-aside {} (``strict``, an edit, still raises)."""
+        signature = self.stat()  # before reading, so a racing write is seen next time
+        try:
+            content = self.read(locked)
+        except _SetAside:
+            self.signature = self.stat()
+            if strict:
+                raise
+            return {}
+        self.signature = signature
+        return content
+
+    def save(self, data: bytes) -> None:
+        for attempt in range(10):
+            try:
+                atomic_write(self.path, data, mode=0o600)
+                break
+            except PermissionError as e:
+                # Windows refuses to replace a file another process is reading; that is brief.
+                if os.name != "nt" or attempt == 9:
+                    raise AutoReplyError(f"Could not save {self.path}: {e.strerror or e}.") from e
+                time.sleep(0.05)
+            except OSError as e:
+                raise AutoReplyError(f"Could not save {self.path}: {e.strerror or e}.") from e
+        self.signature = self.stat()
+
+
+class AutoReplies:
+    """autoreply.json in memory (a published dict, never mutated) and the sent-state."""
+
+    def __init__(self, data_dir: Path, *, reload_interval: float = 1.0) -> None:
+        data_dir = Path(data_dir)
+        self.reload_interval = reload_interval
+        self._settings = _JsonFile(data_dir / FILE_NAME, "auto-replies", parse_settings,
+                                   "there are no auto-replies")
+        self._sent_file = _JsonFile(data_dir / SENT_NAME, "auto-reply records", parse_sent,
+                                    "every sender may get an auto-reply again")
+        self.path, self.sent_path = self._settings.path, self._sent_file.path
+        self._replies: dict[str, AutoReply] = {}
+        self._sent: dict[str, dict[str, float]] = {}
+        self._mutex = threading.Lock()        # the settings
+        self._sent_mutex = threading.Lock()   # decide + record, so a sender is answered once
+        self._loaded = False
+        self._next_check = 0.0
+
+    @property
+    def load_problem(self) -> str:
+        """Why a file was set aside (the latest), for the GUI; "" when all is well."""
+        return self._settings.problem or self._sent_file.problem
+
+    # ----- the settings file -----
+    def _refresh(self, locked: bool, strict: bool) -> dict[str, AutoReply]:
+        try:
+            self._replies = self._settings.refresh(locked, strict)
+        except _SetAside:
+            self._replies = {}
+            raise
+        finally:
+            self._loaded = True
+        return self._replies
+
+    def load(self) -> None:
+        """Read both files (missing = empty; corrupt = set aside, logged, empty)."""
+        with self._mutex:
+            self._refresh(locked=False, strict=False)
+        with self._sent_mutex:
+            self._sent = self._sent_file.refresh(locked=False, strict=False)
+
+    def maybe_reload(self) -> None:
+        """Pick up changes by another process: one stat per interval, never blocks delivery."""
+        now = time.monotonic()
+        if now < self._next_check or not self._mutex.acquire(blocking=False):
+            return
+        try:
+            self._next_check = now + self.reload_interval
+            if self._loaded and self._settings.stat() == self._settings.signature:
+                return
+            try:
+                replies = self._refresh(locked=False, strict=False)
+                log.info("Reloaded %s (%d auto-replies)", self.path, len(replies))
+            except AutoReplyError as e:
+                self._settings.signature, self._loaded = self._settings.stat(), True  # log once
+                log.error("%s Keeping the auto-replies loaded before.", e)
+        finally:
+            self._mutex.release()
+
+    def _edit(self, change: Callable[[dict[str, AutoReply]], None]) -> None:
+        with self._mutex, self._settings.locked():
+            new = dict(self._refresh(locked=True, strict=True))  # another process may have edited
+            change(new)
+            self._settings.save(settings_json(new))
+            self._replies = new
+
+    # ----- editing -----
+    def set(self, reply: AutoReply) -> None:
+        """Add or replace the auto-reply of ``reply.account`` (AutoReplyError names the field).
+        The subject is stored on one line; a changed reply starts afresh for every sender."""
+        new = clean(reply)
+        old: list[AutoReply | None] = []
+
+        def change(replies: dict[str, AutoReply]) -> None:
+            old.append(replies.get(new.account))
+            replies[new.account] = new
+        self._edit(change)
+        if old[0] is None or replace(old[0], days=new.days) != new:
+            self.forget_sender_state(new.account)
+        log.info("Auto-reply of %s: %r, %s to %s, once per %d days%s", new.account, new.subject,
+                 new.start or "any day", new.end or "open end", new.days,
+                 "" if new.enabled else " (off)")
+
+    def remove(self, account: str) -> None:
+        addr = clean_account(account)
+
+        def change(replies: dict[str, AutoReply]) -> None:
+            if replies.pop(addr, None) is None:
+                raise AutoReplyError(f"account: {addr} has no auto-reply.")
+        self._edit(change)
+        self.forget_sender_state(addr)
+        log.info("Removed the auto-reply of %s", addr)
+
+    # ----- reading -----
+    def get(self, account: str) -> AutoReply | None:
+        self.maybe_reload()
+        return self._replies.get(account.strip().lower())
+
+    def all(self) -> list[AutoReply]:
+        self.maybe_reload()
+        return [r for _, r in sorted(self._replies.items())]
+
+    # ----- the sent-state -----
+    @contextmanager
+    def _sent_state(self, now: float) -> Iterator[dict[str, dict[str, float]]]:
+        """The current state (re-read if another process changed it) under both locks; the
+        caller changes it in place and it is saved, pruned, when the block ends normally."""
+        with self._sent_mutex, self._sent_file.locked():
+            if self._sent_file.stat() != self._sent_file.signature:
+                self._sent = self._sent_file.refresh(locked=True, strict=False)
+            state = {a: dict(s) for a, s in self._sent.items()}
+            before = sent_json(state)
+            yield state
+            self._prune(state, now)
+            data = sent_json(state)
+            if data != before:
+                self._sent_file.save(data)
+            self._sent = state
+
+    def _prune(self, state: dict[str, dict[str, float]], now: float) -> None:
+        for account in list(state):
+            reply = self._replies.get(account)
+            keep = min(reply.days if reply else MAX_DAYS, MAX_DAYS) * _DAY
+            fresh = {s: t for s, t in state[account].items() if now - keep < t <= now + _DAY}
+            if len(fresh) > MAX_SENDERS:
+                fresh = dict(sorted(fresh.items(), key=lambda st: st[1])[-MAX_SENDERS:])
+            if fresh:
+                state[account] = fresh
+            else:
+                del state[account]
+
+    def forget_sender_state(self, account: str) -> None:
+        """Forget whom ``account`` answered: every sender may get the next reply."""
+        addr = account.strip().lower()
+        with self._sent_state(time.time()) as state:
+            if state.pop(addr, None):
+                log.info("Forgot whom the auto-reply of %s answered", addr)
+
+    def reply_for(self, account: str, *, recipient: str, sender: str, header: bytes,
+                  own_addresses: Iterable[str], now: float | None = None) -> bytes | None:
+        """The reply to send to ``sender`` for a message just stored for ``account``, or None.
+
+        ``recipient`` is the address the message was sent to (maybe an alias of the account);
+        ``header`` its raw header block; ``own_addresses`` the account's addresses.  When
+        bytes are returned the reply is already recorded: the caller only sends it, and must
+        send it from the null envelope sender ``MAIL FROM:<>`` (RFC 3834 section 3.3), so a
+        bounce of the reply can never start a loop.  Never raises for a bad message or a
+        file problem: that is logged and means no reply.
+        """
+        self.maybe_reload()
+        addr = account.strip().lower()
+        reply = self._replies.get(addr)
+        if reply is None:
+            return None
+        now = time.time() if now is None else now
+        if not reply.active_on(datetime.date.fromtimestamp(now)):
+            return None
+        own = own_set(addr, recipient, own_addresses)
+        shown = one_line(sender)  # for the log: a forged sender must not forge log lines
+        try:
+            original = Original(header)
+            why = sender_refusal(sender, own) or original.refusal(own)
+            message = None if why else compose(reply, sender, original, now)
+        except Exception:  # a message no rule foresaw must not break the delivery
+            log.exception("Auto-reply of %s to <%s>: the message could not be read", addr, shown)
+            return None
+        if message is None:
+            log.info("No auto-reply from %s to <%s>: %s", addr, shown, one_line(why))
+            return None
+        key = sender.strip().lower()
+        try:
+            with self._sent_state(now) as state:
+                last = state.get(addr, {}).get(key)
+                if last is not None and now - reply.days * _DAY < last <= now + _DAY:
+                    log.info("No auto-reply from %s to <%s>: answered %s", addr, shown,
+                             time.strftime("%Y-%m-%d %H:%M", time.localtime(last)))
+                    return None
+                state.setdefault(addr, {})[key] = int(now)  # seconds are enough
+        except AutoReplyError as e:
+            log.error("No auto-reply from %s to <%s>: %s", addr, shown, e)
+            return None
+        return message
