@@ -1,11 +1,13 @@
-"""The Accounts tab: local accounts per domain; add, remove, set password, forwarding.
+"""The Accounts tab: local accounts per domain; add, remove, set password, quota, auto-reply, forwarding.
 
 Unlike the other tabs this one acts at once (the accounts file is its own store, and a
 new account should be able to receive mail the moment it exists), so OK / Apply / Cancel
 do not concern it; the page says so.  postmaster and root exist in every domain and
 cannot be removed (RFC 5321 requires postmaster).  Forwarding: the selected account's
 targets fill an entry under the list; "Set forwarding" saves what it holds (empty stops
-forwarding).  root shares postmaster's mailbox, password and forwarding.
+forwarding).  root shares postmaster's mailbox, password and forwarding.  Quota… and
+Auto-reply… open the dialogs of ``accountextras``; the list shows each account's quota and
+whether its automatic reply is on.
 
 Under the list, the selected account's folders (INBOX and those its mail programs made
 over IMAP) with their message counts and sizes.  They are read in a thread (``Pump``):
@@ -23,7 +25,9 @@ from typing import TYPE_CHECKING
 from ismail.admin import AccountError
 from ismail.config import FieldError, Settings
 
+from .accountextras import autoreply_dialog, quota_dialog, quota_text
 from .events import Pump
+from .listedit import FormDialog
 from .pages import WRAP, Page, split_list
 from .widgets import PAD, ErrorLabel, Query
 
@@ -69,10 +73,11 @@ class AccountsPage(Page):
         self.domain_box = ttk.Combobox(top, textvariable=self.domain, state="readonly", width=30)
         self.domain_box.pack(side="left")
         self.domain_box.bind("<<ComboboxSelected>>", lambda e: self.refresh())
-        self.tree = ttk.Treeview(self, columns=("address", "password", "forward", "mailbox"),
+        self.tree = ttk.Treeview(self, columns=("address", "password", "quota", "reply", "forward", "mailbox"),
                                  show="headings", height=7, selectmode="browse")
-        for col, text, width in (("address", "Address", 200), ("password", "Password", 90),
-                                 ("forward", "Copies go to", 170), ("mailbox", "Mailbox folder", 220)):
+        for col, text, width in (("address", "Address", 200), ("password", "Password", 80),
+                                 ("quota", "Quota", 80), ("reply", "Auto-reply", 80),
+                                 ("forward", "Copies go to", 150), ("mailbox", "Mailbox folder", 160)):
             self.tree.heading(col, text=text, anchor="w")
             self.tree.column(col, width=width, anchor="w", stretch=col == "mailbox")
         self.tree.grid(row=2, column=0, sticky="nsew")
@@ -85,7 +90,10 @@ class AccountsPage(Page):
         self.add_button = ttk.Button(buttons, text="Add…", command=self.add_account)
         self.password_button = ttk.Button(buttons, text="Set password…", command=self.set_password)
         self.remove_button = ttk.Button(buttons, text="Remove", command=self.remove_account)
-        for b in (self.add_button, self.password_button, self.remove_button):
+        self.quota_button = ttk.Button(buttons, text="Quota…", command=self.set_quota)
+        self.autoreply_button = ttk.Button(buttons, text="Auto-reply…", command=self.set_autoreply)
+        for b in (self.add_button, self.password_button, self.remove_button, self.quota_button,
+                  self.autoreply_button):
             b.pack(fill="x", pady=(0, 4))
         self._build_folders()
         fwd = ttk.Frame(self)
@@ -105,6 +113,8 @@ class AccountsPage(Page):
         self.note = ErrorLabel(self, wraplength=WRAP, row=5, column=0, columnspan=3, sticky="w", pady=(PAD, 0))
         self._builtin: set[str] = set()
         self._forwards: dict[str, list[str]] = {}  # address -> its targets, as last read
+        self._quotas: dict[str, int | None] = {}   # address -> its quota in MB, as last read
+        self.form: FormDialog | None = None        # the last quota or auto-reply dialog (tests)
         self.pump = Pump(self)
         self.folders_of: str | None = None  # whose folders the list shows (None: nobody's yet)
         self._looking: str | None = None    # whose folders are being read; older answers are dropped
@@ -155,11 +165,15 @@ class AccountsPage(Page):
         for info in infos:
             if info.address.startswith("root@"):
                 self._forwards[info.address] = self._forwards.get("postmaster@" + info.address[5:], [])
+        self._quotas = {i.address: i.quota_mb for i in infos}
+        replies = {r.account: r for r in self.admin.autoreplies.all()}
         for info in infos:
             if chosen != ALL and not info.address.endswith("@" + chosen):
                 continue
+            reply = replies.get(info.address)
             self.tree.insert("", "end", iid=info.address, values=(
-                info.address, "set" if info.has_password else "not set",
+                info.address, "set" if info.has_password else "not set", quota_text(info.quota_mb),
+                "" if reply is None else "on" if reply.enabled else "off",
                 ", ".join(self._forwards[info.address]), str(info.mailbox)))
             if info.builtin:
                 self._builtin.add(info.address)
@@ -217,7 +231,8 @@ class AccountsPage(Page):
 
     def _sync_buttons(self) -> None:
         address = self.selected()
-        for widget in (self.password_button, self.forward_entry, self.forward_button):
+        for widget in (self.password_button, self.quota_button, self.autoreply_button, self.forward_entry,
+                       self.forward_button):
             widget.state(["!disabled"] if address else ["disabled"])
         removable = address is not None and address not in self._builtin
         self.remove_button.state(["!disabled"] if removable else ["disabled"])
@@ -266,6 +281,20 @@ class AccountsPage(Page):
 
         return Query(self, "Set password", f"The new password for {address}:",
                      [("Password:", "", True), ("Repeat password:", "", True)], check, _utest=self._utest)
+
+    def set_quota(self) -> FormDialog | None:
+        address = self.selected()
+        if address is None:
+            return None
+        self.form = quota_dialog(self, address, self._quotas.get(address))
+        return self.form
+
+    def set_autoreply(self) -> FormDialog | None:
+        address = self.selected()
+        if address is None:
+            return None
+        self.form = autoreply_dialog(self, address)
+        return self.form
 
     def remove_account(self) -> None:
         address = self.selected()

@@ -19,16 +19,18 @@ from typing import TYPE_CHECKING, Callable
 from ismail.config import FieldError, Settings, validate
 
 from .accountspage import AccountsPage
+from .addresspage import AddressesPage
 from .antispampage import AntispamPage
 from .connectionspage import ConnectionsPage
 from .pages import AccessPage, DomainPage, Page
 from .programpage import ProgramPage
+from .routespage import RoutesPage
 from .widgets import PAD, ErrorLabel, Window, friendly, place_over
 
 if TYPE_CHECKING:
     from .controller import Controller
 
-PAGES = ("Domain", "Connections", "Access", "Anti-spam", "Accounts", "Program")
+PAGES = ("Domain", "Connections", "Access", "Anti-spam", "Accounts", "Addresses", "Routes", "Program")
 
 
 class ConfigDialog(Window):
@@ -48,7 +50,8 @@ class ConfigDialog(Window):
         self.notebook = ttk.Notebook(outer)
         self.notebook.grid(row=0, column=0, sticky="nsew")
         self.pages: dict[str, Page] = {}
-        for cls in (DomainPage, ConnectionsPage, AccessPage, AntispamPage, AccountsPage, ProgramPage):
+        for cls in (DomainPage, ConnectionsPage, AccessPage, AntispamPage, AccountsPage, AddressesPage,
+                    RoutesPage, ProgramPage):
             p = cls(self.notebook, self)
             self.notebook.add(p, text=f" {cls.title} ")
             self.pages[cls.title] = p

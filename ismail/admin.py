@@ -197,6 +197,30 @@ class Admin:
             self._book.load()
         return self._book
 
+    @property
+    def route_table(self):  # -> store.routes.Routes, imported below: admin only adds this property
+        """The running server's routes and relay domains, else a table of our own on the same file."""
+        server = self._running()
+        if server is not None:
+            return server.routes
+        if getattr(self, "_routes", None) is None:
+            from .store.routes import Routes
+            self._routes = Routes(self.data_dir)
+            self._routes.load()
+        return self._routes
+
+    @property
+    def autoreplies(self):  # -> store.autoreply.AutoReplies, imported below, as route_table's
+        """The running server's auto-replies (if it keeps them), else our own on the same file."""
+        server = self._running()
+        if server is not None and getattr(server, "autoreplies", None) is not None:
+            return server.autoreplies
+        if getattr(self, "_autoreplies", None) is None:
+            from .store.autoreply import AutoReplies
+            self._autoreplies = AutoReplies(self.data_dir)
+            self._autoreplies.load()
+        return self._autoreplies
+
     def account_addresses(self, domains: Iterable[str]) -> set[str]:
         return {info.address for info in self.account_list(domains)}
 
