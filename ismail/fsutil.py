@@ -8,12 +8,16 @@ so that one step exists only on POSIX; everything else is the same code.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
+log = logging.getLogger("ismail.files")
 
 _PID = os.getpid()  # ISMail never forks
 _counter = itertools.count(1)
@@ -143,3 +147,44 @@ def unique_name() -> str:
 def new_queue_id() -> str:
     """16 hex digits: microseconds since the epoch and a serial; sorts by arrival."""
     return f"{time.time_ns() // 1000:013X}{next_serial() & 0xFFF:03X}"
+
+
+LOCK_TIMEOUT = 10.0   # an edit of a small settings file takes milliseconds; longer is stuck
+LOCK_STALE = 60.0     # a lock file this old was left by a crashed process
+
+
+@contextmanager
+def file_lock(path: Path, what: str, error: type[Exception] = OSError,
+              timeout: float | None = None) -> Iterator[None]:
+    """Hold ``path`` (created exclusively) so that edits of one data file by several processes
+    (the window's server, the command line) and objects take turns.  ``error(message)`` is
+    raised, naming ``what`` ("the address book"), when it cannot be had."""
+    deadline = time.monotonic() + (LOCK_TIMEOUT if timeout is None else timeout)
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except (FileExistsError, PermissionError) as e:
+            # Windows answers PermissionError while a deleted lock file is still closing.
+            if isinstance(e, PermissionError) and os.name != "nt":
+                raise error(f"Could not create the lock file {path}: {e.strerror}.") from e
+            try:
+                if time.time() - path.stat().st_mtime > LOCK_STALE:
+                    log.warning("Removing the stale lock file %s", path)
+                    path.unlink()
+                    continue
+            except OSError:
+                continue  # released meanwhile: try again at once
+            if time.monotonic() >= deadline:
+                raise error(f"{what[:1].upper()}{what[1:]} is locked by {path}; if no ISMail "
+                            "is editing it, delete that file.") from None
+            time.sleep(0.01)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        os.close(fd)
+        yield
+    finally:
+        try:
+            path.unlink()
+        except OSError:
+            pass

@@ -299,6 +299,32 @@ class ReloadTests(StoreTestCase):
         self.assertIsNotNone(self.store.mailbox_for("carol", "localhost"))
 
 
+class TwoProcessesTests(StoreTestCase):
+    def test_accounts_added_by_two_processes_at_once_are_all_kept(self) -> None:
+        # The window's server and the command line may both change accounts.json: each
+        # change re-reads the file under accounts.json.lock, so none overwrites the other.
+        import subprocess
+        import sys
+        script = ("import sys; from pathlib import Path\n"
+                  "from ismail.store.accounts import AccountStore\n"
+                  "s = AccountStore(Path(sys.argv[1])); s.load()\n"
+                  "for i in range(10):\n"
+                  "    s.add(f'p{i}@localhost', 'pw', ['localhost'])\n"
+                  "    s.set_forward(f'p{i}@localhost', ['x@elsewhere.example'])\n")
+        root = Path(__file__).resolve().parent.parent
+        child = subprocess.Popen([sys.executable, "-c", script, str(self.data)], cwd=root)
+        for i in range(10):
+            self.store.add(f"t{i}@localhost", "pw", DOMAINS)
+            self.store.set_forward(f"t{i}@localhost", ["y@elsewhere.example"])
+        self.assertEqual(child.wait(timeout=120), 0)
+        fresh = AccountStore(self.data)
+        fresh.load()
+        infos = {i.address: i.forward for i in fresh.list(DOMAINS) if not i.builtin}
+        self.assertEqual(len(infos), 20)
+        self.assertTrue(all(infos.values()), infos)
+        self.assertFalse((self.data / "accounts.json.lock").exists())
+
+
 class HashTests(unittest.TestCase):
     def test_scrypt_string_verifies(self) -> None:
         salt = b"0123456789abcdef"

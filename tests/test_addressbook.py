@@ -372,7 +372,7 @@ class FileTest(BookTest):
         lock.write_text("12345\n")
         old = time.time() - 3600
         os.utime(lock, (old, old))
-        with self.assertLogs("ismail.addressbook", "WARNING"):
+        with self.assertLogs("ismail.files", "WARNING"):
             self.alias("sales@example.com", ["ann@example.com"])
         lock.write_text("12345\n")
         threading.Timer(0.2, lock.unlink).start()

@@ -399,10 +399,9 @@ class FileTest(RoutesTest):
     def test_a_held_lock_is_reported_as_the_routes_lock(self) -> None:
         lock = self.data / "routes.json.lock"
         lock.write_text("12345\n")
-        from ismail.store import addressbook
-        # The timeout default is bound when _file_lock is defined; shorten it for this test.
-        with mock.patch.object(addressbook._file_lock.__wrapped__, "__defaults__", (0.05,)):
-            with self.refused("routes are locked", str(lock)):
+        from ismail import fsutil
+        with mock.patch.object(fsutil, "LOCK_TIMEOUT", 0.05):
+            with self.refused("routes table is locked", str(lock)):
                 self.route(Route("corp.example", "h.example"))
         self.assertTrue(lock.exists())
 

@@ -42,11 +42,12 @@ import re
 import secrets
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, file_lock
 
 log = logging.getLogger("ismail.accounts")
 
@@ -316,6 +317,20 @@ class AccountStore:
             self._lock.release()
 
     # ----- writing -----
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time, in this process (threads) and across processes (the window's
+        server and the command line): each re-reads the file under both locks, so no edit
+        made elsewhere a moment ago is overwritten."""
+        with self._lock:
+            try:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise AccountError(f"Could not create the data folder {self.data_dir}: "
+                                   f"{e.strerror or e}.") from e
+            with file_lock(self.data_dir / "accounts.json.lock", "the accounts file", AccountError):
+                yield
+
     def _save_locked(self, accounts: dict[str, _Account]) -> None:
         doc = {"version": FORMAT_VERSION,
                "accounts": {a: accounts[a].to_json() for a in sorted(accounts)}}
@@ -350,7 +365,7 @@ class AccountStore:
             raise AccountError(f"The password for {addr} is empty; choose a non-empty one.")
         hashed = hash_password(password)  # slow; done outside the lock
         mailbox = self._mailbox(local, domain)
-        with self._lock:
+        with self._writing():
             # Always re-read: another process may have changed the file, and a
             # corrupt file raises here, before anything could overwrite it.
             accounts = dict(self._load_locked())
@@ -368,7 +383,7 @@ class AccountStore:
         addr = f"{local}@{domain}"
         if local in RESERVED:
             raise AccountError(f"{addr} cannot be removed: postmaster and root are built in.")
-        with self._lock:
+        with self._writing():
             accounts = dict(self._load_locked())
             if accounts.pop(addr, None) is None:
                 raise AccountError(f"There is no account {addr}.")
@@ -382,7 +397,7 @@ class AccountStore:
         if not password:
             raise AccountError(f"The password for {addr} is empty; choose a non-empty one.")
         hashed = hash_password(password)
-        with self._lock:
+        with self._writing():
             accounts = dict(self._load_locked())
             old = accounts.get(addr)
             if old is None and local not in RESERVED:
@@ -407,7 +422,7 @@ class AccountStore:
                 raise AccountError(f"{addr} cannot forward to itself.")
             if target.lower() not in (c.lower() for c in clean):
                 clean.append(target)
-        with self._lock:
+        with self._writing():
             accounts = dict(self._load_locked())
             old = accounts.get(addr)
             if old is None and local not in RESERVED:
@@ -423,7 +438,7 @@ class AccountStore:
         if mb is not None and not _valid_quota(mb):
             raise AccountError(f"quota_mb of {addr} must be a whole number of MB from "
                                f"{QUOTA_MB_MIN} to {QUOTA_MB_MAX}, or none; {mb!r} is not.")
-        with self._lock:
+        with self._writing():
             accounts = dict(self._load_locked())
             old = accounts.get(addr)
             if old is None and local not in RESERVED:

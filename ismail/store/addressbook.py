@@ -35,12 +35,11 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, file_lock
 from .addressbook_rules import (FORMAT_VERSION, MAX_DEPTH, MAX_TARGETS, SENDER_MODES, Group, _Book,
                                 _clean_targets, _domain, _norm_domains, address_problem, problems_of)
 
@@ -50,8 +49,6 @@ __all__ = ["AddressBook", "AddressError", "Expansion", "Group", "address_problem
 log = logging.getLogger("ismail.addressbook")
 
 FILE_NAME = "addresses.json"
-LOCK_TIMEOUT = 10.0   # an edit takes milliseconds; waiting longer means something is stuck
-LOCK_STALE = 60.0     # a lock file this old was left by a crashed process
 
 class AddressError(ValueError):
     """A refused edit or unusable file; str() names the entry and the conflict."""
@@ -116,40 +113,6 @@ def _parse(raw: bytes) -> _Book:
     return book
 
 
-@contextmanager
-def _file_lock(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Hold ``path`` (created exclusively) so edits by other processes and objects serialise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            break
-        except (FileExistsError, PermissionError) as e:
-            # Windows answers PermissionError while a deleted lock file is still closing.
-            if isinstance(e, PermissionError) and os.name != "nt":
-                raise AddressError(f"Could not create the lock file {path}: {e.strerror}.") from e
-            try:
-                if time.time() - path.stat().st_mtime > LOCK_STALE:
-                    log.warning("Removing the stale lock file %s", path)
-                    path.unlink()
-                    continue
-            except OSError:
-                continue  # released meanwhile: try again at once
-            if time.monotonic() >= deadline:
-                raise AddressError(f"The address book is locked by {path}; if no ISMail is "
-                                   "editing it, delete that file.") from None
-            time.sleep(0.01)
-    try:
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        os.close(fd)
-        yield
-    finally:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-
-
 class AddressBook:
     """addresses.json in memory; readers share one published _Book that is never mutated."""
 
@@ -182,7 +145,7 @@ class AddressBook:
             raise AddressError(f"Could not read {self.path}: {e.strerror or e}.") from e
         except _Corrupt as e:
             if not locked:
-                with _file_lock(self.lock_path):
+                with file_lock(self.lock_path, "the address book", AddressError):
                     return self._read(locked=True)
             aside = self.path.with_name(f"{FILE_NAME}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
                                         f"-{time.time_ns() % 1_000_000:06d}")
@@ -253,7 +216,7 @@ class AddressBook:
     def _edit(self, subject: str, change: Callable[[_Book], None], accounts: set[str] | None,
               local_domains: Iterable[str]) -> None:
         domains = _norm_domains(local_domains)
-        with self._mutex, _file_lock(self.lock_path):
+        with self._mutex, file_lock(self.lock_path, "the address book", AddressError):
             old = self._refresh(locked=True, strict=True)  # another process may have edited
             new = old.copy()
             change(new)

@@ -44,13 +44,12 @@ import logging
 import os
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..fsutil import atomic_write
-from .addressbook import AddressError, _file_lock
+from ..fsutil import atomic_write, file_lock
 from .autoreply_rules import (FORMAT_VERSION, MAX_BODY, MAX_DAYS, MAX_SUBJECT, MIN_DAYS, AutoReply,
                               AutoReplyError, Corrupt, Original, clean, clean_account, compose,
                               one_line, own_set, parse_sent, parse_settings, sender_refusal, sent_json,
@@ -89,15 +88,7 @@ class _JsonFile:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        with ExitStack() as stack:
-            try:
-                stack.enter_context(_file_lock(self.lock_path))
-            except AddressError as e:  # its text speaks of the address book
-                if isinstance(e.__cause__, OSError):
-                    raise AutoReplyError(f"Could not create the lock file {self.lock_path}: "
-                                         f"{e.__cause__.strerror or e.__cause__}.") from e
-                raise AutoReplyError(f"The {self.what} are locked by {self.lock_path}; if no "
-                                     "ISMail is editing them, delete that file.") from None
+        with file_lock(self.lock_path, f"the {self.what}", AutoReplyError):
             yield
 
     def read(self, locked: bool) -> dict:

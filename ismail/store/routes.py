@@ -31,12 +31,11 @@ import logging
 import os
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..fsutil import atomic_write
-from .addressbook import AddressError, _file_lock
+from ..fsutil import atomic_write, file_lock
 from .routes_rules import (FORMAT_VERSION, MAX_LIFETIME_HOURS, TLS_MODES, Corrupt, RelayDomain,
                            Route, RouteError, _Table, check_relay_target, check_route_target,
                            clean_domain, clean_relay, clean_route, parse, problems_of)
@@ -77,15 +76,7 @@ class Routes:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with ExitStack() as stack:
-            try:
-                stack.enter_context(_file_lock(self.lock_path))
-            except AddressError as e:  # its text speaks of the address book
-                if isinstance(e.__cause__, OSError):
-                    raise RouteError(f"Could not create the lock file {self.lock_path}: "
-                                     f"{e.__cause__.strerror or e.__cause__}.") from e
-                raise RouteError(f"The routes are locked by {self.lock_path}; if no ISMail is "
-                                 "editing them, delete that file.") from None
+        with file_lock(self.lock_path, "the routes table", RouteError):
             yield
 
     def _read(self, locked: bool) -> _Table:
