@@ -318,10 +318,12 @@ class SettingsDialogTest(GuiTestCase):
         shots = {"main-window": screenshot("main-window")}
         dialog = w.open_settings("Domain")
         self.addCleanup(dialog.destroy)
-        for name in ("Domain", "Connections", "Access", "Accounts", "Program"):
+        for name in ("Domain", "Connections", "Access", "Anti-spam", "Accounts", "Addresses",
+                     "Routes", "Program"):
             dialog.select(name)
             pump(dialog, 0.4)
-            shots[f"settings-{name.lower()}"] = screenshot(f"settings-{name.lower()}")
+            key = "settings-" + name.lower().replace("-", "")
+            shots[key] = screenshot(key)
         for name, path in shots.items():
             self.assertEqual(png_size(path), SCREEN, name)
             self.assertGreater(path.stat().st_size, 5000, f"{name} looks empty")
