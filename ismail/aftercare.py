@@ -85,15 +85,15 @@ class Aftercare:
             log.exception("%s: after delivery", envelope.id)
 
     def _count(self, envelope: "Envelope", placed: list[Path]) -> None:
-        sizes = {path.parent.parent: size_in_name(path.name) or 0 for path in placed}
+        sizes = None
         for address, box in envelope.mailboxes.items():
             limit = self.limit(address)
+            if limit is None:
+                continue  # not tracked: measured when a quota is set and first needed
+            if sizes is None:
+                sizes = {path.parent.parent: size_in_name(path.name) or 0 for path in placed}
             root = box
             added = next((n for folder, n in sizes.items() if folder == box or folder.parent == box), 0)
-            if limit is None:
-                if added:
-                    self.quota.added(root, added)
-                continue
             before = self.quota.usage(root)
             self.quota.added(root, added)
             if self.quota.crossed_warning(root, limit, before, before + added):
