@@ -4,7 +4,6 @@ test_imap_session)."""
 from __future__ import annotations
 
 import os
-import re
 import time
 import tracemalloc
 import unittest
