@@ -70,13 +70,22 @@ class Aftercare:
         else:
             self.quota.changed(box)
 
-    # -- after the message is stored ------------------------------------------------------------
+    # -- around storing the message --------------------------------------------------------------
+    def usage_before(self, envelope: "Envelope") -> dict[str, int]:
+        """Usage of each quota account's mailbox before this message is stored (cached by
+        the check after DATA, so no second scan), for the 90 % warning."""
+        out = {}
+        for address, box in envelope.mailboxes.items():
+            if self.limit(address) is not None:
+                out[address] = self.quota.usage(box)
+        return out
+
     def after_delivery(self, envelope: "Envelope", body: "MessageBuffer", placed: list[Path],
-                       full: list[str]) -> None:
+                       full: list[str], before: dict[str, int]) -> None:
         """Count the new files, warn at 90 %, bounce for full mailboxes, send auto-replies.
         Never raises: the message is stored and acknowledged whatever happens here."""
         try:
-            self._count(envelope, placed)
+            self._count(envelope, placed, before)
             if full:
                 self._bounce_full(envelope, body, full)
             if envelope.folder != "Junk":
@@ -84,19 +93,16 @@ class Aftercare:
         except Exception:
             log.exception("%s: after delivery", envelope.id)
 
-    def _count(self, envelope: "Envelope", placed: list[Path]) -> None:
-        sizes = None
-        for address, box in envelope.mailboxes.items():
-            limit = self.limit(address)
-            if limit is None:
-                continue  # not tracked: measured when a quota is set and first needed
-            if sizes is None:
-                sizes = {path.parent.parent: size_in_name(path.name) or 0 for path in placed}
-            root = box
+    def _count(self, envelope: "Envelope", placed: list[Path], usage: dict[str, int]) -> None:
+        sizes = {path.parent.parent: size_in_name(path.name) or 0 for path in placed} if usage else {}
+        for address, before in usage.items():
+            box, limit = envelope.mailboxes.get(address), self.limit(address)
+            if box is None or limit is None:
+                continue  # accounts without a quota are not tracked: measured when first needed
+            # The copy is in the account's Maildir, or in a folder of it (Junk).
             added = next((n for folder, n in sizes.items() if folder == box or folder.parent == box), 0)
-            before = self.quota.usage(root)
-            self.quota.added(root, added)
-            if self.quota.crossed_warning(root, limit, before, before + added):
+            self.quota.added(box, added)
+            if self.quota.crossed_warning(box, limit, before, before + added):
                 log.info("%s: mailbox of %s is at %s: warning sent", envelope.id, address,
                          describe(before + added, limit))
                 self.server.inject("", [address], warning_message(address, before + added, limit,

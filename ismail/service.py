@@ -405,6 +405,7 @@ class MailServer:
         if received is None:
             received = envelope.received_header(self.settings.server_name)
         placed: list[Path] = []
+        before = self.aftercare.usage_before(envelope)  # quota accounts only
         if envelope.mailboxes:
             body = self._without_forged_results(body)
             auth = envelope.auth_header or self._plain_results(envelope)
@@ -460,7 +461,7 @@ class MailServer:
                  envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients), envelope.size,
                  envelope.client_ip, len(envelope.mailboxes), len(remote))
         if envelope.mailboxes or envelope.over_quota:
-            self.aftercare.after_delivery(envelope, body, placed, envelope.over_quota)
+            self.aftercare.after_delivery(envelope, body, placed, envelope.over_quota, before)
 
     def _not_delivered_yet(self, envelope: Envelope, body: MessageBuffer,
                            boxes: list[Path]) -> tuple[list[Path], list[str]]:
