@@ -91,6 +91,9 @@ class OutgoingSettings:
     # Mail for these domains goes out only over TLS with a verified certificate; when that
     # is not possible it waits in the queue (and bounces when retry.lifetime_hours runs out).
     require_tls_domains: list[str] = field(default_factory=list)
+    # Backup MX hosts ("host" or "host:port") asked by ETRN, when ISMail starts, to send what
+    # they hold for the local domains at once (queue/etrn.py).
+    etrn_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -551,6 +554,9 @@ def validate(settings: Settings) -> list[FieldError]:
                 lambda t: _reason(split_host_port, t, False))
     _check_list(errors, "outgoing.require_tls_domains", settings.outgoing.require_tls_domains,
                 _HOST_FORM, host_name_problem)
+    from .queue.etrn import FORM as ETRN_FORM, parse_host  # it imports this module
+    _check_list(errors, "outgoing.etrn_hosts", settings.outgoing.etrn_hosts, ETRN_FORM,
+                lambda t: _reason(parse_host, t))
     selector = settings.dkim.selector
     if not isinstance(selector, str):
         errors.append(_err("dkim.selector", selector, "is not a string (expected a name such as "

@@ -31,10 +31,10 @@ from .antispam.state import AntispamState
 from .mailauth.authres import header as authres_header, remove_ours
 from .queue.dns import Resolver, parse_server
 from .store.accounts import AccountStore
-from .store.addressbook import AddressBook, Expansion
-from .store.autoreply import AutoReplies
+from .store.addressbook import AddressBook, AddressError, Expansion
+from .store.autoreply import AutoReplies, AutoReplyError
 from .store.dedupe import DuplicateFilter, top_received
-from .store.routes import Routes
+from .store.routes import RouteError, Routes
 from .config import ListenEntry, Settings
 from .fsutil import DirSync, new_queue_id
 from .net.guard import Guard
@@ -50,6 +50,7 @@ from .mailauth.keystore import KeyStore, KeyStoreError, keys_missing
 from .mailauth.signing import signature_for
 from .mailauth.srs import SRS
 from .mailauth.srs_secret import load_srs_secret
+from .queue import etrn
 from .queue.scheduler import QueueManager
 from .imap.protocol import ImapProtocol
 from .pop3.protocol import Pop3Protocol
@@ -135,6 +136,8 @@ class MailServer:
             clean_tmp(self.accounts.mailbox_root)
         except OSError as e:
             raise StartupError(f"cannot use the data folder {self.data_dir}: {e.strerror or e}") from e
+        except (AddressError, RouteError, AutoReplyError) as e:  # a file that cannot be read
+            raise StartupError(str(e).rstrip(".")) from e
         if queued:
             log.info("%d message(s) waiting in the outgoing queue", len(queued))
         self.gate.stopping = False
@@ -149,6 +152,7 @@ class MailServer:
             self._open_listeners(self._wanted(self.settings), before_serving=tls)
         self.qmgr = QueueManager(self)
         self.qmgr.start(queued)
+        etrn.at_start(self.settings)  # our backup MX hosts: send what you hold for us now
         self._make_dkim_keys(self.settings)
         log.info("ISMail serving %s as %s", self.serving(), self.settings.server_name)
 

@@ -147,6 +147,7 @@ class QueueManager:
         self._entries: dict[str, QueueEntry] = {}
         self._heap: list[tuple[float, str]] = []
         self._busy: set[str] = set()
+        self._flush_again: set[str] = set()  # busy when an ETRN came: due again when done
         self._fresh: dict[str, bytes] = {}  # messages not yet tried, as they were received
         self._fresh_bytes = 0
         self._stopping = False
@@ -218,13 +219,18 @@ class QueueManager:
         """ETRN: every message with a recipient waiting in ``domain`` is due now; how many."""
         domain = domain.lower()
         with self._cond:
-            due = [qid for qid, e in self._entries.items() if qid not in self._busy and any(
+            waiting = [qid for qid, e in self._entries.items() if any(
                 r.state == "pending" and r.address.rpartition("@")[2].lower() == domain
                 for r in e.recipients)]
-            for qid in due:
-                heapq.heappush(self._heap, (0.0, qid))
+            for qid in waiting:
+                if qid in self._busy:
+                    # Being tried right now (perhaps against a server that was still down):
+                    # if this attempt defers it, it goes again at once, not in an hour.
+                    self._flush_again.add(qid)
+                else:
+                    heapq.heappush(self._heap, (0.0, qid))
             self._cond.notify()
-        return len(due)
+        return len(waiting)
 
     def delete(self, queue_id: str) -> bool:
         """Remove a message from the queue (a delivery under way finishes, then finds it gone)."""
@@ -283,6 +289,11 @@ class QueueManager:
         finally:
             with self._cond:
                 self._busy.discard(qid)
+                if qid in self._flush_again:  # an ETRN came during this attempt
+                    self._flush_again.discard(qid)
+                    if qid in self._entries:
+                        heapq.heappush(self._heap, (0.0, qid))
+                        self._cond.notify()
 
     def _attempt(self, entry: QueueEntry) -> None:
         settings = self.server.settings
@@ -400,6 +411,7 @@ class QueueManager:
 
     def _forget(self, entry: QueueEntry) -> None:
         with self._cond:
+            self._flush_again.discard(entry.id)
             data = self._fresh.pop(entry.id, None)
             self._fresh_bytes -= len(data) if data is not None else 0
             if self._entries.pop(entry.id, None) is not None:
