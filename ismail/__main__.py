@@ -195,10 +195,8 @@ def cmd_run(data_dir: Path) -> int:
     except OSError as e:
         raise CommandError(f"cannot write the log in {data_dir / 'logs'}: {e.strerror or e}") from e
     server = MailServer(settings, data_dir)
-    try:
-        server.start()
-    except StartupError as e:
-        raise CommandError(str(e)) from e
+    # The handlers come first: the listeners take mail before start() returns, and a stop
+    # asked for in that moment must be a clean one too (not the default: killed).
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -216,6 +214,10 @@ def cmd_run(data_dir: Path) -> int:
 
     hook = install_shutdown_hook(on_shutdown)
     try:
+        try:
+            server.start()
+        except StartupError as e:
+            raise CommandError(str(e)) from e
         while not stop.wait(0.5):
             pass
         server.stop()

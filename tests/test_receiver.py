@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
 import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,7 +31,7 @@ from pathlib import Path
 from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
 from ismail.service import MailServer
-from tests.support import ServerProcess, SMTPTalk, free_port
+from tests.support import ROOT, ServerProcess, SMTPTalk, free_port
 
 USER = "user@example.test"
 REPLY_LINE = re.compile(rb"[2-5][0-9]{2}[ -][^\r\n]*\r\n")
@@ -703,6 +706,27 @@ class StopTests(ReceiverTestCase):
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", sp.port), timeout=5).close()
 
+
+    def test_sigterm_while_starting_is_a_clean_stop(self) -> None:
+        # The self-signed certificate (made on the first start, about a second of RSA work)
+        # keeps start() busy: a SIGTERM then must stop ISMail cleanly, not kill it.
+        sp = ServerProcess({"tls": {"self_signed": True}})
+        self.addCleanup(sp.cleanup)
+        with open(sp.log_path, "ab") as log:
+            sp.proc = subprocess.Popen([sys.executable, "-m", "ismail", "--data-dir", str(sp.data_dir),
+                                        "run"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+        sp._log = open(os.devnull, "wb")
+        deadline = time.monotonic() + 30
+        while "making a self-signed TLS certificate" not in sp.log_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sp.proc.send_signal(signal.SIGTERM)
+        code = sp.proc.wait(30)
+        log_text = sp.log_text()
+        self.assertEqual(code, 0, log_text[-2000:])
+        self.assertIn("signal", log_text)
+        self.assertIn("ISMail stopped", log_text)
+        self.assertNotIn("Traceback", log_text)
 
     def test_sigterm_lets_message_in_progress_finish(self) -> None:
         sp = self.start_process()
