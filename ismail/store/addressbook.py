@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..fsutil import atomic_write, file_lock
+from .jsonfile import Corrupt, JsonFile, document
 from .addressbook_rules import (FORMAT_VERSION, MAX_DEPTH, MAX_TARGETS, SENDER_MODES, Group, _Book,
                                 _clean_targets, _domain, _norm_domains, address_problem, problems_of)
 
@@ -52,10 +51,6 @@ FILE_NAME = "addresses.json"
 
 class AddressError(ValueError):
     """A refused edit or unusable file; str() names the entry and the conflict."""
-
-
-class _Corrupt(Exception):
-    pass
 
 
 class _SetAside(AddressError):
@@ -71,44 +66,33 @@ class Expansion:
 
 
 def _parse(raw: bytes) -> _Book:
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _Corrupt("it is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise _Corrupt(f"it is not valid JSON (line {e.lineno}, column {e.colno}: "
-                       f"{e.msg})") from None
-    if not isinstance(doc, dict):
-        raise _Corrupt("the top level is not an object")
-    version = doc.get("version", FORMAT_VERSION)
-    if type(version) is not int or version != FORMAT_VERSION:  # True == 1, hence type()
-        raise _Corrupt(f"'version' is {doc.get('version')!r}; this ISMail reads {FORMAT_VERSION}")
+    doc = document(raw, FORMAT_VERSION)
     book = _Book()
 
     def section(name: str) -> dict[str, Any]:
         value = doc.get(name, {})
         if not isinstance(value, dict):
-            raise _Corrupt(f"'{name}' is not an object")
+            raise Corrupt(f"'{name}' is not an object")
         lowered = {k.strip().lower(): v for k, v in value.items()}
         if len(lowered) != len(value):
-            raise _Corrupt(f"'{name}' lists an address twice (differing only in case)")
+            raise Corrupt(f"'{name}' lists an address twice (differing only in case)")
         return lowered
 
     def strings(where: str, value: Any) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise _Corrupt(f"{where} is not a list of addresses")
+            raise Corrupt(f"{where} is not a list of addresses")
         return list(value)
     for key, value in section("aliases").items():
         book.aliases[key] = strings(f"alias {key!r}", value)
     for key, value in section("groups").items():
         if not isinstance(value, dict) or value.get("senders", "anyone") not in SENDER_MODES:
-            raise _Corrupt(f"group {key!r} is not an object with 'members' and a known 'senders'")
+            raise Corrupt(f"group {key!r} is not an object with 'members' and a known 'senders'")
         book.groups[key] = Group(tuple(strings(f"the members of {key!r}", value.get("members"))),
                                  value.get("senders", "anyone"))
     for name, target in (("catch_all", book.catch_all), ("domain_aliases", book.domain_aliases)):
         for key, value in section(name).items():
             if not isinstance(value, str):
-                raise _Corrupt(f"'{name}' of {key!r} is not a string")
+                raise Corrupt(f"'{name}' of {key!r} is not a string")
             target[key] = value.strip().lower() if name == "domain_aliases" else value.strip()
     return book
 
@@ -117,62 +101,33 @@ class AddressBook:
     """addresses.json in memory; readers share one published _Book that is never mutated."""
 
     def __init__(self, data_dir: Path, *, reload_interval: float = 1.0) -> None:
-        self.path = Path(data_dir) / FILE_NAME
-        self.lock_path = Path(data_dir) / (FILE_NAME + ".lock")
+        self._file: JsonFile[_Book] = JsonFile(
+            Path(data_dir) / FILE_NAME, what="the address book", parse=_parse, empty=_Book,
+            empty_text="the address book is empty", error=AddressError, set_aside=_SetAside,
+            logger=log)
+        self.path, self.lock_path = self._file.path, self._file.lock_path
         self.reload_interval = reload_interval
-        self.load_problem = ""  # why the last file was set aside, for the GUI
         self._book = _Book()
         self._mutex = threading.Lock()
-        self._signature: tuple[int, int, int] | None = None
         self._loaded = False
         self._next_check = 0.0
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)  # st_ino: os.replace in one mtime tick
-
-    def _read(self, locked: bool) -> _Book:
-        """The book on disk; a corrupt file is set aside (under the lock, so a good file
-        written meanwhile is never the one moved), logged, and _SetAside raised."""
-        try:
-            return _parse(self.path.read_bytes())
-        except FileNotFoundError:
-            return _Book()
-        except OSError as e:
-            raise AddressError(f"Could not read {self.path}: {e.strerror or e}.") from e
-        except _Corrupt as e:
-            if not locked:
-                with file_lock(self.lock_path, "the address book", AddressError):
-                    return self._read(locked=True)
-            aside = self.path.with_name(f"{FILE_NAME}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
-                                        f"-{time.time_ns() % 1_000_000:06d}")
-            try:
-                os.replace(self.path, aside)
-            except OSError as err:
-                raise AddressError(f"{self.path} could not be used ({e}) nor renamed aside: "
-                                   f"{err.strerror or err}.") from err
-            self.load_problem = (f"{self.path} could not be used ({e}); it was renamed "
-                                 f"{aside.name} and the address book is empty until it is "
-                                 "restored.")
-            log.error("%s", self.load_problem)
-            raise _SetAside(self.load_problem) from None
+    @property
+    def load_problem(self) -> str:
+        """Why the last file was set aside, for the window; "" when all is well."""
+        return self._file.problem
 
     def _refresh(self, locked: bool, strict: bool) -> _Book:
         """Re-read and publish; after a set-aside the empty book is published, and
         ``strict`` (an edit) still raises so the admin learns of it before changing anything."""
-        signature = self._stat()  # before reading, so a racing write is seen next time
         try:
-            book = self._read(locked)
+            self._book = self._file.refresh(locked, strict)
         except _SetAside:
-            self._book, self._signature, self._loaded = _Book(), self._stat(), True
-            if strict:
-                raise
-            return self._book
-        self._book, self._signature, self._loaded = book, signature, True
-        return book
+            self._book = _Book()
+            raise
+        finally:
+            self._loaded = True
+        return self._book
 
     def load(self) -> None:
         """Read the file (missing = empty; corrupt = set aside, logged, empty)."""
@@ -186,37 +141,26 @@ class AddressBook:
             return
         try:
             self._next_check = now + self.reload_interval
-            if self._loaded and self._stat() == self._signature:
+            if self._loaded and not self._file.changed():
                 return
             try:
                 book = self._refresh(locked=False, strict=False)
                 log.info("Reloaded %s (%d aliases, %d groups)", self.path, len(book.aliases),
                          len(book.groups))
             except AddressError as e:
-                self._signature, self._loaded = self._stat(), True  # log once per change
+                self._file.signature, self._loaded = self._file.stat(), True  # log once per change
                 log.error("%s Keeping the address book loaded before.", e)
         finally:
             self._mutex.release()
 
     def _save(self, book: _Book) -> None:
-        data = (json.dumps(book.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        for attempt in range(10):
-            try:
-                atomic_write(self.path, data, mode=0o600)
-                break
-            except PermissionError as e:
-                # Windows refuses to replace a file another process is reading; that is brief.
-                if os.name != "nt" or attempt == 9:
-                    raise AddressError(f"Could not save {self.path}: {e.strerror or e}.") from e
-                time.sleep(0.05)
-            except OSError as e:
-                raise AddressError(f"Could not save {self.path}: {e.strerror or e}.") from e
-        self._book, self._signature, self._loaded = book, self._stat(), True
+        self._file.save((json.dumps(book.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        self._book, self._loaded = book, True
 
     def _edit(self, subject: str, change: Callable[[_Book], None], accounts: set[str] | None,
               local_domains: Iterable[str]) -> None:
         domains = _norm_domains(local_domains)
-        with self._mutex, file_lock(self.lock_path, "the address book", AddressError):
+        with self._mutex, self._file.locked():
             old = self._refresh(locked=True, strict=True)  # another process may have edited
             new = old.copy()
             change(new)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -49,9 +48,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..fsutil import atomic_write, file_lock
+from .jsonfile import JsonFile
 from .autoreply_rules import (FORMAT_VERSION, MAX_BODY, MAX_DAYS, MAX_SUBJECT, MIN_DAYS, AutoReply,
-                              AutoReplyError, Corrupt, Original, clean, clean_account, compose,
+                              AutoReplyError, Original, clean, clean_account, compose,
                               one_line, own_set, parse_sent, parse_settings, sender_refusal, sent_json,
                               settings_json)
 
@@ -70,91 +69,19 @@ class _SetAside(AutoReplyError):
     pass
 
 
-class _JsonFile:
-    """One small JSON file with its lock: read (a corrupt file set aside), stat, save."""
-
-    def __init__(self, path: Path, what: str, parse: Callable[[bytes], dict], empty: str) -> None:
-        self.path, self.what, self.parse, self.empty = path, what, parse, empty
-        self.lock_path = path.with_name(path.name + ".lock")
-        self.signature: tuple[int, int, int] | None = None
-        self.problem = ""
-
-    def stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)  # st_ino: os.replace in one mtime tick
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        with file_lock(self.lock_path, f"the {self.what}", AutoReplyError):
-            yield
-
-    def read(self, locked: bool) -> dict:
-        """The content on disk ({} when missing); a corrupt file is set aside (under the lock,
-        so a good file written meanwhile is never the one moved), logged, _SetAside raised."""
-        try:
-            return self.parse(self.path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except OSError as e:
-            raise AutoReplyError(f"Could not read {self.path}: {e.strerror or e}.") from e
-        except Corrupt as e:
-            if not locked:
-                with self.locked():
-                    return self.read(locked=True)
-            aside = self.path.with_name(f"{self.path.name}.corrupt-"
-                                        f"{time.strftime('%Y%m%d-%H%M%S')}"
-                                        f"-{time.time_ns() % 1_000_000:06d}")
-            try:
-                os.replace(self.path, aside)
-            except OSError as err:
-                raise AutoReplyError(f"{self.path} could not be used ({e}) nor renamed aside: "
-                                     f"{err.strerror or err}.") from err
-            self.problem = (f"{self.path} could not be used ({e}); it was set aside as "
-                            f"{aside.name} and {self.empty} until it is restored.")
-            log.error("%s", self.problem)
-            raise _SetAside(self.problem) from None
-
-    def refresh(self, locked: bool, strict: bool) -> dict:
-        """Re-read; after a set-aside {} (``strict``, an edit, still raises)."""
-        signature = self.stat()  # before reading, so a racing write is seen next time
-        try:
-            content = self.read(locked)
-        except _SetAside:
-            self.signature = self.stat()
-            if strict:
-                raise
-            return {}
-        self.signature = signature
-        return content
-
-    def save(self, data: bytes) -> None:
-        for attempt in range(10):
-            try:
-                atomic_write(self.path, data, mode=0o600)
-                break
-            except PermissionError as e:
-                # Windows refuses to replace a file another process is reading; that is brief.
-                if os.name != "nt" or attempt == 9:
-                    raise AutoReplyError(f"Could not save {self.path}: {e.strerror or e}.") from e
-                time.sleep(0.05)
-            except OSError as e:
-                raise AutoReplyError(f"Could not save {self.path}: {e.strerror or e}.") from e
-        self.signature = self.stat()
-
-
 class AutoReplies:
     """autoreply.json in memory (a published dict, never mutated) and the sent-state."""
 
     def __init__(self, data_dir: Path, *, reload_interval: float = 1.0) -> None:
         data_dir = Path(data_dir)
         self.reload_interval = reload_interval
-        self._settings = _JsonFile(data_dir / FILE_NAME, "auto-replies", parse_settings,
-                                   "there are no auto-replies")
-        self._sent_file = _JsonFile(data_dir / SENT_NAME, "auto-reply records", parse_sent,
-                                    "every sender may get an auto-reply again")
+        files = dict(empty=dict, error=AutoReplyError, set_aside=_SetAside, logger=log)
+        self._settings: JsonFile[dict] = JsonFile(
+            data_dir / FILE_NAME, what="the auto-replies", parse=parse_settings,
+            empty_text="there are no auto-replies", **files)
+        self._sent_file: JsonFile[dict] = JsonFile(
+            data_dir / SENT_NAME, what="the auto-reply records", parse=parse_sent,
+            empty_text="every sender may get an auto-reply again", **files)
         self.path, self.sent_path = self._settings.path, self._sent_file.path
         self._replies: dict[str, AutoReply] = {}
         self._sent: dict[str, dict[str, float]] = {}
@@ -193,7 +120,7 @@ class AutoReplies:
             return
         try:
             self._next_check = now + self.reload_interval
-            if self._loaded and self._settings.stat() == self._settings.signature:
+            if self._loaded and not self._settings.changed():
                 return
             try:
                 replies = self._refresh(locked=False, strict=False)
@@ -253,7 +180,7 @@ class AutoReplies:
         """The current state (re-read if another process changed it) under both locks; the
         caller changes it in place and it is saved, pruned, when the block ends normally."""
         with self._sent_mutex, self._sent_file.locked():
-            if self._sent_file.stat() != self._sent_file.signature:
+            if self._sent_file.changed():
                 self._sent = self._sent_file.refresh(locked=True, strict=False)
             state = {a: dict(s) for a, s in self._sent.items()}
             before = sent_json(state)

@@ -22,6 +22,7 @@ from email.utils import formatdate, getaddresses, make_msgid
 from typing import Any, Iterable
 
 from .addressbook_rules import address_problem
+from .jsonfile import Corrupt, document
 
 FORMAT_VERSION = 1
 MAX_SUBJECT = 200           # characters
@@ -46,10 +47,6 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 
 class AutoReplyError(ValueError):
     """A refused setting or unusable file; str() names the field and the allowed values."""
-
-
-class Corrupt(Exception):
-    """A file that cannot be used; str() says where and why."""
 
 
 @dataclass(frozen=True)
@@ -128,21 +125,6 @@ def clean(reply: AutoReply, *, from_file: bool = False) -> AutoReply:
 
 
 # ----- the files -----------------------------------------------------------------------------
-def _document(raw: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise Corrupt("it is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise Corrupt(f"it is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    if not isinstance(doc, dict):
-        raise Corrupt("the top level is not an object")
-    version = doc.get("version", FORMAT_VERSION)
-    if type(version) is not int or version != FORMAT_VERSION:  # True == 1, hence type()
-        raise Corrupt(f"'version' is {doc.get('version')!r}; this ISMail reads {FORMAT_VERSION}")
-    return doc
-
-
 def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
@@ -169,7 +151,7 @@ def parse_settings(raw: bytes) -> dict[str, AutoReply]:
     """autoreply.json: ``{"version": 1, "replies": {account: {subject, body, start, end,
     days, enabled}}}``; any problem raises Corrupt naming the account and the field."""
     replies: dict[str, AutoReply] = {}
-    for account, entry in _section(_document(raw), "replies").items():
+    for account, entry in _section(document(raw, FORMAT_VERSION), "replies").items():
         if not isinstance(entry, dict):
             raise Corrupt(f"the auto-reply of {account} is not an object")
         try:
@@ -194,7 +176,7 @@ def settings_json(replies: dict[str, AutoReply]) -> bytes:
 def parse_sent(raw: bytes) -> dict[str, dict[str, float]]:
     """autoreply-sent.json: ``{"version": 1, "sent": {account: {sender: unix time}}}``."""
     sent: dict[str, dict[str, float]] = {}
-    for account, senders in _section(_document(raw), "sent").items():
+    for account, senders in _section(document(raw, FORMAT_VERSION), "sent").items():
         if not isinstance(senders, dict):
             raise Corrupt(f"'sent' of {account} is not an object")
         times: dict[str, float] = {}

@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from ..fsutil import atomic_write, file_lock
-from .routes_rules import (FORMAT_VERSION, MAX_LIFETIME_HOURS, TLS_MODES, Corrupt, RelayDomain,
+from .jsonfile import JsonFile
+from .routes_rules import (FORMAT_VERSION, MAX_LIFETIME_HOURS, TLS_MODES, RelayDomain,
                            Route, RouteError, _Table, check_relay_target, check_route_target,
                            clean_domain, clean_relay, clean_route, parse, problems_of)
 
@@ -56,68 +54,34 @@ class Routes:
     """routes.json in memory; readers share one published _Table that is never mutated."""
 
     def __init__(self, data_dir: Path, *, reload_interval: float = 1.0) -> None:
-        self.path = Path(data_dir) / FILE_NAME
-        self.lock_path = Path(data_dir) / (FILE_NAME + ".lock")
+        self._file: JsonFile[_Table] = JsonFile(
+            Path(data_dir) / FILE_NAME, what="the routes table", parse=parse, empty=_Table,
+            empty_text="there are no routes or relay domains", error=RouteError,
+            set_aside=_SetAside, logger=log)
+        self.path, self.lock_path = self._file.path, self._file.lock_path
         self.reload_interval = reload_interval
-        self.load_problem = ""  # why the last file was set aside, for the GUI
         self._table = _Table()
         self._mutex = threading.Lock()
-        self._signature: tuple[int, int, int] | None = None
         self._loaded = False
         self._next_check = 0.0
 
+    @property
+    def load_problem(self) -> str:
+        """Why the last file was set aside, for the window; "" when all is well."""
+        return self._file.problem
+
     # ----- the file -----
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)  # st_ino: os.replace in one mtime tick
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with file_lock(self.lock_path, "the routes table", RouteError):
-            yield
-
-    def _read(self, locked: bool) -> _Table:
-        """The table on disk; a corrupt file is set aside (under the lock, so a good file
-        written meanwhile is never the one moved), logged, and _SetAside raised."""
-        try:
-            return parse(self.path.read_bytes())
-        except FileNotFoundError:
-            return _Table()
-        except OSError as e:
-            raise RouteError(f"Could not read {self.path}: {e.strerror or e}.") from e
-        except Corrupt as e:
-            if not locked:
-                with self._locked():
-                    return self._read(locked=True)
-            aside = self.path.with_name(f"{FILE_NAME}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
-                                        f"-{time.time_ns() % 1_000_000:06d}")
-            try:
-                os.replace(self.path, aside)
-            except OSError as err:
-                raise RouteError(f"{self.path} could not be used ({e}) nor renamed aside: "
-                                 f"{err.strerror or err}.") from err
-            self.load_problem = (f"{self.path} could not be used ({e}); it was set aside as "
-                                 f"{aside.name} and there are no routes or relay domains "
-                                 "until it is restored.")
-            log.error("%s", self.load_problem)
-            raise _SetAside(self.load_problem) from None
-
     def _refresh(self, locked: bool, strict: bool) -> _Table:
         """Re-read and publish; after a set-aside the empty table is published, and
         ``strict`` (an edit) still raises so the admin learns of it before changing anything."""
-        signature = self._stat()  # before reading, so a racing write is seen next time
         try:
-            table = self._read(locked)
+            self._table = self._file.refresh(locked, strict)
         except _SetAside:
-            self._table, self._signature, self._loaded = _Table(), self._stat(), True
-            if strict:
-                raise
-            return self._table
-        self._table, self._signature, self._loaded = table, signature, True
-        return table
+            self._table = _Table()
+            raise
+        finally:
+            self._loaded = True
+        return self._table
 
     def load(self) -> None:
         """Read the file (missing = empty; corrupt = set aside, logged, empty)."""
@@ -131,36 +95,25 @@ class Routes:
             return
         try:
             self._next_check = now + self.reload_interval
-            if self._loaded and self._stat() == self._signature:
+            if self._loaded and not self._file.changed():
                 return
             try:
                 table = self._refresh(locked=False, strict=False)
                 log.info("Reloaded %s (%d routes, %d relay domains)", self.path,
                          len(table.routes), len(table.relays))
             except RouteError as e:
-                self._signature, self._loaded = self._stat(), True  # log once per change
+                self._file.signature, self._loaded = self._file.stat(), True  # log once per change
                 log.error("%s Keeping the routes loaded before.", e)
         finally:
             self._mutex.release()
 
     def _save(self, table: _Table) -> None:
         doc = table.to_json()  # may refuse: a password Windows cannot protect
-        data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        for attempt in range(10):
-            try:
-                atomic_write(self.path, data, mode=0o600)  # owner-only: it may hold passwords
-                break
-            except PermissionError as e:
-                # Windows refuses to replace a file another process is reading; that is brief.
-                if os.name != "nt" or attempt == 9:
-                    raise RouteError(f"Could not save {self.path}: {e.strerror or e}.") from e
-                time.sleep(0.05)
-            except OSError as e:
-                raise RouteError(f"Could not save {self.path}: {e.strerror or e}.") from e
-        self._table, self._signature, self._loaded = table, self._stat(), True
+        self._file.save((json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        self._table, self._loaded = table, True
 
     def _edit(self, change: Callable[[_Table], None]) -> None:
-        with self._mutex, self._locked():
+        with self._mutex, self._file.locked():
             new = self._refresh(locked=True, strict=True).copy()  # another process may have edited
             change(new)
             self._save(new)

@@ -7,13 +7,13 @@ the same checks run on a file read from disk, where a failure makes the file unu
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from ..config import TLS_MODES, host_name_problem
 from ..platform.protect import ProtectError, protect, unprotect
 from .addressbook_rules import address_problem
+from .jsonfile import Corrupt, document
 
 FORMAT_VERSION = 1
 MAX_LIFETIME_HOURS = 8760  # a year: longer than any primary should stay down
@@ -276,22 +276,8 @@ def problems_of(table: _Table, local_domains: Iterable[str]) -> list[str]:
 
 
 # ----- the file -----
-class Corrupt(Exception):
-    """The file cannot be used as it is; str() says why."""
-
-
 def parse(raw: bytes) -> _Table:
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise Corrupt("it is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise Corrupt(f"it is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    if not isinstance(doc, dict):
-        raise Corrupt("the top level is not an object")
-    version = doc.get("version", FORMAT_VERSION)
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise Corrupt(f"'version' is {version!r}; this ISMail reads {FORMAT_VERSION}")
+    doc = document(raw, FORMAT_VERSION)
     table = _Table(top_extras={k: v for k, v in doc.items() if k not in _TOP_KEYS})
     try:
         for dom, entry in _section(doc, "routes", "route").items():
