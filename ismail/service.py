@@ -148,10 +148,17 @@ class MailServer:
 
         def tls() -> None:  # once every address is bound: a port in use is said first
             self.gate.tls_context = tls_context(self.settings, self.data_dir)
-        with self._lock:
-            self._open_listeners(self._wanted(self.settings), before_serving=tls)
+        # The queue takes new mail before any listener opens: a message accepted while the
+        # rest starts must not miss it (it would wait, acknowledged, until the next start).
         self.qmgr = QueueManager(self)
-        self.qmgr.start(queued)
+        self.qmgr.start()
+        try:
+            with self._lock:
+                self._open_listeners(self._wanted(self.settings), before_serving=tls)
+        except BaseException:
+            self.qmgr.stop(0)
+            raise
+        self.qmgr.load(queued)  # after the listeners: a big queue does not delay serving
         etrn.at_start(self.settings)  # our backup MX hosts: send what you hold for us now
         self._make_dkim_keys(self.settings)
         log.info("ISMail serving %s as %s", self.serving(), self.settings.server_name)

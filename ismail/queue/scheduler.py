@@ -155,23 +155,37 @@ class QueueManager:
         self.pool: DeliveryPool | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
-    def start(self, queued_ids: list[str]) -> None:
-        for qid in queued_ids:
-            try:
-                entry = self.spool.load(qid)
-            except (ValueError, OSError) as e:
-                log.error("%s", e)
-                continue
-            self._entries[qid] = entry
-            self._heap.append((entry.next_try, qid))
-        heapq.heapify(self._heap)
-        self.stats.add("queue_length", len(self._entries) - self.stats.get("queue_length"))
-        self.spool.on_enqueue = self.add
+    def start(self, queued_ids: list[str] | None = None) -> None:
+        """Take new mail from now on (the spool hands over each entry it commits) and
+        start the delivery threads.  Called before the listeners open, so no message
+        accepted while the server starts can miss the queue; the entries already on disk
+        come with ``load`` (given here, or called after the listeners are open)."""
         self.pool = DeliveryPool(self.server.settings.outgoing.max_connections,
                                  on_idle=self.sender.close_idle,
                                  on_exit=lambda: self.sender.close_idle(force=True))
+        self.spool.on_enqueue = self.add
         self._thread = threading.Thread(target=self._dispatch, name="qmgr", daemon=True)
         self._thread.start()
+        if queued_ids:
+            self.load(queued_ids)
+
+    def load(self, queued_ids: list[str]) -> None:
+        """The entries that were on disk when the server started (an unreadable one is
+        reported and set aside by the spool)."""
+        loaded: list[QueueEntry] = []
+        for qid in queued_ids:
+            try:
+                loaded.append(self.spool.load(qid))
+            except (ValueError, OSError) as e:
+                log.error("%s", e)
+        with self._cond:
+            fresh = [e for e in loaded if e.id not in self._entries]
+            for entry in fresh:
+                self._entries[entry.id] = entry
+                self._heap.append((entry.next_try, entry.id))
+            heapq.heapify(self._heap)
+            self._cond.notify()
+        self.stats.add("queue_length", len(fresh))
 
     def stop(self, grace: float = 10.0) -> None:
         with self._cond:
