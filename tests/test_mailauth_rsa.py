@@ -15,17 +15,24 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import unittest
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from unittest import mock
 
-from ismail.mailauth import der, rsa, x509
+from ismail.mailauth import der, libcrypto, rsa, x509
 from tests.support import require_program
 
 UTC = timezone.utc
+
+
+def pow_only() -> mock._patch:
+    """Sign with Python's pow() even where CPython's OpenSSL is found."""
+    return mock.patch.object(rsa, "_native_key", lambda key: None)
 
 
 def run(*args: str, data: bytes | None = None) -> subprocess.CompletedProcess:
@@ -277,8 +284,80 @@ class RsaTest(unittest.TestCase):
     def test_a_faulty_computation_never_leaves_as_a_signature(self) -> None:
         k = self.key1024
         broken = rsa.PrivateKey(k.n, k.e, k.d, k.p, k.q, k.dp ^ 2, k.dq, k.qinv)  # as a bit flip in memory would
-        with self.assertRaisesRegex(RuntimeError, "own check"):
+        with pow_only(), self.assertRaisesRegex(RuntimeError, "own check"):
             broken.sign_sha256(b"x")
+        # OpenSSL checks its CRT result with e and, on a mismatch, redoes it with d: the
+        # signature it gives is then the right one, never one that would give away a prime.
+        try:
+            signature = broken.sign_sha256(b"x")
+        except RuntimeError:
+            return
+        self.assertTrue(k.public().verify_sha256(b"x", signature))
+
+    # -- the private operation in CPython's own OpenSSL (rsa.py falls back to pow()) --------------
+    def test_the_ssl_modules_openssl_is_found_on_linux(self) -> None:
+        # CI must exercise the fast path; a Windows build finds libcrypto-*.dll beside _ssl.pyd.
+        if not sys.platform.startswith("linux"):
+            self.skipTest("checked on Linux")
+        self.assertIsNotNone(libcrypto.library(), "libcrypto of the ssl module not found")
+        self.assertIsNotNone(rsa._native_key(self.key))
+
+    def test_openssl_and_pow_give_the_same_bytes_for_every_size(self) -> None:
+        for key in (self.key, self.key1024, rsa.generate(1099)):
+            data = os.urandom(100)
+            fast = key.sign_sha256(data)
+            with pow_only():
+                slow = key.sign_sha256(data)
+            self.assertEqual(fast, slow, key.bits)
+            self.assertTrue(key.public().verify_sha256(data, fast))
+
+    def test_a_wrong_answer_from_the_library_falls_back_to_pow(self) -> None:
+        key = rsa.generate(1024)
+
+        class Liar:
+            checked = False
+
+            def private_op(self, block: bytes) -> bytes:
+                return bytes(len(block) - 1) + b"\x07"
+
+        rsa._native_keys[key] = Liar()
+        with self.assertLogs("ismail.dkim", "WARNING") as logs:
+            signature = key.sign_sha256(b"data")
+        self.assertTrue(key.public().verify_sha256(b"data", signature))
+        self.assertIn("failed the check", "\n".join(logs.output))
+        self.assertIsNone(rsa._native_keys[key])  # not asked again for this key
+        self.assertEqual(key.sign_sha256(b"data"), signature)
+
+    def test_signing_from_many_threads_at_once(self) -> None:
+        results: list[tuple[bytes, bytes]] = []
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for _ in range(50):
+                    data = os.urandom(40)
+                    results.append((data, self.key.sign_sha256(data)))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+        self.assertEqual(len(results), 300)
+        pub = self.key.public()
+        self.assertTrue(all(pub.verify_sha256(d, s) for d, s in results))
+
+    def test_ismail_rsa_python_turns_the_library_off(self) -> None:
+        code = ("from ismail.mailauth import libcrypto, rsa; k = rsa.generate(1024); "
+                "print(libcrypto.library(), rsa._native_key(k), k.public().verify_sha256(b'a', k.sign_sha256(b'a')))")
+        root = Path(__file__).resolve().parent.parent
+        r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "ISMAIL_RSA": "python"})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ["None", "None", "True"])
 
     def test_signing_speed(self) -> None:
         for key, limit in ((self.key, 0.25), (self.key1024, 0.1)):
