@@ -28,6 +28,7 @@ rest the same way, so the layout is free.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import time
@@ -123,21 +124,33 @@ def _body_hash(message: bytes, start: int) -> str:
 
 def header_list(fields: list[tuple[bytes, bytes]], headers: tuple[str, ...] = DEFAULT_HEADERS) -> list[str]:
     """h=: each name of ``headers`` as often as the message has it, and From once more."""
-    counts: dict[str, int] = {}
+    counts: dict[bytes, int] = {}
     for name, _ in fields:
-        counts[name.decode("ascii").lower()] = counts.get(name.decode("ascii").lower(), 0) + 1
-    if not counts.get("from"):
+        key = name.lower()
+        counts[key] = counts.get(key, 0) + 1
+    if not counts.get(b"from"):
         raise ValueError("the message has no From header field, which DKIM signs: not signed")
     names: list[str] = []
+    unique, from_name = _checked_names(headers)
+    for h, key in unique:
+        names += [h] * counts.get(key, 0)
+    return names + [from_name]  # oversigned: see above
+
+
+@functools.lru_cache(maxsize=16)
+def _checked_names(headers: tuple[str, ...]) -> tuple[tuple[tuple[str, bytes], ...], str]:
+    """The names of ``headers`` checked, each once (first spelling), with its lower-case
+    bytes; and the From name.  Worked out once per list, not once per message."""
+    unique: list[tuple[str, bytes]] = []
     for h in headers:
         if not h.isascii() or not _FIELD_NAME.fullmatch(h.encode("ascii") + b":"):
             raise ValueError(f"{h!r} is not a header field name")
-        if not any(n.lower() == h.lower() for n in names):
-            names += [h] * counts.get(h.lower(), 0)
+        if not any(key == h.lower().encode("ascii") for _, key in unique):
+            unique.append((h, h.lower().encode("ascii")))
     from_name = next((h for h in headers if h.lower() == "from"), None)
     if from_name is None:
         raise ValueError("DKIM must sign the From header field; it is missing from the list")
-    return names + [from_name]  # oversigned: see above
+    return tuple(unique), from_name
 
 
 def signed_fields(fields: list[tuple[bytes, bytes]], names: list[str]) -> list[bytes]:
