@@ -8,6 +8,13 @@ DATA/queue/messages/ in a temporary folder, starts `python3 -m ismail run` on a 
 loopback port (SmartHost on a closed loopback port: nothing leaves the machine) and
 prints the seconds until the SMTP greeting, the resident size then, and the seconds
 until the first and the last line of `queue list`.  Needs ~N x 2.5 KB of /tmp.
+
+    python3 bench/queue_bench.py N --relay
+
+also checks that new mail is still relayed at the usual rate: the SmartHost is then
+Postfix's smtp-sink on loopback (the deferred entries wait two hours, so only new
+mail reaches it), and smtp-source sends 5,000 messages in 10 sessions once the queue
+is read; run it with N = 0 too, for the usual rate on this machine.
 """
 from __future__ import annotations
 
@@ -34,15 +41,23 @@ def free_port() -> int:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    args = [a for a in sys.argv[1:] if a != "--relay"]
+    n = int(args[0]) if args else 100_000
     data = Path(tempfile.mkdtemp(prefix="ismail-queue-bench-"))
+    sink = None
     try:
-        run(data, n)
+        if "--relay" in sys.argv:
+            from dkim_bench import Sink  # the same smtp-sink wrapper
+            sink = Sink(data)
+        run(data, n, sink)
     finally:
+        if sink is not None:
+            sink.proc.terminate()
+            sink.proc.wait(30)
         shutil.rmtree(data, ignore_errors=True)
 
 
-def run(data: Path, n: int) -> None:
+def run(data: Path, n: int, sink=None) -> None:
     messages = data / "queue" / "messages"
     messages.mkdir(parents=True)
     port = free_port()
@@ -50,7 +65,10 @@ def run(data: Path, n: int) -> None:
         "server_name": "mx.example.test", "primary_domain": "example.test",
         "listen": [f"127.0.0.1:{port}"], "pop3": {"enabled": False}, "imap": {"enabled": False},
         "tls": {"self_signed": False}, "dkim": {"auto_keys": False},
-        "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True, "tls": "none"}}))
+        "trusted_networks": ["127.0.0.0/8"], "outgoing": {"max_connections": 20},
+        "incoming": {"max_connections": 100, "max_per_host": 10},
+        "smarthost": {"enabled": True, "host": "127.0.0.1", "port": sink.port if sink else 9,
+                      "exclusive": True, "tls": "none"}}))
     body = b"Subject: deferred\r\n\r\n" + b"x" * 2000 + b"\r\n"
     later, t = time.time() + 7200, time.perf_counter()
     for _ in range(n):
@@ -86,9 +104,26 @@ def run(data: Path, n: int) -> None:
         listing.stdout.read()
         listing.wait()
         print(f"queue list: first line {first:.2f} s, all of it {time.perf_counter() - t:.2f} s", flush=True)
+        if sink is not None:
+            relay_rate(port, sink)
     finally:
         server.terminate()
         server.wait(30)
+
+
+def relay_rate(port: int, sink) -> None:
+    before, t = sink.count(), time.perf_counter()
+    r = subprocess.run(["/usr/sbin/smtp-source", "-s", "10", "-m", "5000", "-l", "2048",
+                        "-f", "sender@example.test", "-t", "user@remote.test", f"127.0.0.1:{port}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"smtp-source failed: {r.stderr[-300:]}")
+    deadline = time.time() + 600
+    while sink.count() - before < 5000:
+        if time.time() > deadline:
+            raise SystemExit(f"only {sink.count() - before} of 5000 relayed")
+        time.sleep(0.01)
+    print(f"new mail relayed: {5000 / (time.perf_counter() - t):.0f} msg/s (10 sessions, 2 KiB)", flush=True)
 
 
 if __name__ == "__main__":
