@@ -120,7 +120,8 @@ class QueueEntry:
         # in field order, which is all json needs.
         fields = dict(self.__dict__)
         fields["recipients"] = [r.__dict__ for r in self.recipients]
-        return json.dumps(fields, ensure_ascii=False, indent=1).encode("utf-8")
+        # One line: json's C encoder (indent= would take the pure-Python one, 2.5x slower).
+        return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> "QueueEntry":

@@ -14,6 +14,7 @@ it); AUTH's PLAIN and LOGIN exchanges live in net/sasl.py.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -96,13 +97,19 @@ class Envelope:
         ip = f"IPv6:{self.client_ip}" if ":" in self.client_ip else self.client_ip
         lines = [f"Received: from {self.helo or 'unknown'} ([{ip}])",
                  f"\tby {server_name} (ISMail) with {self.protocol} id {self.id}"]
-        date = formatdate(self.received_at, localtime=True)
+        date = _date_of_second(int(self.received_at))
         if len(self.recipients) == 1:
             lines.append(f"\tfor <{self.recipients[0]}>; {date}")
         else:
             lines[-1] += ";"
             lines.append(f"\t{date}")
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+@functools.lru_cache(maxsize=4)
+def _date_of_second(second: int) -> str:
+    """The RFC 5322 date of a Received line: made once a second, not once a message."""
+    return formatdate(second, localtime=True)
 
 
 class Session(Routing):
