@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Settings
+from .mailauth import libcrypto
 from .mailauth.keystore import KeyStore, KeyStoreError
 
 
@@ -66,6 +67,7 @@ def cmd_dkim(args: argparse.Namespace, data_dir: Path, settings: Settings,
                 for k in keys:
                     mark = "signs" if k.active else "old"
                     print(f"{domain}\t{k.selector}\t{k.key.bits} bits\t{mark}\t{k.record_name}")
+            print(f"RSA signatures by {libcrypto.describe()}")
             return 0
         domain = _local(settings, args.domain, error)
         if args.action == "new":

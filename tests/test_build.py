@@ -551,6 +551,13 @@ class FrozenBuildTest(unittest.TestCase):
         self.assertEqual(code, 0, text[-3000:])
         self.assertNotIn("Traceback", text)
 
+    def test_the_frozen_build_signs_with_the_openssl_it_carries(self) -> None:
+        # The bundle holds _ssl and its libcrypto: DKIM's RSA must find it there too,
+        # or every signature costs ~7 ms of pow() (it still works, only slowly).
+        r = self.ismail("--data-dir", str(self.data), "dkim", "list")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("RSA signatures by OpenSSL", r.stdout)
+
     def test_portable_copy_keeps_its_data_beside_it(self) -> None:
         marker = self.binary.parent / "portable.txt"
         marker.write_text("")

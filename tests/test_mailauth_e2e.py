@@ -231,6 +231,8 @@ class DkimCommandTest(unittest.TestCase):
         listing = self.dkim("list").stdout
         self.assertRegex(listing, r"example\.test\s+two\s+1024 bits\s+signs")
         self.assertRegex(listing, r"example\.test\s+one\s+1024 bits\s+old")
+        # Which code makes the signatures: the ssl module's OpenSSL here (Linux, CI).
+        self.assertRegex(listing, r"RSA signatures by OpenSSL [0-9.]+.*, the library of Python's ssl module")
         # The signing key cannot be removed; the old one can.
         r = self.dkim("remove", "example.test", "two")
         self.assertNotEqual(r.returncode, 0)
