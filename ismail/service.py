@@ -430,7 +430,10 @@ class MailServer:
                                  self.duplicates.record(list(zip(keys, dests))) if keys else None)
         remote = envelope.remote_recipients
         if remote:
-            if self.settings.dkim.enabled:  # signed once, here; every attempt sends these bytes
+            # Signed once, here (every attempt sends these bytes), and only mail from our own
+            # side: a stranger's message with our From (forwarded, or for a relay domain)
+            # must not leave with our signature.
+            if self.settings.dkim.enabled and envelope.internal:
                 signature = signature_for(self.dkim_keys, self.policy.local_domains, received,
                                           body.chunks)
                 received = signature + received
@@ -536,7 +539,7 @@ class MailServer:
         settings = self.settings
         envelope = Envelope(id=new_queue_id(), sender=sender, recipients=list(recipients),
                             helo=settings.server_name, client_ip="127.0.0.1", received_at=time.time(),
-                            size=len(data))
+                            size=len(data), internal=True)
         for rcpt in recipients:
             local, _, domain = rcpt.rpartition("@")
             if settings.is_local_domain(domain):

@@ -140,6 +140,23 @@ class MailAuthE2E(unittest.TestCase):
         got = wait_file(self.b.maildir("someone@remote.test"), token)
         self.assertNotIn(b"DKIM-Signature", got)
 
+    def test_only_mail_from_our_side_gets_our_signature(self) -> None:
+        # user@example.test forwards to someone@remote.test.  A stranger (127.0.0.2, not
+        # trusted) writing "From: user@example.test" must not get a forwarded copy that
+        # carries our signature (it would pass DMARC as us); the same from a trusted
+        # client is signed, as OpenDKIM signs for its internal hosts only.
+        dns = self.dnsmasq_with_key()
+        for source, signed in (("127.0.0.2", False), ("127.0.0.1", True)):
+            with self.subTest(source=source):
+                token = "tok-" + uuid.uuid4().hex
+                send(self.a.port, "user@example.test", ["user@example.test"],
+                     message("user@example.test", "user@example.test", token), source=source)
+                copy = crlf(wait_file(self.b.maildir("someone@remote.test"), token))
+                self.assertEqual(b"DKIM-Signature:" in copy, signed, copy[:600])
+                if signed:
+                    code, out = dkim_verify(self, copy, dns)
+                    self.assertEqual(code, 0, out)
+
     def test_forwarded_copy_gets_srs_and_its_bounce_goes_back(self) -> None:
         token = "tok-" + uuid.uuid4().hex
         # From outside (127.0.0.2 is not trusted by A): mail for the local user ...

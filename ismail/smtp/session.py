@@ -87,6 +87,9 @@ class Envelope:
     authenticated: str = ""   # the account the client logged in as
     via: dict[str, str] = field(default_factory=dict)  # account -> the alias/group it came through
     over_quota: list[str] = field(default_factory=list)  # left out: mailbox full (reported after)
+    # From our own side: a logged-in client, a trusted network, or ISMail itself (a bounce).
+    # Only such mail is DKIM-signed, as OpenDKIM signs only for its InternalHosts and logins.
+    internal: bool = False
 
     @property
     def remote_recipients(self) -> list[str]:
@@ -552,7 +555,7 @@ class Session(Routing):
                 helo=self.helo or "", client_ip=self.client_ip,
                 protocol=protocol, smtputf8=self._smtputf8, body_type=self._body,
                 received_at=time.time(), size=data.size, authenticated=self.authenticated,
-                via=dict(self._via))
+                via=dict(self._via), internal=bool(self.authenticated) or self.trusted)
             if envelope.mailboxes and self._checked:
                 refusal = self._verdict(envelope, data)
                 if refusal is not None:
