@@ -5,7 +5,10 @@ whatever its MX records and the SmartHost say.  A relay domain is accepted here 
 for the domain's own servers, so mail waits here while they are down.  Both live in
 ``routes.json`` and, as on the Accounts and Addresses pages, every change is saved at once
 through ``Admin.route_table`` (the running server's table: the next delivery uses it).
-The store's refusal is shown in the dialog word for word, and nothing is saved.
+The store's refusal is shown in the dialog word for word, and nothing is saved.  Below
+them, two outgoing settings of ismail.json that belong with routing: the backup MX hosts
+ISMail asks by ETRN at start, and the domains whose mail needs verified TLS; they are
+saved with Apply and checked like every setting (a bad entry is named under its field).
 
 A route's password is never shown: its field holds ``KEPT`` while it is not touched, and
 an Edit that leaves it so keeps the stored password.
@@ -57,22 +60,43 @@ class RoutesPage(Page):
         self.routes = EntryList(self, "Routes", (("domain", "Domain", 180), ("host", "Server", 220),
                                                  ("tls", "Encryption", 180), ("login", "Login", 150),
                                                  ("password", "Password", 80)),
-                                self.add_route, self.edit_route, self.remove_route, height=9)
+                                self.add_route, self.edit_route, self.remove_route, height=7)
         self.routes.grid(row=1, column=0, sticky="nsew", pady=(0, PAD))
         self.relay_list = EntryList(self, "Relay domains (backup MX)",
                                     (("domain", "Domain", 180), ("lifetime", "Mail may wait", 140),
                                      ("recipients", "Recipients accepted", 490)),
-                                    self.add_relay, self.edit_relay, self.remove_relay, height=8)
+                                    self.add_relay, self.edit_relay, self.remove_relay, height=6)
         self.relay_list.grid(row=2, column=0, sticky="nsew", pady=(0, PAD))
         self.note = ErrorLabel(self, wraplength=WIDTH, row=3, column=0, sticky="w")
         self.problems = ErrorLabel(self, wraplength=WIDTH, row=4, column=0, sticky="w")
+        # Two lists of the outgoing settings (ismail.json; saved with Apply, unlike the lists).
+        out = ttk.Frame(self)
+        out.grid(row=5, column=0, sticky="w")
+        self.etrn_hosts = tk.StringVar(self)
+        self.require_tls = tk.StringVar(self)
+        for row, (label, var, hint, key) in enumerate((
+                ("Our backup MX hosts:", self.etrn_hosts,
+                 "host or host:port, comma-separated; asked by ETRN, each time ISMail starts, to send "
+                 "what they hold for our domains", "outgoing.etrn_hosts"),
+                ("Domains that need verified TLS:", self.require_tls,
+                 "mail for these domains waits rather than leave without a certificate that checks out",
+                 "outgoing.require_tls_domains"))):
+            ttk.Label(out, text=label).grid(row=row * 3, column=0, sticky="w", padx=(0, PAD))
+            ttk.Entry(out, textvariable=var, width=60).grid(row=row * 3, column=1, sticky="w")
+            ttk.Label(out, text=hint, style="Hint.TLabel").grid(row=row * 3 + 1, column=1, sticky="w")
+            self.error_for(key, out, row * 3 + 2)
 
     # -- Page duties --------------------------------------------------------------------------
     def load(self, settings: Settings) -> None:
         self.refresh()
+        for var, value in ((self.etrn_hosts, settings.outgoing.etrn_hosts),
+                           (self.require_tls, settings.outgoing.require_tls_domains)):
+            var.set(", ".join(map(str, value)) if isinstance(value, list) else str(value))
 
     def store(self, settings: Settings, problems: list[FieldError]) -> None:
-        pass  # nothing waits for Apply here
+        # The lists above are saved at once; these two wait for Apply, like other settings.
+        settings.outgoing.etrn_hosts = split_list(self.etrn_hosts.get())
+        settings.outgoing.require_tls_domains = [d.lower().rstrip(".") for d in split_list(self.require_tls.get())]
 
     # -- the lists ----------------------------------------------------------------------------
     def domains(self) -> set[str]:

@@ -69,6 +69,37 @@ class RoutesPageTest(AddressTestCase):
         self.assertEqual(page.routes.tree.get_children(), ())
         self.assertIsNone(live.route_for("corp.example"))
 
+    def test_backup_mx_hosts_and_tls_domains_are_saved_with_apply(self) -> None:
+        w, dialog, page = self.open_page("Routes")
+        self.assertEqual((page.etrn_hosts.get(), page.require_tls.get()), ("", ""))
+        page.etrn_hosts.set("backup.example.test:2525, 127.0.0.12")
+        page.require_tls.set("Bank.Example partner.example")
+        self.assertTrue(dialog.apply())
+        saved = self.data(w, "ismail.json")["outgoing"]
+        self.assertEqual(saved["etrn_hosts"], ["backup.example.test:2525", "127.0.0.12"])
+        self.assertEqual(saved["require_tls_domains"], ["bank.example", "partner.example"])
+        self.assertEqual(w.controller.editable_settings().outgoing.etrn_hosts,
+                         ["backup.example.test:2525", "127.0.0.12"])
+        # A bad entry is named under its field, and nothing is saved.
+        path = w.controller.data_dir / "ismail.json"
+        before = path.read_bytes()
+        page.etrn_hosts.set("backup.example.test:99999")
+        self.assertFalse(dialog.apply())
+        error = page.errors["outgoing.etrn_hosts"]
+        self.assertTrue(error.winfo_ismapped() or error.cget("text"))
+        self.assertIn("99999", error.cget("text"))
+        self.assertIn("1 to 65535", error.cget("text"))
+        self.assertEqual(path.read_bytes(), before)
+        pump(dialog, 0.2)
+        screenshot("settings-routes-outgoing")
+        # A second window shows what was saved.
+        dialog.destroy()
+        again = w.open_settings("Routes")
+        self.addCleanup(again.destroy)
+        pump(again, 0.1)
+        self.assertEqual(again.pages["Routes"].etrn_hosts.get(), "backup.example.test:2525, 127.0.0.12")
+        self.assertEqual(again.pages["Routes"].require_tls.get(), "bank.example, partner.example")
+
     def test_refused_routes_show_the_stores_words_and_change_nothing(self) -> None:
         w, _, page = self.open_page("Routes")
         path = w.controller.data_dir / "routes.json"
