@@ -5,18 +5,46 @@ SmartHost (another sink) takes everything else.  In process: the SMTP session ac
 relay-domain recipients from strangers (only listed ones when a list is set), ETRN's
 replies, and the longer lifetime of a relay domain.
 """
+import smtplib
 import time
 import unittest
 
 from ismail.store.routes import RelayDomain, Route
 from tests.support import cli
-from tests.test_delivery import DeliveryCase, new_token, smarthost, submit
+from tests.test_delivery import DeliveryCase, new_token, queue_ids, smarthost, submit
 from tests.test_session import SessionTestCase
 
 DOMAINS = {"example.test", "other.test"}
 
 
 class RouteDeliveryTest(DeliveryCase):
+    def test_mail_only_relayed_for_a_backup_domain_meets_the_content_checks(self):
+        # The primary trusts its backup, so what the backup passes on is checked nowhere else.
+        s = self.server({"smarthost": smarthost(9), "trusted_networks": ["127.0.0.1/32"],
+                         "antispam": {"rdns": "off", "spf": "off", "dkim": "off", "dmarc": "off",
+                                      "connection_rate": 0, "rules": [
+                                          {"name": "pills", "where": "subject", "match": "contains",
+                                           "pattern": "cheap pills", "action": "reject", "enabled": True}]}},
+                        start=False)
+        r = cli(s.data_dir, "relay-domain", "add", "primary.test")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        s.start()
+        replies = {}
+        for subject in ("cheap pills today", "the minutes"):
+            with smtplib.SMTP("127.0.0.1", s.port, timeout=30, source_address=("127.0.0.2", 0)) as c:
+                c.ehlo("stranger.example")
+                self.assertEqual(c.mail("someone@elsewhere.example")[0], 250)
+                self.assertEqual(c.rcpt("ann@primary.test")[0], 250)
+                try:
+                    code, text = c.data(f"From: someone@elsewhere.example\r\nSubject: {subject}\r\n\r\nx\r\n")
+                except smtplib.SMTPDataError as e:
+                    code, text = e.smtp_code, e.smtp_error
+                replies[subject] = (code, text)
+        self.assertEqual(replies["cheap pills today"][0], 550, replies)
+        self.assertIn(b"5.7.1", replies["cheap pills today"][1])
+        self.assertEqual(replies["the minutes"][0], 250, replies)
+        self.assertEqual(len(queue_ids(s.data_dir)), 1)  # only the clean one waits for the primary
+
     def test_a_route_overrides_the_smarthost_for_its_domain_only(self):
         route_sink = self.sink(name="exchange")
         smart = self.sink(name="smarthost")

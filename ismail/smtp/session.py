@@ -556,7 +556,9 @@ class Session(Routing):
                 protocol=protocol, smtputf8=self._smtputf8, body_type=self._body,
                 received_at=time.time(), size=data.size, authenticated=self.authenticated,
                 via=dict(self._via), internal=bool(self.authenticated) or self.trusted)
-            if envelope.mailboxes and self._checked:
+            # Also mail a stranger sends only on (a relay domain we are the backup MX for):
+            # the primary will trust it as coming from us, so its checks happen here or nowhere.
+            if self._checked and envelope.recipients:
                 refusal = self._verdict(envelope, data)
                 if refusal is not None:
                     stats.add("messages_refused")
@@ -587,8 +589,9 @@ class Session(Routing):
             self._reset()
 
     def _verdict(self, envelope: Envelope, data: MessageBuffer) -> bytes | None:
-        """The checks after DATA, for the local copies: a refusal, or None with the folder and
-        the Authentication-Results header set on ``envelope``."""
+        """The checks after DATA: a refusal, or None with the folder and the
+        Authentication-Results header set on ``envelope`` (for its local copies; a copy
+        relayed on leaves as it came)."""
         verdict = self.checks.message(b"".join(data.chunks()))
         if verdict.reply is not None:
             log.info("%s: message from <%s> refused: %s", self.client_ip, envelope.sender,
