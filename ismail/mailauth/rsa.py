@@ -35,6 +35,7 @@ import logging
 import math
 import re
 import secrets
+import threading
 from dataclasses import dataclass, field
 
 from . import der, libcrypto
@@ -160,6 +161,7 @@ class PrivateKey:
 
 _native_keys: dict[PrivateKey, libcrypto.NativeKey | None] = {}
 _NATIVE_KEYS_MAX = 32
+_native_lock = threading.Lock()
 
 
 def _native_key(key: PrivateKey) -> libcrypto.NativeKey | None:
@@ -175,9 +177,10 @@ def _native_key(key: PrivateKey) -> libcrypto.NativeKey | None:
             native = libcrypto.NativeKey(lib, _pkcs1_der(key), (key.n.bit_length() + 7) // 8)
         except ValueError as exc:
             log.warning("RSA: %s; using pow() for this %d-bit key", exc, key.bits)
-    if len(_native_keys) >= _NATIVE_KEYS_MAX:  # rotated or test keys: forget the oldest
-        _native_keys.pop(next(iter(_native_keys)), None)
-    _native_keys[key] = native
+    with _native_lock:  # signing threads meet here: the eviction iterates the dict
+        if len(_native_keys) >= _NATIVE_KEYS_MAX:  # rotated or test keys: forget the oldest
+            _native_keys.pop(next(iter(_native_keys)), None)
+        _native_keys[key] = native
     return native
 
 
