@@ -558,7 +558,7 @@ class Session(Routing):
                 via=dict(self._via), internal=bool(self.authenticated) or self.trusted)
             # Also mail a stranger sends only on (a relay domain we are the backup MX for):
             # the primary will trust it as coming from us, so its checks happen here or nowhere.
-            if self._checked and envelope.recipients:
+            if self._checked:
                 refusal = self._verdict(envelope, data)
                 if refusal is not None:
                     stats.add("messages_refused")
