@@ -32,13 +32,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .jsonfile import Corrupt, JsonFile, document
+from .jsonfile import Corrupt, JsonFile, Published, document
 from .addressbook_rules import (FORMAT_VERSION, MAX_DEPTH, MAX_TARGETS, SENDER_MODES, Group, _Book,
                                 _clean_targets, _domain, _norm_domains, address_problem, problems_of)
 
@@ -97,65 +95,23 @@ def _parse(raw: bytes) -> _Book:
     return book
 
 
-class AddressBook:
+class AddressBook(Published[_Book]):
     """addresses.json in memory; readers share one published _Book that is never mutated."""
 
+    keeping = "Keeping the address book loaded before."
+
     def __init__(self, data_dir: Path, *, reload_interval: float = 1.0) -> None:
-        self._file: JsonFile[_Book] = JsonFile(
+        super().__init__(JsonFile(
             Path(data_dir) / FILE_NAME, what="the address book", parse=_parse, empty=_Book,
             empty_text="the address book is empty", error=AddressError, set_aside=_SetAside,
-            logger=log)
-        self.path, self.lock_path = self._file.path, self._file.lock_path
-        self.reload_interval = reload_interval
-        self._book = _Book()
-        self._mutex = threading.Lock()
-        self._loaded = False
-        self._next_check = 0.0
+            logger=log), reload_interval)
 
-    @property
-    def load_problem(self) -> str:
-        """Why the last file was set aside, for the window; "" when all is well."""
-        return self._file.problem
-
-    def _refresh(self, locked: bool, strict: bool) -> _Book:
-        """Re-read and publish; after a set-aside the empty book is published, and
-        ``strict`` (an edit) still raises so the admin learns of it before changing anything."""
-        try:
-            self._book = self._file.refresh(locked, strict)
-        except _SetAside:
-            self._book = _Book()
-            raise
-        finally:
-            self._loaded = True
-        return self._book
-
-    def load(self) -> None:
-        """Read the file (missing = empty; corrupt = set aside, logged, empty)."""
-        with self._mutex:
-            self._refresh(locked=False, strict=False)
-
-    def maybe_reload(self) -> None:
-        """Pick up changes by another process: one stat per interval, never blocks delivery."""
-        now = time.monotonic()
-        if now < self._next_check or not self._mutex.acquire(blocking=False):
-            return
-        try:
-            self._next_check = now + self.reload_interval
-            if self._loaded and not self._file.changed():
-                return
-            try:
-                book = self._refresh(locked=False, strict=False)
-                log.info("Reloaded %s (%d aliases, %d groups)", self.path, len(book.aliases),
-                         len(book.groups))
-            except AddressError as e:
-                self._file.signature, self._loaded = self._file.stat(), True  # log once per change
-                log.error("%s Keeping the address book loaded before.", e)
-        finally:
-            self._mutex.release()
+    def describe(self, book: _Book) -> str:
+        return f"{len(book.aliases)} aliases, {len(book.groups)} groups"
 
     def _save(self, book: _Book) -> None:
         self._file.save((json.dumps(book.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._book, self._loaded = book, True
+        self._publish(book)
 
     def _edit(self, subject: str, change: Callable[[_Book], None], accounts: set[str] | None,
               local_domains: Iterable[str]) -> None:
@@ -246,33 +202,33 @@ class AddressBook:
     def snapshot(self) -> dict[str, Any]:
         """A copy of the book in the file's layout, for ``list`` commands and the GUI."""
         self.maybe_reload()
-        doc = self._book.to_json()
+        doc = self._value.to_json()
         del doc["version"]
         return doc
 
     def problems(self, *, accounts: set[str], local_domains: set[str]) -> list[str]:
         """Everything wrong with the stored book now (e.g. an alias whose account was removed)."""
         self.maybe_reload()
-        return list(dict.fromkeys(m for _, m in problems_of(self._book, accounts,
+        return list(dict.fromkeys(m for _, m in problems_of(self._value, accounts,
                                                              _norm_domains(local_domains))))
 
     def accepted_domains(self, local_domains: set[str]) -> set[str]:
         """The local domains plus the alias domains that point at one of them."""
         domains = _norm_domains(local_domains)
         self.maybe_reload()
-        return domains | {a for a, t in self._book.domain_aliases.items() if t in domains}
+        return domains | {a for a, t in self._value.domain_aliases.items() if t in domains}
 
     def alias_target(self, domain: str, local_domains: set[str]) -> str | None:
         """The local domain that ``domain`` is an alias of, or None (the hot path of RCPT)."""
         self.maybe_reload()
-        target = self._book.domain_aliases.get(domain.lower().rstrip("."))
+        target = self._value.domain_aliases.get(domain.lower().rstrip("."))
         return target if target is not None and target in local_domains else None
 
     def expand(self, address: str, sender: str, *, is_account: Callable[[str], bool],
                local_domains: set[str], sender_is_local: bool) -> Expansion:
         """Where mail for ``address`` goes; see the module docstring for the rules."""
         self.maybe_reload()
-        book, domains = self._book, _norm_domains(local_domains)
+        book, domains = self._value, _norm_domains(local_domains)
         start = book.rewrite(address)
         if _domain(start) not in domains:
             return Expansion(remote=[address.strip()])

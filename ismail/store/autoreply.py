@@ -48,7 +48,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .jsonfile import JsonFile
+from .jsonfile import JsonFile, Published
 from .autoreply_rules import (FORMAT_VERSION, MAX_BODY, MAX_DAYS, MAX_SUBJECT, MIN_DAYS, AutoReply,
                               AutoReplyError, Original, clean, clean_account, compose,
                               one_line, own_set, parse_sent, parse_settings, sender_refusal, sent_json,
@@ -69,74 +69,44 @@ class _SetAside(AutoReplyError):
     pass
 
 
-class AutoReplies:
+class AutoReplies(Published[dict]):
     """autoreply.json in memory (a published dict, never mutated) and the sent-state."""
+
+    keeping = "Keeping the auto-replies loaded before."
 
     def __init__(self, data_dir: Path, *, reload_interval: float = 1.0) -> None:
         data_dir = Path(data_dir)
-        self.reload_interval = reload_interval
         files = dict(empty=dict, error=AutoReplyError, set_aside=_SetAside, logger=log)
-        self._settings: JsonFile[dict] = JsonFile(
+        super().__init__(JsonFile(
             data_dir / FILE_NAME, what="the auto-replies", parse=parse_settings,
-            empty_text="there are no auto-replies", **files)
+            empty_text="there are no auto-replies", **files), reload_interval)
         self._sent_file: JsonFile[dict] = JsonFile(
             data_dir / SENT_NAME, what="the auto-reply records", parse=parse_sent,
             empty_text="every sender may get an auto-reply again", **files)
-        self.path, self.sent_path = self._settings.path, self._sent_file.path
-        self._replies: dict[str, AutoReply] = {}
+        self.sent_path = self._sent_file.path
         self._sent: dict[str, dict[str, float]] = {}
-        self._mutex = threading.Lock()        # the settings
         self._sent_mutex = threading.Lock()   # decide + record, so a sender is answered once
-        self._loaded = False
-        self._next_check = 0.0
 
     @property
     def load_problem(self) -> str:
         """Why a file was set aside (the latest), for the GUI; "" when all is well."""
-        return self._settings.problem or self._sent_file.problem
+        return self._file.problem or self._sent_file.problem
 
-    # ----- the settings file -----
-    def _refresh(self, locked: bool, strict: bool) -> dict[str, AutoReply]:
-        try:
-            self._replies = self._settings.refresh(locked, strict)
-        except _SetAside:
-            self._replies = {}
-            raise
-        finally:
-            self._loaded = True
-        return self._replies
+    def describe(self, replies: dict) -> str:
+        return f"{len(replies)} auto-replies"
 
     def load(self) -> None:
         """Read both files (missing = empty; corrupt = set aside, logged, empty)."""
-        with self._mutex:
-            self._refresh(locked=False, strict=False)
+        super().load()
         with self._sent_mutex:
             self._sent = self._sent_file.refresh(locked=False, strict=False)
 
-    def maybe_reload(self) -> None:
-        """Pick up changes by another process: one stat per interval, never blocks delivery."""
-        now = time.monotonic()
-        if now < self._next_check or not self._mutex.acquire(blocking=False):
-            return
-        try:
-            self._next_check = now + self.reload_interval
-            if self._loaded and not self._settings.changed():
-                return
-            try:
-                replies = self._refresh(locked=False, strict=False)
-                log.info("Reloaded %s (%d auto-replies)", self.path, len(replies))
-            except AutoReplyError as e:
-                self._settings.signature, self._loaded = self._settings.stat(), True  # log once
-                log.error("%s Keeping the auto-replies loaded before.", e)
-        finally:
-            self._mutex.release()
-
     def _edit(self, change: Callable[[dict[str, AutoReply]], None]) -> None:
-        with self._mutex, self._settings.locked():
+        with self._mutex, self._file.locked():
             new = dict(self._refresh(locked=True, strict=True))  # another process may have edited
             change(new)
-            self._settings.save(settings_json(new))
-            self._replies = new
+            self._file.save(settings_json(new))
+            self._publish(new)
 
     # ----- editing -----
     def set(self, reply: AutoReply) -> None:
@@ -168,11 +138,11 @@ class AutoReplies:
     # ----- reading -----
     def get(self, account: str) -> AutoReply | None:
         self.maybe_reload()
-        return self._replies.get(account.strip().lower())
+        return self._value.get(account.strip().lower())
 
     def all(self) -> list[AutoReply]:
         self.maybe_reload()
-        return [r for _, r in sorted(self._replies.items())]
+        return [r for _, r in sorted(self._value.items())]
 
     # ----- the sent-state -----
     @contextmanager
@@ -193,7 +163,7 @@ class AutoReplies:
 
     def _prune(self, state: dict[str, dict[str, float]], now: float) -> None:
         for account in list(state):
-            reply = self._replies.get(account)
+            reply = self._value.get(account)
             keep = min(reply.days if reply else MAX_DAYS, MAX_DAYS) * _DAY
             fresh = {s: t for s, t in state[account].items() if now - keep < t <= now + _DAY}
             if len(fresh) > MAX_SENDERS:
@@ -223,7 +193,7 @@ class AutoReplies:
         """
         self.maybe_reload()
         addr = account.strip().lower()
-        reply = self._replies.get(addr)
+        reply = self._value.get(addr)
         if reply is None:
             return None
         now = time.time() if now is None else now

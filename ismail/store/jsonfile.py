@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,3 +132,72 @@ class JsonFile(Generic[T]):
             except OSError as e:
                 raise self.error(f"Could not save {self.path}: {e.strerror or e}.") from e
         self.signature = self.stat()
+
+
+class Published(Generic[T]):
+    """A store whose readers share one published value of its JsonFile, never mutated in
+    place (an edit publishes a new one): the address book, the routes, the auto-replies.
+
+    ``load`` reads the file; ``maybe_reload`` picks up another process's save with one stat
+    per ``reload_interval`` and never blocks the mail path (it skips if an edit holds the
+    mutex).  A file that cannot be read on a reload keeps what was published before and is
+    logged once per change; a set-aside file publishes the empty value.
+    """
+
+    keeping = "Keeping what was loaded before."  # said after a reload that failed
+
+    def __init__(self, file: JsonFile[T], reload_interval: float) -> None:
+        self._file = file
+        self.path, self.lock_path = file.path, file.lock_path
+        self.reload_interval = reload_interval
+        self._value: T = file.empty()
+        self._mutex = threading.Lock()
+        self._loaded = False
+        self._next_check = 0.0
+
+    @property
+    def load_problem(self) -> str:
+        """Why the last file was set aside, for the window; "" when all is well."""
+        return self._file.problem
+
+    def describe(self, value: T) -> str:
+        """What a reload found, for the log ("3 aliases, 1 group")."""
+        return ""
+
+    def _refresh(self, locked: bool, strict: bool) -> T:
+        """Re-read and publish; after a set-aside the empty value is published, and
+        ``strict`` (an edit) still raises so the admin learns of it before changing anything."""
+        try:
+            self._value = self._file.refresh(locked, strict)
+        except self._file.set_aside:
+            self._value = self._file.empty()
+            raise
+        finally:
+            self._loaded = True
+        return self._value
+
+    def _publish(self, value: T) -> None:
+        self._value, self._loaded = value, True
+
+    def load(self) -> None:
+        """Read the file (missing = empty; corrupt = set aside, logged, empty)."""
+        with self._mutex:
+            self._refresh(locked=False, strict=False)
+
+    def maybe_reload(self) -> None:
+        """Pick up changes by another process: one stat per interval, never blocks delivery."""
+        now = time.monotonic()
+        if now < self._next_check or not self._mutex.acquire(blocking=False):
+            return
+        try:
+            self._next_check = now + self.reload_interval
+            if self._loaded and not self._file.changed():
+                return
+            try:
+                value = self._refresh(locked=False, strict=False)
+                self._file.log.info("Reloaded %s (%s)", self.path, self.describe(value))
+            except self._file.error as e:
+                self._file.signature, self._loaded = self._file.stat(), True  # log once per change
+                self._file.log.error("%s %s", e, self.keeping)
+        finally:
+            self._mutex.release()

@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from pathlib import Path
 from typing import Callable
 
-from .jsonfile import JsonFile
+from .jsonfile import JsonFile, Published
 from .routes_rules import (FORMAT_VERSION, MAX_LIFETIME_HOURS, TLS_MODES, RelayDomain,
                            Route, RouteError, _Table, check_relay_target, check_route_target,
                            clean_domain, clean_relay, clean_route, parse, problems_of)
@@ -50,67 +48,24 @@ class _SetAside(RouteError):
     pass
 
 
-class Routes:
+class Routes(Published[_Table]):
     """routes.json in memory; readers share one published _Table that is never mutated."""
 
+    keeping = "Keeping the routes loaded before."
+
     def __init__(self, data_dir: Path, *, reload_interval: float = 1.0) -> None:
-        self._file: JsonFile[_Table] = JsonFile(
+        super().__init__(JsonFile(
             Path(data_dir) / FILE_NAME, what="the routes table", parse=parse, empty=_Table,
             empty_text="there are no routes or relay domains", error=RouteError,
-            set_aside=_SetAside, logger=log)
-        self.path, self.lock_path = self._file.path, self._file.lock_path
-        self.reload_interval = reload_interval
-        self._table = _Table()
-        self._mutex = threading.Lock()
-        self._loaded = False
-        self._next_check = 0.0
+            set_aside=_SetAside, logger=log), reload_interval)
 
-    @property
-    def load_problem(self) -> str:
-        """Why the last file was set aside, for the window; "" when all is well."""
-        return self._file.problem
-
-    # ----- the file -----
-    def _refresh(self, locked: bool, strict: bool) -> _Table:
-        """Re-read and publish; after a set-aside the empty table is published, and
-        ``strict`` (an edit) still raises so the admin learns of it before changing anything."""
-        try:
-            self._table = self._file.refresh(locked, strict)
-        except _SetAside:
-            self._table = _Table()
-            raise
-        finally:
-            self._loaded = True
-        return self._table
-
-    def load(self) -> None:
-        """Read the file (missing = empty; corrupt = set aside, logged, empty)."""
-        with self._mutex:
-            self._refresh(locked=False, strict=False)
-
-    def maybe_reload(self) -> None:
-        """Pick up changes by another process: one stat per interval, never blocks delivery."""
-        now = time.monotonic()
-        if now < self._next_check or not self._mutex.acquire(blocking=False):
-            return
-        try:
-            self._next_check = now + self.reload_interval
-            if self._loaded and not self._file.changed():
-                return
-            try:
-                table = self._refresh(locked=False, strict=False)
-                log.info("Reloaded %s (%d routes, %d relay domains)", self.path,
-                         len(table.routes), len(table.relays))
-            except RouteError as e:
-                self._file.signature, self._loaded = self._file.stat(), True  # log once per change
-                log.error("%s Keeping the routes loaded before.", e)
-        finally:
-            self._mutex.release()
+    def describe(self, table: _Table) -> str:
+        return f"{len(table.routes)} routes, {len(table.relays)} relay domains"
 
     def _save(self, table: _Table) -> None:
         doc = table.to_json()  # may refuse: a password Windows cannot protect
         self._file.save((json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._table, self._loaded = table, True
+        self._publish(table)
 
     def _edit(self, change: Callable[[_Table], None]) -> None:
         with self._mutex, self._file.locked():
@@ -153,11 +108,11 @@ class Routes:
     def route_for(self, domain: str) -> Route | None:
         """The route of ``domain``, or None (the queue asks for every delivery)."""
         self.maybe_reload()
-        return self._table.routes.get(domain.lower().removesuffix("."))
+        return self._value.routes.get(domain.lower().removesuffix("."))
 
     def relay_domain(self, domain: str) -> RelayDomain | None:
         self.maybe_reload()
-        return self._table.relays.get(domain.lower().removesuffix("."))
+        return self._value.relays.get(domain.lower().removesuffix("."))
 
     def relay_accepts(self, address: str) -> bool | None:
         """None: the address's domain is not a relay domain; True: accept it; False: the
@@ -168,21 +123,21 @@ class Routes:
         if not at:
             return None
         domain = domain.removesuffix(".")
-        accepts = self._table.accepts.get(domain)
+        accepts = self._value.accepts.get(domain)
         if accepts is None:
             return None
         return not accepts or f"{local}@{domain}" in accepts
 
     def routes(self) -> list[Route]:
         self.maybe_reload()
-        return [r for _, r in sorted(self._table.routes.items())]
+        return [r for _, r in sorted(self._value.routes.items())]
 
     def relay_domains(self) -> list[RelayDomain]:
         self.maybe_reload()
-        return [r for _, r in sorted(self._table.relays.items())]
+        return [r for _, r in sorted(self._value.relays.items())]
 
     def problems(self, *, local_domains: set[str]) -> list[str]:
         """What is wrong with the stored entries now, e.g. a relay domain made local since,
         or a password that cannot be opened on this computer."""
         self.maybe_reload()
-        return problems_of(self._table, local_domains)
+        return problems_of(self._value, local_domains)
