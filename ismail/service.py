@@ -179,6 +179,7 @@ class MailServer:
         self.workers.stop()
         self.antispam_state.stop()  # saves the greylist
         self.duplicates.close()
+        self.dirsync.close()
         # Its thread ends; a new executor starts none until a login needs it (after a restart).
         self._password_checker.shutdown(wait=False)
         self._password_checker = _password_executor()

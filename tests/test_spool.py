@@ -1,12 +1,14 @@
 """The queue on disk and local Maildir delivery: what survives, what is cleaned, what is set aside."""
 import json
 import mailbox
+import os
 import shutil
 import tempfile
 import unittest
 from pathlib import Path
 from unittest import mock
 
+from ismail.fsutil import DirSync
 from ismail.store import maildir
 from ismail.queue.spool import SPILL_BYTES, MessageBuffer, QueueEntry, QueuedRecipient, Spool
 
@@ -191,6 +193,23 @@ class MaildirTest(unittest.TestCase):
             placed = maildir.deliver([self.box("a"), self.box("b")], b"", body)
         self.assertEqual([p.read_bytes() for p in placed], [b"x\n", b"x\n"])
 
+    def test_removed_folders_are_made_again_and_the_message_delivered(self):
+        maildir.deliver([self.box("a")], b"", buffer_of(self.dir, b"first\r\n"))
+        shutil.rmtree(self.box("a") / "new")  # a user tidying up by hand
+        shutil.rmtree(self.box("a") / "tmp")
+        [placed] = maildir.deliver([self.box("a")], b"", buffer_of(self.dir, b"second\r\n"))
+        self.assertEqual(placed.read_bytes(), b"second\n")
+        self.assertEqual([p.name for p in (self.box("a") / "new").iterdir()], [placed.name])
+        self.assertTrue((self.box("a") / "cur").is_dir())
+
+    def test_a_missing_file_with_every_folder_there_is_an_error_not_a_loop(self):
+        maildir.deliver([self.box("a")], b"", buffer_of(self.dir, b"x\r\n"))
+        with mock.patch("ismail.store.maildir.os.replace", side_effect=FileNotFoundError(2, "gone")) as rep:
+            with self.assertRaises(FileNotFoundError):
+                maildir.deliver([self.box("a")], b"", buffer_of(self.dir, b"y\r\n"))
+        self.assertEqual(rep.call_count, 1)
+        self.assertEqual(list((self.box("a") / "tmp").iterdir()), [])
+
     def test_clean_tmp_removes_only_our_leftovers(self):
         maildir.deliver([self.box("a")], b"", buffer_of(self.dir, b"x\r\n"))
         ours = self.box("a") / "tmp" / "1700000000.M1P2Q3.host"
@@ -201,6 +220,54 @@ class MaildirTest(unittest.TestCase):
         self.assertFalse(ours.exists())
         self.assertTrue(theirs.exists())
         self.assertEqual(len(list((self.box("a") / "new").iterdir())), 1)
+
+
+class DirSyncTest(unittest.TestCase):
+    """The queue's folder is opened once and kept; mailbox folders are opened each time."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="ismail-dirsync-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+
+    @unittest.skipIf(os.name == "nt", "Windows has no folder fsync")
+    def test_kept_folder_is_opened_once_and_closed_at_the_end(self):
+        kept, other = self.dir / "messages", self.dir / "box"
+        kept.mkdir()
+        other.mkdir()
+        sync = DirSync()
+        sync.keep_open(kept)
+        real_open, real_fsync = os.open, os.fsync
+        opened, synced = [], []
+        with mock.patch("ismail.fsutil.os.open", side_effect=lambda p, *a: opened.append(Path(p)) or real_open(p, *a)), \
+                mock.patch("ismail.fsutil.os.fsync", side_effect=lambda fd: synced.append(fd) or real_fsync(fd)):
+            for _ in range(3):
+                sync.sync(kept)
+                sync.sync(other)
+            self.assertEqual(opened.count(kept), 1)
+            self.assertEqual(opened.count(other), 3)
+            self.assertEqual(len(synced), 6)  # every sync still flushes
+            sync.close()
+            sync.sync(kept)  # after close: opened for this sync only
+            self.assertEqual(opened.count(kept), 2)
+            self.assertEqual(len(synced), 7)
+        fds = {int(n) for n in os.listdir("/proc/self/fd")} if Path("/proc/self/fd").is_dir() else set()
+        for fd in fds:
+            try:
+                self.assertNotEqual(os.readlink(f"/proc/self/fd/{fd}"), str(kept))
+            except OSError:
+                pass
+
+    def test_a_failing_sync_is_an_error_and_the_next_one_runs(self):
+        kept = self.dir / "messages"
+        kept.mkdir()
+        sync = DirSync()
+        sync.keep_open(kept)
+        if os.name != "nt":
+            with mock.patch("ismail.fsutil.os.fsync", side_effect=OSError(5, "I/O error")):
+                with self.assertRaises(OSError):
+                    sync.sync(kept)
+        sync.sync(kept)
+        sync.close()
 
 
 if __name__ == "__main__":

@@ -147,6 +147,8 @@ class Spool:
         self.dir = queue_dir
         self.dirsync = dirsync
         self.messages = queue_dir / "messages"
+        if dirsync is not None:
+            dirsync.keep_open(self.messages)  # synced at every message; there while we run
         self.tmp = queue_dir / "tmp"
         self.corrupt = queue_dir / "corrupt"
         # The scheduler hooks in here; it gets the message too when it is small, so the

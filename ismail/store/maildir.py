@@ -64,11 +64,30 @@ def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
     ``before_commit`` hears the final file names (one per mailbox, in order) after the text
     is on disk and before any of them appears in ``new/`` (the duplicate journal)."""
     boxes = list(dict.fromkeys(mailboxes))  # a mailbox named twice gets one copy
-    first = boxes[0]
+    try:
+        return _deliver(boxes, header, body, dirsync, before_commit)
+    except FileNotFoundError:
+        # A mailbox never written to, or whose folders were removed: made now, and the
+        # delivery tried once more (asking first would cost a stat at every message).
+        if not _make_folders(boxes):
+            raise
+        return _deliver(boxes, header, body, dirsync, before_commit)
+
+
+def _make_folders(boxes: list[Path]) -> bool:
+    """Create the tmp/ new/ cur/ that are missing; True if there were any."""
+    made = False
     for box in boxes:
-        if not (box / "new").is_dir():  # one stat per message instead of three mkdirs
-            for sub in ("tmp", "new", "cur"):
+        for sub in ("tmp", "new", "cur"):
+            if not (box / sub).is_dir():
                 (box / sub).mkdir(parents=True, exist_ok=True)
+                made = True
+    return made
+
+
+def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: DirSync | None,
+             before_commit: Callable[[list[Path]], None] | None) -> list[Path]:
+    first = boxes[0]
     tmp = first / "tmp" / unique_name()
     placed: list[Path] = []
     sizes = _Sizes()
