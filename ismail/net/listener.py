@@ -155,7 +155,6 @@ class Protocol:
 
     name = "?"
     counter = ""
-    pregreet_check = False   # refuse clients that talk before the greeting (SMTP)
     stress_timeout = True    # a busy server cuts idle clients after STRESS_TIMEOUT
     loop = False             # plain connections may be served by a loop (net.reactor)
 
@@ -180,6 +179,10 @@ class Protocol:
     def greeting_pause(self, ip: str) -> float:
         """Seconds to wait before greeting ``ip`` (a client that talks meanwhile is refused)."""
         return 0.0
+
+    def checks_pregreet(self, ip: str) -> bool:
+        """Whether ``ip`` is refused when it talks before the greeting (SMTP, strangers)."""
+        return False
 
     def pregreeted(self, ip: str) -> None:
         """A client talked before the greeting (counted by the protocol that cares)."""
@@ -387,7 +390,7 @@ class Connection:
     def pregreeted(self, pause: float = 0.0) -> bool:
         """A client that talked before the greeting (or during the pause before it, which
         is waited out here): answered, to be hung up on."""
-        if not self.proto.pregreet_check or self.entry.tls or not _talks_first(self.sock, pause):
+        if self.entry.tls or not self.proto.checks_pregreet(self.ip) or not _talks_first(self.sock, pause):
             return False
         self.proto.pregreeted(self.ip)
         # Real mail servers wait for the greeting; spam bots often do not (Postfix's

@@ -17,7 +17,6 @@ log = logging.getLogger("ismail.receiver")
 class SmtpProtocol(Protocol):
     name = "SMTP"
     counter = ""
-    pregreet_check = True
     loop = True  # command talk on plain connections is served by net.reactor's loop
 
     def __init__(self, limiter: ConnectionLimiter, backend: Server, policy: Policy,
@@ -65,6 +64,11 @@ class SmtpProtocol(Protocol):
     def timeouts(self) -> tuple[float, float, int]:
         t = self.policy.settings.timeouts
         return t.command_seconds, t.session_seconds, t.min_data_rate
+
+    def checks_pregreet(self, ip: str) -> bool:
+        # Our own machines are not spam bots (Postfix's postscreen permits mynetworks too):
+        # a scanner or script that talks at once is served, and they cost no look-ahead.
+        return not self.policy.is_trusted(ip)
 
     def pregreeted(self, ip: str) -> None:
         if self.antispam is not None:
