@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ismail.pop3.session import COMMAND_LINE_LIMIT, MAX_ERRORS, Pop3Session
 from ismail.stats import Stats
-from ismail.store.maildrop import MaildropBusy, Maildrops
+from ismail.store.maildrop import INFO_SEP, MaildropBusy, Maildrops
 
 USER, PASSWORD = "user@example.test", "secret"
 
@@ -827,6 +827,27 @@ class RealMaildropTest(Pop3TestCase):
         self.assertEqual(self.names("new"), [name for name, _ in self.files])
         self.assertEqual(self.send(second, f"USER {USER}", f"PASS {PASSWORD}")[1], b"+OK Logged in.\r\n")
         self.assertEqual(self.one(second, "STAT")[:6], b"+OK 3 ")
+
+    def test_a_message_another_program_flagged_meanwhile_is_marked_seen_where_it_is(self):
+        s = self.logged_in()
+        name = self.files[1][0]
+        sep = INFO_SEP
+        os.replace(self.box / "new" / name, self.box / "cur" / f"{name}{sep}2,F")  # a mail client flags it
+        self.assertEqual(self.one(s, "RETR 2")[:4], b"+OK ")  # found by its unique name
+        self.assertEqual(self.one(s, "DELE 3"), b"+OK message 3 deleted\r\n")
+        self.assertEqual(self.one(s, "QUIT"), b"+OK Logging out, 1 messages deleted.\r\n")
+        self.assertEqual(self.names("cur"), [f"{name}{sep}2,FS"])
+        self.assertEqual(self.names("new"), [self.files[0][0]])
+
+    def test_seen_never_overwrites_a_file_of_the_same_name(self):
+        s = self.logged_in()
+        name = self.files[0][0]
+        clash = self.box / "cur" / f"{name}{INFO_SEP}2,S"
+        clash.write_bytes(b"Subject: another copy\n\nkeep me\n")
+        self.assertEqual(self.one(s, "RETR 1")[:4], b"+OK ")
+        self.assertEqual(self.one(s, "QUIT")[:4], b"+OK ")
+        self.assertEqual(clash.read_bytes(), b"Subject: another copy\n\nkeep me\n")
+        self.assertEqual((self.box / "new" / name).read_bytes(), self.files[0][1], "left where it was")
 
     def test_a_message_removed_by_someone_else(self):
         s = self.logged_in()
