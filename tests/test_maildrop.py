@@ -184,6 +184,54 @@ class UidTest(MaildropCase):
             self.assertTrue(all(0x21 <= ord(c) <= 0x7E for c in uid), uid)
 
 
+class RelistedTest(MaildropCase):
+    """A mailbox changed a moment ago is listed again at every open; when the same files
+    are there, each named with its size, the last snapshot is taken as it was.  Any
+    difference in the names - one more, one less, one moved or renamed - is a new one."""
+
+    def snapshot(self) -> list[tuple[str, int, str]]:
+        with self.drops.open(self.box) as drop:
+            return [(m.uid, m.size, str(m.path)) for m in drop.messages]
+
+    def fresh(self) -> list[tuple[str, int, str]]:
+        with Maildrops().open(self.box) as drop:  # a registry that remembers nothing
+            return [(m.uid, m.size, str(m.path)) for m in drop.messages]
+
+    def test_every_change_is_seen_and_every_snapshot_equals_a_fresh_one(self):
+        paths = [self.deliver(b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i)) for i in range(5)]
+        first = self.snapshot()
+        self.assertEqual(self.drops._listings, {}, "changed just now: not remembered by time")
+        self.assertEqual(self.snapshot(), first)  # the same names
+        self.assertIn(self.drops._key(self.box), self.drops._last_names)
+        added = self.deliver(b"Subject: 5\r\n\r\nlater\r\n")
+        self.assertEqual(self.snapshot(), self.fresh())
+        self.assertEqual(len(self.snapshot()), 6)
+        paths[1].unlink()
+        self.assertEqual(self.snapshot(), self.fresh())
+        os.replace(paths[2], self.box / "cur" / (paths[2].name + INFO + "S"))
+        self.assertEqual(self.snapshot(), self.fresh())
+        os.replace(added, added.with_name(added.name.replace(",W=", ",W=1")))  # a size written anew
+        after = self.snapshot()
+        self.assertEqual(after, self.fresh())
+        self.assertEqual([u for u, _, _ in after], [u for u, _, _ in self.fresh()])
+        self.assertEqual(len(after), 5)
+
+    def test_files_without_their_size_in_the_name_are_never_taken_by_name(self):
+        path = write(self.box / "new" / "1700000000.foreign", b"a\nb\n")
+        self.assertEqual(self.snapshot()[0][1], 6)
+        self.assertNotIn(self.drops._key(self.box), self.drops._last_names)
+        path.write_bytes(b"a\nb\nc\n")  # the same name, another text (mtime moves)
+        os.utime(path, ns=(time.time_ns() + 10**9,) * 2)
+        self.assertEqual(self.snapshot()[0][1], 9)
+
+    def test_a_session_cannot_change_the_remembered_list(self):
+        self.deliver(b"Subject: 1\r\n\r\none\r\n")
+        self.snapshot()
+        with self.drops.open(self.box) as drop:
+            drop.messages.clear()
+        self.assertEqual(len(self.snapshot()), 1)
+
+
 class SizeTest(MaildropCase):
     def test_size_is_the_crlf_size_with_and_without_the_w_field(self):
         body = b"Subject: s\r\n\r\n" + b"line\r\n" * 100 + b"\r\n.\r\n"

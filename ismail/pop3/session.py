@@ -453,6 +453,8 @@ class Pop3Session:
     @allowed_in(TRANSACTION)
     def pop3_STAT(self, arg: str) -> bytes:
         self._words(arg, 0, 0, "STAT")
+        if not self._deleted:  # the usual case, and the one to be quick at 100,000 messages
+            return ok(f"{len(self._drop.messages)} {self._drop.total_size()}")
         live = self._live()
         return ok(f"{len(live)} {sum(m.size for _, m in live)}")
 

@@ -50,6 +50,7 @@ LONG_LINE = 16 * CHUNK
 _O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 INFO_SEP = "!" if os.name == "nt" else ":"  # for names we write; both are read
 _SUBFOLDERS = ("new", "cur")
+LAST_NAMES_KEPT = 64  # mailboxes whose last listing is remembered by name (see _snapshot)
 RACY_NS = 2_000_000_000  # a folder's listing is remembered once it has been still this long
 
 
@@ -145,6 +146,10 @@ class Maildrops:
         self._sizes: dict[str, dict[str, tuple[int, int, int]]] = {}
         # mailbox -> (the folders' (mtime, inode, size) when listed, the messages): see Maildrop._listed
         self._listings: dict[str, tuple[tuple, list[DropMessage], dict[str, bytes]]] = {}
+        # mailbox -> (the file names of new/ and cur/ as listed, the messages in order) of its
+        # last snapshot when every name carried its size: the same names again need no parsing
+        # and no sorting (a mailbox listed again within RACY_NS of a change).
+        self._last_names: dict[str, tuple[tuple[list[str], ...], list[DropMessage]]] = {}
 
     @staticmethod
     def _key(mailbox: Path) -> str:
@@ -200,6 +205,7 @@ class Maildrop:
         self._cur = str(mailbox / "cur")
         self._closed = False
         self._listing: dict[str, Path] | None = None  # during commit
+        self._total: int | None = None  # total_size
         for sub in ("new", "cur", "tmp"):  # an account that has had no mail yet
             (mailbox / sub).mkdir(parents=True, exist_ok=True)
         # Answers derived from the whole snapshot (POP3's LIST and UIDL), shared by every
@@ -231,30 +237,46 @@ class Maildrop:
         return list(messages)
 
     def _snapshot(self) -> list[DropMessage]:
-        known = self._registry._size_memory(self._key)
+        listed: list[tuple[Path, list[os.DirEntry]]] = []
+        for sub in _SUBFOLDERS:
+            folder = self.mailbox / sub
+            with os.scandir(folder) as it:
+                listed.append((folder, [entry for entry in it if entry.name[:1] != "."
+                                        and entry.is_file(follow_symlinks=False)]))
+        names = tuple([entry.name for entry in entries] for _, entries in listed)
+        registry = self._registry
+        last = registry._last_names.get(self._key)
+        if last is not None and last[0] == names:
+            return list(last[1])  # the same files, each named with its size: nothing to work out
+        known = registry._size_memory(self._key)
         computed: dict[str, tuple[int, int, int]] = {}
         # Keys and messages in two lists, sorted by index: (int, str, str) keys hold no
         # objects, so the garbage collector stops tracking them, which counts at 100,000.
         keys: list[tuple[int, str, str]] = []
         found: list[DropMessage] = []
-        for sub in _SUBFOLDERS:
-            folder = self.mailbox / sub
-            with os.scandir(folder) as it:
-                for entry in it:
-                    name = entry.name
-                    if name[:1] == "." or not entry.is_file(follow_symlinks=False):
-                        continue
-                    base = split_name(name)[0]
-                    size = _crlf_size_field(base)
+        sized_by_name = True
+        for folder, entries in listed:
+            for entry in entries:
+                name = entry.name
+                base = split_name(name)[0]
+                size = _crlf_size_field(base)
+                if size < 0:
+                    sized_by_name = False
+                    size = self._measure(entry, known, computed)
                     if size < 0:
-                        size = self._measure(entry, known, computed)
-                        if size < 0:
-                            continue
-                    unique = base.partition(",")[0]
-                    keys.append((_delivered(unique), unique, name))
-                    found.append(DropMessage(_uidl(unique), size, folder, name))
-        self._registry._size_memory(self._key, computed)
-        return [found[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
+                        continue
+                unique = base.partition(",")[0]
+                keys.append((_delivered(unique), unique, name))
+                found.append(DropMessage(_uidl(unique), size, folder, name))
+        registry._size_memory(self._key, computed)
+        messages = [found[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
+        if sized_by_name:  # every size came from a name: safe to reuse by name
+            if len(registry._last_names) >= LAST_NAMES_KEPT:
+                registry._last_names.clear()
+            registry._last_names[self._key] = (names, messages)
+        else:
+            registry._last_names.pop(self._key, None)
+        return messages
 
     def _measure(self, entry: os.DirEntry, known: dict, computed: dict) -> int:
         """The CRLF size of a file without W=, from the registry's memory or by reading it;
@@ -276,7 +298,10 @@ class Maildrop:
         return size
 
     def total_size(self) -> int:
-        return sum(m.size for m in self.messages)
+        """Octets of the whole snapshot (worked out once: STAT at 100,000 messages)."""
+        if self._total is None:
+            self._total = sum(m.size for m in self.messages)
+        return self._total
 
     # -- finding a message that moved ------------------------------------------------------------
     def _current_names(self) -> dict[str, Path]:
