@@ -480,8 +480,7 @@ class Folder:
     # -- reading --------------------------------------------------------------------------------------------
     def read(self, uid: int) -> bytes:
         """The whole message with CRLF line ends (exactly ``size`` bytes)."""
-        with self._open(uid) as f:
-            return f.read().replace(b"\n", b"\r\n")
+        return read_whole(self._open(uid, raw=True)).replace(b"\n", b"\r\n")
 
     def read_head(self, uid: int, limit: int) -> bytes:
         """The message's first bytes as stored (LF line ends), up to its blank line after the
@@ -499,15 +498,40 @@ class Folder:
         """The message as a binary stream with CRLF line ends, for large ones. Close it."""
         return CrlfReader(self._open(uid))
 
-    def _open(self, uid: int) -> io.BufferedReader:
+    def _open(self, uid: int, raw: bool = False):
+        """The message's file opened for reading: a file object, or with ``raw`` a plain
+        descriptor (a whole read of a file object costs an fstat, an ioctl and an lseek
+        more, per message of a FETCH)."""
         ref = self._by_uid.get(uid)
         if ref is None:
             raise NoSuchMessage(f"no message with UID {uid} in {self.name}")
+        opener = _open_raw if raw else _open_file
         try:
-            return open(f"{os.fspath(ref.subdir)}{os.sep}{ref.filename}", "rb")  # no Path object
+            return opener(f"{os.fspath(ref.subdir)}{os.sep}{ref.filename}")  # no Path object
         except FileNotFoundError:
             found = self._box.locate(ref.key)
             if found is None:
                 raise NoSuchMessage(f"message UID {uid} in {self.name} has been expunged") from None
-            return open(found[0] / found[1], "rb")
+            return opener(os.path.join(found[0], found[1]))
 
+
+_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+
+
+def _open_raw(path: str) -> int:
+    return os.open(path, _O_READ)
+
+
+def _open_file(path: str) -> io.BufferedReader:
+    return open(path, "rb")
+
+
+def read_whole(fd: int) -> bytes:
+    """Everything in the open file ``fd``, which is closed."""
+    try:
+        parts = []
+        while block := os.read(fd, 1 << 16):
+            parts.append(block)
+        return parts[0] if len(parts) == 1 else b"".join(parts)  # an empty file: b""
+    finally:
+        os.close(fd)
