@@ -230,6 +230,23 @@ class TwoSessionsTest(MessagesCase):
         self.assertIn("* 5 EXISTS\r\n* 5 RECENT\r\n", reply)
         self.assertIn("* 5 EXISTS\r\n* 0 RECENT\r\n", b.say("b4 NOOP"), "one session gets \\Recent")
 
+    def test_a_pipeline_reports_new_mail_once_and_before_it_ends(self):
+        a, b = self.client(select="INBOX"), self.client(select="INBOX")
+        self.deliver(OTHER)
+        out = a.s.feed(b"p1 UID FETCH 1 (FLAGS)\r\np2 UID FETCH 2 (FLAGS)\r\np3 UID FETCH 3 (FLAGS)\r\n")
+        data = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in out).decode()
+        self.assertEqual(data.count("* 6 EXISTS\r\n"), 1, data)
+        self.assertLess(data.index("* 6 EXISTS"), data.index("p3 OK"), "announced within the pipeline")
+        self.assertEqual(a.say("p4 NOOP"), "p4 OK NOOP completed\r\n", "and not again")
+        # A change made while a pipeline runs is reported by its last command at the latest.
+        first = a.s.feed(b"q1 UID FETCH 1 (FLAGS)\r\n")
+        data = b"".join(p if isinstance(p, bytes) else b"".join(p) for p in first).decode()
+        b.say("b1 STORE 2 +FLAGS (\\Flagged)")
+        out = a.s.feed(b"q2 UID FETCH 1 (FLAGS)\r\nq3 UID FETCH 1 (FLAGS)\r\n")
+        data += b"".join(p if isinstance(p, bytes) else b"".join(p) for p in out).decode()
+        flagged = data.find("* 2 FETCH (UID 2 FLAGS (\\Flagged")
+        self.assertTrue(data.index("q1 OK") < flagged < data.index("q3 OK"), data)
+
     def test_uid_commands_may_report_expunges(self):
         a, b = self.client(select="INBOX"), self.client(select="INBOX")
         b.say("b1 STORE 4 +FLAGS.SILENT (\\Deleted)")

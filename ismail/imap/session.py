@@ -357,7 +357,10 @@ class ImapSession:
     def _complete(self, cmd: Command, result: Done | No | Bad | ValueError) -> list[bytes]:
         """The untagged updates the command may carry, then its tagged response."""
         out: list[bytes] = []
-        if self.selected is not None and not isinstance(result, (Bad, ValueError)):
+        if (self.selected is not None and not isinstance(result, (Bad, ValueError))
+                and not (self._reader.buffered and self._just_looked())):
+            # (In a pipeline, a command followed by another already here skips its closing
+            # look when the folder was looked at a moment ago: the last one looks for all.)
             out += self._sync(expunge_ok=cmd.uid or cmd.name not in NO_EXPUNGE)
         if isinstance(result, Done):
             out.append(self._line(cmd.tag, "OK", result.code, result.text))
