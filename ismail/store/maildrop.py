@@ -274,8 +274,8 @@ class Maildrop:
             if len(registry._last_names) >= LAST_NAMES_KEPT:
                 registry._last_names.clear()
             registry._last_names[self._key] = (names, messages)
-        else:
-            registry._last_names.pop(self._key, None)
+            return list(messages)  # the remembered list is never the one a session holds
+        registry._last_names.pop(self._key, None)
         return messages
 
     def _measure(self, entry: os.DirEntry, known: dict, computed: dict) -> int:
