@@ -485,14 +485,17 @@ class Folder:
     def read_head(self, uid: int, limit: int) -> bytes:
         """The message's first bytes as stored (LF line ends), up to its blank line after the
         header if that comes within ``limit`` bytes (read in small steps: most headers are short)."""
-        with self._open(uid) as f:
-            data = f.read(min(limit, 8192))
+        fd = self._open(uid, raw=True)
+        try:
+            data = os.read(fd, min(limit, 8192))
             while len(data) < limit and b"\n\n" not in data:
-                more = f.read(min(limit - len(data), len(data) or 8192))
+                more = os.read(fd, min(limit - len(data), len(data) or 8192))
                 if not more:
                     break
                 data += more
             return data
+        finally:
+            os.close(fd)
 
     def open_stream(self, uid: int) -> CrlfReader:
         """The message as a binary stream with CRLF line ends, for large ones. Close it."""
