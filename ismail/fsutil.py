@@ -45,6 +45,7 @@ def fsync_dir(path: Path, fd: int | None = None) -> None:
 
 
 WRITE_BYTES = 1 << 16  # pieces are gathered up to this size before they are written
+O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # os.open for reading; Windows: no newline translation
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 

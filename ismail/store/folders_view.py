@@ -28,6 +28,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
+from ..fsutil import O_READ
 from .folders_box import Box, CrlfReader, Listing, date_from_key, settled_after, size_from_key
 from .folders_flags import INFO_SEP, SYSTEM_FLAGS, change_info, letters, normalize_flags
 from .folders_model import Changes, MessageRef, NoSuchMessage, UidValidityChanged
@@ -518,11 +519,10 @@ class Folder:
             return opener(os.path.join(found[0], found[1]))
 
 
-_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 
 def _open_raw(path: str) -> int:
-    return os.open(path, _O_READ)
+    return os.open(path, O_READ)
 
 
 def _open_file(path: str) -> io.BufferedReader:

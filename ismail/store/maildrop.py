@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..fsutil import fsync_dir
+from ..fsutil import O_READ, fsync_dir
 
 log = logging.getLogger("ismail.maildrop")
 
@@ -47,7 +47,6 @@ CHUNK = 65536
 # A line longer than this is sent in pieces, so no file makes us hold more than this
 # in memory; the POP3 session tracks line starts across chunks for dot-stuffing.
 LONG_LINE = 16 * CHUNK
-_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 INFO_SEP = "!" if os.name == "nt" else ":"  # for names we write; both are read
 _SUBFOLDERS = ("new", "cur")
 LAST_NAMES_KEPT = 64  # mailboxes whose last listing is remembered by name (see _snapshot)
@@ -326,13 +325,13 @@ class Maildrop:
         Opens the file now, so FileNotFoundError or OSError comes from this call."""
         msg = self.messages[index]
         try:
-            fd = os.open(os.path.join(msg.folder, msg.name), _O_READ)
+            fd = os.open(os.path.join(msg.folder, msg.name), O_READ)
         except FileNotFoundError:
             moved = self._current_names().get(unique_name(msg.name))
             if moved is None:
                 raise FileNotFoundError(2, f"message {msg.uid} is no longer in the mailbox",
                                         str(msg.path)) from None
-            fd = os.open(moved, _O_READ)
+            fd = os.open(moved, O_READ)
         return MessageReader(fd, body_lines)
 
     # -- UPDATE --------------------------------------------------------------------------------
