@@ -304,14 +304,19 @@ class PipeliningTest(HostileCase):
         not checked: it is served even when it talks at once, as Postfix's postscreen
         permits mynetworks.
         """
+        def talk_at_once(port: int, words: bytes) -> tuple[bytes, bool]:
+            """Send ``words`` the moment the connection is open; all that came back, and
+            whether the server closed the connection."""
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(words)
+                t = SMTPTalk.__new__(SMTPTalk)
+                t.sock, t.buf = s, b""
+                return read_to_eof(t, 5)
+
         server = self.server({"trusted_networks": []})
         caught = 0
         for i in range(10):
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-                s.sendall(b"EHLO early.example.org\r\n")
-                t = SMTPTalk.__new__(SMTPTalk)
-                t.sock, t.buf = s, b""
-                data, closed = read_to_eof(t, 5)
+            data, closed = talk_at_once(server.port, b"EHLO early.example.org\r\n")
             if data.startswith(b"554 "):
                 caught += 1
                 self.assertRegex(data, rb"^554 5\.5\.1 [^\r\n]*\r\n$", f"attempt {i}: only the 554")
@@ -325,11 +330,7 @@ class PipeliningTest(HostileCase):
         # The same early talk from a trusted address: greeted and answered, every time.
         own = self.server()  # loopback is trusted by default
         for i in range(5):
-            with socket.create_connection(("127.0.0.1", own.port), timeout=10) as s:
-                s.sendall(b"EHLO scanner.example.org\r\nQUIT\r\n")
-                t = SMTPTalk.__new__(SMTPTalk)
-                t.sock, t.buf = s, b""
-                data, closed = read_to_eof(t, 5)
+            data, _ = talk_at_once(own.port, b"EHLO scanner.example.org\r\nQUIT\r\n")
             self.assertRegex(data, rb"^220 [^\r\n]*\r\n250-", f"trusted attempt {i}")
             self.assertIn(b"\r\n221 ", data, f"trusted attempt {i}")
 
