@@ -236,13 +236,23 @@ class Maildrop:
         return list(messages)
 
     def _snapshot(self) -> list[DropMessage]:
-        listed: list[tuple[Path, list[os.DirEntry]]] = []
+        # Names only (100,000 DirEntry objects would double the memory a login needs for a
+        # moment); the entries of names without a size field are kept for their stat.
+        listed: list[tuple[Path, list[str]]] = []
+        unsized: dict[str, os.DirEntry] = {}
         for sub in _SUBFOLDERS:
             folder = self.mailbox / sub
+            names_here: list[str] = []
             with os.scandir(folder) as it:
-                listed.append((folder, [entry for entry in it if entry.name[:1] != "."
-                                        and entry.is_file(follow_symlinks=False)]))
-        names = tuple([entry.name for entry in entries] for _, entries in listed)
+                for entry in it:
+                    name = entry.name
+                    if name[:1] == "." or not entry.is_file(follow_symlinks=False):
+                        continue
+                    names_here.append(name)
+                    if ",W=" not in name:
+                        unsized[entry.path] = entry
+            listed.append((folder, names_here))
+        names = tuple(names_here for _, names_here in listed)
         registry = self._registry
         last = registry._last_names.get(self._key)
         if last is not None and last[0] == names:
@@ -253,15 +263,12 @@ class Maildrop:
         # objects, so the garbage collector stops tracking them, which counts at 100,000.
         keys: list[tuple[int, str, str]] = []
         found: list[DropMessage] = []
-        sized_by_name = True
-        for folder, entries in listed:
-            for entry in entries:
-                name = entry.name
+        for folder, names_here in listed:
+            for name in names_here:
                 base = split_name(name)[0]
                 size = _crlf_size_field(base)
                 if size < 0:
-                    sized_by_name = False
-                    size = self._measure(entry, known, computed)
+                    size = self._measure(os.path.join(folder, name), unsized, known, computed)
                     if size < 0:
                         continue
                 unique = base.partition(",")[0]
@@ -269,7 +276,7 @@ class Maildrop:
                 found.append(DropMessage(_uidl(unique), size, folder, name))
         registry._size_memory(self._key, computed)
         messages = [found[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
-        if sized_by_name:  # every size came from a name: safe to reuse by name
+        if not computed and len(found) == sum(map(len, names)):  # every size from a name
             if len(registry._last_names) >= LAST_NAMES_KEPT:
                 registry._last_names.clear()
             registry._last_names[self._key] = (names, messages)
@@ -277,23 +284,25 @@ class Maildrop:
         registry._last_names.pop(self._key, None)
         return messages
 
-    def _measure(self, entry: os.DirEntry, known: dict, computed: dict) -> int:
+    def _measure(self, path: str, entries: dict[str, os.DirEntry], known: dict, computed: dict) -> int:
         """The CRLF size of a file without W=, from the registry's memory or by reading it;
         -1 if it vanished or cannot be read (it is then not part of this session)."""
         try:
-            st = entry.stat(follow_symlinks=False)
-            cached = known.get(entry.path)
+            entry = entries.get(path)  # its stat is free on Windows
+            st = (entry.stat(follow_symlinks=False) if entry is not None
+                  else os.stat(path, follow_symlinks=False))
+            cached = known.get(path)
             if cached is not None and cached[:2] == (st.st_size, st.st_mtime_ns):
                 size = cached[2]
             else:
-                size = _count_crlf_size(entry.path)
+                size = _count_crlf_size(path)
         except FileNotFoundError:
             return -1  # taken away while we listed
         except OSError as e:
             # Listing it without a size would break LIST; leaving it out loses nothing.
-            log.warning("%s: left out of the POP3 session, cannot read it: %s", entry.path, e)
+            log.warning("%s: left out of the POP3 session, cannot read it: %s", path, e)
             return -1
-        computed[entry.path] = (st.st_size, st.st_mtime_ns, size)
+        computed[path] = (st.st_size, st.st_mtime_ns, size)
         return size
 
     def total_size(self) -> int:
