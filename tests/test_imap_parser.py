@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 import time
 import unittest
+from unittest import mock
 
-from ismail.imap import fetch, search
+from ismail.imap import fetch, parser, search
 from ismail.imap.parser import (
     LINE_TOO_LONG, LITERAL_TOO_LARGE, Atom, BadCommand, Command, CommandReader, Continue,
     FetchAtt, List, String, as_list, astring, is_atom, nil_or, nstring, number,
@@ -406,6 +407,53 @@ class Limits(unittest.TestCase):
             reader.read_line()
         self.assertEqual(reader.next().tag, "Z9")
         self.assertEqual(reader.buffered, 0)
+
+
+class RepeatedShapes(unittest.TestCase):
+    """A pipelining client repeats one command with another message number each time;
+    the reader tokenizes such a shape once.  What the session gets must not show it."""
+
+    LINES = [b"UID FETCH 17 (BODY.PEEK[])", b"UID FETCH 18 (BODY.PEEK[])", b"FETCH 1:*,4 (FLAGS UID)",
+             b"FETCH 2 (BODY.PEEK[HEADER.FIELDS (From Subject)]<0.100> RFC822.SIZE)",
+             b"FETCH 3 BODY[1.2.MIME]", b"UID STORE 9 +FLAGS.SILENT (\\Seen $Junk)",
+             b'UID SEARCH 1:* SUBJECT "a (b) {c}"', b"SEARCH OR 3 4", b"UID COPY 5 Trash",
+             b"SELECT INBOX", b"LIST \"\" [Gmail]/*", b"NOOP", b"FETCH 4 ( FLAGS  UID )",
+             # bad ones: the same BAD however often they come
+             b"FETCH 5 (BODY[)", b"FETCH 6 (FLAGS", b"FETCH 7 FLAGS)", b"FETCH 8 \xe9t\xe9",
+             b"FETCH 9 (BODY[]<0.0>)", b'SEARCH 10 SUBJECT "open', b"FETCH 11(FLAGS)"]
+
+    def test_a_repeated_shape_reads_as_the_first_time(self):
+        def tokenized(data: bytes) -> list:   # the reader without its shapes
+            with mock.patch.object(parser, "_from_shape", lambda *args: False):
+                return parse(data)
+
+        parser._SHAPES.clear()
+        reader = CommandReader(1 << 20)
+        for rnd in range(3):
+            for n, line in enumerate(self.LINES):
+                with self.subTest(line=line, round=rnd):
+                    reader.feed(b"T%d " % n + line + b"\r\n")
+                    got = read_all(reader)
+                    fresh = tokenized(b"T%d " % n + line + b"\r\n")
+                    self.assertEqual(got, fresh)
+                    self.assertEqual([type(t) for t in getattr(got[0], "args", [])],
+                                     [type(t) for t in getattr(fresh[0], "args", [])])
+        bad = parse(b"B1 FETCH 5 (BODY[)\r\nB2 FETCH 5 (BODY[)\r\n")
+        self.assertEqual([type(b) for b in bad], [BadCommand, BadCommand])
+
+    def test_only_the_message_number_changes(self):
+        a, b = parse(b"A1 UID FETCH 17 (BODY.PEEK[] UID)\r\nA2 UID FETCH 18:20 (BODY.PEEK[] UID)\r\n")
+        self.assertEqual((a.args[0], b.args[0]), ("17", "18:20"))
+        self.assertEqual(a.args[1:], b.args[1:])
+        att = b.args[1][0]
+        self.assertIsInstance(att, FetchAtt)
+        self.assertEqual((att.name, att.section, att.partial), ("BODY.PEEK", [], None))
+
+    def test_each_command_has_its_own_argument_list(self):
+        a, b = parse(b"A1 FETCH 1 (FLAGS)\r\nA2 FETCH 2 (FLAGS)\r\n")
+        a.args.append(Atom("EXTRA"))
+        self.assertEqual(b.args, ["2", ["FLAGS"]])
+        self.assertEqual(one(b"A3 FETCH 3 (FLAGS)\r\n").args, ["3", ["FLAGS"]])
 
 
 class SequenceSets(unittest.TestCase):

@@ -280,9 +280,11 @@ class CommandReader:
             if len(seg) > self.max_line:
                 self._cmd = _Partial.head_of(seg[:256])
                 raise _Bad(LINE_TOO_LONG)
-            self._cmd = _Partial()
-            self._cmd.text_size = len(seg)
-            self._cmd.add_text(seg, self._cmd.read_head(seg))
+            cmd = self._cmd = _Partial()
+            cmd.text_size = len(seg)
+            start = cmd.read_head(seg)
+            if b"{" in seg or b"\0" in seg or not _from_shape(cmd, seg, start):
+                cmd.add_text(seg, start)
         else:
             self._cmd.text_size += len(seg)
             if self._cmd.text_size > self.max_line:
@@ -310,6 +312,39 @@ class CommandReader:
         cmd, reason = self._cmd or _Partial(), self._bad
         self._cmd = self._bad = None
         return BadCommand(cmd.tag, reason, cmd.name)
+
+
+# A pipelining client sends the same command again and again, one message number apart
+# ("UID FETCH 17 (BODY.PEEK[])"): the arguments after a leading sequence set are tokenized
+# once per shape.  Tokens are shared between the commands of one shape, so nothing may
+# change them (handlers only read them).
+_SEQ_FIRST = re.compile(rb" ([0-9*][0-9:*,]*)(?= |\Z)")
+_SHAPES: dict[bytes, tuple] = {}
+SHAPES_KEPT = 256
+
+
+def _from_shape(cmd: "_Partial", seg: bytes, start: int) -> bool:
+    """Give ``cmd`` the arguments of the complete line ``seg`` (no literal in it) from the
+    shape last seen; False when the line must be tokenized in full (an error in it, say)."""
+    m = _SEQ_FIRST.match(seg, start)
+    tail = seg[m.end():] if m else seg[start:]
+    tokens = _SHAPES.get(tail)
+    if tokens is None:
+        probe = _Partial()
+        try:
+            probe.add_text(tail)
+            if len(probe.stack) > 1:
+                return False
+        except _Bad:
+            return False
+        if len(_SHAPES) >= SHAPES_KEPT:
+            _SHAPES.clear()
+        tokens = _SHAPES[tail] = tuple(probe.items)
+    items = cmd.items
+    if m:
+        items.append(Atom(m.group(1).decode("ascii")))
+    items += tokens
+    return True
 
 
 def _strip_cr(line: bytes) -> bytes:
