@@ -91,6 +91,26 @@ class FetchTest(MessagesCase):
                                r"\* 1 FETCH \(UID 1 FLAGS \(\\Flagged \\Recent\)\)\r\nb OK STORE")
 
 
+    def test_a_repeated_item_list_answers_as_each_command_asks(self):
+        """A pipelining client repeats one item list; FETCH and UID FETCH, PEEK or not,
+        each get their own answer (UID added only for UID FETCH, \\Seen set only by BODY[])."""
+        c = self.client(select="INBOX")
+        out = c.send(b"a UID FETCH 1 (BODY.PEEK[])\r\nb FETCH 2 (BODY.PEEK[])\r\n"
+                     b"c UID FETCH 3 (BODY.PEEK[])\r\nd FETCH 1 (BODY[])\r\ne UID FETCH 2 (BODY[])\r\n"
+                     b"f FETCH 3 (BODY[])\r\n")
+        self.assertRegex(out, r"^\* 1 FETCH \(UID 1 BODY\[\] \{%d\}\r\n" % len(MSG))
+        self.assertRegex(out, r"\r\na OK UID FETCH completed\r\n\* 2 FETCH \(BODY\[\] \{%d\}" % len(OTHER))
+        self.assertRegex(out, r"\r\nb OK FETCH completed\r\n\* 3 FETCH \(UID 3 BODY\[\] ")
+        self.assertRegex(out, r"\r\nc OK UID FETCH completed\r\n\* 1 FETCH \(BODY\[\] \{\d+\}\r\n[^*]*"
+                              r" FLAGS \(\\Seen \\Recent\)\)\r\nd OK FETCH completed\r\n")
+        self.assertRegex(out, r"\r\n\* 2 FETCH \(UID 2 BODY\[\] \{\d+\}\r\n[^*]* FLAGS \(\\Seen \\Recent\)\)"
+                              r"\r\ne OK UID FETCH completed\r\n")
+        self.assertRegex(out, r"\r\n\* 3 FETCH \(BODY\[\] \{\d+\}\r\n[^*]* FLAGS \(\\Seen \\Recent\)\)"
+                              r"\r\nf OK FETCH completed\r\n$")
+        seen = {m.uid for m in self.store().open("INBOX").messages if "\\Seen" in m.flags}
+        self.assertEqual(seen, {1, 2, 3})
+
+
 class StoreTest(MessagesCase):
     def test_modes_and_silent(self):
         c = self.client(select="INBOX")

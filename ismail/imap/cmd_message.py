@@ -66,24 +66,46 @@ def fetch(s: "ImapSession", c: "Command") -> Iterator[bytes]:
     if len(c.args) < 2:
         raise Bad("FETCH sequence-set items")
     seqset = sequence_set(c.args[0])
-    items = parse_items(c.args[1:])
-    if c.uid and not any(i.name == "UID" for i in items):
-        items.insert(0, FetchItem("UID"))
+    items, marks_seen, shape = _items(c)
     sel = s.selected
     sel.numbered(seqset, c.uid)   # a bad message number is a BAD before anything is sent
     seen_now: set[int] = set()
-    if sets_seen(items) and not sel.readonly:
+    if marks_seen and not sel.readonly:
         message = sel.folder.message
         unseen = [uid for _, uid in sel.numbered(seqset, c.uid)
                   if (ref := message(uid)) is not None and SEEN not in ref.flags]
         if unseen:
             seen_now = {ref.uid for ref in sel.folder.store_flags(unseen, [SEEN], "add")}
-    return _fetch_stream(s, c, sel, sel.numbered(seqset, c.uid), items, seen_now)
+    return _fetch_stream(s, c, sel, sel.numbered(seqset, c.uid), items, None if seen_now else shape,
+                         seen_now)
+
+
+def _items(c: "Command") -> tuple[list[FetchItem], bool, tuple | None]:
+    """The items (UID added for UID FETCH), whether they set \\Seen, and the fast path's
+    plan (fetch_fast.plan).  Worked out once per item list: the reader hands a pipelining
+    client's repeated list over as the same token object each time (parser._SHAPES), and
+    tokens are never changed, so a hit on that very object is a hit on the same text."""
+    token = c.args[1] if len(c.args) == 2 else None
+    known = _PLANS.get((id(token), c.uid)) if token is not None else None
+    if known is not None and known[0] is token:   # the entry keeps it alive: its id is its own
+        return list(known[1]), known[2], known[3]
+    items = parse_items(c.args[1:])
+    if c.uid and not any(i.name == "UID" for i in items):
+        items.insert(0, FetchItem("UID"))
+    marks_seen, shape = sets_seen(items), plan(items)
+    if token is not None:
+        if len(_PLANS) >= PLANS_KEPT:
+            _PLANS.clear()
+        _PLANS[(id(token), c.uid)] = (token, tuple(items), marks_seen, shape)
+    return items, marks_seen, shape
+
+
+_PLANS: dict[tuple[int, bool], tuple] = {}
+PLANS_KEPT = 256
 
 
 def _fetch_stream(s: "ImapSession", c: "Command", sel: "Selected", numbered, items: list[FetchItem],
-                  seen_now: set[int]) -> Iterator[bytes]:
-    shape = None if seen_now else plan(items)
+                  shape: tuple | None, seen_now: set[int]) -> Iterator[bytes]:
     if shape is not None:
         return (yield from fetch_fast(s, c, sel, numbered, shape))
     folder = sel.folder

@@ -550,6 +550,12 @@ class SequenceSet:
     def spans(self, largest: int) -> list[tuple[int, int]]:
         """Ascending, merged (low, high) pairs within 1..largest; "*" is `largest`.
         ``5:*`` with largest 3 is 3:5, so 3 (RFC 3501 §6.4.8)."""
+        if len(self.ranges) == 1:   # the usual case: one number or one range
+            (a, b), = self.ranges
+            a = largest if a is None else a
+            b = largest if b is None else b
+            low, high = max(min(a, b), 1), min(max(a, b), largest)
+            return [(low, high)] if low <= high else []
         spans = []
         for a, b in self.ranges:
             a = largest if a is None else a
@@ -581,6 +587,11 @@ class SequenceSet:
 
 
 def parse_sequence_set(text: str) -> SequenceSet:
+    if text.isdigit() and text.isascii() and text[0] != "0" and len(text) <= 10:   # one number
+        n = int(text)
+        if n > MAX_NUMBER:
+            raise ValueError(f"number {text} is too large")
+        return SequenceSet(((n, n),))
     if text == "$":
         raise ValueError("$ (SEARCHRES) is not supported")
     ranges = []
