@@ -1,4 +1,5 @@
-"""The IMAP command reader, fed bytes as a client would send them (no sockets).
+"""The IMAP command reader, fed bytes as a client would send them (no sockets), and the
+token helpers (imap/tokens.py).
 
 What is checked is what the session would get: commands with their tokens, Continue for
 each synchronising literal, BadCommand for every malformed command (and the command after
@@ -13,8 +14,10 @@ from unittest import mock
 
 from ismail.imap import fetch, parser, search
 from ismail.imap.parser import (
-    LINE_TOO_LONG, LITERAL_TOO_LARGE, Atom, BadCommand, Command, CommandReader, Continue,
-    FetchAtt, List, String, as_list, astring, is_atom, nil_or, nstring, number,
+    LINE_TOO_LONG, LITERAL_TOO_LARGE, BadCommand, Command, CommandReader, Continue,
+)
+from ismail.imap.tokens import (
+    Atom, FetchAtt, List, String, as_list, astring, is_atom, nil_or, nstring, number,
     parse_sequence_set, quote,
 )
 

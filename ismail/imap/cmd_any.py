@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from .commands import ANY, AUTH, SELECTED, Bad, Done, arity, atom, command, nil_or_list
-from .parser import String, is_atom, quote
+from .tokens import String, is_atom, quote
 
 if TYPE_CHECKING:
     from .parser import Command

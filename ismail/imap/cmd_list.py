@@ -20,7 +20,7 @@ import re
 from typing import TYPE_CHECKING, Iterable
 
 from .commands import AUTH, SELECTED, Bad, Done, arity, command, wire_name
-from .parser import Token, quote
+from .tokens import Token, quote
 
 if TYPE_CHECKING:
     from .parser import Command

@@ -23,7 +23,7 @@ from ..store.folders import (SEP, FolderError, FolderExists, Folder, KeywordLimi
 from ..store.folders_names import normalize
 from .commands import (AUTH, SELECTED, Bad, Done, No, arity, command, flag_list,
                        mailbox, wire_name)
-from .parser import as_list, quote
+from .tokens import as_list, quote
 from .selected import Selected
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from ..store.folders import KeywordLimit, NoSuchMessage
 from .commands import SELECTED, Bad, Done, No, command, flag_list, sequence_set
 from .fetch import FetchItem, UnknownEncoding, parse_items, render, sets_seen
 from .fetch_fast import fetch_fast, plan
-from .parser import Atom
+from .tokens import Atom
 
 if TYPE_CHECKING:
     from ..store.folders import Folder, MessageRef

@@ -36,7 +36,7 @@ from ..store.quota import size_in_name
 from . import cmd_mailbox, cmd_selected  # noqa: F401  (registered before they are wrapped)
 from .commands import (AUTH, COMMANDS, SELECTED, Bad, Done, No, arity, astring_arg, command,
                        mailbox, sequence_set, wire_name)
-from .parser import quote
+from .tokens import quote
 
 if TYPE_CHECKING:
     from .parser import Command

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..store import utf7
-from .parser import Atom, SequenceSet, Token, astring, is_atom, parse_sequence_set
+from .tokens import Atom, SequenceSet, Token, astring, is_atom, parse_sequence_set
 
 if TYPE_CHECKING:
     from .parser import Command

@@ -32,7 +32,7 @@ from typing import Iterator
 from ..store.folders import Folder, MessageRef
 from ..store.folders_flags import MAX_KEYWORDS
 from .commands import SYSTEM_FLAGS, Bad
-from .parser import SequenceSet
+from .tokens import SequenceSet
 
 RECENT = "\\Recent"
 _ORDER = {f: i for i, f in enumerate(SYSTEM_FLAGS)}
