@@ -452,6 +452,22 @@ class RepeatedShapes(unittest.TestCase):
         self.assertIsInstance(att, FetchAtt)
         self.assertEqual((att.name, att.section, att.partial), ("BODY.PEEK", [], None))
 
+    def test_only_short_commands_on_messages_are_kept(self):
+        """The kept shapes are shared by every session: no password, no large list."""
+        parser._SHAPES.clear()
+        long_list = b"(" + b" ".join(b"X-FIELD-%d" % i for i in range(100)) + b")"
+        parse(b"A1 LOGIN joe s3cret-pass\r\nA2 UID FETCH 4 " + long_list + b"\r\n"
+              b"A3 SEARCH 1:4 UNSEEN\r\nA4 SELECT INBOX\r\nA5 UID FETCH 5 (FLAGS)\r\n"
+              b"A6 STORE 2 +FLAGS (\\Seen)\r\nA7 COPY 1:3 Trash\r\nA8 UID MOVE 9 Junk\r\n")
+        kept = b"".join(parser._SHAPES)
+        self.assertNotIn(b"s3cret", kept)
+        self.assertNotIn(b"X-FIELD", kept)
+        self.assertEqual(sorted(parser._SHAPES),
+                         [b" (FLAGS)", b" +FLAGS (\\Seen)", b" Junk", b" Trash"])
+        for n in range(parser.SHAPES_KEPT * 2):   # bounded however many shapes come
+            parse(b"B%d FETCH %d (BODY.PEEK[HEADER.FIELDS (X-%d)])\r\n" % (n, n + 1, n))
+        self.assertLessEqual(len(parser._SHAPES), parser.SHAPES_KEPT)
+
     def test_each_command_has_its_own_argument_list(self):
         a, b = parse(b"A1 FETCH 1 (FLAGS)\r\nA2 FETCH 2 (FLAGS)\r\n")
         a.args.append(Atom("EXTRA"))

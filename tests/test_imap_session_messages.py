@@ -111,6 +111,17 @@ class FetchTest(MessagesCase):
         self.assertEqual(seen, {1, 2, 3})
 
 
+    def test_a_long_item_list_is_answered_and_not_kept(self):
+        from ismail.imap import cmd_message
+        c = self.client(select="INBOX")
+        names = " ".join(f"X-Field-{i}" for i in range(60))
+        line = f"a FETCH 2 (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({names} Subject)])"
+        first, again = c.say(line), c.say(line)
+        self.assertIn("Subject: second", first)
+        self.assertEqual(first, again)
+        self.assertFalse([k for k in cmd_message._PLANS.values() if "X-Field-59" in str(k[0])])
+
+
 class StoreTest(MessagesCase):
     def test_modes_and_silent(self):
         c = self.client(select="INBOX")

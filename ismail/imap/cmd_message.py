@@ -93,11 +93,19 @@ def _items(c: "Command") -> tuple[list[FetchItem], bool, tuple | None]:
     if c.uid and not any(i.name == "UID" for i in items):
         items.insert(0, FetchItem("UID"))
     marks_seen, shape = sets_seen(items), plan(items)
-    if token is not None:
+    if token is not None and _small(token):
         if len(_PLANS) >= PLANS_KEPT:
             _PLANS.clear()
         _PLANS[(id(token), c.uid)] = (token, tuple(items), marks_seen, shape)
     return items, marks_seen, shape
+
+
+def _small(token) -> bool:
+    """An item list worth keeping (the entries are shared by every session: no large
+    list is held on to)."""
+    if isinstance(token, list):
+        return len(token) <= 8 and all(isinstance(t, str) and len(t) <= 100 for t in token)
+    return isinstance(token, str) and len(token) <= 100
 
 
 _PLANS: dict[tuple[int, bool], tuple] = {}

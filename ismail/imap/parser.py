@@ -232,7 +232,8 @@ class CommandReader:
             cmd = self._cmd = _Partial()
             cmd.text_size = len(seg)
             start = cmd.read_head(seg)
-            if b"{" in seg or b"\0" in seg or not _from_shape(cmd, seg, start):
+            if (cmd.name not in _SHAPED or b"{" in seg or b"\0" in seg
+                    or not _from_shape(cmd, seg, start)):
                 cmd.add_text(seg, start)
         else:
             self._cmd.text_size += len(seg)
@@ -264,19 +265,26 @@ class CommandReader:
 
 
 # A pipelining client sends the same command again and again, one message number apart
-# ("UID FETCH 17 (BODY.PEEK[])"): the arguments after a leading sequence set are tokenized
-# once per shape.  Tokens are shared between the commands of one shape, so nothing may
-# change them (handlers only read them).
+# ("UID FETCH 17 (BODY.PEEK[])"): the arguments after the leading sequence set are
+# tokenized once per shape.  Only the commands on messages, and only short shapes, are
+# kept (the cache is shared by every session: no LOGIN line, no large list goes into it).
+# Tokens are shared between the commands of one shape, so nothing may change them
+# (handlers only read them).
+_SHAPED = frozenset(("FETCH", "STORE", "COPY", "MOVE"))
 _SEQ_FIRST = re.compile(rb" ([0-9*][0-9:*,]*)(?= |\Z)")
 _SHAPES: dict[bytes, tuple] = {}
 SHAPES_KEPT = 256
+SHAPE_MAX = 200    # octets after the sequence set
 
 
 def _from_shape(cmd: "_Partial", seg: bytes, start: int) -> bool:
     """Give ``cmd`` the arguments of the complete line ``seg`` (no literal in it) from the
-    shape last seen; False when the line must be tokenized in full (an error in it, say)."""
+    shape last seen; False when the line must be tokenized in full (an error in it, no
+    sequence set first, a long line)."""
     m = _SEQ_FIRST.match(seg, start)
-    tail = seg[m.end():] if m else seg[start:]
+    if m is None or len(seg) - m.end() > SHAPE_MAX:
+        return False
+    tail = seg[m.end():]
     tokens = _SHAPES.get(tail)
     if tokens is None:
         probe = _Partial()
@@ -290,8 +298,7 @@ def _from_shape(cmd: "_Partial", seg: bytes, start: int) -> bool:
             _SHAPES.clear()
         tokens = _SHAPES[tail] = tuple(probe.items)
     items = cmd.items
-    if m:
-        items.append(Atom(m.group(1).decode("ascii")))
+    items.append(Atom(m.group(1).decode("ascii")))
     items += tokens
     return True
 
