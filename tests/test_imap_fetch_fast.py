@@ -9,7 +9,7 @@ import contextlib
 import unittest
 from unittest import mock
 
-from ismail.imap import cmd_message
+from ismail.imap import cmd_message, fetch_fast
 from tests.test_imap_session import MSG, SessionCase
 
 NUL = b"From: x@remote.test\r\nSubject: binary\r\n\r\nzero \x00 byte\r\n"
@@ -94,6 +94,28 @@ class FastPathTest(SessionCase):
                     self.assertEqual(fast, general)
                     self.assertTrue(fast.endswith("FETCH completed\r\n"), fast[-200:])
 
+    def test_same_bytes_in_small_chunks(self):
+        with mock.patch.object(fetch_fast, "ROWS", 3):   # rows are made a chunk at a time
+            for items in ("(UID FLAGS RFC822.SIZE)", "FAST", "(FLAGS UID)"):
+                for command in (f"a FETCH 1:* {items}", f"a UID FETCH 2:4 {items}"):
+                    with self.subTest(command=command):
+                        fast, general = self.both(command)
+                        self.assertEqual(fast, general)
+
+    def test_same_bytes_for_the_session_holding_recent(self):
+        self.deliver(MSG)
+        self.deliver(NUL)
+        c = self.client(select="INBOX")   # \Recent on the two new messages goes to it
+        for command in ("a FETCH 1:* (UID FLAGS)", "b UID FETCH 4:* (FLAGS RFC822.SIZE UID)"):
+            with self.subTest(command=command):
+                fast = c.say(command)
+                with general_renderer():
+                    general = c.say(command)
+                self.assertEqual(fast, general)
+                self.assertIn("\\Recent", fast)
+        self.assertEqual(c.say("c FETCH 5:6 FLAGS").count("\\Recent"), 2)
+        self.assertNotIn("\\Recent", c.say("d FETCH 1:4 FLAGS"))
+
     def test_nul_byte_and_flags_in_the_answer(self):
         fast, _ = self.both("a FETCH 2 (UID FLAGS BODY.PEEK[])")
         self.assertIn("zero \ufffd byte", fast, "0x80 in place of the NUL (read as UTF-8 here)")
@@ -109,14 +131,18 @@ class FastPathTest(SessionCase):
                 other = self.client(select="INBOX")
                 other.say("a STORE 2 +FLAGS (\\Deleted)")
                 other.say("b EXPUNGE")
+                commands = ("c FETCH 1:3 (UID BODY.PEEK[])", "d FETCH 1:3 (UID FLAGS)")
                 if fast_path:
-                    reply = watcher.say("c FETCH 1:3 (UID BODY.PEEK[])")
+                    replies = [watcher.say(command) for command in commands]
                 else:
                     with general_renderer():
-                        reply = watcher.say("c FETCH 1:3 (UID BODY.PEEK[])")
-                self.assertIn("* 1 FETCH (UID 1 BODY[]", reply)
-                self.assertRegex(reply, r"\* 3 FETCH \(UID \d+ BODY\[\]")
-                self.assertIn("c NO [EXPUNGEISSUED]", reply)
+                        replies = [watcher.say(command) for command in commands]
+                self.assertIn("* 1 FETCH (UID 1 BODY[]", replies[0])
+                self.assertRegex(replies[0], r"\* 3 FETCH \(UID \d+ BODY\[\]")
+                self.assertIn("c NO [EXPUNGEISSUED]", replies[0])
+                self.assertRegex(replies[1], r"^\* 1 FETCH \(UID 1 FLAGS \([^)]*\)\)\r\n"
+                                             r"\* 3 FETCH \(UID \d+ FLAGS \([^)]*\)\)\r\n"
+                                             r"d NO \[EXPUNGEISSUED\]")
                 self.deliver(NUL)   # put a message back for the next round
 
 

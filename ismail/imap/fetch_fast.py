@@ -13,7 +13,9 @@ Anything else (sections, partial ranges, ENVELOPE, BODYSTRUCTURE, a FETCH that s
 """
 from __future__ import annotations
 
-from operator import attrgetter
+from functools import partial
+from itertools import islice
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ..store.folders import NoSuchMessage
@@ -71,17 +73,16 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
             text = dates[ref.internaldate] = internaldate(ref.internaldate).encode()
         return text
 
+    if label is None:
+        return (yield from _meta_rows(c, sel, numbered, before, date))
     getters = {"UID": attrgetter("uid"), "RFC822.SIZE": attrgetter("size"), "INTERNALDATE": date,
                "FLAGS": lambda ref: flags_bytes(ref)[6:]}
     row = _row([getters[n] for n in before])
     after_values = [getters[n] for n in after]
 
     head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in before)
-    if label is not None:
-        head += (b" " if before else b"") + label + b" "
-        tail = (b" " + b" ".join(_FORMATS[n] for n in after) if after else b"") + b")\r\n"
-    else:
-        head += b")\r\n"
+    head += (b" " if before else b"") + label + b" "
+    tail = (b" " + b" ".join(_FORMATS[n] for n in after) if after else b"") + b")\r\n"
     missing = 0
     batch: list[bytes] = []
     size = 0
@@ -91,29 +92,25 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
             missing += 1
             continue
         line = head % row(seq, ref)
-        if label is None:
-            batch.append(line)
-            size += len(line)
+        try:
+            data = folder.read(uid)
+        except (NoSuchMessage, FileNotFoundError):
+            missing += 1
+            continue
+        if b"\0" in data:
+            data = data.replace(b"\0", b"\x80")   # as fetch._literal: NUL is not allowed
+        literal = b"{%d}\r\n" % len(data) if data else b'""'
+        end = tail % tuple(get(ref) for get in after_values) if after else tail
+        if len(data) >= BATCH:   # a large message goes out as it is: no copy into a batch
+            batch += (line, literal)
+            yield b"".join(batch)
+            yield data
+            batch, size = [end], len(end)
         else:
-            try:
-                data = folder.read(uid)
-            except (NoSuchMessage, FileNotFoundError):
-                missing += 1
-                continue
-            if b"\0" in data:
-                data = data.replace(b"\0", b"\x80")   # as fetch._literal: NUL is not allowed
-            literal = b"{%d}\r\n" % len(data) if data else b'""'
-            end = tail % tuple(get(ref) for get in after_values) if after else tail
-            if len(data) >= BATCH:   # a large message goes out as it is: no copy into a batch
-                batch += (line, literal)
-                yield b"".join(batch)
-                yield data
-                batch, size = [end], len(end)
-            else:
-                batch += (line, literal, data, end)
-                size += len(line) + len(literal) + len(data) + len(end)
-            s.fetched += 1
-            s.backend.stats.add("imap_fetched")
+            batch += (line, literal, data, end)
+            size += len(line) + len(literal) + len(data) + len(end)
+        s.fetched += 1
+        s.backend.stats.add("imap_fetched")
         if size >= BATCH:
             yield b"".join(batch)
             batch, size = [], 0
@@ -122,6 +119,55 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
     if missing and not c.uid:
         raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return Done(f"{'UID ' if c.uid else ''}FETCH completed")
+
+
+def _meta_rows(c: "Command", sel: "Selected", numbered, names: list[str],
+               date: Callable) -> Iterator[bytes]:
+    """The responses for items the view knows (no message text), ROWS at a time: each
+    column is made by map() over the chunk's messages and the lines by one format per
+    row, so the loops run in C (FETCH 1:* of 10,000 messages: ~0.4 us a row, was ~1.1)."""
+    lookup = sel.folder.message_getter()
+    head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in names) + b")\r\n"
+    if sel.holds_recent():
+        flags_bytes = sel.flags_bytes
+        flags = partial(map, lambda ref: flags_bytes(ref)[6:])
+    else:   # the same flags, the same text: worked out once per set of flags
+        texts = _FlagTexts(sel)
+        flags = lambda refs: map(texts.__getitem__, map(_FLAGS_OF, refs))  # noqa: E731
+    columns = {"UID": partial(map, _UID_OF), "RFC822.SIZE": partial(map, _SIZE_OF),
+               "INTERNALDATE": partial(map, date), "FLAGS": flags}
+    makers = [columns[n] for n in names]
+    missing = 0
+    pairs_left = iter(numbered)
+    while pairs := list(islice(pairs_left, ROWS)):
+        refs = list(map(lookup, map(_UID_OF_PAIR, pairs)))
+        if None in refs:   # gone since the view was made: left out
+            kept = [(pair, ref) for pair, ref in zip(pairs, refs) if ref is not None]
+            missing += len(pairs) - len(kept)
+            pairs, refs = [pair for pair, _ in kept], [ref for _, ref in kept]
+        rows = zip(map(_SEQ_OF_PAIR, pairs), *[make(refs) for make in makers])
+        yield b"".join(map(head.__mod__, rows))
+    if missing and not c.uid:
+        raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
+    return Done(f"{'UID ' if c.uid else ''}FETCH completed")
+
+
+class _FlagTexts(dict):
+    """A set of flags -> its text in a FETCH response, "(\\Seen $Work)", for a session
+    that holds no \\Recent (then the flags alone decide)."""
+
+    def __init__(self, sel: "Selected") -> None:
+        super().__init__()
+        self._sel = sel
+
+    def __missing__(self, flags: frozenset) -> bytes:
+        text = self[flags] = self._sel.flags_text(flags)
+        return text
+
+
+ROWS = 1024   # rows a chunk: about 50 KB of responses
+_UID_OF, _SIZE_OF, _FLAGS_OF = attrgetter("uid"), attrgetter("size"), attrgetter("flags")
+_SEQ_OF_PAIR, _UID_OF_PAIR = itemgetter(0), itemgetter(1)
 
 
 def _row(getters: list[Callable]) -> Callable:

@@ -100,14 +100,26 @@ class Selected:
             flags.append(RECENT)
         return flags
 
+    def holds_recent(self) -> bool:
+        """Whether some message shows \\Recent to this session (else flags_text will do)."""
+        return self._peek_from is not None if self.readonly else bool(self._recent_lo)
+
+    @staticmethod
+    def flags_text(flags: frozenset[str], recent: bool = False) -> bytes:
+        """``(\\Seen $Work)``: ``flags`` as FETCH shows them (system flags first)."""
+        names = sorted(flags, key=flag_order)
+        if recent:
+            names.append(RECENT)
+        return ("(" + " ".join(names) + ")").encode("utf-8", "replace")
+
     def flags_bytes(self, ref: MessageRef) -> bytes:
+        """``FLAGS (...)`` for the message, \\Recent included if this session holds it."""
         key = (ref.flags, self.is_recent(ref.uid))
         out = self._flags_text.get(key)
         if out is None:
             if len(self._flags_text) > 4096:
                 self._flags_text.clear()
-            out = self._flags_text[key] = \
-                ("FLAGS (" + " ".join(self.flags(ref)) + ")").encode("utf-8", "replace")
+            out = self._flags_text[key] = b"FLAGS " + self.flags_text(*key)
         return out
 
     # -- the folder's flags -------------------------------------------------------------------

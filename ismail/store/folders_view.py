@@ -139,6 +139,11 @@ class Folder:
     def message(self, uid: int) -> MessageRef | None:
         return self._by_uid.get(uid)
 
+    def message_getter(self) -> Callable[[int], MessageRef | None]:
+        """``message`` for a loop over many UIDs (no method call each): valid until the
+        next refresh, which makes a new table."""
+        return self._by_uid.get
+
     @property
     def keywords(self) -> list[str]:
         """The keywords defined in this folder (for FLAGS and PERMANENTFLAGS)."""
