@@ -83,6 +83,43 @@ class MtimeGranularityTest(CacheCase):
         self.assertEqual(len(view.refresh().added), 1)
         self.assertFalse(view.refresh(), "settled now: nothing more to report")
 
+    def unsettled_view(self):
+        """A view that has just listed the folder within its mtimes' tick (set a little
+        ahead, so the tick lasts the whole test); the mtime to put back after a change."""
+        mtime = time.time_ns() + 5 * 10**9
+        for sub in ("new", "cur"):
+            set_mtime_ns(self.root / sub, mtime)
+        view = self.store.open("INBOX")
+        view.refresh()
+        return view, mtime
+
+    def test_unsettled_folder_unchanged_is_not_parsed_again(self):
+        view, _ = self.unsettled_view()
+        with self.scans() as scan:
+            for _ in range(3):
+                self.assertFalse(view.refresh())
+        self.assertEqual(scan.call_count, 0, "the same file names: the same view")
+        self.assertEqual(len(view.messages), 5)
+
+    def test_unsettled_folder_changed_in_the_same_tick_is_seen(self):
+        view, mtime = self.unsettled_view()
+        first = view.messages[0]
+        # Another program flags a message (a rename) and a message comes, in the same tick.
+        os.rename(first.path, self.root / "cur" / f"{first.key}:2,FS")
+        deliver(self.root, MSG + b"same tick")
+        for sub in ("new", "cur"):
+            set_mtime_ns(self.root / sub, mtime)
+        changes = view.refresh()
+        self.assertEqual([ref.uid for ref in changes.flags_changed], [first.uid])
+        self.assertEqual(changes.flags_changed[0].flags, frozenset({"\\Flagged", "\\Seen"}))
+        self.assertEqual(len(changes.added), 1)
+        # A file taken away in the same tick, too.
+        gone = view.messages[-1]
+        os.unlink(gone.path)
+        for sub in ("new", "cur"):
+            set_mtime_ns(self.root / sub, mtime)
+        self.assertEqual(view.refresh().expunged, [gone.uid])
+
     def test_settled_folder_is_not_listed_again(self):
         self.settle()
         view = self.store.open("INBOX")

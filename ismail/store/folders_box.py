@@ -243,27 +243,29 @@ class Box:
         except FileNotFoundError:
             raise NoSuchFolder(f"folder {self.name} no longer exists") from None
 
-    def scan(self) -> Listing:
-        """Every message file: new/ first, then cur/, so a file POP3 moves between the two
-        while we list is seen at least once (and cur/ wins if it is seen twice)."""
+    def names(self) -> tuple[list[str], list[str]]:
+        """The file names in new/ and cur/ as they are now, new/ listed first (see scan)."""
+        try:
+            return os.listdir(self.new), os.listdir(self.cur)
+        except FileNotFoundError:
+            raise NoSuchFolder(f"folder {self.name} no longer exists") from None
+
+    def scan(self, names: tuple[list[str], list[str]] | None = None) -> Listing:
+        """Every message file (of ``names``, else listed now): new/ first, then cur/, so a
+        file POP3 moves between the two while we list is seen at least once (and cur/ wins
+        if it is seen twice)."""
         out: Listing = {}
-        for sub in (self.new, self.cur):
-            try:
-                entries = os.scandir(sub)
-            except FileNotFoundError:
-                raise NoSuchFolder(f"folder {self.name} no longer exists") from None
-            with entries:
-                for entry in entries:
-                    name = entry.name
-                    if name[0] == ".":
-                        continue
-                    cut = name.find(":")
-                    if cut < 0:
-                        cut = name.find("!")
-                    if cut < 0:
-                        out[name] = (sub, name, "")
-                    else:
-                        out[name[:cut]] = (sub, name, name[cut + 1:])
+        for sub, listed in zip((self.new, self.cur), self.names() if names is None else names):
+            for name in listed:
+                if name[0] == ".":
+                    continue
+                cut = name.find(":")
+                if cut < 0:
+                    cut = name.find("!")
+                if cut < 0:
+                    out[name] = (sub, name, "")
+                else:
+                    out[name[:cut]] = (sub, name, name[cut + 1:])
         return out
 
     def locate(self, key: str) -> tuple[Path, str, str] | None:

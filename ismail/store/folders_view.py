@@ -117,6 +117,7 @@ class Folder:
         self.messages: list[MessageRef] = []
         self._by_uid: dict[int, MessageRef] = {}
         self._stats: tuple | None = None
+        self._still: tuple | None = None   # (index stat, file names) of an unsettled look
         self._highest = 0
         box.clean_tmp()
         self._sync()
@@ -157,17 +158,25 @@ class Folder:
             return Changes()
         if not self.uidvalidity and self._adopt(stats):
             return Changes(added=list(self.messages))
+        still, self._still = self._still, None
         index = box.index()
         if self.uidvalidity and index.uidvalidity != self.uidvalidity:
             raise UidValidityChanged(f"folder {self.name} was given a new UIDVALIDITY")
         table_changed = box.keywords.reload()
-        listing = box.scan()
+        names = box.names()
+        if still is not None and still == (stats[2], names) and not table_changed:
+            # Looked at a moment ago, before the mtimes had settled: the same file names
+            # (flags are in the names) and the same index are the same view.
+            self._settle(stats, names, now)
+            return Changes()
+        listing = box.scan(names)
         gone = [key for key in index.uids if key not in listing]
         if gone or any(ref.key not in listing for ref in self._by_uid.values()):
             # A file renamed (new flags) while we listed may be missing from that listing;
             # it is gone only if a second listing does not have it either.
             listing.update(box.scan())
             gone = [key for key in gone if key not in listing]
+            names = None
         unknown = [key for key in listing if key not in index.uids]
         if unknown or gone:
             index = box.assign(unknown, listing, {(index.uids[k], k) for k in gone}, index.uidvalidity)
@@ -175,16 +184,25 @@ class Folder:
         cap = self._first_unseen_line(index, listing)
         changes = self._take(listing, index, table_changed, cap)
         self.uidvalidity, self.uidnext = index.uidvalidity, index.uidnext
-        # Equal stats prove nothing changed only if they were read after the mtimes had
-        # settled: a change in the same clock tick as the last one leaves the mtime as it
-        # was.  Until a look made after that, every look lists again (whenever it comes).
-        settled = now >= max(settled_after(stats[0]), settled_after(stats[1]))
-        self._stats = stats if cap is None and settled else None  # None: look again next time
+        settled = self._settle(stats, names, now, complete=cap is None)
         if cap is None:
             SNAPSHOTS.put(box.path, _Snapshot(stats, box.keywords.stat, self.uidvalidity, self.uidnext,
                                               box.new, box.cur, dict(self._by_uid), list(self.messages),
                                               settled))
         return changes
+
+    def _settle(self, stats: tuple, names: tuple | None, now: float, complete: bool = True) -> bool:
+        """Remember what the look at ``now`` saw; whether the mtimes had settled then.
+
+        Equal stats prove nothing changed only if they were read after the mtimes had
+        settled: a change in the same clock tick as the last one leaves the mtime as it
+        was.  Until a look made after that, every look lists again (whenever it comes),
+        and the file names of this look (kept until then) say whether the view changed.
+        Not ``complete`` (messages wait for their files): look in full next time."""
+        settled = now >= max(settled_after(stats[0]), settled_after(stats[1]))
+        self._stats = stats if complete and settled else None   # None: look again next time
+        self._still = (stats[2], names) if complete and not settled and names is not None else None
+        return settled
 
     def _adopt(self, stats: tuple) -> bool:
         """Open from the shared snapshot if the folder is exactly as it was taken."""
