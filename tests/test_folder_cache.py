@@ -101,6 +101,19 @@ class MtimeGranularityTest(CacheCase):
         self.assertEqual(scan.call_count, 0, "the same file names: the same view")
         self.assertEqual(len(view.messages), 5)
 
+    def test_a_look_that_finds_the_folder_settled_shares_it(self):
+        mtime = time.time_ns()
+        for sub in ("new", "cur"):
+            set_mtime_ns(self.root / sub, mtime)
+        first = self.store.open("INBOX")          # listed within the tick
+        time.sleep(0.15)                          # past settled_after(mtime)
+        with self.scans() as scan:
+            self.assertFalse(first.refresh())     # the same names: sure now, and shared
+            second = self.store.open("INBOX")
+            self.assertFalse(second.refresh())
+        self.assertEqual(scan.call_count, 0, "the second view took the settled listing")
+        self.assertEqual(len(second.messages), 5)
+
     def test_unsettled_folder_changed_in_the_same_tick_is_seen(self):
         view, mtime = self.unsettled_view()
         first = view.messages[0]

@@ -167,7 +167,8 @@ class Folder:
         if still is not None and still == (stats[2], names) and not table_changed:
             # Looked at a moment ago, before the mtimes had settled: the same file names
             # (flags are in the names) and the same index are the same view.
-            self._settle(stats, names, now)
+            if self._settle(stats, names, now):   # and now it is sure: other views may take it
+                self._share(stats, True)
             return Changes()
         listing = box.scan(names)
         gone = [key for key in index.uids if key not in listing]
@@ -186,10 +187,15 @@ class Folder:
         self.uidvalidity, self.uidnext = index.uidvalidity, index.uidnext
         settled = self._settle(stats, names, now, complete=cap is None)
         if cap is None:
-            SNAPSHOTS.put(box.path, _Snapshot(stats, box.keywords.stat, self.uidvalidity, self.uidnext,
-                                              box.new, box.cur, dict(self._by_uid), list(self.messages),
-                                              settled))
+            self._share(stats, settled)
         return changes
+
+    def _share(self, stats: tuple, settled: bool) -> None:
+        """This view, complete, as the snapshot the next view opened on the folder takes."""
+        box = self._box
+        SNAPSHOTS.put(box.path, _Snapshot(stats, box.keywords.stat, self.uidvalidity, self.uidnext,
+                                          box.new, box.cur, dict(self._by_uid), list(self.messages),
+                                          settled))
 
     def _settle(self, stats: tuple, names: tuple | None, now: float, complete: bool = True) -> bool:
         """Remember what the look at ``now`` saw; whether the mtimes had settled then.
