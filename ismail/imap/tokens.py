@@ -91,12 +91,6 @@ class SequenceSet:
     def spans(self, largest: int) -> list[tuple[int, int]]:
         """Ascending, merged (low, high) pairs within 1..largest; "*" is `largest`.
         ``5:*`` with largest 3 is 3:5, so 3 (RFC 3501 §6.4.8)."""
-        if len(self.ranges) == 1:   # the usual case: one number or one range
-            (a, b), = self.ranges
-            a = largest if a is None else a
-            b = largest if b is None else b
-            low, high = max(min(a, b), 1), min(max(a, b), largest)
-            return [(low, high)] if low <= high else []
         spans = []
         for a, b in self.ranges:
             a = largest if a is None else a
@@ -104,6 +98,8 @@ class SequenceSet:
             low, high = max(min(a, b), 1), min(max(a, b), largest)
             if low <= high:
                 spans.append((low, high))
+        if len(spans) < 2:   # the usual case: one number or one range, nothing to merge
+            return spans
         spans.sort()
         merged: list[tuple[int, int]] = []
         for low, high in spans:
@@ -129,9 +125,7 @@ class SequenceSet:
 
 def parse_sequence_set(text: str) -> SequenceSet:
     if text.isdigit() and text.isascii() and text[0] != "0" and len(text) <= 10:   # one number
-        n = int(text)
-        if n > MAX_NUMBER:
-            raise ValueError(f"number {text} is too large")
+        n = _seq_number(text)
         return SequenceSet(((n, n),))
     if text == "$":
         raise ValueError("$ (SEARCHRES) is not supported")
