@@ -64,7 +64,7 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
     """The responses for ``shape`` (from ``plan``), then Done, or No [EXPUNGEISSUED]."""
     before, after, label = shape
     folder = sel.folder
-    message, flags_bytes = folder.message, sel.flags_bytes
+    message = folder.message
     dates: dict[float, bytes] = {}
 
     def date(ref) -> bytes:
@@ -76,7 +76,7 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape)
     if label is None:
         return (yield from _meta_rows(c, sel, numbered, before, date))
     getters = {"UID": attrgetter("uid"), "RFC822.SIZE": attrgetter("size"), "INTERNALDATE": date,
-               "FLAGS": lambda ref: flags_bytes(ref)[6:]}
+               "FLAGS": sel.flag_list}
     row = _row([getters[n] for n in before])
     after_values = [getters[n] for n in after]
 
@@ -129,10 +129,9 @@ def _meta_rows(c: "Command", sel: "Selected", numbered, names: list[str],
     lookup = sel.folder.message_getter()
     head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in names) + b")\r\n"
     if sel.holds_recent():
-        flags_bytes = sel.flags_bytes
-        flags = partial(map, lambda ref: flags_bytes(ref)[6:])
-    else:   # the same flags, the same text: worked out once per set of flags
-        texts = _FlagTexts(sel)
+        flags = partial(map, sel.flag_list)
+    else:   # the flags alone decide the text: one dict lookup in C a row
+        texts = sel.flag_texts
         flags = lambda refs: map(texts.__getitem__, map(_FLAGS_OF, refs))  # noqa: E731
     columns = {"UID": partial(map, _UID_OF), "RFC822.SIZE": partial(map, _SIZE_OF),
                "INTERNALDATE": partial(map, date), "FLAGS": flags}
@@ -150,19 +149,6 @@ def _meta_rows(c: "Command", sel: "Selected", numbered, names: list[str],
     if missing and not c.uid:
         raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return Done(f"{'UID ' if c.uid else ''}FETCH completed")
-
-
-class _FlagTexts(dict):
-    """A set of flags -> its text in a FETCH response, "(\\Seen $Work)", for a session
-    that holds no \\Recent (then the flags alone decide)."""
-
-    def __init__(self, sel: "Selected") -> None:
-        super().__init__()
-        self._sel = sel
-
-    def __missing__(self, flags: frozenset) -> bytes:
-        text = self[flags] = self._sel.flags_text(flags)
-        return text
 
 
 ROWS = 1024   # rows a chunk: about 50 KB of responses

@@ -42,6 +42,27 @@ def flag_order(flag: str) -> tuple[int, str]:
     return (_ORDER.get(flag, len(_ORDER)), flag)
 
 
+class FlagTexts(dict):
+    """A set of flags -> its text in a FETCH response, ``(\\Seen $Work)`` (with \\Recent
+    last if ``recent``), made on first use.  A dict, so a FETCH of many messages looks
+    them up without a Python call each."""
+
+    MAX = 4096
+
+    def __init__(self, recent: bool = False) -> None:
+        super().__init__()
+        self.recent = recent
+
+    def __missing__(self, flags: frozenset[str]) -> bytes:
+        if len(self) >= self.MAX:
+            self.clear()
+        names = sorted(flags, key=flag_order)
+        if self.recent:
+            names.append(RECENT)
+        text = self[flags] = ("(" + " ".join(names) + ")").encode("utf-8", "replace")
+        return text
+
+
 class Selected:
     """One session's SELECT or EXAMINE of one folder."""
 
@@ -55,7 +76,8 @@ class Selected:
         # EXAMINE claims nothing, but still reports what is recent (unclaimed): the UIDs
         # from here up, as Dovecot does (ImapTest's select test checks it).
         self._peek_from: int | None = None
-        self._flags_text: dict[tuple[frozenset[str], bool], bytes] = {}  # flags -> "FLAGS (...)"
+        self.flag_texts = FlagTexts()                # flags -> "(...)", for a message not \Recent
+        self._recent_flag_texts = FlagTexts(recent=True)
         self._announced: frozenset[str] = frozenset()   # keywords the client was given in FLAGS
         if not readonly:
             self._claim()
@@ -101,26 +123,16 @@ class Selected:
         return flags
 
     def holds_recent(self) -> bool:
-        """Whether some message shows \\Recent to this session (else flags_text will do)."""
+        """Whether some message shows \\Recent to this session (else flag_texts will do)."""
         return self._peek_from is not None if self.readonly else bool(self._recent_lo)
 
-    @staticmethod
-    def flags_text(flags: frozenset[str], recent: bool = False) -> bytes:
-        """``(\\Seen $Work)``: ``flags`` as FETCH shows them (system flags first)."""
-        names = sorted(flags, key=flag_order)
-        if recent:
-            names.append(RECENT)
-        return ("(" + " ".join(names) + ")").encode("utf-8", "replace")
+    def flag_list(self, ref: MessageRef) -> bytes:
+        """``(\\Seen \\Recent)``: the message's flags as FETCH shows them."""
+        return (self._recent_flag_texts if self.is_recent(ref.uid) else self.flag_texts)[ref.flags]
 
     def flags_bytes(self, ref: MessageRef) -> bytes:
         """``FLAGS (...)`` for the message, \\Recent included if this session holds it."""
-        key = (ref.flags, self.is_recent(ref.uid))
-        out = self._flags_text.get(key)
-        if out is None:
-            if len(self._flags_text) > 4096:
-                self._flags_text.clear()
-            out = self._flags_text[key] = b"FLAGS " + self.flags_text(*key)
-        return out
+        return b"FLAGS " + self.flag_list(ref)
 
     # -- the folder's flags -------------------------------------------------------------------
     def flag_lines(self) -> list[bytes]:
