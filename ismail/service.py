@@ -47,7 +47,7 @@ from .net.listener import Gate, Listener, Protocol, WorkerPool
 from .net.reactor import Reactor
 from .net.selfsigned import self_signed_files
 from .mailauth.keystore import KeyStore, KeyStoreError, keys_missing
-from .mailauth.signing import signature_for
+from .mailauth.signing import signing_domain
 from .mailauth.srs import SRS
 from .mailauth.srs_secret import load_srs_secret
 from .queue import etrn
@@ -377,6 +377,12 @@ class MailServer:
                                   max_age_days=settings.srs.max_age_days))
         return self._srs[1]
 
+    def signing_domain(self, message: bytes) -> str:
+        """The local domain whose DKIM key signs ``message`` as it leaves ("" for none)."""
+        if not self.settings.dkim.enabled:
+            return ""
+        return signing_domain(message, self.policy.local_domains)
+
     def reverse_srs(self, address: str) -> str | None:
         """The original sender behind an SRS address of ours; None when SRS is off or this is
         no SRS address; ValueError (SRSError) when it is forged, damaged or expired."""
@@ -431,13 +437,10 @@ class MailServer:
                                  self.duplicates.record(list(zip(keys, dests))) if keys else None)
         remote = envelope.remote_recipients
         if remote:
-            # Signed once, here (every attempt sends these bytes), and only mail from our own
-            # side: a stranger's message with our From (forwarded, or for a relay domain)
-            # must not leave with our signature.
-            if self.settings.dkim.enabled and envelope.internal:
-                signature = signature_for(self.dkim_keys, self.policy.local_domains, received,
-                                          body.chunks)
-                received = signature + received
+            # Only mail from our own side is marked for signing (each attempt signs it as it
+            # leaves): a stranger's message with our From (forwarded, or for a relay
+            # domain) must not leave with our signature.
+            sign = self.settings.dkim.enabled and envelope.internal
             # Forwarded copies leave with an SRS sender of ours, so the receiver's SPF check
             # passes and a bounce comes back here to be sent on (issue 12); others as they came.
             srs = self.srs() if envelope.forwarded and envelope.sender else None
@@ -456,7 +459,8 @@ class MailServer:
                                        recipients=[QueuedRecipient(r) for r in rcpts],
                                        arrival=envelope.received_at, client_ip=envelope.client_ip,
                                        helo=envelope.helo, size=envelope.size,
-                                       smtputf8=envelope.smtputf8, body=envelope.body_type)
+                                       smtputf8=envelope.smtputf8, body=envelope.body_type,
+                                       sign=sign)
                     self.spool.enqueue(entry, received, body)
                     queued.append(qid)
             except BaseException:

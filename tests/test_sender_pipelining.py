@@ -406,7 +406,7 @@ class SmtpSinkTest(DeliveryCase):
         for token in tokens:
             results = sender.deliver(SENDER, rcpts, "remote.test", message_text(SENDER, rcpts, token))
             self.assertTrue(all(r.sent for r in results.values()), results)
-        self.assertTrue(sender._local.cached.smtp.has_extn("pipelining"), "smtp-sink offered no PIPELINING")
+        self.assertTrue(sender.transport._local.cached.smtp.has_extn("pipelining"), "smtp-sink offered no PIPELINING")
         sender.close_idle(force=True)
         self.wait_for(lambda: sink.mesg_counter() >= 50, 20, "50 messages counted by smtp-sink")
         self.assertEqual(sink.mesg_counter(), 50)

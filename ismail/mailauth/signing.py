@@ -1,10 +1,12 @@
 """Which outgoing mail ISMail signs with DKIM, and the signing itself.
 
-Mail whose From: address is in a local domain with an active key is signed once,
-when it is accepted (the queue keeps the signed text; every later attempt sends the
-same bytes).  Mail from other domains - a forwarded copy of someone else's message,
-say - is left as it came, with its own signatures.  Only the first From: counts;
-a message without one, or with an address we cannot read, is not signed.
+Mail from our own side (a trusted or logged-in client) whose From: address is in a
+local domain is signed with that domain's active key as it leaves: the queue keeps
+the text as it came and marks it for signing, and each attempt signs it just before
+sending (in the delivery process when there is one: its CPU is not the listener's).
+Mail from other domains - a forwarded copy of someone else's message, say - is left
+as it came, with its own signatures.  Only the first From: counts; a message without
+one, or with an address we cannot read, is not signed.
 """
 from __future__ import annotations
 
@@ -12,8 +14,6 @@ import logging
 import re
 import time
 from email.utils import getaddresses
-from typing import Callable, Iterator
-
 from . import dkim
 from .keystore import KeyStore
 
@@ -35,22 +35,20 @@ def from_domain(message: bytes) -> str:
     return addresses[0].rpartition("@")[2].strip().lower().rstrip(".") if addresses else ""
 
 
-def signature_for(store: KeyStore, local_domains: frozenset[str], received: bytes,
-                  chunks: Callable[[], Iterator[bytes]]) -> bytes:
-    """The DKIM-Signature header to put on top of ``received`` + the message (whose text
-    ``chunks()`` gives), or b"" when it is not ours to sign.  The message is read whole
-    only when it will be signed.  Never raises: a message that cannot be signed goes out
-    unsigned (logged)."""
-    first = next(chunks(), b"")  # the whole message, or its first MiB: the header is there
-    domain = from_domain(first)
-    if not domain or domain not in local_domains:
-        return b""
+def signing_domain(message: bytes, local_domains: frozenset[str]) -> str:
+    """The local domain whose key signs ``message`` (its first From:), or "" for none."""
+    domain = from_domain(message)
+    return domain if domain and domain in local_domains else ""
+
+
+def sign_message(store: KeyStore, domain: str, message: bytes) -> bytes:
+    """``message`` with ``domain``'s DKIM-Signature on top; as it was when the domain has no
+    usable key.  Never raises: a message that cannot be signed goes out unsigned (logged)."""
     key = store.signing_key(domain)
     if key is None:
-        return b""
+        return message
     try:
-        message = received + b"".join(chunks())
-        return dkim.sign(message, domain, key.selector, key.key, now=int(time.time()))
+        return dkim.sign(message, domain, key.selector, key.key, now=int(time.time())) + message
     except Exception:
         log.exception("DKIM signing for %s failed; the message goes out unsigned", domain)
-        return b""
+        return message

@@ -141,7 +141,7 @@ class QueueManager:
         self.server = server
         self.spool = server.spool
         self.stats = server.stats
-        self.sender = Sender(server.settings, server.stats)
+        self.sender = Sender(server.settings, server.stats, keys=server.dkim_keys)
         self.sender.route_table = getattr(server, "routes", None)
         self._cond = threading.Condition()
         self._entries: dict[str, QueueEntry] = {}
@@ -328,6 +328,7 @@ class QueueManager:
                 r.state, r.last_error = "bounced", "5.4.6 Too many Received: headers: mail forwarding loop"
                 failed.append(FailedRecipient(r.address, "5.4.6", r.last_error))
             pending = []
+        sign_domain = self.server.signing_domain(data) if entry.sign and pending else ""
         by_domain: dict[str, list] = {}
         for r in pending:
             by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r)
@@ -336,7 +337,7 @@ class QueueManager:
             for i in range(0, len(rcpts), BATCH_RECIPIENTS):
                 batch = rcpts[i:i + BATCH_RECIPIENTS]
                 results = self.sender.deliver(entry.sender, [r.address for r in batch], domain, data,
-                                              entry.smtputf8, entry.body)
+                                              entry.smtputf8, entry.body, sign_domain)
                 for r in batch:
                     self._record(entry, r, results[r.address], failed)
         entry.attempts += 1

@@ -110,6 +110,7 @@ class QueueEntry:
     size: int = 0
     smtputf8: bool = False
     body: str = "7BIT"
+    sign: bool = False   # DKIM-sign as it leaves (mail from our own side; transport.py)
     attempts: int = 0
     next_try: float = 0.0
     last_error: str = ""
