@@ -94,6 +94,10 @@ class OutgoingSettings:
     # Backup MX hosts ("host" or "host:port") asked by ETRN, when ISMail starts, to send what
     # they hold for the local domains at once (queue/etrn.py).
     etrn_hosts: list[str] = field(default_factory=list)
+    # The SMTP conversations of outgoing mail (and its DKIM signing) run in a second
+    # process, which uses another processor core (queue/courier.py); false: in the
+    # server's own process (a one-core machine gains nothing from two).  Read at start.
+    delivery_process: bool = True
 
 
 @dataclass
@@ -273,7 +277,8 @@ _BOOLS = ("smarthost.enabled", "smarthost.exclusive", "smarthost.authenticate",
           "smarthost.verify_certificate", "auth.allow_plaintext", "auth.require_for_relay",
           "auth.enforce_sender", "program.start_server_on_open", "pop3.enabled",
           "pop3.allow_plaintext", "imap.enabled", "imap.allow_plaintext", "tls.self_signed",
-          "dkim.enabled", "dkim.auto_keys", "srs.enabled", "antispam.greylisting")
+          "dkim.enabled", "dkim.auto_keys", "srs.enabled", "antispam.greylisting",
+          "outgoing.delivery_process")
 
 
 def split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:

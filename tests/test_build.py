@@ -551,6 +551,42 @@ class FrozenBuildTest(unittest.TestCase):
         self.assertEqual(code, 0, text[-3000:])
         self.assertNotIn("Traceback", text)
 
+    def test_the_frozen_build_relays_through_its_delivery_process(self) -> None:
+        # The delivery process is the .exe itself, started with --delivery-process.
+        from tests.test_courier import PID, Destination25
+        dest = Destination25()
+        self.addCleanup(dest.close)
+        settings = json.loads((self.data / "ismail.json").read_text())
+        settings["smarthost"]["port"] = dest.port
+        settings["trusted_networks"] = ["127.0.0.1/32"]
+        (self.data / "ismail.json").write_text(json.dumps(settings))
+        log_path = self.data / "run.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([str(self.binary), "--data-dir", str(self.data), "run"],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_banner("127.0.0.1", self.port, timeout=30)
+            msg = EmailMessage()
+            msg["From"], msg["To"], msg["Subject"] = "user@example.test", "friend@remote.test", "relayed"
+            msg.set_content("Relayed by the PyInstaller build.\n")
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=15) as smtp:
+                smtp.send_message(msg)
+            deadline = time.monotonic() + 30
+            while not dest.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(len(dest.received), 1, log_path.read_text(errors="replace")[-3000:])
+            self.assertIn(b"Subject: relayed", dest.received[0])
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        text = log_path.read_text(errors="replace")
+        self.assertEqual(code, 0, text[-3000:])
+        self.assertRegex(text, PID)
+        self.assertNotIn("Traceback", text)
+
     def test_the_frozen_build_signs_with_the_openssl_it_carries(self) -> None:
         # The bundle holds _ssl and its libcrypto: DKIM's RSA must find it there too,
         # or every signature costs ~7 ms of pow() (it still works, only slowly).

@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from .bounce import FailedRecipient, build_dsn, is_bounce_loop
+from .courier import Courier
 from .sender import Result, Sender
 from .spool import QueueEntry
 
@@ -141,7 +142,12 @@ class QueueManager:
         self.server = server
         self.spool = server.spool
         self.stats = server.stats
-        self.sender = Sender(server.settings, server.stats, keys=server.dkim_keys)
+        settings = server.settings
+        transport = None
+        if settings.outgoing.delivery_process:
+            transport = Courier(server.stats, server.data_dir, settings.server_name,
+                                settings.dns_servers, keys=server.dkim_keys)
+        self.sender = Sender(settings, server.stats, transport=transport, keys=server.dkim_keys)
         self.sender.route_table = getattr(server, "routes", None)
         self._cond = threading.Condition()
         self._entries: dict[str, QueueEntry] = {}
@@ -198,6 +204,7 @@ class QueueManager:
             time.sleep(0.05)
         if self._busy:
             log.warning("stopped with %d delivery(ies) under way; they will be retried", len(self._busy))
+        self.sender.transport.close()
 
     def apply(self, settings) -> None:
         self.sender.apply(settings)

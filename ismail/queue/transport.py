@@ -329,13 +329,20 @@ class Transport:
             smtp.close()
         self.stats.add("outgoing_current", -1)
 
+    def holding(self) -> bool:
+        """Whether this thread keeps a connection open for the next message."""
+        return getattr(self._local, "cached", None) is not None
+
+    def close(self) -> None:
+        """Nothing to stop: each delivery thread closes its own connection as it ends."""
+
     def close_idle(self, force: bool = False) -> bool:
         """Called by a delivery thread between jobs: hang up a connection nobody used lately
         (``force``: any).  True while this thread still holds one."""
         cached = getattr(self._local, "cached", None)
         if cached is not None and (force or time.monotonic() - cached.last >= CACHE_IDLE_SECONDS):
             self._drop(cached.smtp)
-        return getattr(self._local, "cached", None) is not None
+        return self.holding()
 
     def _address_of(self, dest: Destination) -> str:
         try:

@@ -1,0 +1,407 @@
+"""The delivery process: outgoing SMTP conversations and DKIM signing in a second process.
+
+CPython runs one thread of Python at a time in a process.  Receiving mail (the SMTP
+sessions, the queue file and its fsync) and sending it on (the client conversation,
+the DKIM signature) took turns on that one lock, so a relaying server used one core
+of the machine at most.  Postfix splits the same work over processes (smtpd, cleanup,
+qmgr, smtp).  ISMail keeps everything that decides - the queue, the routing, retries,
+bounces, the statistics and the log - in the server's process, and hands only the
+transaction itself to this one: "these recipients, this text, these destinations in
+this order; sign it for this domain".  The answer is one Result per recipient, as
+transport.Transport gives in-process.
+
+How the two talk:
+
+* The server starts the process the first time a delivery needs it (a server that
+  sends nothing out never has one): this same program with ``--delivery-process``
+  (courier_command()).  It reads a key and the data folder from its standard input,
+  opens a ``multiprocessing.connection.Listener`` (a Unix socket, a named pipe on
+  Windows) that only holders of the key may use, and prints its address.
+* Each delivery thread of the server opens a channel of its own and has a thread of
+  its own at the other end, which keeps that thread's cached connection; so the
+  outgoing limit (the pool's size) still bounds the connections.
+* Requests and answers are pickled tuples.  While a request runs, the process may
+  send counter changes ("outgoing_current") and log records first; the server's
+  thread applies them as they come, then takes the answer.
+* The process ends when its standard input closes: when the server stops, and also
+  when the server's process dies for any reason.
+
+If the process dies during a transaction, its recipients are deferred (a temporary
+failure) and retried later: a delivery may at worst be repeated, never lost.  The
+next delivery starts a new process.  If it cannot be started at all, deliveries run
+in the server's process (logged) and starting is tried again a minute later.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from .transport import Destination, Result, Transport
+
+if TYPE_CHECKING:
+    from ..mailauth.keystore import KeyStore
+    from ..stats import Stats
+
+log = logging.getLogger("ismail.courier")
+
+CHILD_FLAG = "--delivery-process"
+START_TIMEOUT = 30.0     # seconds for the process to say where it listens
+RETRY_START_AFTER = 60.0  # after a start that failed, deliver in-process this long
+_PICKLE = pickle.HIGHEST_PROTOCOL
+
+
+def courier_command() -> list[str]:
+    """How this program starts its delivery process (the .exe itself when frozen)."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, CHILD_FLAG]
+    root = str(Path(__file__).resolve().parents[2])
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); "
+            "from ismail.queue.courier import child_main; sys.exit(child_main())"]
+
+
+class CourierLost(Exception):
+    """The delivery process ended (or could not be reached) during a request."""
+
+
+class Courier:
+    """Transport's interface (attempt, close_idle, configure, close), run by the process."""
+
+    def __init__(self, stats: "Stats", data_dir: Path, helo_name: str,
+                 dns_servers: Iterable[str] = (), keys: "KeyStore | None" = None) -> None:
+        self.stats = stats
+        self.data_dir = Path(data_dir)
+        self.keys = keys
+        self._config = (helo_name, tuple(dns_servers))
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._address = None
+        self._authkey = b""
+        self._channels: set[Connection] = set()
+        self._local = threading.local()
+        self._fallback: Transport | None = None
+        self._no_start_until = 0.0
+        self._closed = False
+
+    # -- Transport's interface ------------------------------------------------------------------
+    def configure(self, helo_name: str, dns_servers: Iterable[str]) -> None:
+        self._config = (helo_name, tuple(dns_servers))
+        if self._fallback is not None:
+            self._fallback.configure(*self._config)
+
+    def attempt(self, dests: list[Destination], sender: str, recipients: list[str], data: bytes,
+                smtputf8: bool = False, body: str = "7BIT", sign_domain: str = "") -> dict[str, Result]:
+        request = ("attempt", self._config, dests, sender, recipients, data, smtputf8, body, sign_domain)
+        try:
+            results = self._call(request)
+        except CourierLost as e:
+            log.warning("the delivery process ended during a delivery (%s); its recipients "
+                        "will be tried again", e)
+            return {r: Result(0, "4.4.2 The delivery process ended during the transaction")
+                    for r in recipients}
+        if results is None:  # no process: this thread delivers itself
+            return self._in_process().attempt(dests, sender, recipients, data, smtputf8, body,
+                                              sign_domain)
+        return results
+
+    def close_idle(self, force: bool = False) -> bool:
+        if self._fallback is not None:
+            self._fallback.close_idle(force)
+        conn = getattr(self._local, "conn", None)
+        if conn is None or not (force or getattr(self._local, "holding", False)):
+            return False
+        try:
+            self._exchange(conn, ("idle", force))
+        except CourierLost:
+            return False
+        finally:
+            if force:
+                self._drop_channel()
+        return bool(getattr(self._local, "holding", False))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the process (its open connections are closed by it, or with it)."""
+        with self._lock:
+            self._closed = True
+            proc, self._proc = self._proc, None
+            channels, self._channels = list(self._channels), set()
+        for conn in channels:
+            conn.close()
+        if proc is not None:
+            _stop(proc, timeout)
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    # -- requests -------------------------------------------------------------------------------
+    def _call(self, request: tuple):
+        """The answer to ``request``; None when there is no process to ask."""
+        conn = self._channel()
+        if conn is None:
+            return None
+        payload = pickle.dumps(request, _PICKLE)
+        try:
+            conn.send_bytes(payload)
+        except (OSError, ValueError):
+            # The process this channel led to has ended (a crash, or a restart by another
+            # thread): the request never arrived, so it may go to a new one.
+            self._drop_channel()
+            conn = self._channel()
+            if conn is None:
+                return None
+            try:
+                conn.send_bytes(payload)
+            except (OSError, ValueError) as e:
+                self._drop_channel()
+                raise CourierLost(str(e) or e.__class__.__name__)
+        return self._replies(conn)
+
+    def _exchange(self, conn: Connection, request: tuple):
+        try:
+            conn.send_bytes(pickle.dumps(request, _PICKLE))
+        except (OSError, ValueError) as e:
+            self._drop_channel()
+            raise CourierLost(str(e) or e.__class__.__name__)
+        return self._replies(conn)
+
+    def _replies(self, conn: Connection):
+        while True:
+            try:
+                message = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError) as e:
+                self._drop_channel()
+                raise CourierLost(str(e) or "the process ended")
+            kind = message[0]
+            if kind == "stat":
+                self.stats.add(message[1], message[2])
+                if message[1] == "outgoing_current":
+                    self._local.open = getattr(self._local, "open", 0) + message[2]
+            elif kind == "log":
+                logging.getLogger(message[2]).log(message[1], "%s", message[3])
+            elif kind == "done":
+                self._local.holding = message[2]
+                return message[1]
+            else:  # "error": a bug on the other side, reported with its traceback
+                raise RuntimeError(f"the delivery process failed: {message[1]}")
+
+    # -- channels and the process ---------------------------------------------------------------
+    def _channel(self) -> Connection | None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        address, authkey = self._running()
+        if address is None:
+            return None
+        try:
+            conn = Client(address, authkey=authkey)
+        except (OSError, EOFError) as e:
+            log.error("cannot reach the delivery process: %s", e)
+            return None
+        with self._lock:
+            self._channels.add(conn)
+        self._local.conn, self._local.open, self._local.holding = conn, 0, False
+        return conn
+
+    def _drop_channel(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            self._channels.discard(conn)
+        conn.close()
+        # Connections the process had open for this thread are gone with it (or closed).
+        left = getattr(self._local, "open", 0)
+        if left:
+            self.stats.add("outgoing_current", -left)
+        self._local.open, self._local.holding = 0, False
+
+    def _running(self):
+        """(address, key) of a running process, started if need be; (None, b"") for none."""
+        with self._lock:
+            if self._closed:
+                return None, b""
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                return self._address, self._authkey
+            if proc is not None:
+                log.warning("the delivery process ended (exit code %s); starting it again",
+                            proc.returncode)
+                self._proc = None
+                _stop(proc, 1.0)
+            if time.monotonic() < self._no_start_until:
+                return None, b""
+            try:
+                self._proc, self._address, self._authkey = _start(self.data_dir)
+            except (OSError, ValueError) as e:
+                self._no_start_until = time.monotonic() + RETRY_START_AFTER
+                log.error("cannot start the delivery process (%s): sending from the server's "
+                          "own process for now", e)
+                return None, b""
+            log.info("delivery process started (pid %d)", self._proc.pid)
+            return self._address, self._authkey
+
+    def _in_process(self) -> Transport:
+        with self._lock:
+            if self._fallback is None:
+                self._fallback = Transport(self.stats, *self._config, keys=self.keys)
+            return self._fallback
+
+
+def _start(data_dir: Path) -> tuple[subprocess.Popen, object, bytes]:
+    authkey = os.urandom(32)
+    flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console window for it
+    proc = subprocess.Popen(courier_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            creationflags=flags)
+    try:
+        proc.stdin.write(json.dumps({"authkey": authkey.hex(), "data_dir": str(data_dir)}).encode()
+                         + b"\n")
+        proc.stdin.flush()
+        line: list[bytes] = []
+        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(START_TIMEOUT)
+        if not line or not line[0].strip():
+            raise OSError("it did not start" if line else f"no answer within {START_TIMEOUT:.0f} s")
+        address = json.loads(line[0])
+        if isinstance(address, list):
+            address = tuple(address)
+    except BaseException:
+        _stop(proc, 1.0)
+        raise
+    proc.stdout.close()
+    return proc, address, authkey
+
+
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()  # its end of input: it stops by itself
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- the delivery process itself --------------------------------------------------------------------
+
+class _Current(threading.local):
+    conn: Connection | None = None
+
+
+_current = _Current()
+
+
+class _ChannelStats:
+    """The Transport's counters, sent to the server as they change."""
+
+    def add(self, name: str, amount: int = 1) -> None:
+        conn = _current.conn
+        if conn is not None:
+            conn.send_bytes(pickle.dumps(("stat", name, amount), _PICKLE))
+
+
+class _ChannelLog(logging.Handler):
+    """Log records go to the server's log, over the channel of the thread that made them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        conn = _current.conn
+        try:
+            text = self.format(record)
+            if conn is not None:
+                conn.send_bytes(pickle.dumps(("log", record.levelno, record.name, text), _PICKLE))
+            elif sys.stderr is not None:
+                print(f"ismail delivery process: {text}", file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _serve(conn: Connection, transport: Transport) -> None:
+    _current.conn = conn
+    try:
+        while True:
+            try:
+                request = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+            try:
+                if request[0] == "attempt":
+                    _, config, dests, sender, rcpts, data, smtputf8, body, sign_domain = request
+                    if config != (transport.helo_name, transport.dns_servers):
+                        transport.configure(*config)
+                    answer = transport.attempt(dests, sender, rcpts, data, smtputf8, body, sign_domain)
+                    holding = transport.holding()
+                else:  # "idle"
+                    answer, holding = None, transport.close_idle(request[1])
+                reply = ("done", answer, holding)
+            except Exception:
+                reply = ("error", traceback.format_exc())
+            conn.send_bytes(pickle.dumps(reply, _PICKLE))
+    except (OSError, ValueError):
+        return  # the server went away mid-answer
+    finally:
+        try:
+            transport.close_idle(force=True)  # QUIT a cached connection, then go
+        except Exception:
+            pass
+        _current.conn = None
+        conn.close()
+
+
+def child_main() -> int:
+    """``--delivery-process``: serve the server that started this process until it goes."""
+    stdin = sys.stdin.buffer if sys.stdin is not None else os.fdopen(0, "rb")
+    stdout = sys.stdout.buffer if sys.stdout is not None else os.fdopen(1, "wb")
+    params = json.loads(stdin.readline() or b"{}")
+    if "authkey" not in params:
+        print("ismail: --delivery-process is started by the server, not by hand", file=sys.stderr)
+        return 2
+    from ..mailauth.keystore import KeyStore
+    root = logging.getLogger()
+    root.handlers[:] = [_ChannelLog()]
+    root.setLevel(logging.INFO)
+    transport = Transport(_ChannelStats(), "", (), keys=KeyStore(Path(params["data_dir"])))
+    listener = Listener(authkey=bytes.fromhex(params["authkey"]))
+
+    closing = threading.Event()
+
+    def accept() -> None:
+        while not closing.is_set():
+            try:
+                conn = listener.accept()
+            except Exception:
+                continue  # a caller without the key (AuthenticationError), or one that gave up
+            threading.Thread(target=_serve, args=(conn, transport), name="courier",
+                             daemon=True).start()
+
+    threading.Thread(target=accept, name="courier-accept", daemon=True).start()
+    stdout.write(json.dumps(listener.address).encode() + b"\n")
+    stdout.flush()
+    # The server holds the other end of standard input: its close (a stop, or the server's
+    # end for any reason) is this process's end.
+    while stdin.read(4096):
+        pass
+    closing.set()
+    try:
+        listener.close()
+    except OSError:
+        pass
+    return 0

@@ -1,0 +1,319 @@
+"""The delivery process (ismail/queue/courier.py): outgoing SMTP conversations and DKIM
+signing run in a second process that the server starts, restarts and ends.
+
+What a user would check: relayed mail arrives; the helper is a process of the server's
+own, gone when the server stops or dies; a helper killed in the middle of a delivery
+loses nothing (the message stays queued and goes out on the next try); if the helper
+cannot be started at all, mail still goes out; the setting is checked like any other.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import tempfile
+import threading
+import time
+import unittest
+import uuid
+from pathlib import Path
+from unittest import mock
+
+from ismail.queue import courier
+from ismail.queue.courier import Courier
+from ismail.queue.transport import Destination
+from ismail.stats import Stats
+from tests.support import ServerProcess, cli
+
+FAST_RETRY = {"first_seconds": 1, "max_interval_seconds": 2, "lifetime_hours": 1}
+PID = re.compile(r"delivery process started \(pid (\d+)\)")
+
+
+class Destination25:
+    """A small SMTP server on loopback that keeps what it acknowledged.  With ``hold`` set,
+    it reads a message's text and then waits (no reply) until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(20)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.hold = threading.Event()
+        self.holding = threading.Event()   # set while a text waits for its reply
+        self.release = threading.Event()
+        self.refuse = threading.Event()    # set: every MAIL gets a 451 (try again later)
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._stop = True
+        self.release.set()
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        f = conn.makefile("rb")
+        try:
+            conn.sendall(b"220 dest.test ESMTP\r\n")
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250 dest.test\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    text = b""
+                    while not text.endswith(b"\r\n.\r\n"):
+                        chunk = f.readline()
+                        if not chunk:
+                            return  # the client went away: nothing acknowledged, nothing kept
+                        text += chunk
+                    if self.hold.is_set():
+                        self.holding.set()
+                        self.release.wait(30)
+                        if self._stop or self._client_gone(conn):
+                            return  # nobody to acknowledge it to: not kept
+                    conn.sendall(b"250 2.0.0 kept\r\n")
+                    self.received.append(text)
+                elif verb == b"MAIL" and self.refuse.is_set():
+                    conn.sendall(b"451 4.3.0 not now\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _client_gone(conn: socket.socket) -> bool:
+        ready, _, _ = select.select([conn], [], [], 0)
+        if not ready:
+            return False
+        try:
+            return conn.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def count(self, token: str) -> int:
+        return sum(token.encode() in text for text in self.received)
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "State:\tZ" not in status.read_text()
+
+
+def parent_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
+def send(port: int, token: str) -> None:
+    import smtplib
+    text = (f"From: <user@example.test>\r\nTo: <friend@remote.test>\r\nSubject: {token}\r\n\r\n"
+            f"body {token}\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30) as s:
+        s.sendmail("user@example.test", ["friend@remote.test"], text)
+
+
+class DeliveryProcessTest(unittest.TestCase):
+    def start(self, **outgoing) -> tuple[ServerProcess, Destination25]:
+        dest = Destination25()
+        self.addCleanup(dest.close)
+        server = ServerProcess({"trusted_networks": ["127.0.0.1/32"], "retry": FAST_RETRY,
+                                "outgoing": {"max_connections": 2, **outgoing},
+                                "smarthost": {"enabled": True, "host": "127.0.0.1", "port": dest.port,
+                                              "exclusive": True, "tls": "none"}})
+        self.addCleanup(server.cleanup)
+        return server.start(), dest
+
+    def log(self, server: ServerProcess) -> str:
+        """The mail log (DATA/logs/maillog.log), where the user reads what the server did."""
+        path = server.data_dir / "logs" / "maillog.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def pids(self, server: ServerProcess, at_least: int = 0) -> list[int]:
+        """The delivery processes the log says were started (waiting for ``at_least``)."""
+        found: list[int] = []
+
+        def enough() -> bool:
+            found[:] = [int(p) for p in PID.findall(self.log(server))]
+            return len(found) >= at_least
+        wait_until(enough, 10, f"{at_least} delivery process start(s) in the log")
+        return found
+
+    def test_relayed_mail_goes_out_through_a_process_of_the_servers_own_that_ends_with_it(self):
+        server, dest = self.start()
+        token = "tok-" + uuid.uuid4().hex
+        send(server.port, token)
+        wait_until(lambda: dest.count(token) == 1, 30, "the relayed message")
+        [pid] = self.pids(server, 1)
+        self.assertNotEqual(pid, server.proc.pid)
+        self.assertEqual(parent_of(pid), server.proc.pid)
+        self.assertTrue(alive(pid))
+        server.stop()
+        wait_until(lambda: not alive(pid), 10, "the delivery process to end with the server")
+
+    def test_it_ends_even_when_the_server_is_killed(self):
+        server, dest = self.start()
+        token = "tok-" + uuid.uuid4().hex
+        send(server.port, token)
+        wait_until(lambda: dest.count(token) == 1, 30, "the relayed message")
+        [pid] = self.pids(server, 1)
+        server.kill()
+        wait_until(lambda: not alive(pid), 10, "the delivery process to end after the server's death")
+
+    def test_a_process_killed_during_a_delivery_loses_nothing_and_a_new_one_takes_over(self):
+        server, dest = self.start()
+        first = "tok-" + uuid.uuid4().hex
+        dest.hold.set()
+        send(server.port, first)  # the 250 came: the message is ISMail's to deliver now
+        wait_until(dest.holding.is_set, 30, "the text at the destination")
+        [pid] = self.pids(server, 1)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not alive(pid), 10, "the killed process to be gone")
+        dest.hold.clear()
+        dest.release.set()  # the destination sees its client gone: that text is not kept
+        wait_until(lambda: "ended during a delivery" in self.log(server), 15, "the loss to be logged")
+        # The next try (retry.first_seconds = 1) goes through a new process.
+        wait_until(lambda: dest.count(first) == 1, 30, "the message, delivered on the next try")
+        second = "tok-" + uuid.uuid4().hex
+        send(server.port, second)
+        wait_until(lambda: dest.count(second) == 1, 30, "the next message")
+        pids = self.pids(server, 2)
+        self.assertEqual(len(pids), 2, self.log(server)[-2000:])
+        self.assertNotEqual(pids[0], pids[1])
+        self.assertTrue(alive(pids[1]))
+        self.assertEqual(dest.count(first), 1)  # never acknowledged twice
+
+    def test_mail_waiting_in_the_queue_leaves_signed_with_the_key_active_when_it_goes(self):
+        server, dest = self.start()
+        r = cli(server.data_dir, "dkim", "new", "example.test", "--bits", "1024", "--selector", "old")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        dest.refuse.set()
+        token = "tok-" + uuid.uuid4().hex
+        send(server.port, token)
+        wait_until(lambda: "451 4.3.0 not now" in self.log(server), 15, "the first try to be refused")
+        r = cli(server.data_dir, "dkim", "new", "example.test", "--bits", "1024", "--selector", "new")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        dest.refuse.clear()
+        wait_until(lambda: dest.count(token) == 1, 30, "the message, on a later try")
+        [text] = [t for t in dest.received if token.encode() in t]
+        head = text.split(b"\r\n\r\n", 1)[0]
+        self.assertEqual(head.count(b"DKIM-Signature:"), 1, head)
+        self.assertRegex(head, rb"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example\.test;"
+                               rb"[^\n]*(\r\n\s[^\n]*)*s=new;")
+
+    def test_switched_off_no_process_and_the_mail_still_goes(self):
+        server, dest = self.start(delivery_process=False)
+        token = "tok-" + uuid.uuid4().hex
+        send(server.port, token)
+        wait_until(lambda: dest.count(token) == 1, 30, "the relayed message")
+        self.assertEqual(self.pids(server), [])
+
+    def test_a_setting_that_is_not_true_or_false_is_refused_by_name(self):
+        server = ServerProcess({"outgoing": {"delivery_process": "yes"}}, accounts=())
+        self.addCleanup(server.cleanup)
+        r = cli(server.data_dir, "check-config")
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("outgoing.delivery_process", r.stderr)
+
+
+class CourierUnitTest(unittest.TestCase):
+    """The Courier without a server around it."""
+
+    def setUp(self) -> None:
+        self.dest = Destination25()
+        self.addCleanup(self.dest.close)
+        self.stats = Stats()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="ismail-courier-"))
+
+    def deliver(self, c: Courier, token: str) -> dict:
+        dests = [Destination("127.0.0.1", "127.0.0.1", self.dest.port, "none", smarthost=True)]
+        text = f"From: <a@example.test>\r\nSubject: {token}\r\n\r\nbody {token}\r\n".encode()
+        return c.attempt(dests, "a@example.test", ["b@remote.test"], text)
+
+    def test_when_the_process_cannot_be_started_the_server_sends_itself(self):
+        c = Courier(self.stats, self.data_dir, "mx.example.test")
+        self.addCleanup(c.close)
+        with mock.patch.object(courier, "courier_command", return_value=[str(self.data_dir / "missing")]), \
+                self.assertLogs("ismail.courier", logging.ERROR) as logs:
+            token = "tok-" + uuid.uuid4().hex
+            results = self.deliver(c, token)
+        self.assertTrue(results["b@remote.test"].sent, results)
+        self.assertEqual(self.dest.count(token), 1)
+        self.assertIsNone(c.pid)
+        self.assertIn("cannot start the delivery process", "\n".join(logs.output))
+        c.close_idle(force=True)
+        self.assertEqual(self.stats.get("outgoing_current"), 0)
+
+    def test_counters_and_the_cached_connection_follow_the_process(self):
+        c = Courier(self.stats, self.data_dir, "mx.example.test")
+        self.addCleanup(c.close)
+        for _ in range(3):
+            token = "tok-" + uuid.uuid4().hex
+            self.assertTrue(self.deliver(c, token)["b@remote.test"].sent)
+            self.assertEqual(self.dest.count(token), 1)
+        self.assertIsNotNone(c.pid)
+        self.assertNotEqual(c.pid, os.getpid())
+        # One connection, reused for the three messages, counted here as it was opened there.
+        self.assertEqual(self.stats.get("outgoing_total"), 1)
+        self.assertEqual(self.stats.get("outgoing_current"), 1)
+        self.assertTrue(c.close_idle(force=False))  # fresh: kept
+        c.close_idle(force=True)
+        self.assertEqual(self.stats.get("outgoing_current"), 0)
+        pid = c.pid
+        c.close()
+        wait_until(lambda: not alive(pid), 10, "the process to end on close()")
+
+    def test_a_refused_connection_is_logged_here(self):
+        c = Courier(self.stats, self.data_dir, "mx.example.test")
+        self.addCleanup(c.close)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        dests = [Destination("127.0.0.1", "127.0.0.1", closed, "none")]
+        with self.assertLogs("ismail.sender", logging.INFO) as logs:
+            results = c.attempt(dests, "a@example.test", ["b@remote.test"], b"Subject: x\r\n\r\nx\r\n")
+        result = results["b@remote.test"]
+        self.assertFalse(result.sent or result.permanent, result)
+        self.assertIn("Cannot connect", result.text)
+        self.assertIn(f"127.0.0.1[127.0.0.1]:{closed}: 4.4.1 Cannot connect", "\n".join(logs.output))
+
+
+if __name__ == "__main__":
+    unittest.main()
