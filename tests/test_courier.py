@@ -300,6 +300,27 @@ class CourierUnitTest(unittest.TestCase):
         c.close()
         wait_until(lambda: not alive(pid), 10, "the process to end on close()")
 
+    def test_an_unused_process_is_stopped_and_the_next_delivery_starts_another(self):
+        c = Courier(self.stats, self.data_dir, "mx.example.test")
+        self.addCleanup(c.close)
+        with mock.patch.object(courier, "IDLE_STOP_SECONDS", 0.5):
+            self.assertTrue(self.deliver(c, "tok-" + uuid.uuid4().hex)["b@remote.test"].sent)
+            first = c.pid
+            self.assertIsNotNone(first)
+            c.close_idle(force=True)  # this thread's connection closed, as the pool does
+            c.close_idle()
+            self.assertEqual(c.pid, first)  # used a moment ago: kept
+            time.sleep(0.6)
+            with self.assertLogs("ismail.courier", logging.INFO) as logs:
+                c.close_idle()  # what each idle delivery thread calls every second
+            self.assertIsNone(c.pid)
+            wait_until(lambda: not alive(first), 10, "the idle process to end")
+            self.assertIn("delivery process stopped", "\n".join(logs.output))
+            token = "tok-" + uuid.uuid4().hex
+            self.assertTrue(self.deliver(c, token)["b@remote.test"].sent)
+            self.assertEqual(self.dest.count(token), 1)
+            self.assertNotIn(c.pid, (None, first))
+
     def test_a_refused_connection_is_logged_here(self):
         c = Courier(self.stats, self.data_dir, "mx.example.test")
         self.addCleanup(c.close)

@@ -24,7 +24,9 @@ How the two talk:
   send counter changes ("outgoing_current") and log records first; the server's
   thread applies them as they come, then takes the answer.
 * The process ends when its standard input closes: when the server stops, and also
-  when the server's process dies for any reason.
+  when the server's process dies for any reason.  The server also stops it after
+  IDLE_STOP_SECONDS without a delivery (a desktop server sends now and then; the
+  process costs ~25 MB while it runs), and starts it again for the next one.
 
 If the process dies during a transaction, its recipients are deferred (a temporary
 failure) and retried later: a delivery may at worst be repeated, never lost.  The
@@ -57,6 +59,7 @@ log = logging.getLogger("ismail.courier")
 CHILD_FLAG = "--delivery-process"
 START_TIMEOUT = 30.0     # seconds for the process to say where it listens
 RETRY_START_AFTER = 60.0  # after a start that failed, deliver in-process this long
+IDLE_STOP_SECONDS = 60.0  # no delivery for this long: the process is stopped until the next
 _PICKLE = pickle.HIGHEST_PROTOCOL
 
 
@@ -91,6 +94,8 @@ class Courier:
         self._fallback: Transport | None = None
         self._no_start_until = 0.0
         self._closed = False
+        self._in_flight = 0      # requests under way, in every thread
+        self._last_used = time.monotonic()
 
     # -- Transport's interface ------------------------------------------------------------------
     def configure(self, helo_name: str, dns_servers: Iterable[str]) -> None:
@@ -114,10 +119,13 @@ class Courier:
         return results
 
     def close_idle(self, force: bool = False) -> bool:
+        """Called by each delivery thread between jobs: its idle SMTP connection is hung up,
+        and a process nobody used for IDLE_STOP_SECONDS is stopped."""
         if self._fallback is not None:
             self._fallback.close_idle(force)
         conn = getattr(self._local, "conn", None)
         if conn is None or not (force or getattr(self._local, "holding", False)):
+            self._stop_if_idle()
             return False
         try:
             self._exchange(conn, ("idle", force))
@@ -144,9 +152,34 @@ class Courier:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
 
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            proc = self._proc
+            if (proc is None or self._in_flight
+                    or time.monotonic() - self._last_used < IDLE_STOP_SECONDS):
+                return
+            self._proc = None
+            channels, self._channels = list(self._channels), set()
+        # Every thread is between requests: a channel closed under one makes its next
+        # request fail before it is sent, and go to a new process (_call).
+        for conn in channels:
+            conn.close()
+        _stop(proc, 5.0)
+        log.info("delivery process stopped after %.0f s without mail to send", IDLE_STOP_SECONDS)
+
     # -- requests -------------------------------------------------------------------------------
     def _call(self, request: tuple):
         """The answer to ``request``; None when there is no process to ask."""
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return self._ask(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._last_used = time.monotonic()
+
+    def _ask(self, request: tuple):
         conn = self._channel()
         if conn is None:
             return None
@@ -168,12 +201,18 @@ class Courier:
         return self._replies(conn)
 
     def _exchange(self, conn: Connection, request: tuple):
+        with self._lock:
+            self._in_flight += 1
         try:
-            conn.send_bytes(pickle.dumps(request, _PICKLE))
-        except (OSError, ValueError) as e:
-            self._drop_channel()
-            raise CourierLost(str(e) or e.__class__.__name__)
-        return self._replies(conn)
+            try:
+                conn.send_bytes(pickle.dumps(request, _PICKLE))
+            except (OSError, ValueError) as e:
+                self._drop_channel()
+                raise CourierLost(str(e) or e.__class__.__name__)
+            return self._replies(conn)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def _replies(self, conn: Connection):
         while True:
