@@ -6,6 +6,8 @@ with it switched off, and compares every byte: the fast path exists for speed on
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 import unittest
 from unittest import mock
 
@@ -148,3 +150,106 @@ class FastPathTest(SessionCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SharedRowsTest(SessionCase):
+    """Sessions holding the same unchanged folder share the rows of FETCH 1:* (view items):
+    the second one sends the first one's bytes, and any change is seen, never old rows."""
+
+    COMMAND = "a FETCH 1:* (UID FLAGS RFC822.SIZE)"
+
+    def setUp(self):
+        super().setUp()
+        fetch_fast.RENDERS.clear()
+        for data in (MSG, NUL, MSG):
+            self.deliver(data)
+        self.first = self.client(select="INBOX")   # it holds \Recent: later ones do not
+        self.first.say("f STORE 1 +FLAGS (\\Flagged $Work)")
+        self.settle()
+
+    def settle(self) -> None:
+        """Age the folder's directories, as if the last change were seconds ago: only a
+        view of a folder whose mtimes have settled is shared as it is (store.folders_view)."""
+        past = time.time() - 10
+        for sub in ("new", "cur"):
+            os.utime(self.root / sub, (past, past))
+
+    def fetch(self, client, command: str = COMMAND) -> tuple[str, bool]:
+        """The answer, and whether it came from kept rows."""
+        hits: list[bool] = []
+        real = fetch_fast.RENDERS.get
+
+        def spy(*args):
+            found = real(*args)
+            hits.append(found is not None)
+            return found
+        with mock.patch.object(fetch_fast.RENDERS, "get", side_effect=spy):
+            reply = client.say(command)
+        return reply, any(hits)
+
+    def general(self, client, command: str = COMMAND) -> str:
+        with general_renderer():
+            return client.say(command)
+
+    def test_the_second_session_sends_the_first_ones_rows_which_are_right(self):
+        b, c = self.client(select="INBOX"), self.client(select="INBOX")
+        first, hit = self.fetch(b)
+        self.assertFalse(hit)
+        second, hit = self.fetch(c)
+        self.assertTrue(hit, "the second session made its rows again")
+        self.assertEqual(second, first)
+        self.assertEqual(second, self.general(c))
+        self.assertIn("FLAGS (\\Flagged $Work)", second)
+        self.assertNotIn("\\Recent", second)
+        uid, hit = self.fetch(c, "u UID FETCH 1:* (UID FLAGS RFC822.SIZE)")
+        self.assertEqual(uid, self.general(c, "u UID FETCH 1:* (UID FLAGS RFC822.SIZE)"))
+
+    def test_a_sessions_own_flag_change_is_in_its_next_rows(self):
+        b, c = self.client(select="INBOX"), self.client(select="INBOX")
+        self.fetch(b)
+        c.say("s STORE 2 +FLAGS (\\Answered)")
+        reply, hit = self.fetch(c)
+        self.assertFalse(hit)
+        self.assertIn("* 2 FETCH (UID 2 FLAGS (\\Answered)", reply)
+        self.assertEqual(reply, self.general(c))
+
+    def test_a_flag_change_pipelined_before_the_fetch_is_in_the_rows(self):
+        # In one batch only the last command looks at the folder: the STORE's new flags
+        # reach the FETCH through the session's own view, which then differs from the
+        # shared snapshot the kept rows were made from.
+        b, c = self.client(select="INBOX"), self.client(select="INBOX")
+        self.fetch(b)
+        reply = c.send(b"s STORE 2 +FLAGS.SILENT (\\Answered)\r\n" + self.COMMAND.encode() + b"\r\n")
+        self.assertIn("* 2 FETCH (UID 2 FLAGS (\\Answered)", reply)
+
+    def test_another_sessions_change_and_new_mail_are_in_the_rows(self):
+        b = self.client(select="INBOX")
+        self.fetch(b)
+        self.first.say("g STORE 3 +FLAGS (\\Seen)")
+        self.deliver(MSG)
+        self.settle()
+        c = self.client(select="INBOX")   # \Recent for the new message goes to c
+        d = self.client(select="INBOX")
+        for client in (b, d):
+            client.say("n NOOP")
+            reply, _ = self.fetch(client)
+            self.assertIn("* 3 FETCH (UID 3 FLAGS (\\Seen)", reply)
+            self.assertIn("* 4 FETCH (UID 4 ", reply)
+            self.assertEqual(reply, self.general(client))
+        self.assertIn("* 4 FETCH (UID 4 FLAGS (\\Recent)", self.fetch(c)[0])
+
+    def test_the_session_holding_recent_makes_its_own_rows(self):
+        self.fetch(self.client(select="INBOX"))
+        reply, hit = self.fetch(self.first)
+        self.assertFalse(hit)
+        self.assertIn("\\Recent", reply)
+        self.assertEqual(reply, self.general(self.first))
+
+    def test_an_expunge_not_yet_announced_keeps_the_session_off_the_kept_rows(self):
+        b, c = self.client(select="INBOX"), self.client(select="INBOX")
+        self.fetch(b)
+        self.first.say("d STORE 2 +FLAGS (\\Deleted)")
+        self.first.say("e EXPUNGE")
+        reply, hit = self.fetch(c)   # FETCH may not announce the expunge (RFC 3501 §7.4.1)
+        self.assertFalse(hit)
+        self.assertEqual(reply, self.general(c))

@@ -77,7 +77,7 @@ def fetch(s: "ImapSession", c: "Command") -> Iterator[bytes]:
         if unseen:
             seen_now = {ref.uid for ref in sel.folder.store_flags(unseen, [SEEN], "add")}
     return _fetch_stream(s, c, sel, sel.numbered(seqset, c.uid), items, None if seen_now else shape,
-                         seen_now)
+                         seen_now, everything=seqset.ranges == ((1, None),))
 
 
 def _items(c: "Command") -> tuple[list[FetchItem], bool, tuple | None]:
@@ -113,9 +113,9 @@ PLANS_KEPT = 256
 
 
 def _fetch_stream(s: "ImapSession", c: "Command", sel: "Selected", numbered, items: list[FetchItem],
-                  shape: tuple | None, seen_now: set[int]) -> Iterator[bytes]:
+                  shape: tuple | None, seen_now: set[int], everything: bool = False) -> Iterator[bytes]:
     if shape is not None:
-        return (yield from fetch_fast(s, c, sel, numbered, shape))
+        return (yield from fetch_fast(s, c, sel, numbered, shape, everything))
     folder = sel.folder
     with_flags = items + [FetchItem("FLAGS")] if not any(i.name == "FLAGS" for i in items) else items
     body = sends_body(items)

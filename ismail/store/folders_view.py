@@ -118,6 +118,9 @@ class Folder:
         self._by_uid: dict[int, MessageRef] = {}
         self._stats: tuple | None = None
         self._still: tuple | None = None   # (index stat, file names) of an unsettled look
+        # The shared snapshot whose very messages this view holds (None once they differ):
+        # what sessions may share beyond the listing, such as rendered FETCH rows.
+        self.origin: _Snapshot | None = None
         self._highest = 0
         box.clean_tmp()
         self._sync()
@@ -193,9 +196,9 @@ class Folder:
     def _share(self, stats: tuple, settled: bool) -> None:
         """This view, complete, as the snapshot the next view opened on the folder takes."""
         box = self._box
-        SNAPSHOTS.put(box.path, _Snapshot(stats, box.keywords.stat, self.uidvalidity, self.uidnext,
-                                          box.new, box.cur, dict(self._by_uid), list(self.messages),
-                                          settled))
+        self.origin = _Snapshot(stats, box.keywords.stat, self.uidvalidity, self.uidnext, box.new,
+                                box.cur, dict(self._by_uid), list(self.messages), settled)
+        SNAPSHOTS.put(box.path, self.origin)
 
     def _settle(self, stats: tuple, names: tuple | None, now: float, complete: bool = True) -> bool:
         """Remember what the look at ``now`` saw; whether the mtimes had settled then.
@@ -229,6 +232,7 @@ class Folder:
         box.new, box.cur = snap.new, snap.cur
         self._by_uid = dict(snap.by_uid)
         self.messages = list(snap.messages)
+        self.origin = snap
         self.uidvalidity, self.uidnext = snap.uidvalidity, snap.uidnext
         if self.messages:
             self._highest = self.messages[-1].uid
@@ -255,6 +259,7 @@ class Folder:
 
     def _take(self, listing: Listing, index, table_changed: bool, cap: int | None = None) -> Changes:
         """Make ``listing`` the view; return how it differs from the old one."""
+        self.origin = None
         uids, dates, flags_of, old = index.uids, index.dates, self._box.keywords.flags_of, self._by_uid
         highest, cap, new_ref = self._highest, cap if cap is not None else 1 << 33, tuple.__new__
         by_uid: dict[int, MessageRef] = {}
@@ -328,6 +333,7 @@ class Folder:
         return date
 
     def _replace_refs(self, refs: Iterable[MessageRef]) -> None:
+        self.origin = None
         for ref in refs:
             self._by_uid[ref.uid] = ref
             i = bisect.bisect_left(self.messages, ref.uid, key=_uid_of)
@@ -336,6 +342,7 @@ class Folder:
     def _drop(self, uids: Iterable[int]) -> None:
         dropped = {uid for uid in uids if self._by_uid.pop(uid, None) is not None}
         if dropped:
+            self.origin = None
             self.messages = [ref for ref in self.messages if ref.uid not in dropped]
 
     # -- recent ------------------------------------------------------------------------------------
