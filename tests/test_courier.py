@@ -187,6 +187,9 @@ class DeliveryProcessTest(unittest.TestCase):
         self.assertTrue(alive(pid))
         server.stop()
         wait_until(lambda: not alive(pid), 10, "the delivery process to end with the server")
+        said = server.log_path.read_text(errors="replace")   # stdout and stderr of `run`
+        self.assertNotIn("Traceback", said)
+        self.assertIn("ISMail stopped", said)
 
     def test_it_ends_even_when_the_server_is_killed(self):
         server, dest = self.start()

@@ -89,7 +89,9 @@ class Courier:
         self._proc: subprocess.Popen | None = None
         self._address = None
         self._authkey = b""
-        self._channels: set[Connection] = set()
+        # Which process a channel leads to: a thread whose channel is of an older one
+        # closes it itself (a channel is only ever touched by its own thread).
+        self._generation = 0
         self._local = threading.local()
         self._fallback: Transport | None = None
         self._no_start_until = 0.0
@@ -124,6 +126,9 @@ class Courier:
         if self._fallback is not None:
             self._fallback.close_idle(force)
         conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.generation != self._generation:
+            self._drop_channel()   # its process was stopped, and its connections with it
+            conn = None
         if conn is None or not (force or getattr(self._local, "holding", False)):
             self._stop_if_idle()
             return False
@@ -141,9 +146,7 @@ class Courier:
         with self._lock:
             self._closed = True
             proc, self._proc = self._proc, None
-            channels, self._channels = list(self._channels), set()
-        for conn in channels:
-            conn.close()
+            self._generation += 1
         if proc is not None:
             _stop(proc, timeout)
 
@@ -159,11 +162,7 @@ class Courier:
                     or time.monotonic() - self._last_used < IDLE_STOP_SECONDS):
                 return
             self._proc = None
-            channels, self._channels = list(self._channels), set()
-        # Every thread is between requests: a channel closed under one makes its next
-        # request fail before it is sent, and go to a new process (_call).
-        for conn in channels:
-            conn.close()
+            self._generation += 1   # every thread is between requests: the next one reconnects
         _stop(proc, 5.0)
         log.info("delivery process stopped after %.0f s without mail to send", IDLE_STOP_SECONDS)
 
@@ -238,8 +237,10 @@ class Courier:
     def _channel(self) -> Connection | None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            return conn
-        address, authkey = self._running()
+            if self._local.generation == self._generation:
+                return conn
+            self._drop_channel()   # it led to a process that has been stopped since
+        address, authkey, generation = self._running()
         if address is None:
             return None
         try:
@@ -247,9 +248,8 @@ class Courier:
         except (OSError, EOFError) as e:
             log.error("cannot reach the delivery process: %s", e)
             return None
-        with self._lock:
-            self._channels.add(conn)
         self._local.conn, self._local.open, self._local.holding = conn, 0, False
+        self._local.generation = generation
         return conn
 
     def _drop_channel(self) -> None:
@@ -257,9 +257,10 @@ class Courier:
         if conn is None:
             return
         self._local.conn = None
-        with self._lock:
-            self._channels.discard(conn)
-        conn.close()
+        try:
+            conn.close()
+        except OSError:
+            pass
         # Connections the process had open for this thread are gone with it (or closed).
         left = getattr(self._local, "open", 0)
         if left:
@@ -267,29 +268,31 @@ class Courier:
         self._local.open, self._local.holding = 0, False
 
     def _running(self):
-        """(address, key) of a running process, started if need be; (None, b"") for none."""
+        """(address, key, generation) of a running process, started if need be; address
+        None for none."""
         with self._lock:
             if self._closed:
-                return None, b""
+                return None, b"", 0
             proc = self._proc
             if proc is not None and proc.poll() is None:
-                return self._address, self._authkey
+                return self._address, self._authkey, self._generation
             if proc is not None:
                 log.warning("the delivery process ended (exit code %s); starting it again",
                             proc.returncode)
                 self._proc = None
                 _stop(proc, 1.0)
             if time.monotonic() < self._no_start_until:
-                return None, b""
+                return None, b"", 0
             try:
                 self._proc, self._address, self._authkey = _start(self.data_dir)
             except (OSError, ValueError) as e:
                 self._no_start_until = time.monotonic() + RETRY_START_AFTER
                 log.error("cannot start the delivery process (%s): sending from the server's "
                           "own process for now", e)
-                return None, b""
+                return None, b"", 0
+            self._generation += 1
             log.info("delivery process started (pid %d)", self._proc.pid)
-            return self._address, self._authkey
+            return self._address, self._authkey, self._generation
 
     def _in_process(self) -> Transport:
         with self._lock:
