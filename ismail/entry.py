@@ -64,7 +64,7 @@ def main(gui_main: Callable[[list[str]], int], argv: Sequence[str] | None = None
     """Run the command line or ``gui_main`` (the window's own ``main(argv)``) for ``argv``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--delivery-process"]:  # the server's own helper (queue/courier.py)
-        from .queue.courier import child_main
+        from .queue.courier_child import child_main
         return child_main()
     if wants_cli(args):
         return run_cli(args)

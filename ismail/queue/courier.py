@@ -43,11 +43,11 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from .courier_child import PICKLE
 from .transport import Destination, Result, Transport
 
 if TYPE_CHECKING:
@@ -60,7 +60,6 @@ CHILD_FLAG = "--delivery-process"
 START_TIMEOUT = 30.0     # seconds for the process to say where it listens
 RETRY_START_AFTER = 60.0  # after a start that failed, deliver in-process this long
 IDLE_STOP_SECONDS = 60.0  # no delivery for this long: the process is stopped until the next
-_PICKLE = pickle.HIGHEST_PROTOCOL
 
 
 def courier_command() -> list[str]:
@@ -69,7 +68,7 @@ def courier_command() -> list[str]:
         return [sys.executable, CHILD_FLAG]
     root = str(Path(__file__).resolve().parents[2])
     return [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); "
-            "from ismail.queue.courier import child_main; sys.exit(child_main())"]
+            "from ismail.queue.courier_child import child_main; sys.exit(child_main())"]
 
 
 class CourierLost(Exception):
@@ -182,7 +181,7 @@ class Courier:
         conn = self._channel()
         if conn is None:
             return None
-        payload = pickle.dumps(request, _PICKLE)
+        payload = pickle.dumps(request, PICKLE)
         try:
             conn.send_bytes(payload)
         except (OSError, ValueError):
@@ -204,7 +203,7 @@ class Courier:
             self._in_flight += 1
         try:
             try:
-                conn.send_bytes(pickle.dumps(request, _PICKLE))
+                conn.send_bytes(pickle.dumps(request, PICKLE))
             except (OSError, ValueError) as e:
                 self._drop_channel()
                 raise CourierLost(str(e) or e.__class__.__name__)
@@ -337,113 +336,3 @@ def _stop(proc: subprocess.Popen, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-# -- the delivery process itself --------------------------------------------------------------------
-
-class _Current(threading.local):
-    conn: Connection | None = None
-
-
-_current = _Current()
-
-
-class _ChannelStats:
-    """The Transport's counters, sent to the server as they change."""
-
-    def add(self, name: str, amount: int = 1) -> None:
-        conn = _current.conn
-        if conn is not None:
-            conn.send_bytes(pickle.dumps(("stat", name, amount), _PICKLE))
-
-
-class _ChannelLog(logging.Handler):
-    """Log records go to the server's log, over the channel of the thread that made them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(logging.Formatter("%(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        conn = _current.conn
-        try:
-            text = self.format(record)
-            if conn is not None:
-                conn.send_bytes(pickle.dumps(("log", record.levelno, record.name, text), _PICKLE))
-            elif sys.stderr is not None:
-                print(f"ismail delivery process: {text}", file=sys.stderr, flush=True)
-        except Exception:
-            self.handleError(record)
-
-
-def _serve(conn: Connection, transport: Transport) -> None:
-    _current.conn = conn
-    try:
-        while True:
-            try:
-                request = pickle.loads(conn.recv_bytes())
-            except (EOFError, OSError):
-                return
-            try:
-                if request[0] == "attempt":
-                    _, config, dests, sender, rcpts, data, smtputf8, body, sign_domain = request
-                    if config != (transport.helo_name, transport.dns_servers):
-                        transport.configure(*config)
-                    answer = transport.attempt(dests, sender, rcpts, data, smtputf8, body, sign_domain)
-                    holding = transport.holding()
-                else:  # "idle"
-                    answer, holding = None, transport.close_idle(request[1])
-                reply = ("done", answer, holding)
-            except Exception:
-                reply = ("error", traceback.format_exc())
-            conn.send_bytes(pickle.dumps(reply, _PICKLE))
-    except (OSError, ValueError):
-        return  # the server went away mid-answer
-    finally:
-        try:
-            transport.close_idle(force=True)  # QUIT a cached connection, then go
-        except Exception:
-            pass
-        _current.conn = None
-        conn.close()
-
-
-def child_main() -> int:
-    """``--delivery-process``: serve the server that started this process until it goes."""
-    stdin = sys.stdin.buffer if sys.stdin is not None else os.fdopen(0, "rb")
-    stdout = sys.stdout.buffer if sys.stdout is not None else os.fdopen(1, "wb")
-    params = json.loads(stdin.readline() or b"{}")
-    if "authkey" not in params:
-        print("ismail: --delivery-process is started by the server, not by hand", file=sys.stderr)
-        return 2
-    from ..mailauth.keystore import KeyStore
-    root = logging.getLogger()
-    root.handlers[:] = [_ChannelLog()]
-    root.setLevel(logging.INFO)
-    transport = Transport(_ChannelStats(), "", (), keys=KeyStore(Path(params["data_dir"])))
-    listener = Listener(authkey=bytes.fromhex(params["authkey"]))
-
-    closing = threading.Event()
-
-    def accept() -> None:
-        while not closing.is_set():
-            try:
-                conn = listener.accept()
-            except Exception:
-                continue  # a caller without the key (AuthenticationError), or one that gave up
-            threading.Thread(target=_serve, args=(conn, transport), name="courier",
-                             daemon=True).start()
-
-    threading.Thread(target=accept, name="courier-accept", daemon=True).start()
-    stdout.write(json.dumps(listener.address).encode() + b"\n")
-    stdout.flush()
-    # The server holds the other end of standard input: its close (a stop, or the server's
-    # end for any reason) is this process's end.
-    while stdin.read(4096):
-        pass
-    closing.set()
-    try:
-        listener.close()
-    except OSError:
-        pass
-    return 0

@@ -1,0 +1,128 @@
+"""The delivery process's own side (``--delivery-process``; courier.py starts it and
+says how the two talk): one thread per channel, each with the Transport's cached
+connection of the server's delivery thread at the other end; counters and log
+records go back over the channel of the thread that made them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+
+from .transport import Transport
+
+PICKLE = pickle.HIGHEST_PROTOCOL
+
+
+class _Current(threading.local):
+    conn: Connection | None = None
+
+
+_current = _Current()
+
+
+class _ChannelStats:
+    """The Transport's counters, sent to the server as they change."""
+
+    def add(self, name: str, amount: int = 1) -> None:
+        conn = _current.conn
+        if conn is not None:
+            conn.send_bytes(pickle.dumps(("stat", name, amount), PICKLE))
+
+
+class _ChannelLog(logging.Handler):
+    """Log records go to the server's log, over the channel of the thread that made them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        conn = _current.conn
+        try:
+            text = self.format(record)
+            if conn is not None:
+                conn.send_bytes(pickle.dumps(("log", record.levelno, record.name, text), PICKLE))
+            elif sys.stderr is not None:
+                print(f"ismail delivery process: {text}", file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _serve(conn: Connection, transport: Transport) -> None:
+    _current.conn = conn
+    try:
+        while True:
+            try:
+                request = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+            try:
+                if request[0] == "attempt":
+                    _, config, dests, sender, rcpts, data, smtputf8, body, sign_domain = request
+                    if config != (transport.helo_name, transport.dns_servers):
+                        transport.configure(*config)
+                    answer = transport.attempt(dests, sender, rcpts, data, smtputf8, body, sign_domain)
+                    holding = transport.holding()
+                else:  # "idle"
+                    answer, holding = None, transport.close_idle(request[1])
+                reply = ("done", answer, holding)
+            except Exception:
+                reply = ("error", traceback.format_exc())
+            conn.send_bytes(pickle.dumps(reply, PICKLE))
+    except (OSError, ValueError):
+        return  # the server went away mid-answer
+    finally:
+        try:
+            transport.close_idle(force=True)  # QUIT a cached connection, then go
+        except Exception:
+            pass
+        _current.conn = None
+        conn.close()
+
+
+def child_main() -> int:
+    """``--delivery-process``: serve the server that started this process until it goes."""
+    stdin = sys.stdin.buffer if sys.stdin is not None else os.fdopen(0, "rb")
+    stdout = sys.stdout.buffer if sys.stdout is not None else os.fdopen(1, "wb")
+    params = json.loads(stdin.readline() or b"{}")
+    if "authkey" not in params:
+        print("ismail: --delivery-process is started by the server, not by hand", file=sys.stderr)
+        return 2
+    from ..mailauth.keystore import KeyStore
+    root = logging.getLogger()
+    root.handlers[:] = [_ChannelLog()]
+    root.setLevel(logging.INFO)
+    transport = Transport(_ChannelStats(), "", (), keys=KeyStore(Path(params["data_dir"])))
+    listener = Listener(authkey=bytes.fromhex(params["authkey"]))
+
+    closing = threading.Event()
+
+    def accept() -> None:
+        while not closing.is_set():
+            try:
+                conn = listener.accept()
+            except Exception:
+                continue  # a caller without the key (AuthenticationError), or one that gave up
+            threading.Thread(target=_serve, args=(conn, transport), name="courier",
+                             daemon=True).start()
+
+    threading.Thread(target=accept, name="courier-accept", daemon=True).start()
+    stdout.write(json.dumps(listener.address).encode() + b"\n")
+    stdout.flush()
+    # The server holds the other end of standard input: its close (a stop, or the server's
+    # end for any reason) is this process's end.
+    while stdin.read(4096):
+        pass
+    closing.set()
+    try:
+        listener.close()
+    except OSError:
+        pass
+    return 0
