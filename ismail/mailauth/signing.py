@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from email.utils import getaddresses
+
 from . import dkim
 from .keystore import KeyStore
 
