@@ -101,6 +101,15 @@ class BackupMxTest(unittest.TestCase):
             time.sleep(0.2)
         return self.held()
 
+    def wait_tried(self, n, timeout=120.0) -> int:
+        """How many first tries the backup logged as deferred, once ``n`` have been: a held
+        message whose first try is still to come would go straight to a primary started
+        meanwhile, not through its ETRN."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.backup.log_text().count("status=deferred") < n:
+            time.sleep(0.2)
+        return self.backup.log_text().count("status=deferred")
+
     def arrived(self) -> list[bytes]:
         """The backup's queue id of each message in the primary's Maildir (new and cur)."""
         ids = []
@@ -124,6 +133,7 @@ class BackupMxTest(unittest.TestCase):
         # 1. The primary is down: the backup takes everything and holds it.
         self.send_to_backup(MESSAGES)
         self.assertEqual(self.wait_held(MESSAGES), MESSAGES)
+        self.assertEqual(self.wait_tried(MESSAGES), MESSAGES)
         self.assertEqual(self.primary.count("user@primary.test"), 0)
         log = self.backup.log_text()
         self.assertIn("127.0.0.11", log)  # it did try the primary, the MX preferred over itself
