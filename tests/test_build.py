@@ -520,27 +520,17 @@ class FrozenBuildTest(unittest.TestCase):
         r = self.ismail("--version")
         self.assertEqual((r.returncode, r.stdout.strip()), (0, f"ISMail {__version__}"), r.stderr)
 
-    def test_run_headless_accepts_mail_and_stops_cleanly(self) -> None:
-        r = self.ismail("--data-dir", str(self.data), "account", "add", "user@example.test", stdin="secret-pw\n")
-        self.assertEqual(r.returncode, 0, r.stderr)
+    @contextlib.contextmanager
+    def serving(self):
+        """The binary's `run` on this test's data folder: yields its log's path once the
+        server greets; then SIGTERM, and a clean exit (0, no traceback) is asserted."""
         log_path = self.data / "run.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([str(self.binary), "--data-dir", str(self.data), "run"],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_banner("127.0.0.1", self.port, timeout=30)
-            msg = EmailMessage()
-            msg["From"], msg["To"], msg["Subject"] = "sender@example.org", "user@example.test", "frozen"
-            msg.set_content("Sent to the PyInstaller build.\n")
-            with smtplib.SMTP("127.0.0.1", self.port, timeout=15) as smtp:
-                smtp.send_message(msg)
-            new = self.data / "mailboxes" / "example.test" / "user" / "new"
-            deadline = time.monotonic() + 10
-            while not (new.is_dir() and any(new.iterdir())) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            files = list(new.iterdir())
-            self.assertEqual(len(files), 1)
-            self.assertIn(b"Subject: frozen", files[0].read_bytes())
+            yield log_path
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(30)
         finally:
@@ -551,6 +541,26 @@ class FrozenBuildTest(unittest.TestCase):
         self.assertEqual(code, 0, text[-3000:])
         self.assertNotIn("Traceback", text)
 
+    def send(self, sender: str, to: str, subject: str) -> None:
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = sender, to, subject
+        msg.set_content("Sent to the PyInstaller build.\n")
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=15) as smtp:
+            smtp.send_message(msg)
+
+    def test_run_headless_accepts_mail_and_stops_cleanly(self) -> None:
+        r = self.ismail("--data-dir", str(self.data), "account", "add", "user@example.test", stdin="secret-pw\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with self.serving():
+            self.send("sender@example.org", "user@example.test", "frozen")
+            new = self.data / "mailboxes" / "example.test" / "user" / "new"
+            deadline = time.monotonic() + 10
+            while not (new.is_dir() and any(new.iterdir())) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            files = list(new.iterdir())
+            self.assertEqual(len(files), 1)
+            self.assertIn(b"Subject: frozen", files[0].read_bytes())
+
     def test_the_frozen_build_relays_through_its_delivery_process(self) -> None:
         # The delivery process is the .exe itself, started with --delivery-process.
         from tests.test_courier import PID, Destination25
@@ -560,32 +570,14 @@ class FrozenBuildTest(unittest.TestCase):
         settings["smarthost"]["port"] = dest.port
         settings["trusted_networks"] = ["127.0.0.1/32"]
         (self.data / "ismail.json").write_text(json.dumps(settings))
-        log_path = self.data / "run.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([str(self.binary), "--data-dir", str(self.data), "run"],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for_banner("127.0.0.1", self.port, timeout=30)
-            msg = EmailMessage()
-            msg["From"], msg["To"], msg["Subject"] = "user@example.test", "friend@remote.test", "relayed"
-            msg.set_content("Relayed by the PyInstaller build.\n")
-            with smtplib.SMTP("127.0.0.1", self.port, timeout=15) as smtp:
-                smtp.send_message(msg)
+        with self.serving() as log_path:
+            self.send("user@example.test", "friend@remote.test", "relayed")
             deadline = time.monotonic() + 30
             while not dest.received and time.monotonic() < deadline:
                 time.sleep(0.05)
             self.assertEqual(len(dest.received), 1, log_path.read_text(errors="replace")[-3000:])
             self.assertIn(b"Subject: relayed", dest.received[0])
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        text = log_path.read_text(errors="replace")
-        self.assertEqual(code, 0, text[-3000:])
-        self.assertRegex(text, PID)
-        self.assertNotIn("Traceback", text)
+        self.assertRegex(log_path.read_text(errors="replace"), PID)
 
     def test_the_frozen_build_signs_with_the_openssl_it_carries(self) -> None:
         # The bundle holds _ssl and its libcrypto: DKIM's RSA must find it there too,

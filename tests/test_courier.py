@@ -176,12 +176,17 @@ class DeliveryProcessTest(unittest.TestCase):
         wait_until(enough, 10, f"{at_least} delivery process start(s) in the log")
         return found
 
-    def test_relayed_mail_goes_out_through_a_process_of_the_servers_own_that_ends_with_it(self):
-        server, dest = self.start()
+    def relay_one(self, server: ServerProcess, dest: Destination25) -> int:
+        """Relay a message; the pid of the delivery process the log says sent it."""
         token = "tok-" + uuid.uuid4().hex
         send(server.port, token)
         wait_until(lambda: dest.count(token) == 1, 30, "the relayed message")
         [pid] = self.pids(server, 1)
+        return pid
+
+    def test_relayed_mail_goes_out_through_a_process_of_the_servers_own_that_ends_with_it(self):
+        server, dest = self.start()
+        pid = self.relay_one(server, dest)
         self.assertNotEqual(pid, server.proc.pid)
         self.assertEqual(parent_of(pid), server.proc.pid)
         self.assertTrue(alive(pid))
@@ -193,10 +198,7 @@ class DeliveryProcessTest(unittest.TestCase):
 
     def test_it_ends_even_when_the_server_is_killed(self):
         server, dest = self.start()
-        token = "tok-" + uuid.uuid4().hex
-        send(server.port, token)
-        wait_until(lambda: dest.count(token) == 1, 30, "the relayed message")
-        [pid] = self.pids(server, 1)
+        pid = self.relay_one(server, dest)
         server.kill()
         wait_until(lambda: not alive(pid), 10, "the delivery process to end after the server's death")
 
