@@ -11,7 +11,7 @@ tests compare the two); responses are joined into writes of about ``BATCH`` byte
 
 Sessions that open the same unchanged folder hold the same shared snapshot of it
 (store.folders_view: ``Folder.origin``).  The rows of a ``FETCH 1:*`` of view items
-for such a folder are the same bytes for every one of them that holds no \Recent and
+for such a folder are the same bytes for every one of them that holds no \\Recent and
 has no expunge still to announce, so the first one's rows are kept (RENDERS, bounded
 in bytes) and the next ones send them as they are: ten mail programs opening one big
 INBOX at once render it once, not ten times in one interpreter.
