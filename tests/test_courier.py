@@ -14,6 +14,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -24,6 +25,7 @@ from unittest import mock
 
 from ismail.queue import courier
 from ismail.queue.courier import Courier
+from ismail.queue.courier_child import Frames
 from ismail.queue.transport import Destination
 from ismail.stats import Stats
 from tests.support import ServerProcess, cli
@@ -339,6 +341,43 @@ class CourierUnitTest(unittest.TestCase):
         self.assertFalse(result.sent or result.permanent, result)
         self.assertIn("Cannot connect", result.text)
         self.assertIn(f"127.0.0.1[127.0.0.1]:{closed}: 4.4.1 Cannot connect", "\n".join(logs.output))
+
+
+class FramesTest(unittest.TestCase):
+    """The channel's reader gives each message whole and in order, however the bytes come."""
+
+    def pair(self):
+        from multiprocessing.connection import Pipe
+        a, b = Pipe()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        return a, Frames(b)
+
+    def test_messages_of_every_size_arrive_whole_and_in_order(self):
+        sender, frames = self.pair()
+        sizes = [0, 1, 3, 4, 5, 100, 65536, Frames.CHUNK - 4, Frames.CHUNK, 3 * Frames.CHUNK + 7]
+        messages = [os.urandom(n) for n in sizes]
+        writer = threading.Thread(target=lambda: [sender.send_bytes(m) for m in messages])
+        writer.start()
+        got = [frames.read() for _ in messages]
+        writer.join(10)
+        self.assertEqual([len(m) for m in got], sizes)
+        self.assertEqual(got, messages)
+
+    def test_several_messages_in_one_read_and_one_cut_in_the_middle(self):
+        sender, frames = self.pair()
+        raw = b"".join(struct.pack("!i", len(m)) + m for m in (b"one", b"two", b"three"))
+        os.write(sender.fileno(), raw[:9])          # "one" whole and half of two's header
+        self.assertEqual(frames.read(), b"one")
+        os.write(sender.fileno(), raw[9:])
+        self.assertEqual((frames.read(), frames.read()), (b"two", b"three"))
+
+    def test_the_other_end_closing_is_eof(self):
+        sender, frames = self.pair()
+        os.write(sender.fileno(), struct.pack("!i", 10) + b"short")
+        sender.close()
+        with self.assertRaises(EOFError):
+            frames.read()
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .courier_child import PICKLE
+from .courier_child import PICKLE, Frames
 from .transport import Destination, Result, Transport
 
 if TYPE_CHECKING:
@@ -213,9 +213,10 @@ class Courier:
                 self._in_flight -= 1
 
     def _replies(self, conn: Connection):
+        frames = self._local.frames
         while True:
             try:
-                message = pickle.loads(conn.recv_bytes())
+                message = pickle.loads(frames.read())
             except (EOFError, OSError) as e:
                 self._drop_channel()
                 raise CourierLost(str(e) or "the process ended")
@@ -248,6 +249,7 @@ class Courier:
             log.error("cannot reach the delivery process: %s", e)
             return None
         self._local.conn, self._local.open, self._local.holding = conn, 0, False
+        self._local.frames = Frames(conn)
         self._local.generation = generation
         return conn
 
