@@ -354,6 +354,12 @@ class PipelinedTransactionTest(PipeliningCase):
         self.assertEqual(got.data, data + b"\r\n")  # the missing line end is added, as smtplib does
         wire = server.wire()
         self.assertIn(b"\r\n..hidden line\r\n...two dots\r\n..\r\nlast line", wire)
+        # A text whose very first line starts with a dot (no header at all) is stuffed too.
+        bare = b".first line\r\n..second\r\n"
+        results = self.deliver(sender, bare)
+        self.assertTrue(all(r.sent for r in results.values()), results)
+        self.assertEqual(server.messages[-1].data, bare)
+        self.assertIn(b"..first line\r\n...second\r\n.\r\n", server.wire())
 
     def test_many_recipients_go_in_windows_of_at_most_WINDOW_commands(self):
         server, sender = self.start()

@@ -97,7 +97,9 @@ def relaxed_body(message: bytes, start: int = 0, chunk_size: int = CHUNK) -> Ite
             text = _LINE_END.sub(b"\r\n", text)
         if not text.endswith(b"\n"):  # only the last piece: the final line has no line end
             text += b"\r\n"
-        text = _WSP_TO_SQUEEZE.sub(b" ", text).replace(b" \r\n", b"\r\n")
+        if b"\t" in text or b"  " in text:  # else there is no run to squeeze (the usual text)
+            text = _WSP_TO_SQUEEZE.sub(b" ", text)
+        text = text.replace(b" \r\n", b"\r\n")
         stripped = text.rstrip(b"\r\n")
         tail = text[len(stripped):]
         stray = tail.rfind(b"\r\r")  # a CR that is part of the last line, not of a line end
