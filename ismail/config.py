@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ismail.fsutil import atomic_write
+from ismail.net.hostport import split_host_port
 from ismail.platform.protect import ProtectError, protect, unprotect
 from ismail.platform.winplatform import portable_data_dir
 
@@ -47,7 +48,6 @@ _IMAP_LISTEN_FORM = ('expected "ip:port", e.g. "0.0.0.0:143" or "[::]:143", opti
 _DNS_FORM = 'expected "ip" or "ip:port", e.g. "192.0.2.53", "192.0.2.53:5353" or "[2001:db8::53]:53"'
 _HOST_FORM = 'expected letters, digits and hyphens in dot-separated labels, e.g. "mail.example.com"'
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?", re.ASCII)
-_PORT_RE = re.compile(r"[0-9]{1,5}", re.ASCII)
 
 
 def host_name_problem(name: str) -> str | None:
@@ -279,45 +279,6 @@ _BOOLS = ("smarthost.enabled", "smarthost.exclusive", "smarthost.authenticate",
           "pop3.allow_plaintext", "imap.enabled", "imap.allow_plaintext", "tls.self_signed",
           "dkim.enabled", "dkim.auto_keys", "srs.enabled", "antispam.greylisting",
           "outgoing.delivery_process")
-
-
-def split_host_port(text: str, need_port: bool) -> tuple[str, int | None]:
-    """Parse "ip", "ip:port", "v6" or "[v6]:port"; ValueError carries a reason fit for the user."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError("missing ']' after the IPv6 address")
-        host, rest = text[1:end], text[end + 1:]
-        if rest and not rest.startswith(":"):
-            raise ValueError("unexpected text after ']'")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    elif ":" in text:
-        # A bare IPv6 address cannot carry a port: its last group would be taken for one.
-        if need_port:
-            raise ValueError("an IPv6 address must be written in brackets")
-        host, port_text = text, None
-    else:
-        host, port_text = text, None
-    if not host:
-        raise ValueError("the IP address is missing")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IP address") from None
-    if text.startswith("[") and ip.version != 6:
-        raise ValueError("only IPv6 addresses go in brackets")
-    if port_text is None:
-        if need_port:
-            raise ValueError("the port is missing")
-        return host, None
-    if not _PORT_RE.fullmatch(port_text):
-        raise ValueError(f"port {port_text!r} is not a number")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError("port must be 1–65535")
-    return host, port
 
 
 @dataclass

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import split_host_port
+from ..net.hostport import split_host_port
 
 log = logging.getLogger("ismail.dns")
 
@@ -244,7 +244,7 @@ def _decode_rdata(msg: bytes, off: int, rdlen: int, rtype: int) -> Any:
 def parse_server(text: str) -> tuple[str, int]:
     """ "192.0.2.53", "127.0.0.1:5353", "[::1]:5353" or a bare "::1" -> (address, port).
 
-    The same syntax as the dns_servers setting, so config.split_host_port does the work."""
+    The same syntax as the dns_servers setting, so net.hostport.split_host_port does the work."""
     s = text.strip()
     if not s:
         raise ValueError("DNS server address is empty")
