@@ -34,6 +34,7 @@ _TOKEN = re.compile(r"""
     |(?P<special>.)
 """, re.VERBOSE | re.DOTALL)
 _COMMENT_STOP = re.compile(r"[()\\]")
+_HEADER_END = re.compile(rb"\n\r?\n")  # the line end before the first empty line
 
 Token = tuple[str, str]  # (kind, text); kind "special" for one of <>:;@,.\)] and strays
 
@@ -44,6 +45,9 @@ def field_values(header_block: bytes, name: bytes = b"from") -> list[str]:
     line, so the whole message may be passed."""
     values: list[str] = []
     current: list[bytes] | None = None
+    end = _HEADER_END.search(header_block)
+    if end is not None:  # only the header is split into lines, not a whole message
+        header_block = header_block[:end.start() + 1]
     for line in header_block.split(b"\n"):
         line = line[:-1] if line.endswith(b"\r") else line
         if not line:
@@ -70,8 +74,27 @@ def from_fields(header_block: bytes) -> list[list[str]]:
     An address whose domain cannot be read (no "@", a broken domain) is given as "";
     a group without members gives no entry.  ``[]`` means the message has no From field;
     more than one inner list means several From fields (invalid per RFC 5322 §3.6)."""
-    return [[_domain(address) for address in _addresses(_tokens(value))]
+    return [_simple(value) or [_domain(address) for address in _addresses(_tokens(value))]
             for value in field_values(header_block)]
+
+
+# The usual From: one "Name <user@domain>" or a bare address, with nothing the tokenizer
+# is there for (quotes, comments, groups, lists, routes, domain literals, encoded words).
+# Its answer is the tokenizer's, without building tokens: ~1 us instead of ~10, and it
+# runs at every message that is signed or checked.
+# Possessive quantifiers, like the tokenizer's: linear time on hostile input.
+_ATEXT = r'[^\s"(),:;<>@\[\]\\]++'
+_SIMPLE = re.compile(rf'\s*+(?:[^"(),:;<>@\[\]\\]*+<\s*+({_ATEXT}@{_ATEXT})\s*+>|({_ATEXT}@{_ATEXT}))\s*+')
+_DOT_ATOM = re.compile(r"[^.]++(?:\.[^.]++)*+")
+
+
+def _simple(value: str) -> list[str] | None:
+    """from_fields' answer for one simple field value; None for anything else."""
+    found = _SIMPLE.fullmatch(value)
+    if found is None or "=?" in value:
+        return None
+    domain = (found.group(1) or found.group(2)).rpartition("@")[2]
+    return [domain.lower() if _DOT_ATOM.fullmatch(domain) else ""]
 
 
 def from_domains(header_block: bytes) -> list[str]:

@@ -11,29 +11,20 @@ one, or with an address we cannot read, is not signed.
 from __future__ import annotations
 
 import logging
-import re
 import time
-from email.utils import getaddresses
 
 from . import dkim
+from .fromaddr import from_fields
 from .keystore import KeyStore
 
 log = logging.getLogger("ismail.dkim")
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-_FROM = re.compile(rb"(?im)^from[ \t]*:(.*(?:\r?\n[ \t].*)*)")
-
 
 def from_domain(message: bytes) -> str:
-    """The domain of the first From: address in the header of ``message`` ("" if none)."""
-    end = _HEADER_END.search(message)
-    head = message[:end.start()] if end else message
-    m = _FROM.search(head)
-    if not m:
-        return ""
-    value = re.sub(rb"\r?\n[ \t]", b" ", m.group(1)).decode("utf-8", "replace")
-    addresses = [a for _, a in getaddresses([value]) if "@" in a]
-    return addresses[0].rpartition("@")[2].strip().lower().rstrip(".") if addresses else ""
+    """The domain of the first From: address in the header of ``message`` ("" if none or
+    unreadable), read as DMARC reads it (fromaddr), so the signature aligns with it."""
+    fields = from_fields(message)
+    return fields[0][0] if fields and fields[0] else ""
 
 
 def signing_domain(message: bytes, local_domains: frozenset[str]) -> str:
