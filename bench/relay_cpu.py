@@ -8,8 +8,9 @@ relay (the default) to user@remote.test, which ISMail passes to Postfix's smtp-s
 (its SmartHost, exclusive) on loopback, DKIM-signed unless --unsigned; with --local
 to user@example.test, delivered into its Maildir.  A load is timed until the sink
 (or the Maildir) has every message.  Printed per round: messages/s, how busy the
-machine's CPUs were, and the CPU (user and system, microseconds per message) of the
-server's process and of its delivery process.
+machine's CPUs were, and the CPU (user and system, microseconds per message) and the
+voluntary context switches per message of the server's process and of its delivery
+process.
 
 --base DIR puts ISMail's data folder under DIR: on a tmpfs (/dev/shm) fsync costs
 nothing, so the difference from a run on the disk is what durability costs.
@@ -51,6 +52,19 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     """utime and stime of a process, all its threads (clock ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]), int(fields[12])
+
+
+def switches(pid: int) -> int:
+    """Voluntary context switches of all the threads of a process (each one: a thread
+    that waited, mostly for the interpreter's lock or another thread)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+        except OSError:
+            continue  # a thread that just ended
+        total += int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+    return total
 
 
 def children(pid: int) -> list[int]:
@@ -122,17 +136,20 @@ def one_round(args, base: Path) -> str:
         load(5, 200)  # warm up: the delivery process starts with the first delivery
         pids = [server.pid] + children(server.pid)
         before = {pid: cpu_ticks(pid) for pid in pids}
+        waits_before = {pid: switches(pid) for pid in pids}
         machine0 = machine_ticks()
         rate = load(10 if args.load == "s10" else 1, args.messages)
         machine1 = machine_ticks()
         after = {pid: cpu_ticks(pid) for pid in pids}
+        waits_after = {pid: switches(pid) for pid in pids}
         spent = [b - a for a, b in zip(machine0, machine1)]
         busy = 100 - 100 * (spent[3] + spent[4]) / max(1, sum(spent))
         parts = [f"{args.load} {rate:6.0f} msg/s, machine {busy:3.0f} % busy"]
         for pid in pids:
             user, system = (1e6 * (after[pid][i] - before[pid][i]) / TICK / args.messages for i in (0, 1))
             name = "server" if pid == server.pid else "delivery process"
-            parts.append(f"{name} user {user:4.0f} sys {system:4.0f} us/msg")
+            waits = (waits_after[pid] - waits_before[pid]) / args.messages
+            parts.append(f"{name} user {user:4.0f} sys {system:4.0f} us/msg, {waits:.0f} switches/msg")
         return "; ".join(parts)
     finally:
         if server is not None:
