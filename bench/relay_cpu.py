@@ -23,29 +23,16 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCE, SINK = "/usr/sbin/smtp-source", "/usr/sbin/smtp-sink"
-SINK_PORT, ISMAIL_PORT = 2626, 2630
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dkim_bench import ROOT, SINK, SOURCE, Sink, free_port, stop, wait_banner  # noqa: E402
+
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def wait_banner(port: int, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5) as s:
-                s.recv(100)
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing answers on port {port}")
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
@@ -81,27 +68,19 @@ def machine_ticks() -> list[int]:
     return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
 
 
-def sink_count(log: Path) -> int:
-    tail = log.read_bytes()[-300:].decode("latin-1")
-    records = [r for r in tail.replace("\n", "\r").split("\r") if "mesg=" in r]
-    return int(records[-1].rsplit("mesg=", 1)[1].split()[0]) if records else 0
-
-
 def one_round(args, base: Path) -> str:
     work = Path(tempfile.mkdtemp(prefix="ismail-relaycpu-", dir=base))
-    sink_log = work / "sink.log"
-    sink = subprocess.Popen([SINK, "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
-                            stdout=open(sink_log, "wb"), stderr=subprocess.STDOUT)
+    sink = Sink(work)
     server = None
     try:
-        wait_banner(SINK_PORT)
         data = work / "data"
         data.mkdir()
+        port = free_port()
         cfg = {"server_name": "bench.example.test", "primary_domain": "example.test",
-               "listen": [f"127.0.0.1:{ISMAIL_PORT}"],
+               "listen": [f"127.0.0.1:{port}"],
                "incoming": {"max_connections": 100, "max_per_host": 10},
                "outgoing": {"max_connections": 20}, "trusted_networks": ["127.0.0.0/8"],
-               "smarthost": {"enabled": True, "host": "127.0.0.1", "port": SINK_PORT,
+               "smarthost": {"enabled": True, "host": "127.0.0.1", "port": sink.port,
                              "exclusive": True, "authenticate": False, "tls": "none"}}
         if args.unsigned:
             cfg["dkim"] = {"enabled": False}
@@ -111,13 +90,13 @@ def one_round(args, base: Path) -> str:
                        check=True, stdout=subprocess.DEVNULL)
         server = subprocess.Popen(cli + ["run"], cwd=ROOT, stdout=open(work / "server.log", "wb"),
                                   stderr=subprocess.STDOUT)
-        wait_banner(ISMAIL_PORT)
+        wait_banner(port)
         box = data / "mailboxes" / "example.test" / "user"
 
         def counted() -> int:
             if args.local:
                 return sum(len(os.listdir(box / d)) for d in ("new", "cur") if (box / d).is_dir())
-            return sink_count(sink_log)
+            return sink.count()
 
         def load(sessions: int, count: int) -> float:
             before = counted()
@@ -125,7 +104,7 @@ def one_round(args, base: Path) -> str:
             subprocess.run([SOURCE, "-s", str(sessions), "-m", str(count), "-l", str(args.size),
                             "-f", "sender@example.test",
                             "-t", "user@example.test" if args.local else "user@remote.test",
-                            f"127.0.0.1:{ISMAIL_PORT}"], check=True, capture_output=True)
+                            f"127.0.0.1:{port}"], check=True, capture_output=True)
             deadline = time.monotonic() + 300
             while counted() - before < count:
                 if time.monotonic() > deadline:
@@ -153,10 +132,8 @@ def one_round(args, base: Path) -> str:
         return "; ".join(parts)
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
-        sink.terminate()
-        sink.wait(10)
+            stop(server)
+        stop(sink.proc)
         shutil.rmtree(work, ignore_errors=True)
 
 
