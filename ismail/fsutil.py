@@ -49,8 +49,9 @@ O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # os.open for reading; Window
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
-def write_new_file(path: Path, chunks: Iterable[bytes]) -> None:
-    """Create ``path`` (it must not exist), write, fsync, close.
+def write_new_file(path: Path, chunks: Iterable[bytes], sync: bool = True) -> None:
+    """Create ``path`` (it must not exist), write, fsync (unless ``sync`` is false: the
+    queue's journal makes the file durable another way), close.
 
     Plain os.open/os.write: a Python file object would add fstat, isatty and
     lseek calls per file, which count at a thousand messages a second.  Small pieces
@@ -68,7 +69,8 @@ def write_new_file(path: Path, chunks: Iterable[bytes]) -> None:
                 pending, size = [], 0
         if pending:
             _write_all(fd, b"".join(pending) if len(pending) > 1 else pending[0])
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

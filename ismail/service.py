@@ -81,7 +81,7 @@ class MailServer:
         self.autoreplies = AutoReplies(self.data_dir)
         self.aftercare = Aftercare(self)  # quotas and auto-replies
         self.dirsync = DirSync()
-        self.spool = Spool(self.data_dir / "queue", self.dirsync)
+        self.spool = Spool(self.data_dir / "queue", self.dirsync, journal=True)
         self.spill_dir = self.spool.tmp
         self.workers = WorkerPool()
         self.qmgr: QueueManager | None = None
@@ -135,6 +135,7 @@ class MailServer:
             queued = self.spool.prepare()
             clean_tmp(self.accounts.mailbox_root)
         except OSError as e:
+            self.spool.close()
             raise StartupError(f"cannot use the data folder {self.data_dir}: {e.strerror or e}") from e
         except (AddressError, RouteError, AutoReplyError) as e:  # a file that cannot be read
             raise StartupError(str(e).rstrip(".")) from e
@@ -157,6 +158,7 @@ class MailServer:
                 self._open_listeners(self._wanted(self.settings), before_serving=tls)
         except BaseException:
             self.qmgr.stop(0)
+            self.spool.close()
             raise
         self.qmgr.load(queued)  # after the listeners: a big queue does not delay serving
         etrn.at_start(self.settings)  # our backup MX hosts: send what you hold for us now
@@ -179,6 +181,7 @@ class MailServer:
         self.workers.stop()
         self.antispam_state.stop()  # saves the greylist
         self.duplicates.close()
+        self.spool.close()  # after the sessions: a message still arriving had its commit
         self.dirsync.close()
         # Its thread ends; a new executor starts none until a login needs it (after a restart).
         self._password_checker.shutdown(wait=False)

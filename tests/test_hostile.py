@@ -748,13 +748,13 @@ def _enospc() -> OSError:
 
 def half_then_enospc(real):
     """A write_new_file that creates the file, writes part of the first chunk, then: disk full."""
-    def write_new_file(path, chunks):
+    def write_new_file(path, chunks, sync=True):
         def pieces():
             for chunk in chunks:
                 yield bytes(chunk[: max(1, len(chunk) // 2)])
                 break
             raise _enospc()
-        return real(path, pieces())
+        return real(path, pieces(), sync)
     return write_new_file
 
 
@@ -831,11 +831,26 @@ class InjectedDiskFullTest(HostileCase):
         self.check("ismail.queue.spool.write_new_file", half_then_enospc(ismail.queue.spool.write_new_file), (USER, REMOTE))
 
     def test_queue_folder_sync_fails_after_the_queue_file_is_in_place(self):
-        # The entry's one file is written and renamed into messages/; making that rename
-        # durable fails: no 250, and the file that is in place is taken away again.
+        # The entry's one file is written and renamed into messages/; making it durable
+        # fails - the journal's sync, then the file's own fsync and its folder's that
+        # stand in for it: no 250, and the file that is in place is taken away again.
+        # (The journal is then out of use until a restart: the messages after it are
+        # committed one fsync each.)
         def fsync_dir(path, fd=None):
             raise _enospc()
-        self.check("ismail.fsutil.fsync_dir", fsync_dir, (REMOTE,))
+        with mock.patch("ismail.queue.journal._fdatasync", side_effect=_enospc()):
+            self.check("ismail.fsutil.fsync_dir", fsync_dir, (REMOTE,))
+
+    def test_queue_journal_sync_fails_and_the_message_is_committed_on_its_own(self):
+        t = self.greeted(self.port)
+        self.assert_reply(t, "EHLO client.example.org", rb"250-")
+        with mock.patch("ismail.queue.journal._fdatasync", side_effect=_enospc()):
+            self.assertRegex(self.send(t, (REMOTE,), "journal full"), rb"^250 2\.0\.0 ")
+        self.assertEqual(len(queue_entries(self.data_dir)), 1)
+        logged = [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
+        self.assertTrue(any("No space left on device" in m and "journal" in m for m in logged), logged)
+        self.assertRegex(self.send(t, (REMOTE,), "after"), rb"^250 2\.0\.0 ")
+        self.assertEqual(len(queue_entries(self.data_dir)), 2)
 
     def test_fsync_fails(self):
         def fsync(fd):

@@ -8,12 +8,16 @@ Layout under ``DATA/queue/``::
     messages/<id>.state  the envelope and delivery state once an attempt changed them
                          (it wins over the envelope inside the .msg)
     tmp/                 files being written, and spill files of large messages
+    journal/             the server's journal segments (journal.py)
     corrupt/             entries that could not be read, set aside for a person to look at
 
-An entry is committed by one file: written to tmp/, fsync'd, renamed into messages/,
-and messages/ fsync'd; only then does the client get its 250.  One file and one
-fsync a message (Postfix's queue file), where envelope and text in two files took two.
-A crash before the rename leaves a file in tmp/ (removed at start-up).
+An entry is one file: written to tmp/ and renamed into messages/.  In the server it
+is committed by its copy in the journal, whose fdatasync serves every message written
+before it began (group commit; journal.py says how a crash is undone); a message over
+JOURNAL_MAX, or any once the journal failed, or one written with no journal (the
+command line) is fsync'd itself and messages/ fsync'd after the rename.  Only then does
+the client get its 250.  A crash before the rename leaves a file in tmp/ (removed at
+start-up).
 
 State updates after an attempt rewrite only the small .state, atomically.  Removal
 takes the .msg first, then the .state: a crash between leaves a lone .state, which
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..fsutil import DirSync, atomic_write, fsync_dir, next_serial, write_new_file
+from .journal import JOURNAL_MAX, Journal, fsync_file
 
 log = logging.getLogger("ismail.spool")
 
@@ -144,8 +149,12 @@ _MAX_ENVELOPE = 1 << 24  # a larger envelope length in the first line means a da
 class Spool:
     """The outgoing queue: commit entries durably, list them, update their state."""
 
-    def __init__(self, queue_dir: Path, dirsync: DirSync | None = None) -> None:
+    def __init__(self, queue_dir: Path, dirsync: DirSync | None = None, journal: bool = False) -> None:
         self.dir = queue_dir
+        # The server's spool commits messages through the journal (journal.py) from
+        # prepare() to close(); the command line's and the window's read and remove only.
+        self.use_journal = journal
+        self.journal: Journal | None = None
         self.dirsync = dirsync
         self.messages = queue_dir / "messages"
         if dirsync is not None:
@@ -167,10 +176,16 @@ class Spool:
 
         Returns the ids of every complete entry, oldest first.
         """
+        self.close()
         for d in (self.messages, self.tmp, self.corrupt):
             d.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
             _remove_quietly(leftover)
+        if self.use_journal:
+            journal = Journal(self.dir / "journal", self.messages)
+            journal.recover()
+            journal.open()
+            self.journal = journal
         names = {p.name for p in self.messages.iterdir()}
         ids = []
         for name in sorted(names):
@@ -210,17 +225,31 @@ class Spool:
         with os.scandir(self.messages) as it:
             return sum(1 for e in it if e.name.endswith((".msg", ".json")) and not e.name.startswith("."))
 
+    def close(self) -> None:
+        """The server stops: checkpoint the journal (every queued file fsync'd on its own)."""
+        journal, self.journal = self.journal, None
+        if journal is not None:
+            journal.close()
+
     def enqueue(self, entry: QueueEntry, header: bytes, body: MessageBuffer) -> None:
         """Write the entry durably; when this returns, it survives a crash."""
         path = self._path(entry.id, "msg")
         tmp = self.tmp / f"{entry.id}.{next_serial()}.msg"
+        journal = self.journal
         try:
-            write_new_file(tmp, itertools.chain((file_head(entry) + header,), body.chunks()))
-            os.replace(tmp, path)
-            if self.dirsync is None:
-                fsync_dir(self.messages)
+            if journal is not None and body.size <= JOURNAL_MAX:
+                data = file_head(entry) + header + b"".join(body.chunks())
+                write_new_file(tmp, (data,), sync=False)
+                os.replace(tmp, path)
+                try:
+                    journal.commit(entry.id, data)
+                except OSError:  # reported by the journal: this one is committed on its own
+                    fsync_file(path)
+                    self._sync_folder()
             else:
-                self.dirsync.sync(self.messages)
+                write_new_file(tmp, itertools.chain((file_head(entry) + header,), body.chunks()))
+                os.replace(tmp, path)
+                self._sync_folder()
         except BaseException:
             _remove_quietly(tmp)
             _remove_quietly(path)
@@ -229,6 +258,12 @@ class Spool:
         if self.on_enqueue is not None:
             small = body.size <= SPILL_BYTES
             self.on_enqueue(entry, header + b"".join(body.chunks()) if small else None)
+
+    def _sync_folder(self) -> None:
+        if self.dirsync is None:
+            fsync_dir(self.messages)
+        else:
+            self.dirsync.sync(self.messages)
 
     def load(self, queue_id: str) -> QueueEntry:
         """Read an entry; a broken one is moved to corrupt/ and ValueError raised."""
@@ -269,10 +304,15 @@ class Spool:
         older version: its .json first, so a crash leaves an orphan .eml only.)"""
         stateless = queue_id in self._stateless
         self._stateless.discard(queue_id)
+        journal = self.journal
         if _remove_quietly(self._path(queue_id, "msg")):
             if not stateless:
                 _remove_quietly(self._path(queue_id, "state"))
+            if journal is not None:
+                journal.ended(queue_id)
             return   # the usual case: one or two unlinks, not four
+        if journal is not None:
+            journal.ended(queue_id)
         _remove_quietly(self._path(queue_id, "state"))
         _remove_quietly(self._path(queue_id, "json"))
         _remove_quietly(self._path(queue_id, "eml"))

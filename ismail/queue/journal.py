@@ -1,0 +1,376 @@
+"""The queue's journal: one fsync commits every message that arrived while the last ran.
+
+Without it each queued message costs two fsyncs before its 250: its file's, then its
+folder's (for the rename).  With it the message file is written and renamed into
+messages/ without either, and a copy of its bytes is appended to the journal, a file
+that only grows; the 250 waits for an fdatasync of the journal that began after the
+copy was written.  One fdatasync serves every message written before it began (group
+commit), and a message that is delivered at once - most of the relay - never needs a
+sync of its own: the file is removed before anything asks for it.
+
+Layout under ``DATA/queue/journal/``::
+
+    <n>.jnl     a segment: the line "ISMAIL-JOURNAL 1" (CRLF), then records, each
+                kind (1 byte: Q a queued message, D its end), payload length (4
+                bytes), CRC-32 of kind, length and payload (4 bytes), payload.
+                Q: the queue id, LF, the message file's bytes.  D: the queue id.
+
+A segment holds SEGMENT_BYTES; the next one is made (its header fsync'd, the folder
+fsync'd) before the first record goes in.  The full one is then checkpointed by a
+thread of its own: the message files of its records that are still queued are fsync'd,
+the messages/ folder too, and the segment is removed; from then on those files stand on
+their own, as they would have without the journal.  A clean stop checkpoints them all
+and leaves no segment.
+
+At start (Spool.prepare, before the queue is read) whatever segments a crash left are
+read in order up to the first record that is cut short or fails its CRC - records are
+written one after another under a lock, and a message is acknowledged only after a
+sync that covers its record and every record before it, so what follows a bad record
+was never acknowledged.  Every Q record without a D record is compared with its
+message file: a file that is missing or differs (the crash took it, or part of it) is
+written again from the record, durably; one that matches is fsync'd.  Then the
+segments are removed.
+
+A D record is written when an entry leaves the queue (delivered, bounced, deleted) and
+becomes durable with the next sync (a message arriving, or the next second).  After a
+power cut, an entry whose file was removed but whose D record was not yet on disk comes
+back and is sent again: at most about a second of deliveries, the same kind of
+duplicate any mail server risks when it stops between a delivery and its bookkeeping.
+``queue delete`` from another process (the server running elsewhere) writes no D
+record; a message so deleted may come back after a power cut before the next
+checkpoint.
+
+Messages larger than JOURNAL_MAX keep the two fsyncs (a second copy of 50 MB is not
+cheaper than a sync); so does every message once the journal has failed (an I/O error:
+it is reported once and not used again until the next start).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+from ..fsutil import _O_NEW, _write_all, fsync_dir
+
+log = logging.getLogger("ismail.spool")
+
+HEADER = b"ISMAIL-JOURNAL 1\r\n"
+SEGMENT_BYTES = 8 << 20      # a segment is closed and checkpointed past this size
+JOURNAL_MAX = 256 << 10      # a larger message is not copied into the journal
+FLUSH_SECONDS = 1.0          # D records wait at most this long for a sync
+_REC = struct.Struct("!cII")  # kind, payload length, CRC-32
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # Windows has only fsync
+
+
+class JournalBroken(OSError):
+    """The journal cannot be used (an earlier write or sync failed)."""
+
+
+def record(kind: bytes, payload: bytes) -> bytes:
+    head = struct.pack("!cI", kind, len(payload))
+    return _REC.pack(kind, len(payload), zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+def read_segment(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The records of a segment's bytes up to the first bad one, and where reading stopped."""
+    records = []
+    pos = len(HEADER)
+    while pos + _REC.size <= len(data):
+        kind, size, crc = _REC.unpack_from(data, pos)
+        end = pos + _REC.size + size
+        if kind not in (b"Q", b"D") or end > len(data):
+            break
+        payload = data[pos + _REC.size:end]
+        if zlib.crc32(payload, zlib.crc32(struct.pack("!cI", kind, size))) != crc:
+            break
+        records.append((kind, payload))
+        pos = end
+    return records, pos
+
+
+def fsync_file(path: Path) -> bool:
+    """fsync a file by name (opened for writing: Windows flushes only such handles);
+    False if it is gone."""
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return False
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+class Journal:
+    """Group commit for the queue's message files (see the module's docstring)."""
+
+    def __init__(self, folder: Path, messages: Path) -> None:
+        self.folder = folder
+        self.messages = messages
+        self._cond = threading.Condition()
+        self._fd: int | None = None
+        self._seq = 0
+        self._size = 0
+        self._issued = 0     # records (and flush requests) written, numbered
+        self._done = 0       # every one up to this number is on disk
+        self._running = False
+        self._broken: BaseException | None = None
+        self._unsynced_ends = False             # D records written, not yet synced
+        self._ends: list[bytes] = []             # D records not yet written
+        self._where: dict[str, int] = {}          # queue id -> segment of its Q record
+        self._alive: dict[int, set[str]] = {}     # segment -> ids still queued
+        self._full: list[int] = []                # closed segments waiting for their checkpoint
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.syncs = 0       # fdatasyncs made (for the benchmark and the tests)
+
+    def _path(self, seq: int) -> Path:
+        return self.folder / f"{seq:012d}.jnl"
+
+    # -- start and stop -------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Bring back what the segments a crash left hold; remove them.  Returns how many
+        message files were written again.  Call before the queue is read, with no server."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        segments = sorted(p for p in self.folder.iterdir() if p.suffix == ".jnl" and p.stem.isdigit())
+        queued: dict[str, bytes] = {}
+        ended: set[str] = set()
+        for path in segments:
+            data = path.read_bytes()
+            if not data.startswith(HEADER):
+                if data.strip(b"\0") and not HEADER.startswith(data.rstrip(b"\0")):
+                    corrupt = self.messages.parent / "corrupt"
+                    corrupt.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, corrupt / path.name)
+                    log.error("queue journal %s is not an ISMail journal (it starts %r): set aside in %s",
+                              path.name, data[:20], corrupt)
+                # else cut short as it was made: nothing in it was ever acknowledged
+                continue
+            records, stop = read_segment(data)
+            if data[stop:].strip(b"\0") and stop < len(data):
+                log.warning("journal %s: %d byte(s) after its last whole record ignored "
+                            "(written as the server stopped, never acknowledged)", path.name, len(data) - stop)
+            for kind, payload in records:
+                if kind == b"Q":
+                    qid, _, message = payload.partition(b"\n")
+                    queued[qid.decode("ascii")] = message
+                    ended.discard(qid.decode("ascii"))
+                else:
+                    ended.add(payload.decode("ascii"))
+        restored = 0
+        for qid, message in queued.items():
+            if qid in ended:
+                continue
+            path = self.messages / f"{qid}.msg"
+            try:
+                with open(path, "rb") as f:
+                    same = f.read(len(message) + 1) == message
+            except FileNotFoundError:
+                same = False
+            if same:
+                fsync_file(path)
+                continue
+            tmp = self.messages.parent / "tmp" / f"{qid}.journal.msg"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, _O_NEW, 0o600)
+            try:
+                _write_all(fd, message)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            restored += 1
+            log.warning("queue entry %s written again from the journal (the crash took its file; "
+                        "if it was already delivered it goes out twice)", qid)
+        if segments:
+            fsync_dir(self.messages)
+            for path in segments:
+                path.unlink(missing_ok=True)  # a corrupt one was moved away
+            fsync_dir(self.folder)
+        return restored
+
+    def open(self) -> None:
+        """Start the first segment and the checkpoint thread (after ``recover``)."""
+        with self._cond:
+            self._stopping = False
+            self._broken = None
+            self._new_segment(1)
+        self._thread = threading.Thread(target=self._run, name="queue-journal", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Checkpoint everything and remove the segments (the server stops)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._cond:
+            while self._running:
+                self._cond.wait()
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+            segments = sorted(set(self._alive) | set(self._full) | {self._seq})
+            self._full.clear()
+        for seq in segments:
+            self._checkpoint(seq)
+
+    # -- the hot path ---------------------------------------------------------------------------
+    def commit(self, qid: str, message: bytes) -> None:
+        """Append ``message`` (the whole file of entry ``qid``) and return once it is on disk."""
+        rec = record(b"Q", qid.encode("ascii") + b"\n" + message)
+        cond = self._cond
+        with cond:
+            if self._broken is not None or self._fd is None:
+                raise JournalBroken(f"the queue journal is not in use ({self._broken or 'closed'})")
+            if self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER):
+                self._rotate()
+            self._append(rec)
+            self._where[qid] = self._seq
+            self._alive.setdefault(self._seq, set()).add(qid)
+            self._wait_synced(self._issued)
+
+    def ended(self, qid: str) -> None:
+        """Entry ``qid`` left the queue: a D record, made durable by the next sync."""
+        with self._cond:
+            seq = self._where.pop(qid, None)
+            if seq is None:
+                return  # not in a segment (checkpointed, or never journalled): nothing to undo
+            alive = self._alive.get(seq)
+            if alive is not None:
+                alive.discard(qid)
+            if self._broken is None and self._fd is not None:
+                # Written with the next record or flush: one system call less per message.
+                self._ends.append(record(b"D", qid.encode("ascii")))
+
+    def tracked(self, qid: str) -> bool:
+        with self._cond:
+            return qid in self._where
+
+    # -- inside the lock ------------------------------------------------------------------------
+    def _append(self, rec: bytes) -> None:
+        if self._ends:
+            rec = b"".join(self._ends) + rec
+            self._ends.clear()
+            self._unsynced_ends = True
+        try:
+            _write_all(self._fd, rec)
+        except OSError as e:
+            self._fail(e)
+            raise
+        self._size += len(rec)
+        self._issued += 1
+
+    def _fail(self, e: BaseException) -> None:
+        if self._broken is None:
+            self._broken = e
+            log.error("queue journal %s failed (%s): messages are now committed one fsync each "
+                      "until the next start", self._path(self._seq), e)
+
+    def _wait_synced(self, ticket: int) -> None:
+        """Return once a sync that began after record ``ticket`` was written has ended."""
+        cond = self._cond
+        while self._done < ticket:
+            if self._broken is not None:
+                raise JournalBroken(f"the queue journal failed: {self._broken}")
+            if self._running:
+                cond.wait()
+                continue
+            self._running = True
+            covered = self._issued
+            fd = self._fd
+            cond.release()
+            try:
+                _fdatasync(fd)
+            except OSError as e:
+                cond.acquire()
+                self._running = False
+                self._fail(e)
+                cond.notify_all()
+                raise
+            cond.acquire()
+            self._running = False
+            self.syncs += 1
+            self._done = max(self._done, covered)
+            self._unsynced_ends = self._unsynced_ends and self._issued > covered
+            cond.notify_all()
+
+    def _rotate(self) -> None:
+        """Close the full segment (synced first) and start the next."""
+        while self._running:
+            self._cond.wait()
+        if self._done < self._issued:
+            try:
+                _fdatasync(self._fd)
+            except OSError as e:
+                self._fail(e)
+                raise
+            self.syncs += 1
+            self._done = self._issued
+        os.close(self._fd)
+        self._fd = None
+        self._full.append(self._seq)
+        self._new_segment(self._seq + 1)
+        self._cond.notify_all()
+
+    def _new_segment(self, seq: int) -> None:
+        path = self._path(seq)
+        try:
+            fd = os.open(path, _O_NEW, 0o600)
+            try:
+                _write_all(fd, HEADER)
+                os.fsync(fd)
+                fsync_dir(self.folder)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as e:
+            self._fail(e)
+            raise
+        self._fd, self._seq, self._size = fd, seq, len(HEADER)
+
+    # -- the checkpoint thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._full and not self._stopping:
+                    self._cond.wait(FLUSH_SECONDS)
+                if self._stopping:
+                    return
+                full = self._full[:1]
+                flush = (not full and (self._unsynced_ends or self._ends)
+                         and self._broken is None and self._fd is not None)
+                if flush:
+                    try:
+                        self._append(b"")  # the D records waiting, and a ticket for them
+                        self._wait_synced(self._issued)
+                    except OSError:
+                        pass  # reported by _fail
+            for seq in full:
+                try:
+                    self._checkpoint(seq)
+                except OSError as e:
+                    log.error("queue journal: checkpoint of %s failed (%s); it is kept and read "
+                              "at the next start", self._path(seq), e)
+                with self._cond:
+                    self._full.remove(seq)
+
+    def _checkpoint(self, seq: int) -> None:
+        """fsync the files of segment ``seq``'s entries still queued, then remove it."""
+        with self._cond:
+            ids = list(self._alive.get(seq, ()))
+        for qid in ids:
+            fsync_file(self.messages / f"{qid}.msg")
+        fsync_dir(self.messages)
+        self._path(seq).unlink(missing_ok=True)
+        with self._cond:
+            for qid in self._alive.pop(seq, ()):
+                if self._where.get(qid) == seq:
+                    del self._where[qid]

@@ -1,0 +1,257 @@
+"""The queue's journal (queue/journal.py): what a crash leaves is brought back, nothing
+acknowledged is lost, delivered mail stays delivered, and a failing journal is reported
+and stepped around without losing the message.
+
+A crash is simulated by copying the queue folder while the server's spool is still open
+(what the disk holds when the process dies), then damaging the copy the way a power cut
+can (a renamed file lost, a file's data lost, a record half written) and starting a
+second spool on it.
+"""
+import os
+import shutil
+import tempfile
+import threading
+import time
+import unittest
+from pathlib import Path
+from unittest import mock
+
+from ismail.queue import journal as journal_mod
+from ismail.queue.journal import HEADER, JOURNAL_MAX, read_segment
+from ismail.queue.spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
+
+
+def body(spill: Path, data: bytes) -> MessageBuffer:
+    buf = MessageBuffer(spill)
+    buf.write(data)
+    return buf
+
+
+def entry(qid: str) -> QueueEntry:
+    return QueueEntry(id=qid, sender="me@example.test", arrival=1.5,
+                      recipients=[QueuedRecipient("a@remote.example")], client_ip="127.0.0.1")
+
+
+def wait_for(what, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.02)
+    return what()
+
+
+class JournalTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="ismail-journal-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.spool = Spool(self.dir / "queue", journal=True)
+        self.assertEqual(self.spool.prepare(), [])
+        self.addCleanup(self.spool.close)
+
+    def put(self, qid: str, text: bytes = b"Subject: t\r\n\r\nhello\r\n") -> None:
+        self.spool.enqueue(entry(qid), b"Received: x\r\n", body(self.spool.tmp, text))
+
+    def segments(self, queue: Path | None = None) -> list[Path]:
+        return sorted(((queue or self.dir / "queue") / "journal").glob("*.jnl"))
+
+    def crash(self) -> Path:
+        """What the disk holds if the process dies now: a copy of the queue folder."""
+        copy = self.dir / f"crashed{len(list(self.dir.glob('crashed*')))}"
+        shutil.copytree(self.dir / "queue", copy)
+        return copy
+
+    def restart(self, queue: Path) -> tuple[Spool, list[str]]:
+        spool = Spool(queue, journal=True)
+        ids = spool.prepare()
+        self.addCleanup(spool.close)
+        return spool, ids
+
+    def test_a_message_is_in_its_file_and_in_the_journal_before_enqueue_returns(self):
+        self.put("0000000000000A01")
+        self.assertEqual(self.spool.read_message("0000000000000A01"),
+                         b"Received: x\r\nSubject: t\r\n\r\nhello\r\n")
+        [segment] = self.segments()
+        records, end = read_segment(segment.read_bytes())
+        self.assertEqual(end, segment.stat().st_size)
+        self.assertEqual([k for k, _ in records], [b"Q"])
+        qid, _, data = records[0][1].partition(b"\n")
+        self.assertEqual(qid, b"0000000000000A01")
+        self.assertEqual(data, (self.spool.messages / "0000000000000A01.msg").read_bytes())
+
+    def test_the_250_waits_for_a_sync_that_began_after_the_record_was_written(self):
+        sizes = []
+        real = journal_mod._fdatasync
+
+        def spy(fd):
+            sizes.append(os.fstat(fd).st_size)
+            real(fd)
+        with mock.patch.object(journal_mod, "_fdatasync", spy):
+            for n in range(3):
+                self.put(f"0000000000000B0{n}")
+                self.assertEqual(sizes[-1], self.segments()[0].stat().st_size,
+                                 "the last sync before enqueue returned covered the whole record")
+        self.assertEqual(len(sizes), 3)
+
+    def test_messages_arriving_together_share_a_sync(self):
+        real = journal_mod._fdatasync
+
+        def slow(fd):  # a disk that takes 30 ms a flush: the others queue behind it
+            time.sleep(0.03)
+            real(fd)
+        errors = []
+
+        def one(n):
+            try:
+                self.put(f"00000000000C{n:04X}")
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+        before = self.spool.journal.syncs
+        with mock.patch.object(journal_mod, "_fdatasync", slow):
+            threads = [threading.Thread(target=one, args=(n,)) for n in range(12)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+        self.assertEqual(errors, [])
+        self.assertEqual(len(self.spool.list_ids()), 12)
+        syncs = self.spool.journal.syncs - before
+        self.assertLess(syncs, 12, "a sync serves every message written before it began")
+        self.assertGreaterEqual(syncs, 1)
+
+    def test_a_lost_or_damaged_file_is_written_again_from_the_journal(self):
+        for n in range(4):
+            self.put(f"0000000000000D0{n}", b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n))
+        want = {p.name: p.read_bytes() for p in self.spool.messages.iterdir()}
+        crashed = self.crash()
+        (crashed / "messages" / "0000000000000D00.msg").unlink()               # its rename never reached the disk
+        (crashed / "messages" / "0000000000000D01.msg").write_bytes(b"")       # its data never did
+        (crashed / "messages" / "0000000000000D02.msg").write_bytes(b"\0" * 40)  # part of it
+        with self.assertLogs("ismail.spool", "WARNING") as logs:
+            spool, ids = self.restart(crashed)
+        self.assertEqual(ids, sorted(i[:-4] for i in want))
+        self.assertEqual({p.name: p.read_bytes() for p in spool.messages.iterdir()}, want)
+        self.assertEqual(sum("written again from the journal" in line for line in logs.output), 3)
+        self.assertEqual(spool.load("0000000000000D01"), entry("0000000000000D01"))
+        self.assertEqual(self.segments(crashed), [self.segments(crashed)[0]], "one new segment, the old ones gone")
+        self.assertEqual(read_segment(self.segments(crashed)[0].read_bytes())[0], [])
+
+    def test_a_delivered_message_does_not_come_back(self):
+        self.put("0000000000000E01")
+        self.put("0000000000000E02")
+        self.spool.remove("0000000000000E01")  # delivered
+        self.put("0000000000000E03")  # its sync carries the end of E01 too
+        crashed = self.crash()
+        spool, ids = self.restart(crashed)
+        self.assertEqual(ids, ["0000000000000E02", "0000000000000E03"])
+
+    def test_the_end_of_a_message_is_synced_within_a_second_without_new_mail(self):
+        self.put("0000000000000F01")
+        self.spool.remove("0000000000000F01")
+        self.assertTrue(wait_for(lambda: b"D" in [k for k, _ in read_segment(self.segments()[0].read_bytes())[0]]
+                                 and not self.spool.journal._unsynced_ends, 5))
+        spool, ids = self.restart(self.crash())
+        self.assertEqual(ids, [])
+
+    def test_a_half_written_record_at_the_end_is_ignored_and_the_rest_kept(self):
+        self.put("0000000000000G01")
+        self.put("0000000000000G02")
+        crashed = self.crash()
+        (crashed / "messages" / "0000000000000G02.msg").unlink()
+        segment = self.segments(crashed)[0]
+        whole = segment.read_bytes()
+        # a third message whose record was cut short as the power went: never acknowledged
+        rec = journal_mod.record(b"Q", b"0000000000000G03\n" + b"x" * 500)
+        segment.write_bytes(whole + rec[:200])
+        with self.assertLogs("ismail.spool", "WARNING") as logs:
+            spool, ids = self.restart(crashed)
+        self.assertEqual(ids, ["0000000000000G01", "0000000000000G02"])
+        self.assertTrue(any("after its last whole record ignored" in line for line in logs.output))
+
+    def test_a_record_that_fails_its_checksum_ends_the_segment(self):
+        self.put("0000000000000H01")
+        self.put("0000000000000H02")
+        crashed = self.crash()
+        for n in (1, 2):
+            (crashed / "messages" / f"0000000000000H0{n}.msg").unlink()
+        segment = self.segments(crashed)[0]
+        data = bytearray(segment.read_bytes())
+        records, _ = read_segment(bytes(data))
+        second = len(HEADER) + 9 + len(records[0][1])
+        data[second + 30] ^= 0xFF  # a flipped byte in the second record's payload
+        segment.write_bytes(bytes(data))
+        with self.assertLogs("ismail.spool", "WARNING"):
+            spool, ids = self.restart(crashed)
+        self.assertEqual(ids, ["0000000000000H01"])
+
+    def test_a_segment_that_is_not_a_journal_is_set_aside_and_reported(self):
+        self.put("0000000000000J01")
+        crashed = self.crash()
+        (crashed / "journal" / "000000000099.jnl").write_bytes(b"something else entirely\r\n")
+        with self.assertLogs("ismail.spool", "ERROR") as logs:
+            spool, ids = self.restart(crashed)
+        self.assertEqual(ids, ["0000000000000J01"])
+        self.assertIn("not an ISMail journal", "\n".join(logs.output))
+        self.assertEqual((crashed / "corrupt" / "000000000099.jnl").read_bytes(), b"something else entirely\r\n")
+
+    def test_a_segment_cut_short_as_it_was_made_is_removed_quietly(self):
+        crashed = self.crash()
+        (crashed / "journal" / "000000000007.jnl").write_bytes(HEADER[:5])
+        with self.assertNoLogs("ismail.spool", "WARNING"):
+            spool, ids = self.restart(crashed)
+        self.assertEqual(ids, [])
+        self.assertFalse((crashed / "journal" / "000000000007.jnl").exists())
+
+    def test_full_segments_are_checkpointed_and_removed_and_a_clean_stop_leaves_none(self):
+        with mock.patch.object(journal_mod, "SEGMENT_BYTES", 4096):
+            for n in range(20):
+                self.put(f"0000000000000K{n:02d}", b"Subject: k\r\n\r\n" + b"y" * 900 + b"\r\n")
+            for n in range(0, 20, 2):
+                self.spool.remove(f"0000000000000K{n:02d}")
+            self.assertTrue(wait_for(lambda: len(self.segments()) == 1), [p.name for p in self.segments()])
+            self.assertGreater(int(self.segments()[0].stem), 5, "many segments were made")
+            journal = self.spool.journal
+            self.assertTrue(wait_for(lambda: not journal._ends and not journal._unsynced_ends),
+                            "the ends are synced within a second")
+            crashed = self.crash()
+            spool, ids = self.restart(crashed)
+            self.assertEqual(ids, [f"0000000000000K{n:02d}" for n in range(1, 20, 2)])
+        self.spool.close()
+        self.assertEqual(self.segments(), [])
+        self.assertEqual(len(self.spool.list_ids()), 10)
+        # after the stop a message is committed the old way, one fsync each
+        self.put("0000000000000K99")
+        self.assertEqual(self.segments(), [])
+        self.assertIn("0000000000000K99", self.spool.list_ids())
+
+    def test_a_large_message_is_not_copied_into_the_journal(self):
+        self.put("0000000000000L01", b"Subject: big\r\n\r\n" + b"z" * JOURNAL_MAX + b"\r\n")
+        self.assertEqual(read_segment(self.segments()[0].read_bytes())[0], [])
+        self.assertEqual(len(self.spool.read_message("0000000000000L01")), 13 + 16 + JOURNAL_MAX + 2)
+
+    def test_a_failing_journal_is_reported_once_and_mail_is_still_committed(self):
+        with mock.patch.object(journal_mod, "_fdatasync", side_effect=OSError(5, "Input/output error")):
+            with self.assertLogs("ismail.spool", "ERROR") as logs:
+                self.put("0000000000000M01")
+                self.put("0000000000000M02")
+        self.assertEqual(len(logs.output), 1, logs.output)
+        self.assertIn("one fsync each", logs.output[0])
+        self.assertEqual(self.spool.list_ids(), ["0000000000000M01", "0000000000000M02"])
+        with mock.patch("ismail.queue.spool.os.fsync", wraps=os.fsync) as fsync:
+            self.put("0000000000000M03")
+        self.assertGreaterEqual(fsync.call_count, 1, "committed by its own fsync")
+        spool, ids = self.restart(self.crash())
+        self.assertEqual(ids, ["0000000000000M01", "0000000000000M02", "0000000000000M03"])
+
+    def test_the_journal_is_used_again_after_a_restart(self):
+        with mock.patch.object(journal_mod, "_fdatasync", side_effect=OSError(5, "Input/output error")):
+            with self.assertLogs("ismail.spool", "ERROR"):
+                self.put("0000000000000N01")
+        self.spool.close()
+        self.assertEqual(self.spool.prepare(), ["0000000000000N01"])
+        self.put("0000000000000N02")
+        self.assertEqual(len(read_segment(self.segments()[0].read_bytes())[0]), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
