@@ -50,6 +50,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -145,7 +146,7 @@ class Journal:
                 if data.strip(b"\0") and not HEADER.startswith(data.rstrip(b"\0")):
                     corrupt = self.messages.parent / "corrupt"
                     corrupt.mkdir(parents=True, exist_ok=True)
-                    os.replace(path, corrupt / path.name)
+                    os.replace(path, corrupt / f"{path.stem}.{time.time_ns()}.jnl")  # never over another
                     log.error("queue journal %s is not an ISMail journal (it starts %r): set aside in %s",
                               path.name, data[:20], corrupt)
                 # else cut short as it was made: nothing in it was ever acknowledged
