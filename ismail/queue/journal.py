@@ -70,9 +70,13 @@ class JournalBroken(OSError):
     """The journal cannot be used (an earlier write or sync failed)."""
 
 
-def record(kind: bytes, payload: bytes) -> bytes:
-    head = struct.pack("!cI", kind, len(payload))
-    return _REC.pack(kind, len(payload), zlib.crc32(payload, zlib.crc32(head))) + payload
+def record(kind: bytes, *parts: bytes) -> bytes:
+    """One record whose payload is ``parts`` joined (joined once, with the record's head)."""
+    size = sum(map(len, parts))
+    crc = zlib.crc32(struct.pack("!cI", kind, size))
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return b"".join((_REC.pack(kind, size, crc), *parts))
 
 
 def read_segment(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
@@ -228,9 +232,10 @@ class Journal:
             self._checkpoint(seq)
 
     # -- the hot path ---------------------------------------------------------------------------
-    def commit(self, qid: str, message: bytes) -> None:
-        """Append ``message`` (the whole file of entry ``qid``) and return once it is on disk."""
-        rec = record(b"Q", qid.encode("ascii") + b"\n" + message)
+    def commit(self, qid: str, *message: bytes) -> None:
+        """Append ``message`` (the whole file of entry ``qid``, in pieces) and return once it
+        is on disk."""
+        rec = record(b"Q", qid.encode("ascii") + b"\n", *message)
         cond = self._cond
         with cond:
             if self._broken is not None or self._fd is None:

@@ -236,13 +236,15 @@ class Spool:
         path = self._path(entry.id, "msg")
         tmp = self.tmp / f"{entry.id}.{next_serial()}.msg"
         journal = self.journal
+        text = None
         try:
             if journal is not None and body.size <= JOURNAL_MAX:
-                data = file_head(entry) + header + b"".join(body.chunks())
-                write_new_file(tmp, (data,), sync=False)
+                head = file_head(entry)
+                text = header + b"".join(body.chunks())
+                write_new_file(tmp, (head, text), sync=False)  # joined if small, else two writes
                 os.replace(tmp, path)
                 try:
-                    journal.commit(entry.id, data)
+                    journal.commit(entry.id, head, text)
                 except OSError:  # reported by the journal: this one is committed on its own
                     fsync_file(path)
                     self._sync_folder()
@@ -256,8 +258,9 @@ class Spool:
             raise
         self._stateless.add(entry.id)
         if self.on_enqueue is not None:
-            small = body.size <= SPILL_BYTES
-            self.on_enqueue(entry, header + b"".join(body.chunks()) if small else None)
+            if text is None and body.size <= SPILL_BYTES:
+                text = header + b"".join(body.chunks())
+            self.on_enqueue(entry, text)
 
     def _sync_folder(self) -> None:
         if self.dirsync is None:
