@@ -274,6 +274,36 @@ class CrashTest(unittest.TestCase):
                 local = found[token][0].read_text("ascii")
                 self.assertIn(f" id {queue_id}", local)
 
+    def test_kill_then_lose_unsynced_queue_files_as_a_power_cut_would(self):
+        # Queued files are written without an fsync of their own: the queue's journal holds
+        # them until they are delivered or checkpointed.  A power cut (unlike a kill) can
+        # take such a file, or its data; the journal must bring every acknowledged one back.
+        load = self.run_and_kill([REMOTE], "power")
+        queue = self.server.data_dir / "queue"
+        self.assertEqual([p.name for p in files_in(queue / "journal")], ["000000000001.jnl"],
+                         "the load fits in the first segment: nothing checkpointed yet")
+        acked = sorted(load.acked.values())
+        self.assertGreaterEqual(len(acked), MIN_ACKS_BEFORE_KILL)
+        lost, emptied = acked[0::3], acked[1::3]
+        for qid in lost:
+            (queue / "messages" / f"{qid}.msg").unlink()
+        for qid in emptied:
+            (queue / "messages" / f"{qid}.msg").write_bytes(b"")
+        self.restart()
+        self.assertEqual(self.server.stop(), 0)
+        log = self.server.log_text()
+        self.assertEqual(log.count("written again from the journal"), len(lost) + len(emptied), log[-2000:])
+        self.assertEqual([p.name for p in files_in(queue / "journal")], [], "a clean stop leaves no segment")
+        self.assertEqual([p.name for p in files_in(queue / "corrupt")], [], "queue entries were set aside")
+        spool = Spool(queue)
+        for token, queue_id in sorted(load.acked.items()):
+            with self.subTest(token=token, queue_id=queue_id):
+                entry = spool.load(queue_id)
+                self.assertEqual([r.address for r in entry.recipients], [REMOTE])
+                msg = email.message_from_bytes(spool.read_message(queue_id), policy=email.policy.compat32)
+                self.assertEqual(msg["Subject"], f"crash test {token}")
+                self.assertEqual(msg.get_payload(), expected_body(token, "\r\n"))
+
 
 if __name__ == "__main__":
     unittest.main()
