@@ -260,10 +260,6 @@ class Journal:
                 # Written with the next record or flush: one system call less per message.
                 self._ends.append(record(b"D", qid.encode("ascii")))
 
-    def tracked(self, qid: str) -> bool:
-        with self._cond:
-            return qid in self._where
-
     # -- inside the lock ------------------------------------------------------------------------
     def _append(self, rec: bytes) -> None:
         if self._ends:
