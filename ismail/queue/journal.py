@@ -54,7 +54,7 @@ import time
 import zlib
 from pathlib import Path
 
-from ..fsutil import _O_NEW, _write_all, fsync_dir
+from ..fsutil import _O_NEW, _write_all, fsync_dir, write_new_file
 
 log = logging.getLogger("ismail.spool")
 
@@ -185,12 +185,7 @@ class Journal:
             tmp = self.messages.parent / "tmp" / f"{qid}.journal.msg"
             tmp.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, _O_NEW, 0o600)
-            try:
-                _write_all(fd, message)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_file(tmp, (message,))
             os.replace(tmp, path)
             restored += 1
             log.warning("queue entry %s written again from the journal (the crash took its file; "
