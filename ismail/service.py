@@ -437,7 +437,8 @@ class MailServer:
             boxes, keys = self._not_delivered_yet(envelope, body, boxes)
             if boxes:
                 placed = deliver(boxes, header, body, self.dirsync, before_commit=lambda dests:
-                                 self.duplicates.record(list(zip(keys, dests))) if keys else None)
+                                 self.duplicates.record(list(zip(keys, dests))) if keys else None,
+                                 journal=self.spool.journal)
         remote = envelope.remote_recipients
         if remote:
             # Only mail from our own side is marked for signing (each attempt signs it as it

@@ -31,6 +31,7 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+from ismail.queue.journal import fsync_file as journal_fsync_file
 from ismail.queue.spool import Spool
 from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
@@ -852,10 +853,26 @@ class InjectedDiskFullTest(HostileCase):
         self.assertRegex(self.send(t, (REMOTE,), "after"), rb"^250 2\.0\.0 ")
         self.assertEqual(len(queue_entries(self.data_dir)), 2)
 
+    def test_journal_sync_fails_and_local_mail_is_committed_on_its_own(self):
+        t = self.greeted(self.port)
+        self.assert_reply(t, "EHLO client.example.org", rb"250-")
+        with mock.patch("ismail.queue.journal._fdatasync", side_effect=_enospc()), \
+                mock.patch("ismail.store.maildir.fsync_file", wraps=journal_fsync_file) as own_fsync:
+            self.assertRegex(self.send(t, (USER,), "journal full"), rb"^250 2\.0\.0 ")
+        self.assertEqual(own_fsync.call_count, 1, "the file was fsync'd on its own")
+        self.assertEqual(len(files_in(self.box / "new")), 1)
+        logged = [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
+        self.assertTrue(any("No space left on device" in m and "journal" in m for m in logged), logged)
+        self.assertRegex(self.send(t, (USER,), "after"), rb"^250 2\.0\.0 ")
+        self.assertEqual(len(files_in(self.box / "new")), 2)
+
     def test_fsync_fails(self):
+        # Every way of making data durable fails: the journal's sync (which commits both the
+        # local copy and the queued one), then the fsyncs that stand in for it.
         def fsync(fd):
             raise _enospc()
-        self.check("os.fsync", fsync, (USER, REMOTE))
+        with mock.patch("ismail.queue.journal._fdatasync", side_effect=_enospc()):
+            self.check("os.fsync", fsync, (USER, REMOTE))
 
 
 class TmpfsDiskFullTest(HostileCase):

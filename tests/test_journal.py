@@ -17,8 +17,9 @@ from pathlib import Path
 from unittest import mock
 
 from ismail.queue import journal as journal_mod
-from ismail.queue.journal import HEADER, JOURNAL_MAX, read_segment
+from ismail.queue.journal import HEADER, JOURNAL_MAX, parse_local, read_segment
 from ismail.queue.spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
+from ismail.store import maildir
 
 
 def body(spill: Path, data: bytes) -> MessageBuffer:
@@ -41,7 +42,9 @@ def wait_for(what, seconds=5.0):
     return what()
 
 
-class JournalTest(unittest.TestCase):
+class SpoolCase(unittest.TestCase):
+    """A server's spool with its journal, and what a crash leaves of it."""
+
     def setUp(self):
         self.dir = Path(tempfile.mkdtemp(prefix="ismail-journal-"))
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
@@ -67,6 +70,8 @@ class JournalTest(unittest.TestCase):
         self.addCleanup(spool.close)
         return spool, ids
 
+
+class JournalTest(SpoolCase):
     def test_a_message_is_in_its_file_and_in_the_journal_before_enqueue_returns(self):
         self.put("0000000000000A01")
         self.assertEqual(self.spool.read_message("0000000000000A01"),
@@ -252,6 +257,130 @@ class JournalTest(unittest.TestCase):
         self.assertEqual(self.spool.prepare(), ["0000000000000N01"])
         self.put("0000000000000N02")
         self.assertEqual(len(read_segment(self.segments()[0].read_bytes())[0]), 1)
+
+
+class LocalDeliveryTest(unittest.TestCase):
+    """Local deliveries committed by the journal (store/maildir.deliver with a journal).
+
+    A crash is simulated in place: the segments as the disk holds them are copied, the
+    spool is closed (its checkpoint syncs everything), the copies are put back and the
+    mailbox damaged the way a power cut can; then a new spool recovers."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="ismail-journal-local-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.spool = Spool(self.dir / "queue", journal=True)
+        self.spool.prepare()
+        self.addCleanup(self.spool.close)
+        self.box = self.dir / "mail" / "example.test" / "user"
+        self.other = self.dir / "mail" / "example.test" / "other"
+
+    def deliver(self, text: bytes, boxes=None) -> list[Path]:
+        return maildir.deliver(boxes or [self.box], b"Return-Path: <a@b.test>\r\n",
+                               body(self.spool.tmp, text), journal=self.spool.journal)
+
+    def held(self) -> dict[str, list[Path]]:
+        """L records not ended in the segments on disk."""
+        local, ended = {}, set()
+        for segment in sorted((self.dir / "queue" / "journal").glob("*.jnl")):
+            for kind, payload in read_segment(segment.read_bytes())[0]:
+                if kind == b"L":
+                    lid, paths, _ = parse_local(payload)
+                    local[lid] = paths
+                elif kind == b"D":
+                    ended.add(payload.decode())
+        return {lid: paths for lid, paths in local.items() if lid not in ended}
+
+    def crash_and_restart(self, damage) -> Spool:
+        folder = self.dir / "queue" / "journal"
+        saved = {p.name: p.read_bytes() for p in folder.glob("*.jnl")}
+        self.spool.close()
+        for name, data in saved.items():
+            (folder / name).write_bytes(data)
+        damage()
+        spool = Spool(self.dir / "queue", journal=True)
+        spool.prepare()
+        self.addCleanup(spool.close)
+        return spool
+
+    def test_the_text_is_in_the_journal_before_deliver_returns_and_the_file_in_new(self):
+        placed = self.deliver(b"Subject: one\r\n\r\nhello\r\n")
+        self.assertEqual([p.parent for p in placed], [self.box / "new"])
+        want = b"Return-Path: <a@b.test>\nSubject: one\n\nhello\n"
+        self.assertEqual(placed[0].read_bytes(), want)
+        records = [parse_local(payload) for segment in (self.dir / "queue" / "journal").glob("*.jnl")
+                   for kind, payload in read_segment(segment.read_bytes())[0] if kind == b"L"]
+        self.assertEqual([(paths, text) for _, paths, text in records], [(placed, want)])
+        self.assertGreaterEqual(self.spool.journal.syncs, 1)
+
+    def test_lost_or_damaged_files_are_written_again_where_they_are(self):
+        one = self.deliver(b"Subject: one\r\n\r\nfirst\r\n")[0]
+        two, three = self.deliver(b"Subject: two\r\n\r\nfor two boxes\r\n", [self.box, self.other])
+        four = self.deliver(b"Subject: four\r\n\r\nread, then lost\r\n")[0]
+        want = {p: p.read_bytes() for p in (one, two, three, four)}
+        seen = self.box / "cur" / f"{four.name}:2,S"
+
+        def damage():
+            one.unlink()                    # the rename never reached the disk
+            three.write_bytes(b"")          # the data never did (two is the same file: a hard link)
+            four.rename(seen)               # a mail program read it ...
+            seen.write_bytes(b"\0" * 10)    # ... and then its data was lost
+        with self.assertLogs("ismail.spool", "WARNING") as logs:
+            self.crash_and_restart(damage)
+        self.assertEqual({p: p.read_bytes() for p in (one, two, three)}, {p: want[p] for p in (one, two, three)})
+        self.assertEqual(seen.read_bytes(), want[four], "written again where the mail program put it")
+        self.assertFalse(four.exists(), "not a second copy in new/")
+        self.assertEqual(sum("written again from the journal" in line for line in logs.output), 4, logs.output)
+        self.assertEqual(files(self.box / "tmp") + files(self.other / "tmp"), [])
+
+    def test_deliveries_are_checkpointed_within_a_second_and_then_left_alone(self):
+        placed = self.deliver(b"Subject: cp\r\n\r\nsoon synced\r\n")[0]
+        journal = self.spool.journal
+        self.assertTrue(wait_for(lambda: not self.held() and not journal._ends and not journal._unsynced_ends, 5),
+                        "the delivery's record is ended on disk within a second or so")
+        # Read and deleted by the user afterwards: a crash now must not bring it back.
+        self.crash_and_restart(placed.unlink)
+        self.assertEqual(files(self.box / "new") + files(self.box / "cur"), [])
+
+    def test_a_delivery_that_fails_after_its_record_is_not_brought_back(self):
+        with mock.patch("ismail.store.maildir.os.replace", side_effect=OSError(28, "No space left on device")):
+            with self.assertRaises(OSError):
+                self.deliver(b"Subject: failed\r\n\r\nnot delivered\r\n")
+        self.assertEqual(files(self.box / "new") + files(self.box / "tmp"), [])
+        placed = self.deliver(b"Subject: next\r\n\r\ndelivered\r\n")
+        self.assertEqual(list(self.held().values()), [placed], "the failed one ended (with the next record)")
+        self.crash_and_restart(lambda: None)
+        self.assertEqual(len(files(self.box / "new")), 1)
+
+    def test_a_large_message_is_synced_on_its_own(self):
+        with mock.patch("ismail.store.maildir.fsync_dir", wraps=maildir.fsync_dir) as dirsync:
+            placed = self.deliver(b"Subject: big\r\n\r\n" + b"z" * JOURNAL_MAX + b"\r\n")
+        self.assertEqual(dirsync.call_count, 1)
+        self.assertEqual(self.held(), {})
+        self.assertEqual(placed[0].stat().st_size, 24 + 14 + JOURNAL_MAX + 1)
+
+    def test_a_failing_journal_still_delivers_with_fsyncs(self):
+        with mock.patch.object(journal_mod, "_fdatasync", side_effect=OSError(5, "Input/output error")):
+            with self.assertLogs("ismail.spool", "ERROR"):
+                with mock.patch("ismail.store.maildir.fsync_file", wraps=journal_mod.fsync_file) as fsync:
+                    placed = self.deliver(b"Subject: io\r\n\r\nstill here\r\n")
+        self.assertEqual(fsync.call_count, 1)
+        self.assertTrue(placed[0].exists())
+
+
+class OlderJournalTest(SpoolCase):
+    def test_a_segment_of_the_first_version_is_still_read(self):
+        crashed = self.crash()
+        message = b"ISMAIL-QUEUE x\r\nwhatever the file held\r\n"
+        (crashed / "journal" / "000000000009.jnl").write_bytes(
+            journal_mod.OLD_HEADERS[0] + journal_mod.record(b"Q", b"0000000000000V01\n", message))
+        with self.assertLogs("ismail.spool", "WARNING"):
+            self.restart(crashed)
+        self.assertEqual((crashed / "messages" / "0000000000000V01.msg").read_bytes(), message)
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
 if __name__ == "__main__":

@@ -1,44 +1,56 @@
-"""The queue's journal: one fsync commits every message that arrived while the last ran.
+"""The journal: one fsync commits every message that arrived while the last ran.
 
-Without it each queued message costs two fsyncs before its 250: its file's, then its
-folder's (for the rename).  With it the message file is written and renamed into
-messages/ without either, and a copy of its bytes is appended to the journal, a file
-that only grows; the 250 waits for an fdatasync of the journal that began after the
-copy was written.  One fdatasync serves every message written before it began (group
-commit), and a message that is delivered at once - most of the relay - never needs a
-sync of its own: the file is removed before anything asks for it.
+Without it each message costs two fsyncs before its 250: its file's, then its
+folder's (for the rename).  With it the message file is written and renamed into place
+without either, and a copy of its bytes is appended to the journal, a file that only
+grows; the 250 waits for an fdatasync of the journal that began after the copy was
+written.  One fdatasync serves every message written before it began (group commit),
+and a queued message that is delivered at once - most of the relay - never needs a
+sync of its own: the file is removed before anything asks for it.  Local deliveries
+(store/maildir.py) go through it too: their files in the Maildirs' new/ are synced
+together at the next checkpoint, within a second.
 
 Layout under ``DATA/queue/journal/``::
 
-    <n>.jnl     a segment: the line "ISMAIL-JOURNAL 1" (CRLF), then records, each
-                kind (1 byte: Q a queued message, D its end), payload length (4
-                bytes), CRC-32 of kind, length and payload (4 bytes), payload.
-                Q: the queue id, LF, the message file's bytes.  D: the queue id.
+    <n>.jnl     a segment: the line "ISMAIL-JOURNAL 2" (CRLF; version 1, the same
+                without L records, is read too), then records, each kind (1 byte),
+                payload length (4 bytes), CRC-32 of kind, length and payload (4
+                bytes), payload.  Q, a queued message: the queue id, LF, the message
+                file's bytes.  L, a local delivery: one line of JSON (its id and the
+                file names it was given in new/), LF, the file's bytes.  D: the id of a
+                Q or L record that no longer needs it.
 
 A segment holds SEGMENT_BYTES; the next one is made (its header fsync'd, the folder
 fsync'd) before the first record goes in.  The full one is then checkpointed by a
-thread of its own: the message files of its records that are still queued are fsync'd,
-the messages/ folder too, and the segment is removed; from then on those files stand on
-their own, as they would have without the journal.  A clean stop checkpoints them all
-and leaves no segment.
+thread of its own: the message files of its records that are still queued (or were
+delivered locally and not yet checkpointed) are fsync'd, the messages/ folder too, and
+the segment is removed; from then on those files stand on their own, as they would have
+without the journal.  A clean stop checkpoints them all and leaves no segment.
+
+Local deliveries are checkpointed every FLUSH_SECONDS by the same thread: the files
+renamed into new/ since the last look are synced (on Linux by one syncfs per file
+system, elsewhere file by file, and their folders), and their records ended with D.
 
 At start (Spool.prepare, before the queue is read) whatever segments a crash left are
 read in order up to the first record that is cut short or fails its CRC - records are
 written one after another under a lock, and a message is acknowledged only after a
 sync that covers its record and every record before it, so what follows a bad record
 was never acknowledged.  Every Q record without a D record is compared with its
-message file: a file that is missing or differs (the crash took it, or part of it) is
-written again from the record, durably; one that matches is fsync'd.  Then the
-segments are removed.
+message file; every L record without one with its files, looked up in new/ and, under
+the same name with flags after it, in cur/ (a mail program read it).  A file that is
+missing or differs (the crash took it, or part of it) is written again from the
+record, durably; one that matches is fsync'd.  Then the segments are removed.
 
-A D record is written when an entry leaves the queue (delivered, bounced, deleted) and
-becomes durable with the next sync (a message arriving, or within a second).  After a
-power cut, an entry whose file was removed but whose D record was not yet on disk comes
-back and is sent again: at most about a second of deliveries, the same kind of
-duplicate any mail server risks when it stops between a delivery and its bookkeeping.
-``queue delete`` from another process (the server running elsewhere) writes no D
-record; a message so deleted may come back after a power cut before the next
-checkpoint.
+A D record is written when an entry leaves the queue (delivered, bounced, deleted) or
+local files are checkpointed, and becomes durable with the next sync (a message
+arriving, or within a second).  After a power cut, an entry whose file was removed but
+whose D record was not yet on disk comes back and is sent again: at most about a
+second of deliveries, the same kind of duplicate any mail server risks when it stops
+between a delivery and its bookkeeping.  Likewise a local message that a mail program
+fetched and deleted (or moved to another folder) within about a second of its arrival,
+just before a crash, is back in the inbox after it.  ``queue delete`` from another
+process (the server running elsewhere) writes no D record; a message so deleted may
+come back after a power cut before the next checkpoint.
 
 Messages larger than JOURNAL_MAX keep the two fsyncs (a second copy of 50 MB is not
 cheaper than a sync); so does every message once the journal has failed (an I/O error:
@@ -46,23 +58,28 @@ it is reported once and not used again until the next start).
 """
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
 import os
 import struct
+import sys
 import threading
 import time
 import zlib
 from pathlib import Path
 
-from ..fsutil import _O_NEW, _write_all, fsync_dir, write_new_file
+from ..fsutil import _O_NEW, _write_all, fsync_dir, new_queue_id, write_new_file
 
 log = logging.getLogger("ismail.spool")
 
-HEADER = b"ISMAIL-JOURNAL 1\r\n"
+HEADER = b"ISMAIL-JOURNAL 2\r\n"
+OLD_HEADERS = (b"ISMAIL-JOURNAL 1\r\n",)  # read too: the same records, without L
 SEGMENT_BYTES = 8 << 20      # a segment is closed and checkpointed past this size
 JOURNAL_MAX = 256 << 10      # a larger message is not copied into the journal
 FLUSH_SECONDS = 0.5          # D records no sync took along are synced within twice this
 _REC = struct.Struct("!cII")  # kind, payload length, CRC-32
+KINDS = (b"Q", b"D", b"L")
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # Windows has only fsync
 
 
@@ -79,14 +96,19 @@ def record(kind: bytes, *parts: bytes) -> bytes:
     return b"".join((_REC.pack(kind, size, crc), *parts))
 
 
+def segment_header(data: bytes) -> bytes | None:
+    """The header a segment's bytes start with (this version's or an older one), or None."""
+    return next((h for h in (HEADER, *OLD_HEADERS) if data.startswith(h)), None)
+
+
 def read_segment(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
     """The records of a segment's bytes up to the first bad one, and where reading stopped."""
     records = []
-    pos = len(HEADER)
+    pos = len(segment_header(data) or HEADER)
     while pos + _REC.size <= len(data):
         kind, size, crc = _REC.unpack_from(data, pos)
         end = pos + _REC.size + size
-        if kind not in (b"Q", b"D") or end > len(data):
+        if kind not in KINDS or end > len(data):
             break
         payload = data[pos + _REC.size:end]
         if zlib.crc32(payload, zlib.crc32(struct.pack("!cI", kind, size))) != crc:
@@ -110,6 +132,76 @@ def fsync_file(path: Path) -> bool:
     return True
 
 
+def local_record(lid: str, paths: list[Path], message: list[bytes]) -> bytes:
+    """An L record: a local delivery's id and final file names (JSON, one line), then its text."""
+    head = json.dumps({"id": lid, "files": [os.fspath(p) for p in paths]}).encode("ascii")
+    return record(b"L", head, b"\n", *message)
+
+
+def parse_local(payload: bytes) -> tuple[str, list[Path], bytes]:
+    head, _, message = payload.partition(b"\n")
+    fields = json.loads(head)
+    return fields["id"], [Path(p) for p in fields["files"]], message
+
+
+def find_local(path: Path) -> Path | None:
+    """Where a Maildir file delivered as ``path`` (in new/) is now: there, or in cur/ with
+    flags after its name (a mail program has seen it); None if it is gone."""
+    if path.exists():
+        return path
+    try:
+        with os.scandir(path.parent.parent / "cur") as entries:
+            for entry in entries:
+                if entry.name.startswith(path.name) and entry.name[len(path.name):][:1] in (":", "!"):
+                    return Path(entry.path)
+    except OSError:
+        pass
+    return None
+
+
+def sync_files(paths: list[Path]) -> None:
+    """Make these files (local deliveries, wherever a mail program has moved them since) and
+    their folders durable.  On Linux one syncfs per file system does it: a thousand fsyncs
+    would take the disk for a fifth of a second, syncfs for a few milliseconds."""
+    folders = {path.parent for path in paths} | {path.parent.parent / "cur" for path in paths}
+    if _syncfs is not None:
+        devices: set[int] = set()
+        for folder in folders:
+            try:
+                fd = os.open(folder, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                device = os.fstat(fd).st_dev
+                if device not in devices:
+                    devices.add(device)
+                    if _syncfs(fd) != 0:
+                        errno = ctypes.get_errno()
+                        raise OSError(errno, f"syncfs: {os.strerror(errno)}", str(folder))
+            finally:
+                os.close(fd)
+        return
+    for path in paths:
+        found = find_local(path)
+        if found is not None:
+            fsync_file(found)
+    for folder in folders:
+        if folder.is_dir():
+            fsync_dir(folder)
+
+
+def _load_syncfs():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+
+
 class Journal:
     """Group commit for the queue's message files (see the module's docstring)."""
 
@@ -129,6 +221,9 @@ class Journal:
         self._where: dict[str, int] = {}          # queue id -> segment of its Q record
         self._alive: dict[int, set[str]] = {}     # segment -> ids still queued
         self._full: list[int] = []                # closed segments waiting for their checkpoint
+        self._local: dict[str, list[Path]] = {}   # L record id -> its files, until checkpointed
+        self._unplaced: set[str] = set()          # L records whose files are not renamed in yet
+        self._placed: list[str] = []              # L records renamed in, for the next checkpoint
         self._stopping = False
         self._thread: threading.Thread | None = None
         # The checkpoint thread's own alarm: the writers' notify_all must not wake it at
@@ -142,14 +237,16 @@ class Journal:
     # -- start and stop -------------------------------------------------------------------------
     def recover(self) -> int:
         """Bring back what the segments a crash left hold; remove them.  Returns how many
-        message files were written again.  Call before the queue is read, with no server."""
+        message files (queued or local) were written again.  Call before the queue is read,
+        with no server."""
         self.folder.mkdir(parents=True, exist_ok=True)
         segments = sorted(p for p in self.folder.iterdir() if p.suffix == ".jnl" and p.stem.isdigit())
         queued: dict[str, bytes] = {}
+        local: dict[str, tuple[list[Path], bytes]] = {}
         ended: set[str] = set()
         for path in segments:
             data = path.read_bytes()
-            if not data.startswith(HEADER):
+            if segment_header(data) is None:
                 if data.strip(b"\0") and not HEADER.startswith(data.rstrip(b"\0")):
                     corrupt = self.messages.parent / "corrupt"
                     corrupt.mkdir(parents=True, exist_ok=True)
@@ -167,6 +264,9 @@ class Journal:
                     qid, _, message = payload.partition(b"\n")
                     queued[qid.decode("ascii")] = message
                     ended.discard(qid.decode("ascii"))
+                elif kind == b"L":
+                    lid, paths, message = parse_local(payload)
+                    local[lid] = (paths, message)
                 else:
                     ended.add(payload.decode("ascii"))
         restored = 0
@@ -174,35 +274,63 @@ class Journal:
             if qid in ended:
                 continue
             path = self.messages / f"{qid}.msg"
-            try:
-                with open(path, "rb") as f:
-                    same = f.read(len(message) + 1) == message
-            except FileNotFoundError:
-                same = False
-            if same:
-                fsync_file(path)
+            if self._restore(path, message, self.messages.parent / "tmp" / f"{qid}.journal.msg"):
+                restored += 1
+                log.warning("queue entry %s written again from the journal (the crash took its file; "
+                            "if it was already delivered it goes out twice)", qid)
+        folders: set[Path] = set()
+        for lid, (paths, message) in local.items():
+            if lid in ended:
                 continue
-            tmp = self.messages.parent / "tmp" / f"{qid}.journal.msg"
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.unlink(missing_ok=True)
-            write_new_file(tmp, (message,))
-            os.replace(tmp, path)
-            restored += 1
-            log.warning("queue entry %s written again from the journal (the crash took its file; "
-                        "if it was already delivered it goes out twice)", qid)
+            for path in paths:
+                found = find_local(path) or path
+                folders.add(found.parent)
+                tmp = path.parent.parent / "tmp" / f"{path.name}.journal"
+                try:
+                    if self._restore(found, message, tmp):
+                        restored += 1
+                        log.warning("%s written again from the journal (the crash took it; if it had "
+                                    "just been read and deleted, it is back once more)", found)
+                except OSError as e:  # one mailbox that cannot be written: the others are still restored
+                    log.error("%s: could not be written again from the journal (%s); the journal "
+                              "segment is kept for the next start", found, e)
+                    segments = []
         if segments:
             fsync_dir(self.messages)
+            for folder in sorted(folders):
+                fsync_dir(folder)
             for path in segments:
                 path.unlink(missing_ok=True)  # a corrupt one was moved away
             fsync_dir(self.folder)
         return restored
+
+    @staticmethod
+    def _restore(path: Path, message: bytes, tmp: Path) -> bool:
+        """Make ``path`` hold ``message`` durably; True if it had to be written again."""
+        try:
+            with open(path, "rb") as f:
+                same = f.read(len(message) + 1) == message
+        except FileNotFoundError:
+            same = False
+        if same:
+            fsync_file(path)
+            return False
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        write_new_file(tmp, (message,))
+        os.replace(tmp, path)
+        return True
 
     def open(self) -> None:
         """Start the first segment and the checkpoint thread (after ``recover``)."""
         with self._cond:
             self._stopping = False
             self._broken = None
-            self._new_segment(1)
+            # After segments kept by a recovery that could not finish (they are read again
+            # at the next start).
+            kept = [int(p.stem) for p in self.folder.glob("*.jnl") if p.stem.isdigit()]
+            self._new_segment(max(kept, default=0) + 1)
         self._thread = threading.Thread(target=self._run, name="queue-journal", daemon=True)
         self._thread.start()
 
@@ -242,9 +370,44 @@ class Journal:
             self._alive.setdefault(self._seq, set()).add(qid)
             self._wait_synced(self._issued)
 
-    def ended(self, qid: str) -> None:
-        """Entry ``qid`` left the queue: a D record, made durable by the next sync."""
+    def commit_local(self, paths: list[Path], message: list[bytes]) -> str:
+        """A local delivery: append ``message`` (the file's bytes, in pieces) with the names
+        it is about to get in its Maildirs' new/ and return once it is on disk.  The caller
+        then renames the files into place and calls ``placed`` (or ``ended`` if it failed);
+        the files are made durable on their own at the next checkpoint, within a second."""
+        lid = "L" + new_queue_id()
+        rec = local_record(lid, paths, message)
+        cond = self._cond
+        with cond:
+            if self._broken is not None or self._fd is None:
+                raise JournalBroken(f"the queue journal is not in use ({self._broken or 'closed'})")
+            if self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER):
+                self._rotate()
+            self._append(rec)
+            self._where[lid] = self._seq
+            self._alive.setdefault(self._seq, set()).add(lid)
+            self._local[lid] = list(paths)
+            self._unplaced.add(lid)
+            try:
+                self._wait_synced(self._issued)
+            except BaseException:
+                self._unplaced.discard(lid)
+                raise
+        return lid
+
+    def placed(self, lid: str) -> None:
+        """The files of L record ``lid`` are in their Maildirs: checkpoint them soon."""
         with self._cond:
+            if lid in self._unplaced:
+                self._unplaced.discard(lid)
+                self._placed.append(lid)
+
+    def ended(self, qid: str) -> None:
+        """Entry ``qid`` left the queue (or L record ``qid`` was checkpointed or given up):
+        a D record, made durable by the next sync."""
+        with self._cond:
+            self._unplaced.discard(qid)
+            self._local.pop(qid, None)
             seq = self._where.pop(qid, None)
             if seq is None:
                 return  # not in a segment (checkpointed, or never journalled): nothing to undo
@@ -360,6 +523,10 @@ class Journal:
                         self._wait_synced(self._issued)
                     except OSError:
                         pass  # reported by _fail
+                placed, self._placed = self._placed, []
+                files = [path for lid in placed for path in self._local.get(lid, ())]
+            if files:
+                self._checkpoint_local(placed, files)
             for seq in full:
                 try:
                     self._checkpoint(seq)
@@ -369,12 +536,36 @@ class Journal:
                 with self._cond:
                     self._full.remove(seq)
 
+    def _checkpoint_local(self, placed: list[str], files: list[Path]) -> None:
+        """Local deliveries renamed in since the last look: sync them, then end their records."""
+        try:
+            sync_files(files)
+        except OSError as e:
+            # Their records stay: the files are still safe, and synced again when the
+            # segment is checkpointed (or restored from it at the next start).
+            log.error("queue journal: local deliveries could not be synced (%s); their "
+                      "records are kept until their segment is checkpointed", e)
+            return
+        for lid in placed:
+            self.ended(lid)
+
     def _checkpoint(self, seq: int) -> None:
-        """fsync the files of segment ``seq``'s entries still queued, then remove it."""
+        """fsync the files of segment ``seq``'s entries still queued or delivered locally,
+        then remove it."""
+        deadline = time.monotonic() + 30
         with self._cond:
+            # A local delivery whose files are being renamed in: wait, or they would be
+            # synced before they are there.  (Microseconds; the bound is for a stuck disk.)
+            while (self._unplaced.intersection(self._alive.get(seq, ()))
+                   and time.monotonic() < deadline):
+                self._cond.wait(0.05)
             ids = list(self._alive.get(seq, ()))
-        for qid in ids:
+            local = [path for lid in ids for path in self._local.get(lid, ())]
+            queued = [qid for qid in ids if qid not in self._local]
+        for qid in queued:
             fsync_file(self.messages / f"{qid}.msg")
+        if local:
+            sync_files(local)
         fsync_dir(self.messages)
         self._path(seq).unlink(missing_ok=True)
         with self._cond:

@@ -3,7 +3,9 @@
 One message for several local mailboxes is written once, into the first mailbox's
 tmp/, fsync'd, then hard-linked into each mailbox's new/ (a copy where the file
 system has no links), and each new/ folder is fsync'd.  Only then is the message
-acknowledged.  If any step fails, the links already made are removed again, so a
+acknowledged.  In the server the two fsyncs give way to the journal's (queue/
+journal.py): the text is copied there and synced before the file is renamed into
+new/, and the files are synced together within a second.  If any step fails, the links already made are removed again, so a
 temporary failure (the client will retry) never leaves a half-delivered message.
 
 Files are stored with LF line ends, the Maildir convention on disk; the SMTP
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..fsutil import DirSync, fsync_dir, unique_name, write_new_file
+from ..queue.journal import JOURNAL_MAX, Journal, fsync_file
 from ..queue.spool import MessageBuffer
 
 log = logging.getLogger("ismail.maildir")
@@ -58,20 +61,28 @@ def _lf_chunks(header: bytes, body: MessageBuffer, sizes: _Sizes):
 
 def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
             dirsync: DirSync | None = None,
-            before_commit: Callable[[list[Path]], None] | None = None) -> list[Path]:
+            before_commit: Callable[[list[Path]], None] | None = None,
+            journal: Journal | None = None) -> list[Path]:
     """Store one message in every mailbox given; returns the new files. Raises OSError.
 
     ``before_commit`` hears the final file names (one per mailbox, in order) after the text
-    is on disk and before any of them appears in ``new/`` (the duplicate journal)."""
+    is on disk and before any of them appears in ``new/`` (the duplicate journal).
+
+    With ``journal`` (the server's, queue/journal.py) a message up to JOURNAL_MAX is made
+    durable by its copy in the journal instead of two fsyncs of its own (the file's and
+    its folder's): one sync of the journal serves every message written before it began,
+    and the files are synced together at the journal's next checkpoint, within a second.
+    The copy is on disk before the file appears in new/, so a crash never leaves a
+    reader half a message."""
     boxes = list(dict.fromkeys(mailboxes))  # a mailbox named twice gets one copy
     try:
-        return _deliver(boxes, header, body, dirsync, before_commit)
+        return _deliver(boxes, header, body, dirsync, before_commit, journal)
     except FileNotFoundError:
         # A mailbox never written to, or whose folders were removed: made now, and the
         # delivery tried once more (asking first would cost a stat at every message).
         if not _make_folders(boxes):
             raise
-        return _deliver(boxes, header, body, dirsync, before_commit)
+        return _deliver(boxes, header, body, dirsync, before_commit, journal)
 
 
 def _make_folders(boxes: list[Path]) -> bool:
@@ -86,17 +97,29 @@ def _make_folders(boxes: list[Path]) -> bool:
 
 
 def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: DirSync | None,
-             before_commit: Callable[[list[Path]], None] | None) -> list[Path]:
+             before_commit: Callable[[list[Path]], None] | None,
+             journal: Journal | None) -> list[Path]:
     first = boxes[0]
     tmp = first / "tmp" / unique_name()
     placed: list[Path] = []
     sizes = _Sizes()
+    lid = None
     try:
-        write_new_file(tmp, _lf_chunks(header, body, sizes))
+        text = None
+        if journal is not None and len(header) + body.size <= JOURNAL_MAX:
+            text = list(_lf_chunks(header, body, sizes))
+            write_new_file(tmp, text, sync=False)
+        else:
+            write_new_file(tmp, _lf_chunks(header, body, sizes))
         if len(boxes) == 1:
             dests = [first / "new" / (tmp.name + sizes.suffix())]
         else:
             dests = [box / "new" / (unique_name() + sizes.suffix()) for box in boxes]
+        if text is not None:
+            try:
+                lid = journal.commit_local(dests, text)
+            except OSError:  # reported by the journal: this one is synced on its own
+                fsync_file(tmp)
         if before_commit is not None:
             before_commit(dests)
         if len(boxes) == 1:
@@ -107,6 +130,9 @@ def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: Dir
                 _link_or_copy(tmp, dest)
                 placed.append(dest)
             tmp.unlink()
+        if lid is not None:
+            journal.placed(lid)
+            return placed
         for box in boxes:
             if dirsync is None:
                 fsync_dir(box / "new")
@@ -118,6 +144,8 @@ def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: Dir
                 path.unlink()
             except OSError:
                 pass
+        if lid is not None:
+            journal.ended(lid)  # not delivered after all: the record must not bring it back
         raise
     return placed
 
