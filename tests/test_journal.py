@@ -368,7 +368,36 @@ class LocalDeliveryTest(unittest.TestCase):
         self.assertTrue(placed[0].exists())
 
 
-class OlderJournalTest(SpoolCase):
+class SpareSegmentTest(SpoolCase):
+    """A busy journal writes into a segment made ahead (zeros), which a crash leaves whole."""
+
+    def test_a_busy_journal_moves_to_a_segment_made_ahead_and_it_is_recovered(self):
+        with mock.patch.object(journal_mod, "SEGMENT_BYTES", 256 << 10), \
+                mock.patch.object(journal_mod, "SPARE_AFTER", 2048):
+            journal = self.spool.journal
+            n = 0
+            deadline = time.monotonic() + 10
+            while journal._plain and time.monotonic() < deadline:
+                self.put(f"0000000000000S{n:02X}", b"Subject: s\r\n\r\n" + b"s" * 500 + b"\r\n")
+                n += 1
+                time.sleep(0.01)
+            self.assertFalse(journal._plain, "a segment made ahead is in use")
+            segment = self.segments()[-1]
+            self.assertEqual(segment.stat().st_size, len(HEADER) + (256 << 10), "its size does not grow")
+            self.put("0000000000000SFF", b"Subject: last\r\n\r\nafter the switch\r\n")
+            crashed = self.crash()
+            (crashed / "messages" / "0000000000000SFF.msg").unlink()
+            with self.assertLogs("ismail.spool", "WARNING") as logs:
+                spool, ids = self.restart(crashed)
+            self.assertEqual([line for line in logs.output if "after its last whole record" in line], [],
+                             "the zeros read as the end of the records")
+            self.assertIn("0000000000000SFF", ids)
+            self.assertEqual(len(ids), n + 1)
+            self.assertIn(b"after the switch", spool.read_message("0000000000000SFF"))
+        self.spool.close()
+        self.assertEqual([p.name for p in (self.dir / "queue" / "journal").iterdir()], [],
+                         "a clean stop leaves no segment and no spare")
+
     def test_a_segment_of_the_first_version_is_still_read(self):
         crashed = self.crash()
         message = b"ISMAIL-QUEUE x\r\nwhatever the file held\r\n"

@@ -19,6 +19,7 @@ Layout under ``DATA/queue/journal/``::
                 file's bytes.  L, a local delivery: one line of JSON (its id and the
                 file names it was given in new/), LF, the file's bytes.  D: the id of a
                 Q or L record that no longer needs it.
+    spare.tmp   the next segment, made ahead on a busy server (see below)
 
 A segment holds SEGMENT_BYTES; the next one is made (its header fsync'd, the folder
 fsync'd) before the first record goes in.  The full one is then checkpointed by a
@@ -26,6 +27,13 @@ thread of its own: the message files of its records that are still queued (or we
 delivered locally and not yet checkpointed) are fsync'd, the messages/ folder too, and
 the segment is removed; from then on those files stand on their own, as they would have
 without the journal.  A clean stop checkpoints them all and leaves no segment.
+
+Once a segment holds SPARE_AFTER bytes, the thread makes the next one ahead: the header
+and SEGMENT_BYTES of zeros, synced.  A record written over bytes the file already has
+is made durable by a cheaper fdatasync than one that makes the file longer (no new size
+to commit to the file system's own journal): 150 instead of 230 microseconds on this
+machine's disk.  A server that starts writes into a plain segment that grows, and moves
+to the spare as soon as it is ready; a quiet one never makes one.
 
 Local deliveries are checkpointed every FLUSH_SECONDS by the same thread: the files
 renamed into new/ since the last look are synced (on Linux by one syncfs per file
@@ -78,6 +86,8 @@ OLD_HEADERS = (b"ISMAIL-JOURNAL 1\r\n",)  # read too: the same records, without 
 SEGMENT_BYTES = 8 << 20      # a segment is closed and checkpointed past this size
 JOURNAL_MAX = 256 << 10      # a larger message is not copied into the journal
 FLUSH_SECONDS = 0.5          # D records no sync took along are synced within twice this
+SPARE_NAME = "spare.tmp"     # the next segment, made ahead (header and zeros, synced)
+SPARE_AFTER = 256 << 10      # a segment this full has the next one made ahead (a busy server)
 _REC = struct.Struct("!cII")  # kind, payload length, CRC-32
 KINDS = (b"Q", b"D", b"L")
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # Windows has only fsync
@@ -224,6 +234,9 @@ class Journal:
         self._local: dict[str, list[Path]] = {}   # L record id -> its files, until checkpointed
         self._unplaced: set[str] = set()          # L records whose files are not renamed in yet
         self._placed: list[str] = []              # L records renamed in, for the next checkpoint
+        self._plain = True          # the segment in use grows as it is written (not made ahead)
+        self._no_spares = False     # making one failed: not tried again until the next start
+        self._spare = "none"        # the next segment made ahead: "none", "making", "ready"
         self._stopping = False
         self._thread: threading.Thread | None = None
         # The checkpoint thread's own alarm: the writers' notify_all must not wake it at
@@ -240,6 +253,7 @@ class Journal:
         message files (queued or local) were written again.  Call before the queue is read,
         with no server."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / SPARE_NAME).unlink(missing_ok=True)  # made ahead, never written to
         segments = sorted(p for p in self.folder.iterdir() if p.suffix == ".jnl" and p.stem.isdigit())
         queued: dict[str, bytes] = {}
         local: dict[str, tuple[list[Path], bytes]] = {}
@@ -353,6 +367,8 @@ class Journal:
             self._full.clear()
         for seq in segments:
             self._checkpoint(seq)
+        (self.folder / SPARE_NAME).unlink(missing_ok=True)
+        self._spare = "none"
 
     # -- the hot path ---------------------------------------------------------------------------
     def commit(self, qid: str, *message: bytes) -> None:
@@ -363,7 +379,8 @@ class Journal:
         with cond:
             if self._broken is not None or self._fd is None:
                 raise JournalBroken(f"the queue journal is not in use ({self._broken or 'closed'})")
-            if self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER):
+            if ((self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER))
+                    or (self._plain and self._spare == "ready")):
                 self._rotate()
             self._append(rec)
             self._where[qid] = self._seq
@@ -381,7 +398,8 @@ class Journal:
         with cond:
             if self._broken is not None or self._fd is None:
                 raise JournalBroken(f"the queue journal is not in use ({self._broken or 'closed'})")
-            if self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER):
+            if ((self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER))
+                    or (self._plain and self._spare == "ready")):
                 self._rotate()
             self._append(rec)
             self._where[lid] = self._seq
@@ -486,12 +504,22 @@ class Journal:
         self._cond.notify_all()
 
     def _new_segment(self, seq: int) -> None:
+        """Start segment ``seq``: the spare made ahead if there is one, else a new file."""
         path = self._path(seq)
+        plain = self._spare != "ready"
         try:
-            fd = os.open(path, _O_NEW, 0o600)
+            if plain:
+                fd = os.open(path, _O_NEW, 0o600)
+            else:
+                self._spare = "none"
+                os.rename(self.folder / SPARE_NAME, path)  # closed: Windows renames no open file
+                fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
             try:
-                _write_all(fd, HEADER)
-                os.fsync(fd)
+                if plain:
+                    _write_all(fd, HEADER)
+                    os.fsync(fd)
+                else:
+                    os.lseek(fd, len(HEADER), os.SEEK_SET)
                 fsync_dir(self.folder)
             except BaseException:
                 os.close(fd)
@@ -499,7 +527,36 @@ class Journal:
         except OSError as e:
             self._fail(e)
             raise
-        self._fd, self._seq, self._size = fd, seq, len(HEADER)
+        self._fd, self._seq, self._size, self._plain = fd, seq, len(HEADER), plain
+
+    def _make_spare(self) -> None:
+        """Make the next segment ahead: its header, then SEGMENT_BYTES of zeros, synced.
+        A record written over bytes the file already has is made durable by a cheaper sync
+        than one that makes the file longer: fdatasync then has no size to commit to the
+        file system's own journal (150 instead of 230 microseconds on this machine's disk).
+        The zeros read as the end of the records (read_segment stops at them)."""
+        path = self.folder / SPARE_NAME
+        try:
+            path.unlink(missing_ok=True)
+            fd = os.open(path, _O_NEW, 0o600)
+            try:
+                _write_all(fd, HEADER)
+                zeros = bytes(1 << 20)
+                for at in range(0, SEGMENT_BYTES, len(zeros)):
+                    _write_all(fd, zeros[:SEGMENT_BYTES - at])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            with self._cond:
+                self._spare = "none"
+            log.warning("queue journal: the next segment could not be made ahead (%s); "
+                        "segments grow as they are written", e)
+            self._no_spares = True
+            return
+        with self._cond:
+            self._spare = "ready"
 
     # -- the checkpoint thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -525,8 +582,14 @@ class Journal:
                         pass  # reported by _fail
                 placed, self._placed = self._placed, []
                 files = [path for lid in placed for path in self._local.get(lid, ())]
+                spare = (self._spare == "none" and self._size >= SPARE_AFTER and not self._no_spares
+                         and self._broken is None and not self._stopping)
+                if spare:
+                    self._spare = "making"
             if files:
                 self._checkpoint_local(placed, files)
+            if spare:
+                self._make_spare()
             for seq in full:
                 try:
                     self._checkpoint(seq)
