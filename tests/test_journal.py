@@ -333,6 +333,22 @@ class LocalDeliveryTest(unittest.TestCase):
         self.assertEqual(sum("written again from the journal" in line for line in logs.output), 4, logs.output)
         self.assertEqual(files(self.box / "tmp") + files(self.other / "tmp"), [])
 
+    def test_a_message_that_cannot_be_written_back_is_set_aside_not_dropped(self):
+        placed = self.deliver(b"Subject: kept\r\n\r\nnowhere to go\r\n")[0]
+        want = placed.read_bytes()
+
+        def damage():  # the mailbox broke along with the file: its tmp/ is now a file
+            placed.unlink()
+            shutil.rmtree(self.box / "tmp")
+            (self.box / "tmp").write_bytes(b"not a folder")
+        with self.assertLogs("ismail.spool", "ERROR") as logs:
+            self.crash_and_restart(damage)
+        kept = list((self.dir / "queue" / "corrupt").glob("*.eml"))
+        self.assertEqual([p.read_bytes() for p in kept], [want])
+        self.assertTrue(any(str(kept[0]) in line and "could not be written again" in line
+                            for line in logs.output), logs.output)
+        self.assertEqual(self.held(), {}, "the segment is done with (nothing read twice)")
+
     def test_deliveries_are_checkpointed_within_a_second_and_then_left_alone(self):
         placed = self.deliver(b"Subject: cp\r\n\r\nsoon synced\r\n")[0]
         journal = self.spool.journal

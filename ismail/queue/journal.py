@@ -296,7 +296,7 @@ class Journal:
         for lid, (paths, message) in local.items():
             if lid in ended:
                 continue
-            for path in paths:
+            for n, path in enumerate(paths):
                 found = find_local(path) or path
                 folders.add(found.parent)
                 tmp = path.parent.parent / "tmp" / f"{path.name}.journal"
@@ -305,10 +305,18 @@ class Journal:
                         restored += 1
                         log.warning("%s written again from the journal (the crash took it; if it had "
                                     "just been read and deleted, it is back once more)", found)
-                except OSError as e:  # one mailbox that cannot be written: the others are still restored
-                    log.error("%s: could not be written again from the journal (%s); the journal "
-                              "segment is kept for the next start", found, e)
-                    segments = []
+                except OSError as e:
+                    # That mailbox cannot be written (removed, no space, no permission): the
+                    # message is set aside where the queue keeps what it cannot use, never
+                    # dropped; if even that fails, the start fails and the segment stays.
+                    corrupt = self.messages.parent / "corrupt"
+                    corrupt.mkdir(parents=True, exist_ok=True)
+                    kept = corrupt / f"{lid}.{n}.eml"
+                    kept.unlink(missing_ok=True)
+                    write_new_file(kept, (message,))
+                    fsync_dir(corrupt)
+                    log.error("%s could not be written again from the journal (%s); the message "
+                              "is kept in %s", found, e, kept)
         if segments:
             fsync_dir(self.messages)
             for folder in sorted(folders):
@@ -341,8 +349,8 @@ class Journal:
         with self._cond:
             self._stopping = False
             self._broken = None
-            # After segments kept by a recovery that could not finish (they are read again
-            # at the next start).
+            # After any segment still there (recover removes them; one it could not remove
+            # must not make the new segment's exclusive create fail).
             kept = [int(p.stem) for p in self.folder.glob("*.jnl") if p.stem.isdigit()]
             self._new_segment(max(kept, default=0) + 1)
         self._thread = threading.Thread(target=self._run, name="queue-journal", daemon=True)
