@@ -20,6 +20,7 @@ from ismail.queue import journal as journal_mod
 from ismail.queue.journal import HEADER, JOURNAL_MAX, parse_local, read_segment
 from ismail.queue.spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
 from ismail.store import maildir
+from ismail.store.dedupe import DuplicateFilter
 
 
 def body(spill: Path, data: bytes) -> MessageBuffer:
@@ -348,6 +349,28 @@ class LocalDeliveryTest(unittest.TestCase):
         self.assertTrue(any(str(kept[0]) in line and "could not be written again" in line
                             for line in logs.output), logs.output)
         self.assertEqual(self.held(), {}, "the segment is done with (nothing read twice)")
+
+    def test_the_duplicate_filter_has_its_line_before_the_journal_record_is_written(self):
+        # A kill after the record brings the file back at the next start; the sending server
+        # never saw its 250 and sends the message again, and the duplicate filter must then
+        # know the file, or the mailbox gets it twice (tests/test_backup_mx.py met this).
+        dup = DuplicateFilter(self.dir, self.dir / "mail")
+        dup.load()
+        self.addCleanup(dup.close)
+        journal = self.spool.journal
+        real = journal.commit_local
+        lines_then = []
+
+        def commit(paths, text):
+            lines_then.append(dup.path.read_text())
+            return real(paths, text)
+        with mock.patch.object(journal, "commit_local", commit):
+            placed = maildir.deliver([self.box], b"Received: from backup\r\n",
+                                     body(self.spool.tmp, b"Subject: d\r\n\r\nonce\r\n"),
+                                     before_commit=lambda dests: dup.record([("k" * 40, dests[0])]),
+                                     journal=journal)
+        self.assertEqual(len(lines_then), 1)
+        self.assertIn(placed[0].name, lines_then[0])
 
     def test_deliveries_are_checkpointed_within_a_second_and_then_left_alone(self):
         placed = self.deliver(b"Subject: cp\r\n\r\nsoon synced\r\n")[0]

@@ -66,7 +66,8 @@ def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
     """Store one message in every mailbox given; returns the new files. Raises OSError.
 
     ``before_commit`` hears the final file names (one per mailbox, in order) after the text
-    is on disk and before any of them appears in ``new/`` (the duplicate journal).
+    is written and before it is committed or any of them appears in ``new/`` (the
+    duplicate journal).
 
     With ``journal`` (the server's, queue/journal.py) a message up to JOURNAL_MAX is made
     durable by its copy in the journal instead of two fsyncs of its own (the file's and
@@ -115,13 +116,15 @@ def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: Dir
             dests = [first / "new" / (tmp.name + sizes.suffix())]
         else:
             dests = [box / "new" / (unique_name() + sizes.suffix()) for box in boxes]
+        # The duplicate journal's line first: a kill after the record below brings the
+        # file back at the next start, and the sender's retry must then find the line.
+        if before_commit is not None:
+            before_commit(dests)
         if text is not None:
             try:
                 lid = journal.commit_local(dests, text)
             except OSError:  # reported by the journal: this one is synced on its own
                 fsync_file(tmp)
-        if before_commit is not None:
-            before_commit(dests)
         if len(boxes) == 1:
             os.replace(tmp, dests[0])
             placed.append(dests[0])
