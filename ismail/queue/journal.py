@@ -382,18 +382,7 @@ class Journal:
     def commit(self, qid: str, *message: bytes) -> None:
         """Append ``message`` (the whole file of entry ``qid``, in pieces) and return once it
         is on disk."""
-        rec = record(b"Q", qid.encode("ascii") + b"\n", *message)
-        cond = self._cond
-        with cond:
-            if self._broken is not None or self._fd is None:
-                raise JournalBroken(f"the queue journal is not in use ({self._broken or 'closed'})")
-            if ((self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER))
-                    or (self._plain and self._spare == "ready")):
-                self._rotate()
-            self._append(rec)
-            self._where[qid] = self._seq
-            self._alive.setdefault(self._seq, set()).add(qid)
-            self._wait_synced(self._issued)
+        self._commit(qid, record(b"Q", qid.encode("ascii") + b"\n", *message))
 
     def commit_local(self, paths: list[Path], message: list[bytes]) -> str:
         """A local delivery: append ``message`` (the file's bytes, in pieces) with the names
@@ -401,25 +390,29 @@ class Journal:
         then renames the files into place and calls ``placed`` (or ``ended`` if it failed);
         the files are made durable on their own at the next checkpoint, within a second."""
         lid = "L" + new_queue_id()
-        rec = local_record(lid, paths, message)
-        cond = self._cond
-        with cond:
+        self._commit(lid, local_record(lid, paths, message), paths)
+        return lid
+
+    def _commit(self, rid: str, rec: bytes, paths: list[Path] | None = None) -> None:
+        """Append record ``rec`` of ``rid`` (with ``paths``: a local delivery's) and wait
+        for a sync that covers it."""
+        with self._cond:
             if self._broken is not None or self._fd is None:
                 raise JournalBroken(f"the queue journal is not in use ({self._broken or 'closed'})")
             if ((self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER))
                     or (self._plain and self._spare == "ready")):
                 self._rotate()
             self._append(rec)
-            self._where[lid] = self._seq
-            self._alive.setdefault(self._seq, set()).add(lid)
-            self._local[lid] = list(paths)
-            self._unplaced.add(lid)
+            self._where[rid] = self._seq
+            self._alive.setdefault(self._seq, set()).add(rid)
+            if paths is not None:
+                self._local[rid] = list(paths)
+                self._unplaced.add(rid)
             try:
                 self._wait_synced(self._issued)
             except BaseException:
-                self._unplaced.discard(lid)
+                self._unplaced.discard(rid)
                 raise
-        return lid
 
     def placed(self, lid: str) -> None:
         """The files of L record ``lid`` are in their Maildirs: checkpoint them soon."""

@@ -5,8 +5,9 @@ tmp/, fsync'd, then hard-linked into each mailbox's new/ (a copy where the file
 system has no links), and each new/ folder is fsync'd.  Only then is the message
 acknowledged.  In the server the two fsyncs give way to the journal's (queue/
 journal.py): the text is copied there and synced before the file is renamed into
-new/, and the files are synced together within a second.  If any step fails, the links already made are removed again, so a
-temporary failure (the client will retry) never leaves a half-delivered message.
+new/, and the files are synced together within a second.  If any step fails, the
+links already made are removed again, so a temporary failure (the client will retry)
+never leaves a half-delivered message.
 
 Files are stored with LF line ends, the Maildir convention on disk; the SMTP
 stream's CRLF is restored when a message is sent on or read over POP3.  Each name
