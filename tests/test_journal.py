@@ -381,6 +381,20 @@ class LocalDeliveryTest(unittest.TestCase):
         self.crash_and_restart(placed.unlink)
         self.assertEqual(files(self.box / "new") + files(self.box / "cur"), [])
 
+    def test_without_syncfs_the_checkpoint_syncs_each_file_wherever_it_is_now(self):
+        # Windows and macOS have no syncfs: each file is fsync'd, found in cur/ if it was read.
+        with mock.patch.object(journal_mod, "_syncfs", None), \
+                mock.patch.object(journal_mod, "fsync_file", wraps=journal_mod.fsync_file) as fsync:
+            one = self.deliver(b"Subject: one\r\n\r\nstays in new\r\n")[0]
+            two = self.deliver(b"Subject: two\r\n\r\nread at once\r\n")[0]
+            seen = self.box / "cur" / f"{two.name}:2,S"
+            two.rename(seen)
+            journal = self.spool.journal
+            self.assertTrue(wait_for(lambda: not self.held() and not journal._ends
+                                     and not journal._unsynced_ends, 5))
+        # (two is found in cur/, unless the checkpoint came between its delivery and its move)
+        self.assertIn({c.args[0] for c in fsync.call_args_list}, ({one, seen}, {one, two}))
+
     def test_a_delivery_that_fails_after_its_record_is_not_brought_back(self):
         with mock.patch("ismail.store.maildir.os.replace", side_effect=OSError(28, "No space left on device")):
             with self.assertRaises(OSError):
