@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..fsutil import atomic_write
+from ..queue.journal import find_local
 
 log = logging.getLogger("ismail.dedupe")
 
@@ -116,18 +117,7 @@ class DuplicateFilter:
             rel = self._keys.get(key)
         if rel is None:
             return None
-        path = self.root / rel
-        if path.exists():
-            return path
-        cur = path.parent.parent / "cur"
-        try:
-            with os.scandir(cur) as entries:  # read since: "name:2,S" (only on a hit, which is rare)
-                for entry in entries:
-                    if entry.name.startswith(path.name):
-                        return Path(entry.path)
-        except OSError:
-            pass
-        return None
+        return find_local(self.root / rel)  # in new/, or in cur/ once read (a rare hit)
 
     def record(self, entries: list[tuple[str, Path]]) -> None:
         """Note (key, final file) pairs, before the files are renamed into place."""
