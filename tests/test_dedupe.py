@@ -71,6 +71,7 @@ class DuplicateTest(SessionTestCase):
         again = MailServer(self.config, self.dir)
         again.accounts.load()
         again.spool.prepare()
+        self.addCleanup(again.spool.close)
         again.duplicates.load()
         self.addCleanup(again.duplicates.close)
         self.assertTrue(self.send(RELAYED, server=again).startswith(b"250"))

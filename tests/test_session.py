@@ -40,6 +40,7 @@ class SessionTestCase(unittest.TestCase):
         self.server = MailServer(self.config, self.dir)
         self.server.accounts.load()
         self.server.spool.prepare()
+        self.addCleanup(self.server.spool.close)  # its journal's thread, before the folder goes
         self.server.accounts.add("user@example.test", "pw", self.config.local_domains())
 
     def session(self, trusted=False, ip="192.0.2.1") -> Session:
@@ -59,7 +60,9 @@ class SessionTestCase(unittest.TestCase):
         return mailbox.Maildir(self.dir / "mailboxes" / domain / local, factory=None, create=False)
 
     def queued(self) -> list[tuple[dict, bytes]]:
-        """(envelope, message) of each queue entry, read through the spool."""
+        """(envelope, message) of each queue entry, read through the spool (after the
+        server's journal has written the files it holds, as it does for the queue window)."""
+        self.server.spool.write_out()
         spool = Spool(self.dir / "queue")
         return [(asdict(spool.load(qid)), spool.read_message(qid)) for qid in spool.list_ids()]
 
