@@ -74,11 +74,18 @@ class Admin:
 
     def queue_ids(self) -> list[str]:
         """Ids of the queued messages, oldest first: one directory scan, no entry read."""
+        server = self._running()
+        if server is not None:
+            # Messages queued in the last second may have no file yet (queue/journal.py).
+            server.spool.write_out()
         return self._spool.list_ids()
 
     def queue_entry(self, queue_id: str) -> QueueEntry:
         """One entry; OSError when it is gone, ValueError when it is unreadable (then it is
         set aside in the queue's corrupt/ folder, for a person to look at)."""
+        server = self._running()
+        if server is not None:
+            server.spool.write_out(queue_id)  # queued in the last second: no file yet
         return self._spool.load(queue_id)
 
     def queue_list(self) -> tuple[list[QueueEntry], list[str]]:
@@ -124,8 +131,9 @@ class Admin:
     def queue_delete(self, queue_id: str) -> bool:
         """Delete a queued message (it is not sent, its sender not told); False if it was not there."""
         queue_id = queue_id.upper()  # ids are upper-case hex; people type either
-        existed = self._spool.exists(queue_id) or (self._spool.messages / f"{queue_id}.json").exists()
         server = self._running()
+        spool = server.spool if server is not None else self._spool  # knows files not written yet
+        existed = spool.exists(queue_id) or (spool.messages / f"{queue_id}.json").exists()
         if server is not None:
             server.qmgr.delete(queue_id)
         else:

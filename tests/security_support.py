@@ -20,8 +20,7 @@ import unittest
 from dataclasses import asdict
 from pathlib import Path
 
-from ismail.queue.spool import Spool
-from tests.support import SMTPTalk, require_program
+from tests.support import SMTPTalk, queued_entries, require_program
 
 SERVER_NAME = "mx.example.test"
 USER = "user@example.test"
@@ -125,8 +124,7 @@ def said_nothing(talk: SMTPTalk, seconds: float) -> bytes:
 def queue_entries(data_dir: Path) -> dict[str, dict]:
     """queue id -> its envelope, for every complete entry in DATA/queue/messages (read
     through the spool, as the server reads them)."""
-    spool = Spool(Path(data_dir) / "queue")
-    return {qid: asdict(spool.load(qid)) for qid in spool.list_ids()}
+    return {qid: asdict(entry) for qid, entry in queued_entries(data_dir).items()}
 
 
 def files_in(folder: Path) -> list[str]:

@@ -286,3 +286,69 @@ class Dnsmasq:
             self.proc.wait(10)
             self.proc = None
             self.log.close()
+
+
+def journal_holds(folder: Path) -> tuple[dict[str, bytes], list[Path]]:
+    """What the queue journal's segments on disk (DATA/queue/journal) still stand for: the
+    queued messages not yet ended (queue id -> the bytes of its .msg file, which the server
+    may not have written yet), and the files of local deliveries not yet checkpointed.  A
+    record being written at this moment is cut short and not counted (read_segment)."""
+    from ismail.queue.journal import parse_local, read_segment
+    queued: dict[str, bytes] = {}
+    local: dict[str, list[Path]] = {}
+    ended: set[str] = set()
+    for segment in sorted(Path(folder).glob("*.jnl")):
+        try:
+            data = segment.read_bytes()
+        except FileNotFoundError:  # checkpointed and removed meanwhile: its files are written
+            continue
+        for kind, payload in read_segment(data)[0]:
+            if kind == b"Q":
+                qid, _, message = payload.partition(b"\n")
+                queued[qid.decode()] = message
+            elif kind == b"L":
+                lid, paths, _ = parse_local(payload)
+                local[lid] = paths
+            else:
+                ended.add(payload.decode())
+    return ({q: m for q, m in queued.items() if q not in ended},
+            [path for lid, paths in local.items() if lid not in ended for path in paths])
+
+
+def queued_entries(data_dir: Path) -> dict:
+    """queue id -> QueueEntry of every message a server (in any process) has queued and not
+    yet finished: the entries with a file, and those its journal holds whose file is not
+    written yet (a message that arrived in the last second or so).  An entry the server has
+    just finished can stay listed for up to a second, until its end reaches the journal."""
+    import io
+    from ismail.queue.spool import QueueEntry, Spool, _read_envelope
+    queue = Path(data_dir) / "queue"
+    held, _ = journal_holds(queue / "journal")
+    spool = Spool(queue)
+    entries = {}
+    for qid in spool.list_ids():
+        try:
+            entries[qid] = spool.load(qid)
+        except FileNotFoundError:
+            pass  # removed meanwhile
+    for qid, message in held.items():
+        if qid not in entries:
+            entries[qid] = QueueEntry.from_json(_read_envelope(io.BytesIO(message)))
+    return dict(sorted(entries.items()))
+
+
+def queued_message(data_dir: Path, qid: str) -> bytes:
+    """The text of queued message ``qid`` as it will be sent, from its file or, if the
+    server has not written that yet, from its journal record."""
+    import io
+    from ismail.queue.spool import Spool, _read_envelope
+    queue = Path(data_dir) / "queue"
+    try:
+        return Spool(queue).read_message(qid)
+    except FileNotFoundError:
+        held, _ = journal_holds(queue / "journal")
+        if qid not in held:
+            raise
+        f = io.BytesIO(held[qid])
+        _read_envelope(f)
+        return f.read()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 import unittest
@@ -282,6 +283,28 @@ class RunningServerTest(unittest.TestCase):
         self.assertEqual(self.server.qmgr.entries(), [])
         self.assertEqual(self.admin.queue_ids(), [])
         self.assertEqual(self.admin.queue_count(), 0)
+
+    def test_a_message_on_its_way_is_listed_here_at_once_and_elsewhere_soon(self) -> None:
+        # A SmartHost that takes the connection and never answers: the message stays on its
+        # way (its first attempt under way), and has no file of its own yet.
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        self.addCleanup(silent.close)
+        settings, _ = from_dict({**SETTINGS, "listen": self.server.settings.listen,
+                                 "pop3": {"enabled": False},
+                                 "smarthost": {**SETTINGS["smarthost"], "port": silent.getsockname()[1]}})
+        self.server.apply(settings)
+        first = self.server.inject("alice@example.test", ["bob@remote.test"], b"Subject: 1\r\n\r\nx\r\n")
+        started = time.monotonic()
+        wait_for(lambda: Admin(self.data).queue_ids() == [first], timeout=5.0,
+                 what="`queue list` in another process to list it")
+        self.assertGreater(time.monotonic() - started, 0.5, "not written at once: it might have left")
+        second = self.server.inject("alice@example.test", ["bob@remote.test"], b"Subject: 2\r\n\r\nx\r\n")
+        self.assertEqual(sorted(self.admin.queue_ids()), sorted([first, second]),
+                         "the window lists the newest at once")
+        self.assertEqual(self.admin.queue_entry(second).sender, "alice@example.test")
+        self.assertTrue(all(e.attempts == 0 for e in self.server.qmgr.entries()), "still on their first attempt")
 
     def test_flush_retries_now_without_a_flush_file(self) -> None:
         qid = self.deferred()

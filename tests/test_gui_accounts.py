@@ -13,8 +13,8 @@ import unittest
 from pathlib import Path
 
 from gui.app import MainWindow
-from ismail.queue.spool import Spool
 from tests.gui_support import GuiTestCase, pump, pump_until, screenshot
+from tests.support import queued_entries
 
 MESSAGE = (b"From: sender@example.net\r\nTo: alice@example.test\r\n"
            b"Subject: forwarding test\r\nMessage-ID: <fwd-1@example.net>\r\n\r\nhello alice\r\n")
@@ -70,8 +70,7 @@ class AccountsForwardingTest(GuiTestCase):
             self.assertEqual(len(got), 1, name)
             self.assertIn(b"Subject: forwarding test", got[0], name)
             self.assertIn(b"hello alice", got[0], name)
-        spool = Spool(w.controller.queue_dir())
-        queued = "".join(spool.load(qid).to_json().decode() for qid in spool.list_ids())
+        queued = "".join(e.to_json().decode() for e in queued_entries(w.controller.queue_dir().parent).values())
         self.assertIn("Friend@Example.org", queued)  # the outside copy waits for the SmartHost
 
         page.forward.set("")  # an empty entry stops forwarding

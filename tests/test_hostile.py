@@ -828,8 +828,13 @@ class InjectedDiskFullTest(HostileCase):
         self.check("ismail.store.maildir.write_new_file", half_then_enospc(ismail.store.maildir.write_new_file), (USER,))
 
     def test_queue_write_fails_after_the_local_copy_was_made(self):
+        # The queued copy goes into the journal (its file is written later); a journal that
+        # cannot take it hands it to a file of its own, fsync'd: when both fail, no 250, and
+        # the local copy made before is taken back.
         import ismail.queue.spool
-        self.check("ismail.queue.spool.write_new_file", half_then_enospc(ismail.queue.spool.write_new_file), (USER, REMOTE))
+        with mock.patch("ismail.queue.journal._write_all", side_effect=_enospc()):
+            self.check("ismail.queue.spool.write_new_file",
+                       half_then_enospc(ismail.queue.spool.write_new_file), (USER, REMOTE))
 
     def test_queue_folder_sync_fails_after_the_queue_file_is_in_place(self):
         # The entry's one file is written and renamed into messages/; making it durable

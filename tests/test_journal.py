@@ -73,17 +73,26 @@ class SpoolCase(unittest.TestCase):
 
 
 class JournalTest(SpoolCase):
-    def test_a_message_is_in_its_file_and_in_the_journal_before_enqueue_returns(self):
+    def test_a_message_is_in_the_journal_before_enqueue_returns_and_its_file_follows(self):
         self.put("0000000000000A01")
         self.assertEqual(self.spool.read_message("0000000000000A01"),
                          b"Received: x\r\nSubject: t\r\n\r\nhello\r\n")
+        self.assertTrue(self.spool.exists("0000000000000A01"))
         [segment] = self.segments()
         records, end = read_segment(segment.read_bytes())
         self.assertEqual(end, segment.stat().st_size)
         self.assertEqual([k for k, _ in records], [b"Q"])
         qid, _, data = records[0][1].partition(b"\n")
         self.assertEqual(qid, b"0000000000000A01")
-        self.assertEqual(data, (self.spool.messages / "0000000000000A01.msg").read_bytes())
+        # The file is written by the journal once the entry has waited WRITE_AFTER (mail
+        # relayed at once never gets one); then it holds exactly what the record holds.
+        path = self.spool.messages / "0000000000000A01.msg"
+        self.assertFalse(path.exists(), "not written yet: most relayed mail is gone before")
+        self.assertTrue(wait_for(path.exists, journal_mod.WRITE_AFTER + 5))
+        self.assertEqual(data, path.read_bytes())
+        self.assertEqual(self.spool.list_ids(), ["0000000000000A01"])
+        self.assertEqual(self.spool.read_message("0000000000000A01"),
+                         b"Received: x\r\nSubject: t\r\n\r\nhello\r\n")
 
     def test_the_250_waits_for_a_sync_that_began_after_the_record_was_written(self):
         sizes = []
@@ -120,6 +129,8 @@ class JournalTest(SpoolCase):
             for t in threads:
                 t.join(10)
         self.assertEqual(errors, [])
+        self.assertTrue(all(self.spool.exists(f"00000000000C{n:04X}") for n in range(12)))
+        self.spool.write_out()
         self.assertEqual(len(self.spool.list_ids()), 12)
         syncs = self.spool.journal.syncs - before
         self.assertLess(syncs, 12, "a sync serves every message written before it began")
@@ -128,6 +139,7 @@ class JournalTest(SpoolCase):
     def test_a_lost_or_damaged_file_is_written_again_from_the_journal(self):
         for n in range(4):
             self.put(f"0000000000000D0{n}", b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n))
+        self.spool.write_out()  # as the journal does after WRITE_AFTER; not synced
         want = {p.name: p.read_bytes() for p in self.spool.messages.iterdir()}
         crashed = self.crash()
         (crashed / "messages" / "0000000000000D00.msg").unlink()               # its rename never reached the disk
@@ -163,7 +175,7 @@ class JournalTest(SpoolCase):
         self.put("0000000000000G01")
         self.put("0000000000000G02")
         crashed = self.crash()
-        (crashed / "messages" / "0000000000000G02.msg").unlink()
+        self.assertFalse((crashed / "messages" / "0000000000000G02.msg").exists(), "not written yet")
         segment = self.segments(crashed)[0]
         whole = segment.read_bytes()
         # a third message whose record was cut short as the power went: never acknowledged
@@ -178,8 +190,7 @@ class JournalTest(SpoolCase):
         self.put("0000000000000H01")
         self.put("0000000000000H02")
         crashed = self.crash()
-        for n in (1, 2):
-            (crashed / "messages" / f"0000000000000H0{n}.msg").unlink()
+        self.assertEqual(files(crashed / "messages"), [], "not written yet")
         segment = self.segments(crashed)[0]
         data = bytearray(segment.read_bytes())
         records, _ = read_segment(bytes(data))
@@ -218,7 +229,7 @@ class JournalTest(SpoolCase):
             self.assertTrue(wait_for(lambda: len(self.segments()) == 1), [p.name for p in self.segments()])
             self.assertGreater(int(self.segments()[0].stem), 5, "many segments were made")
             journal = self.spool.journal
-            self.assertTrue(wait_for(lambda: not journal._ends and not journal._unsynced_ends),
+            self.assertTrue(wait_for(lambda: not journal._unsynced_ends),
                             "the ends are synced within a second")
             crashed = self.crash()
             spool, ids = self.restart(crashed)
@@ -375,7 +386,7 @@ class LocalDeliveryTest(unittest.TestCase):
     def test_deliveries_are_checkpointed_within_a_second_and_then_left_alone(self):
         placed = self.deliver(b"Subject: cp\r\n\r\nsoon synced\r\n")[0]
         journal = self.spool.journal
-        self.assertTrue(wait_for(lambda: not self.held() and not journal._ends and not journal._unsynced_ends, 5),
+        self.assertTrue(wait_for(lambda: not self.held() and not journal._unsynced_ends, 5),
                         "the delivery's record is ended on disk within a second or so")
         # Read and deleted by the user afterwards: a crash now must not bring it back.
         self.crash_and_restart(placed.unlink)
@@ -390,8 +401,7 @@ class LocalDeliveryTest(unittest.TestCase):
             seen = self.box / "cur" / f"{two.name}:2,S"
             two.rename(seen)
             journal = self.spool.journal
-            self.assertTrue(wait_for(lambda: not self.held() and not journal._ends
-                                     and not journal._unsynced_ends, 5))
+            self.assertTrue(wait_for(lambda: not self.held() and not journal._unsynced_ends, 5))
         # (two is found in cur/, unless the checkpoint came between its delivery and its move)
         self.assertIn({c.args[0] for c in fsync.call_args_list}, ({one, seen}, {one, two}))
 
@@ -421,6 +431,106 @@ class LocalDeliveryTest(unittest.TestCase):
         self.assertTrue(placed[0].exists())
 
 
+class WriteBehindTest(SpoolCase):
+    """A queued message's file is written only if it is still queued a moment later: the
+    relay's usual message is delivered first and never has a file at all."""
+
+    def test_a_message_delivered_at_once_never_has_a_file(self):
+        with mock.patch("ismail.queue.journal.write_new_file", wraps=journal_mod.write_new_file) as write:
+            self.put("00000000000W0001")
+            self.assertEqual(self.spool.read_message("00000000000W0001")[:13], b"Received: x\r\n"[:13])
+            self.spool.remove("00000000000W0001")  # delivered
+            self.assertFalse(self.spool.exists("00000000000W0001"))
+            time.sleep(journal_mod.WRITE_AFTER + 2 * journal_mod.FLUSH_SECONDS)
+        self.assertEqual([c for c in write.call_args_list if "00000000000W0001" in str(c.args[0])], [],
+                         "no file was ever written for it")
+        self.assertEqual(files(self.spool.messages), [])
+        self.assertEqual(files(self.spool.tmp), [])
+        spool, ids = self.restart(self.crash())
+        self.assertEqual(ids, [], "delivered mail does not come back")
+
+    def test_a_deferred_message_gets_its_file_before_its_state(self):
+        self.put("00000000000W0002")
+        e = entry("00000000000W0002")
+        e.attempts, e.last_error = 1, "451 4.3.0 try later"
+        self.spool.save(e)
+        self.assertEqual(files(self.spool.messages), ["00000000000W0002.msg", "00000000000W0002.state"])
+        self.assertEqual(self.spool.load("00000000000W0002").last_error, "451 4.3.0 try later")
+        self.assertIn(b"hello", self.spool.read_message("00000000000W0002"))
+        self.spool.remove("00000000000W0002")
+        self.assertEqual(files(self.spool.messages), [])
+
+    def test_a_crash_before_the_files_are_written_loses_nothing(self):
+        texts = {f"00000000000W01{n:02d}": b"Subject: %d\r\n\r\nunwritten %d\r\n" % (n, n) for n in range(6)}
+        for qid, text in texts.items():
+            self.put(qid, text)
+            if qid == "00000000000W0104":
+                self.spool.remove("00000000000W0103")  # delivered; W0105's sync carries its end
+        crashed = self.crash()
+        self.assertEqual(files(crashed / "messages"), [], "nothing written yet")
+        with self.assertLogs("ismail.spool", "WARNING") as logs:
+            spool, ids = self.restart(crashed)
+        self.assertEqual(ids, sorted(q for q in texts if q != "00000000000W0103"))
+        for qid in ids:
+            self.assertEqual(spool.read_message(qid), b"Received: x\r\n" + texts[qid])
+            self.assertEqual(spool.load(qid), entry(qid))
+        self.assertEqual(sum("written again from the journal" in line for line in logs.output), 5)
+
+    def test_a_clean_stop_writes_and_syncs_every_file(self):
+        for n in range(5):
+            self.put(f"00000000000W02{n:02d}")
+        with mock.patch("ismail.queue.journal.os.fsync", wraps=os.fsync) as fsync:
+            self.spool.close()
+        self.assertGreaterEqual(fsync.call_count, 5, "each file synced on its own")
+        self.assertEqual(len(self.spool.list_ids()), 5)
+        self.assertEqual(self.segments(), [])
+        spool, ids = self.restart(self.dir / "queue")
+        self.assertEqual(len(ids), 5)
+
+    def test_without_room_in_memory_the_file_is_written_at_once(self):
+        with mock.patch.object(journal_mod, "UNWRITTEN_MAX", 100):
+            self.put("00000000000W0301")  # ~150 bytes: more than the room
+        self.assertTrue((self.spool.messages / "00000000000W0301.msg").exists())
+        self.assertIsNone(self.spool.journal.unwritten("00000000000W0301"))
+        self.assertEqual(len(read_segment(self.segments()[0].read_bytes())[0]), 1, "still journalled")
+
+    def test_a_file_that_cannot_be_written_is_reported_and_kept_in_memory(self):
+        self.put("00000000000W0401")
+        with mock.patch("ismail.queue.journal.write_new_file", side_effect=OSError(28, "No space left on device")):
+            with self.assertLogs("ismail.spool", "ERROR") as logs:
+                time.sleep(journal_mod.WRITE_AFTER + 2 * journal_mod.FLUSH_SECONDS)
+        self.assertIn("No space left on device", "\n".join(logs.output))
+        self.assertTrue(self.spool.exists("00000000000W0401"))
+        self.assertIn(b"hello", self.spool.read_message("00000000000W0401"))
+        self.assertTrue(wait_for((self.spool.messages / "00000000000W0401.msg").exists,
+                                 2 * journal_mod.FLUSH_SECONDS + 5), "written once the disk has room")
+
+    def test_delivery_racing_the_write_leaves_no_orphan_file(self):
+        # The journal's thread writes files while delivery threads remove entries: an entry
+        # removed halfway through its file's writing must not leave that file behind (it
+        # would be sent again at the next start).
+        stop = threading.Event()
+
+        def writer():
+            while not stop.is_set():
+                self.spool.write_out()
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            for n in range(300):
+                qid = f"0000000000X{n:05X}"
+                self.put(qid)
+                if n % 7:
+                    self.spool.remove(qid)
+        finally:
+            stop.set()
+            t.join(10)
+        kept = [f"0000000000X{n:05X}" for n in range(300) if not n % 7]
+        self.spool.write_out()
+        self.assertEqual(self.spool.list_ids(), kept)
+        self.assertEqual(files(self.spool.tmp), [])
+
+
 class SpareSegmentTest(SpoolCase):
     """A busy journal writes into a segment made ahead (zeros), which a crash leaves whole."""
 
@@ -439,7 +549,7 @@ class SpareSegmentTest(SpoolCase):
             self.assertEqual(segment.stat().st_size, len(HEADER) + (256 << 10), "its size does not grow")
             self.put("0000000000000SFF", b"Subject: last\r\n\r\nafter the switch\r\n")
             crashed = self.crash()
-            (crashed / "messages" / "0000000000000SFF.msg").unlink()
+            self.assertFalse((crashed / "messages" / "0000000000000SFF.msg").exists(), "not written yet")
             with self.assertLogs("ismail.spool", "WARNING") as logs:
                 spool, ids = self.restart(crashed)
             self.assertEqual([line for line in logs.output if "after its last whole record" in line], [],

@@ -21,11 +21,10 @@ import unittest
 import warnings
 from pathlib import Path
 
-from ismail.queue.spool import Spool
 from tests.security_support import (PASSWORD, REMOTE, SERVER_NAME, USER, SelfSignedCertificate, auth_plain,
                                     ehlo_keywords, files_in, queue_entries, read_to_eof, run,
                                     said_nothing, starttls, vm_rss_kb, wrap)
-from tests.support import IN_CI, ServerProcess, SMTPTalk, cli, free_port, require_program
+from tests.support import IN_CI, ServerProcess, SMTPTalk, cli, free_port, queued_message, require_program
 
 UNTRUSTED = {"trusted_networks": []}
 
@@ -327,7 +326,7 @@ class AuthTest(SecurityCase):
                 [(qid, entry)] = new.items()
                 self.assertEqual([r["address"] for r in entry["recipients"]], [REMOTE])
                 self.assertEqual(entry["sender"], USER)
-                eml = Spool(server.data_dir / "queue").read_message(qid).decode("utf-8")
+                eml = queued_message(server.data_dir, qid).decode("utf-8")
                 self.assertIn(f"Subject: relayed after AUTH {mechanism}", eml)
                 self.assertIn("with ESMTPSA id", eml)  # RFC 3848: TLS and AUTH
 

@@ -13,11 +13,13 @@ Layout under ``DATA/queue/``::
 
 An entry is one file: written to tmp/ and renamed into messages/.  In the server it
 is committed by its copy in the journal, whose fdatasync serves every message written
-before it began (group commit; journal.py says how a crash is undone); a message over
-JOURNAL_MAX, or any once the journal failed, or one written with no journal (the
-command line) is fsync'd itself and messages/ fsync'd after the rename.  Only then does
-the client get its 250.  A crash before the rename leaves a file in tmp/ (removed at
-start-up).
+before it began (group commit; journal.py says how a crash is undone), and the journal
+writes the file itself a second later if the entry is still queued: one delivered
+before then never has a file (while it is held, ``exists`` and ``read_message`` answer
+from the journal).  A message over JOURNAL_MAX, or any once the journal failed, or one
+written with no journal (the command line) is fsync'd itself and messages/ fsync'd
+after the rename.  Only then does the client get its 250.  A crash before the rename
+leaves a file in tmp/ (removed at start-up).
 
 State updates after an attempt rewrite only the small .state, atomically.  Removal
 takes the .msg first, then the .state: a crash between leaves a lone .state, which
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..fsutil import DirSync, atomic_write, fsync_dir, next_serial, write_new_file
-from .journal import JOURNAL_MAX, Journal, fsync_file
+from .journal import JOURNAL_MAX, Journal
 
 log = logging.getLogger("ismail.spool")
 
@@ -241,12 +243,13 @@ class Spool:
             if journal is not None and body.size <= JOURNAL_MAX:
                 head = file_head(entry)
                 text = header + b"".join(body.chunks())
-                write_new_file(tmp, (head, text), sync=False)  # joined if small, else two writes
-                os.replace(tmp, path)
                 try:
-                    journal.commit(entry.id, head, text)
+                    # The file is written later, by the journal, if the entry is still
+                    # queued by then: most relayed mail is gone before (journal.py).
+                    journal.commit(entry.id, head, text, keep=True)
                 except OSError:  # reported by the journal: this one is committed on its own
-                    fsync_file(path)
+                    write_new_file(tmp, (head, text))
+                    os.replace(tmp, path)
                     self._sync_folder()
             else:
                 write_new_file(tmp, itertools.chain((file_head(entry) + header,), body.chunks()))
@@ -255,6 +258,10 @@ class Spool:
         except BaseException:
             _remove_quietly(tmp)
             _remove_quietly(path)
+            if journal is not None:
+                # Its record may be in the journal (written, then the sync failed): ended, so
+                # a message the client was told to send again never comes back at a start.
+                journal.ended(entry.id)
             raise
         self._stateless.add(entry.id)
         if self.on_enqueue is not None:
@@ -284,6 +291,9 @@ class Spool:
 
     def read_message(self, queue_id: str) -> bytes:
         """The message text as it will be sent; FileNotFoundError if the entry is gone."""
+        pieces = self.journal.unwritten(queue_id) if self.journal is not None else None
+        if pieces is not None:
+            return pieces[1]  # (envelope line and JSON, text): see enqueue
         try:
             f = open(self._path(queue_id, "msg"), "rb")
         except FileNotFoundError:
@@ -294,9 +304,22 @@ class Spool:
 
     def exists(self, queue_id: str) -> bool:
         """Whether the entry is still queued (``queue delete`` may have taken it)."""
+        journal = self.journal
+        # The journal drops an unwritten entry only after its file is in place: asked in
+        # this order, an entry being written out is never missed.
+        if journal is not None and journal.unwritten(queue_id) is not None:
+            return True
         return self._path(queue_id, "msg").exists() or self._path(queue_id, "eml").exists()
 
+    def write_out(self, queue_id: str | None = None) -> None:
+        """Entry ``queue_id`` (every entry, without it) has its file from now on: for a
+        reader of the folder, such as the queue window or `queue list`."""
+        if self.journal is not None:
+            self.journal.write_out(queue_id)
+
     def save(self, entry: QueueEntry) -> None:
+        if self.journal is not None:
+            self.journal.write_out(entry.id)  # the .state goes next to its .msg
         self._stateless.discard(entry.id)
         ext = "state" if self._path(entry.id, "msg").exists() else "json"
         atomic_write(self._path(entry.id, ext), entry.to_json(), tmp_dir=self.tmp, dirsync=self.dirsync)
@@ -308,6 +331,9 @@ class Spool:
         stateless = queue_id in self._stateless
         self._stateless.discard(queue_id)
         journal = self.journal
+        if journal is not None and journal.take(queue_id):
+            journal.ended(queue_id)
+            return   # delivered before its file was written: no file at all
         if _remove_quietly(self._path(queue_id, "msg")):
             if not stateless:
                 _remove_quietly(self._path(queue_id, "state"))
@@ -321,6 +347,8 @@ class Spool:
         _remove_quietly(self._path(queue_id, "eml"))
 
     def set_aside(self, queue_id: str, why: str) -> None:
+        if self.journal is not None:
+            self.journal.write_out(queue_id)
         self.corrupt.mkdir(parents=True, exist_ok=True)
         for ext in ("state", "json", "msg", "eml"):
             src = self._path(queue_id, ext)
