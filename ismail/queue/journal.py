@@ -511,24 +511,28 @@ class Journal:
                 self._unplaced.discard(lid)
                 self._placed.append(lid)
 
-    def ended(self, qid: str) -> None:
-        """Entry ``qid`` left the queue (or L record ``qid`` was checkpointed or given up):
-        a D record, written at once (a server process that dies keeps it: the entry is not
-        sent again) and made durable by the next sync (so a power cut may lose it)."""
+    def ended(self, *ids: str) -> None:
+        """Entries ``ids`` left the queue (or L records were checkpointed or given up): D
+        records, written at once, in one write (a server process that dies keeps them: the
+        entry is not sent again) and made durable by the next sync (so a power cut may lose
+        them)."""
         with self._cond:
-            self._unplaced.discard(qid)
-            self._local.pop(qid, None)
-            seq = self._where.pop(qid, None)
-            if seq is None:
-                return  # not in a segment (checkpointed, or never journalled): nothing to undo
-            alive = self._alive.get(seq)
-            if alive is not None:
-                alive.discard(qid)
-            if self._fd is not None:
+            ends = []
+            for rid in ids:
+                self._unplaced.discard(rid)
+                self._local.pop(rid, None)
+                seq = self._where.pop(rid, None)
+                if seq is None:
+                    continue  # not in a segment (checkpointed, or never journalled): nothing to undo
+                alive = self._alive.get(seq)
+                if alive is not None:
+                    alive.discard(rid)
+                ends.append(record(b"D", rid.encode("ascii")))
+            if ends and self._fd is not None:
                 # Also into a journal that failed (its segments are read at the next start):
                 # a message refused because its commit failed must not come back from there.
                 try:
-                    self._append(record(b"D", qid.encode("ascii")))
+                    self._append(b"".join(ends))
                 except OSError:
                     return  # reported by _fail; at worst the entry is sent again after a crash
                 self._unsynced_ends = True
@@ -715,8 +719,7 @@ class Journal:
             log.error("queue journal: local deliveries could not be synced (%s); their "
                       "records are kept until their segment is checkpointed", e)
             return
-        for lid in placed:
-            self.ended(lid)
+        self.ended(*placed)
 
     def _checkpoint(self, seq: int) -> None:
         """fsync the files of segment ``seq``'s entries still queued or delivered locally,
