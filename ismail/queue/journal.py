@@ -54,18 +54,18 @@ read in order up to the first record that is cut short or fails its CRC - record
 written one after another under a lock, and a message is acknowledged only after a
 sync that covers its record and every record before it, so what follows a bad record
 was never acknowledged.  Every Q record without a D record is compared with its
-message file (usually missing: not written yet); every L record without one with its files, looked up in new/ and, under
-the same name with flags after it, in cur/ (a mail program read it).  A file that is
-missing or differs (the crash took it, or part of it) is written again from the
-record, durably; one that matches is fsync'd.  Then the segments are removed.
+message file (often missing: not written yet); every L record without one with its
+files, looked up in new/ and, under the same name with flags after it, in cur/ (a mail
+program read it).  A file that is missing or differs (the crash took it, or part of
+it) is written again from the record, durably; one that matches is fsync'd.  Then the
+segments are removed.
 
 A D record is written at once when an entry leaves the queue (delivered, bounced,
 deleted) or local files are checkpointed, so a server process that dies (killed, or a
 bug) keeps it, and it becomes durable with the next sync (a message arriving, or within
 a second).  After a power cut, an entry whose D record was not yet on disk comes back
-and is sent again: at most about a
-second of deliveries, the same kind of duplicate any mail server risks when it stops
-between a delivery and its bookkeeping.  Likewise a local message that a mail program
+and is sent again: at most about a second of deliveries, the same kind of duplicate any
+mail server risks when it stops between a delivery and its bookkeeping.  Likewise a local message that a mail program
 fetched and deleted (or moved to another folder) within about a second of its arrival,
 just before a crash, is back in the inbox after it.  ``queue delete`` from another
 process (the server running elsewhere) writes no D record; a message so deleted may
