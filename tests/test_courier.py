@@ -25,7 +25,7 @@ from unittest import mock
 
 from ismail.queue import courier
 from ismail.queue.courier import Courier
-from ismail.queue.courier_child import Frames
+from ismail.queue.courier_child import NICE, Frames
 from ismail.queue.transport import Destination
 from ismail.stats import Stats
 from tests.support import ServerProcess, cli
@@ -197,6 +197,16 @@ class DeliveryProcessTest(unittest.TestCase):
         said = server.log_path.read_text(errors="replace")   # stdout and stderr of `run`
         self.assertNotIn("Traceback", said)
         self.assertIn("ISMail stopped", said)
+
+    @unittest.skipUnless(hasattr(os, "getpriority"), "POSIX priorities")
+    def test_it_runs_at_a_lower_priority_than_the_server(self):
+        # Receiving goes first when the cores are busy; sending on is background work.
+        server, dest = self.start()
+        pid = self.relay_one(server, dest)
+        self.assertEqual(os.getpriority(os.PRIO_PROCESS, pid),
+                         os.getpriority(os.PRIO_PROCESS, server.proc.pid) + NICE)
+        # and it still delivers: a second message goes through the same process
+        self.assertEqual(self.relay_one(server, dest), pid)
 
     def test_it_ends_even_when_the_server_is_killed(self):
         server, dest = self.start()

@@ -23,6 +23,8 @@ How the two talk:
 * Requests and answers are pickled tuples.  While a request runs, the process may
   send counter changes ("outgoing_current") and log records first; the server's
   thread applies them as they come, then takes the answer.
+* It runs at a lower priority than the server (courier_child.NICE): when the machine's
+  cores are all busy, the SMTP sessions a client waits on go first.
 * The process ends when its standard input closes: when the server stops, and also
   when the server's process dies for any reason.  The server also stops it after
   IDLE_STOP_SECONDS without a delivery (a desktop server sends now and then; the
@@ -304,7 +306,10 @@ class Courier:
 
 def _start(data_dir: Path) -> tuple[subprocess.Popen, object, bytes]:
     authkey = os.urandom(32)
-    flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console window for it
+    # Windows: no console window for it, and a priority below the server's (courier_child.NICE
+    # says why; on POSIX the process lowers its own).
+    flags = (getattr(subprocess, "CREATE_NO_WINDOW", 0)
+             | getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0))
     proc = subprocess.Popen(courier_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             creationflags=flags)
     try:
