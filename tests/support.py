@@ -56,6 +56,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _another_port(taken: set[int], host: str = "127.0.0.1") -> int:
+    """A free port not in ``taken`` (which it joins)."""
+    for _ in range(100):
+        port = free_port(host)
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise AssertionError(f"no free port outside {sorted(taken)}")
+
+
 def wait_for_banner(host: str, port: int, timeout: float = 15.0,
                     alive: subprocess.Popen | None = None) -> bytes:
     """The SMTP greeting; ``alive``: give up at once if that process has ended."""
@@ -91,8 +101,11 @@ class ServerProcess:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ismail-test-"))
         self.host = host  # another loopback address (127.0.0.11) plays another machine
         self.port = port or free_port(host)
-        self.pop3_port = free_port()
-        self.imap_port = free_port()
+        # Three different ports: free_port closes its socket, so two calls can return the
+        # same one (seen once in CI: IMAP given the SMTP port, and the settings refused).
+        taken = {self.port}
+        self.pop3_port = _another_port(taken)
+        self.imap_port = _another_port(taken)
         base = {"server_name": "mx.example.test", "primary_domain": "example.test",
                 # No RSA key generation at each start (tests/test_mailauth_* cover it).
                 "dkim": {"auto_keys": False}, "tls": {"self_signed": False},
