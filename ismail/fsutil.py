@@ -159,17 +159,20 @@ class DirSync:
                 folder.done = max(folder.done, covered)
 
 
-def atomic_write(path: Path, data: bytes, mode: int | None = None, tmp_dir: Path | None = None,
-                 dirsync: "DirSync | None" = None) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never half.
+def atomic_write(path: Path, data: bytes | tuple[bytes, ...], mode: int | None = None,
+                 tmp_dir: Path | None = None, dirsync: "DirSync | None" = None,
+                 sync: bool = True) -> None:
+    """Replace ``path`` with ``data`` (bytes, or pieces written one after another) so that
+    a reader sees the old or the new file, never half.
 
     ``tmp_dir`` (same file system) keeps the temporary file out of a folder that
-    others list, such as the queue; ``dirsync`` shares the folder's fsync.
+    others list, such as the queue; ``dirsync`` shares the folder's fsync.  Without
+    ``sync`` neither the file nor its folder is synced (the queue's journal covers it).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = (tmp_dir or path.parent) / f".{path.name}.{_PID}.{next_serial()}.tmp"
     try:
-        write_new_file(tmp, (data,))
+        write_new_file(tmp, data if isinstance(data, tuple) else (data,), sync=sync)
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -179,6 +182,8 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None, tmp_dir: Path
         except OSError:
             pass
         raise
+    if not sync:
+        return
     if dirsync is None:
         fsync_dir(path.parent)
     else:

@@ -16,6 +16,7 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+from ismail import fsutil
 from ismail.queue import journal as journal_mod
 from ismail.queue.journal import HEADER, JOURNAL_MAX, parse_local, read_segment
 from ismail.queue.spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
@@ -436,7 +437,7 @@ class WriteBehindTest(SpoolCase):
     relay's usual message is delivered first and never has a file at all."""
 
     def test_a_message_delivered_at_once_never_has_a_file(self):
-        with mock.patch("ismail.queue.journal.write_new_file", wraps=journal_mod.write_new_file) as write:
+        with mock.patch("ismail.fsutil.write_new_file", wraps=fsutil.write_new_file) as write:
             self.put("00000000000W0001")
             self.assertEqual(self.spool.read_message("00000000000W0001")[:13], b"Received: x\r\n"[:13])
             self.spool.remove("00000000000W0001")  # delivered
@@ -496,7 +497,7 @@ class WriteBehindTest(SpoolCase):
 
     def test_a_file_that_cannot_be_written_is_reported_and_kept_in_memory(self):
         self.put("00000000000W0401")
-        with mock.patch("ismail.queue.journal.write_new_file", side_effect=OSError(28, "No space left on device")):
+        with mock.patch("ismail.fsutil.write_new_file", side_effect=OSError(28, "No space left on device")):
             with self.assertLogs("ismail.spool", "ERROR") as logs:
                 time.sleep(journal_mod.WRITE_AFTER + 2 * journal_mod.FLUSH_SECONDS)
         self.assertIn("No space left on device", "\n".join(logs.output))

@@ -65,11 +65,11 @@ deleted) or local files are checkpointed, so a server process that dies (killed,
 bug) keeps it, and it becomes durable with the next sync (a message arriving, or within
 a second).  After a power cut, an entry whose D record was not yet on disk comes back
 and is sent again: at most about a second of deliveries, the same kind of duplicate any
-mail server risks when it stops between a delivery and its bookkeeping.  Likewise a local message that a mail program
-fetched and deleted (or moved to another folder) within about a second of its arrival,
-just before a crash, is back in the inbox after it.  ``queue delete`` from another
-process (the server running elsewhere) writes no D record; a message so deleted may
-come back after a crash before the next checkpoint.
+mail server risks when it stops between a delivery and its bookkeeping.  Likewise a
+local message that a mail program fetched and deleted (or moved to another folder)
+within about a second of its arrival, just before a crash, is back in the inbox after
+it.  ``queue delete`` from another process (the server running elsewhere) writes no D
+record; a message so deleted may come back after a crash before the next checkpoint.
 
 Messages larger than JOURNAL_MAX keep the two fsyncs (a second copy of 50 MB is not
 cheaper than a sync); so does every message once the journal has failed (an I/O error:
@@ -88,7 +88,7 @@ import time
 import zlib
 from pathlib import Path
 
-from ..fsutil import _O_NEW, _write_all, fsync_dir, new_queue_id, write_new_file
+from ..fsutil import _O_NEW, _write_all, atomic_write, fsync_dir, new_queue_id, write_new_file
 
 log = logging.getLogger("ismail.spool")
 
@@ -405,12 +405,10 @@ class Journal:
         WRITE_AFTER seconds, or sooner when asked (``write_out``); an entry delivered before
         then (``take``) never has a file at all.  Without room for it in memory
         (UNWRITTEN_MAX) the file is written here, before the record."""
-        if keep:
-            size = sum(map(len, message))
-            with self._files:
-                keep = self._unwritten_bytes + size <= UNWRITTEN_MAX
-            if not keep:
-                self._write_file(qid, message)
+        # Read without the lock: the bound is for memory, a message more or less is no matter.
+        if keep and self._unwritten_bytes + sum(map(len, message)) > UNWRITTEN_MAX:
+            keep = False
+            self._write_file(qid, message)
         rec = record(b"Q", qid.encode("ascii") + b"\n", *message)
         self._commit(qid, rec, unwritten=message if keep else None)
 
@@ -450,18 +448,9 @@ class Journal:
         self._unwritten_bytes -= sum(map(len, held[0]))
         return True
 
-    def _write_file(self, qid: str, pieces) -> None:
-        path = self.messages / f"{qid}.msg"
-        tmp = self.messages.parent / "tmp" / f"{qid}.{new_queue_id()}.msg"
-        try:
-            write_new_file(tmp, pieces, sync=False)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            raise
+    def _write_file(self, qid: str, pieces: tuple[bytes, ...]) -> None:
+        atomic_write(self.messages / f"{qid}.msg", pieces, tmp_dir=self.messages.parent / "tmp",
+                     sync=False)
 
     def commit_local(self, paths: list[Path], message: list[bytes]) -> str:
         """A local delivery: append ``message`` (the file's bytes, in pieces) with the names
