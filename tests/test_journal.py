@@ -137,6 +137,46 @@ class JournalTest(SpoolCase):
         self.assertLess(syncs, 12, "a sync serves every message written before it began")
         self.assertGreaterEqual(syncs, 1)
 
+    def test_records_that_arrive_during_a_stalled_write_share_the_next_write(self):
+        """No thread holds the journal's lock across a write or a sync: while one record's
+        write stalls (a slow disk), the messages behind it append theirs and bookkeeping
+        goes on, and what piled up goes out in one write after it."""
+        real = journal_mod._write_all
+        stalled, go = threading.Event(), threading.Event()
+        records_per_write: list[int] = []
+
+        def stalling(fd, data):
+            if not stalled.is_set():
+                stalled.set()
+                go.wait(10)
+            records_per_write.append(bytes(data).count(b"Received: x\r\n"))
+            real(fd, data)
+        errors = []
+
+        def one(n):
+            try:
+                self.put(f"00000000000E{n:04X}")
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+        with mock.patch.object(journal_mod, "_write_all", stalling):
+            first = threading.Thread(target=one, args=(0,))
+            first.start()
+            self.assertTrue(stalled.wait(5))
+            others = [threading.Thread(target=one, args=(n,)) for n in range(1, 6)]
+            for t in others:
+                t.start()
+            time.sleep(0.3)  # they append and wait
+            started = time.monotonic()
+            self.spool.journal.placed("L0000000000000000")  # takes the journal's lock
+            self.assertLess(time.monotonic() - started, 0.2, "the lock is free during the write")
+            self.assertTrue(all(t.is_alive() for t in others), "nothing is committed before it is written")
+            go.set()
+            for t in [first, *others]:
+                t.join(10)
+        self.assertEqual(errors, [])
+        self.assertTrue(all(self.spool.exists(f"00000000000E{n:04X}") for n in range(6)))
+        self.assertEqual(records_per_write, [1, 5])
+
     def test_a_lost_or_damaged_file_is_written_again_from_the_journal(self):
         for n in range(4):
             self.put(f"0000000000000D0{n}", b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n))
