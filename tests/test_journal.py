@@ -57,6 +57,17 @@ class SpoolCase(unittest.TestCase):
     def put(self, qid: str, text: bytes = b"Subject: t\r\n\r\nhello\r\n") -> None:
         self.spool.enqueue(entry(qid), b"Received: x\r\n", body(self.spool.tmp, text))
 
+    def put_in_thread(self, qid: str, errors: list) -> threading.Thread:
+        """A started thread that enqueues ``qid``; what it raises goes to ``errors``."""
+        def run():
+            try:
+                self.put(qid)
+            except Exception as e:  # pragma: no cover - reported by the caller
+                errors.append(e)
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
     def segments(self, queue: Path | None = None) -> list[Path]:
         return sorted(((queue or self.dir / "queue") / "journal").glob("*.jnl"))
 
@@ -116,17 +127,9 @@ class JournalTest(SpoolCase):
             time.sleep(0.03)
             real(fd)
         errors = []
-
-        def one(n):
-            try:
-                self.put(f"00000000000C{n:04X}")
-            except Exception as e:  # pragma: no cover - reported below
-                errors.append(e)
         before = self.spool.journal.syncs
         with mock.patch.object(journal_mod, "_fdatasync", slow):
-            threads = [threading.Thread(target=one, args=(n,)) for n in range(12)]
-            for t in threads:
-                t.start()
+            threads = [self.put_in_thread(f"00000000000C{n:04X}", errors) for n in range(12)]
             for t in threads:
                 t.join(10)
         self.assertEqual(errors, [])
@@ -152,19 +155,10 @@ class JournalTest(SpoolCase):
             records_per_write.append(bytes(data).count(b"Received: x\r\n"))
             real(fd, data)
         errors = []
-
-        def one(n):
-            try:
-                self.put(f"00000000000E{n:04X}")
-            except Exception as e:  # pragma: no cover - reported below
-                errors.append(e)
         with mock.patch.object(journal_mod, "_write_all", stalling):
-            first = threading.Thread(target=one, args=(0,))
-            first.start()
+            first = self.put_in_thread("00000000000E0000", errors)
             self.assertTrue(stalled.wait(5))
-            others = [threading.Thread(target=one, args=(n,)) for n in range(1, 6)]
-            for t in others:
-                t.start()
+            others = [self.put_in_thread(f"00000000000E{n:04X}", errors) for n in range(1, 6)]
             time.sleep(0.3)  # they append and wait
             started = time.monotonic()
             self.spool.journal.placed("L0000000000000000")  # takes the journal's lock

@@ -585,42 +585,42 @@ class Journal:
             if self._writing or (sync and self._syncing):
                 cond.wait()
                 continue
-            if self._written < self._issued:
+            # Write what is waiting; or, if all is written (sync is true then), sync it.
+            writing = self._written < self._issued
+            if writing:
                 self._writing = True
                 batch, self._batch = self._batch, []
-                covered, fd = self._issued, self._fd
-                cond.release()
-                try:
-                    _write_batch(fd, batch)
-                except OSError as e:
-                    cond.acquire()
-                    self._writing = False
-                    self._fail(e)
-                    cond.notify_all()
-                    raise
-                cond.acquire()
-                self._writing = False
-                self._written = covered
-                cond.notify_all()
-                continue
-            # Written, not synced (sync is true here): sync what is written.
-            self._syncing = True
-            covered, fd = self._written, self._fd
+                covered = self._issued
+            else:
+                self._syncing = True
+                covered = self._written
+            fd = self._fd
+            failed: OSError | None = None
             cond.release()
             try:
-                _fdatasync(fd)
+                if writing:
+                    _write_batch(fd, batch)
+                else:
+                    _fdatasync(fd)
             except OSError as e:
+                failed = e
+            finally:
                 cond.acquire()
+            if writing:
+                self._writing = False
+                if failed is None:
+                    self._written = covered
+            else:
                 self._syncing = False
-                self._fail(e)
-                cond.notify_all()
-                raise
-            cond.acquire()
-            self._syncing = False
-            self.syncs += 1
-            self._done = max(self._done, covered)
-            self._unsynced_ends = self._unsynced_ends and self._issued > covered
+                if failed is None:
+                    self.syncs += 1
+                    self._done = max(self._done, covered)
+                    self._unsynced_ends = self._unsynced_ends and self._issued > covered
+            if failed is not None:
+                self._fail(failed)
             cond.notify_all()
+            if failed is not None:
+                raise failed
 
     def _rotate(self) -> None:
         """Close the full segment (written and synced first) and start the next."""
