@@ -318,8 +318,7 @@ class Spool:
             self.journal.write_out(queue_id)
 
     def save(self, entry: QueueEntry) -> None:
-        if self.journal is not None:
-            self.journal.write_out(entry.id)  # the .state goes next to its .msg
+        self.write_out(entry.id)  # the .state goes next to its .msg
         self._stateless.discard(entry.id)
         ext = "state" if self._path(entry.id, "msg").exists() else "json"
         atomic_write(self._path(entry.id, ext), entry.to_json(), tmp_dir=self.tmp, dirsync=self.dirsync)
@@ -347,8 +346,7 @@ class Spool:
         _remove_quietly(self._path(queue_id, "eml"))
 
     def set_aside(self, queue_id: str, why: str) -> None:
-        if self.journal is not None:
-            self.journal.write_out(queue_id)
+        self.write_out(queue_id)
         self.corrupt.mkdir(parents=True, exist_ok=True)
         for ext in ("state", "json", "msg", "eml"):
             src = self._path(queue_id, ext)
