@@ -331,8 +331,7 @@ def journal_holds(folder: Path) -> tuple[dict[str, bytes], list[Path]]:
 def queued_entries(data_dir: Path) -> dict:
     """queue id -> QueueEntry of every message a server (in any process) has queued and not
     yet finished: the entries with a file, and those its journal holds whose file is not
-    written yet (a message that arrived in the last second or so).  An entry the server has
-    just finished can stay listed for up to a second, until its end reaches the journal."""
+    written yet (a message that arrived in the last second or so)."""
     import io
     from ismail.queue.spool import QueueEntry, Spool, _read_envelope
     queue = Path(data_dir) / "queue"
