@@ -589,7 +589,6 @@ class SmartHostTest(DeliveryCase):
         self.assertEqual(missing, set(), f"{len(missing)} acknowledged message(s) never reached the sink")
         self.assertLessEqual(set(got), set(tokens))
         twice = [t for t in set(got) if got.count(t) > 1]
-        print("DBG twice idx", sorted(tokens.index(t) for t in twice), "killed_with", killed_with, "acked", len(acked), file=__import__("sys").stderr)
         self.assertLessEqual(max((got.count(t) for t in got), default=0), 2)
         # Only deliveries under way at the kill (one per outgoing connection) may be repeated.
         self.assertLessEqual(len(twice), 2, f"{len(twice)} messages delivered twice")
