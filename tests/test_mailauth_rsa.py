@@ -159,6 +159,8 @@ class RsaTest(unittest.TestCase):
         cls.key = rsa.generate(2048)
         cls.generate_seconds = time.perf_counter() - started
         cls.key1024 = rsa.generate(1024)
+        with mock.patch.object(libcrypto, "generate_pkcs1", side_effect=OSError("test: no OpenSSL")):
+            cls.pow_key = rsa.generate(1099)  # made by rsa.py's own primes and pow()
         cls.dir = Path(tempfile.mkdtemp(prefix="ismail-rsa-"))
         cls.openssl_keys: dict[str, Path] = {}
 
@@ -196,7 +198,8 @@ class RsaTest(unittest.TestCase):
     # -- keys we make ------------------------------------------------------------------------
     def test_generated_keys_have_the_asked_size_and_consistent_numbers(self) -> None:
         self.assertLess(self.generate_seconds, 60, "2048-bit generation is far too slow")
-        for key, bits in ((self.key, 2048), (self.key1024, 1024), (rsa.generate(1099), 1099)):
+        for key, bits in ((self.key, 2048), (self.key1024, 1024), (rsa.generate(1099), 1099),
+                          (self.pow_key, 1099)):
             self.assertEqual((key.bits, key.e), (bits, 65537))
             self.assertEqual(key.p * key.q, key.n)
             self.assertNotEqual(key.p, key.q)
@@ -301,6 +304,27 @@ class RsaTest(unittest.TestCase):
             self.skipTest("checked on Linux")
         self.assertIsNotNone(libcrypto.library(), "libcrypto of the ssl module not found")
         self.assertIsNotNone(rsa._native_key(self.key))
+
+    def test_new_keys_come_from_openssl_on_linux(self) -> None:
+        # pow() takes 0.4-1.2 s of CPU holding the GIL for a 2048-bit key; OpenSSL a tenth
+        # of that outside it.  No prime of rsa.py's own may be looked for here.
+        if not sys.platform.startswith("linux"):
+            self.skipTest("checked on Linux")
+        with mock.patch.object(rsa, "_random_prime", side_effect=AssertionError("pow() path taken")):
+            key = rsa.generate(2048)
+        self.assertEqual(key.bits, 2048)
+        self.assertTrue(key.public().verify_sha256(b"a", key.sign_sha256(b"a")))
+
+    def test_a_key_openssl_cannot_make_or_makes_wrong_is_made_with_pow(self) -> None:
+        wrong_size = rsa._pkcs1_der(self.key1024)
+        for failure in (mock.patch.object(libcrypto, "generate_pkcs1", side_effect=OSError("broken")),
+                        mock.patch.object(libcrypto, "generate_pkcs1", return_value=wrong_size),
+                        mock.patch.object(libcrypto, "generate_pkcs1", return_value=b"\x30\x03\x02\x01\x05")):
+            with self.subTest(failure=failure), failure, self.assertLogs("ismail.dkim", "WARNING") as logs:
+                key = rsa.generate(1024 + 8)
+                self.assertEqual(key.bits, 1032)
+                self.assertNotEqual(key.n, self.key1024.n)
+                self.assertIn("using pow()", "\n".join(logs.output))
 
     def test_openssl_and_pow_give_the_same_bytes_for_every_size(self) -> None:
         for key in (self.key, self.key1024, rsa.generate(1099)):

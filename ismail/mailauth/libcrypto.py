@@ -10,9 +10,16 @@ is OpenSSL's: the key files, the padding (EMSA-PKCS1-v1_5) and the check of each
 signature with the public exponent stay in rsa.py, and rsa.py falls back to pow() when
 this module says no (library not found, a call failing, ISMAIL_RSA=python).
 
+New keys are OpenSSL's too (``generate_pkcs1``): Python's pow() takes 0.4-1.2 s of CPU
+for a 2048-bit key, holding the GIL in steps of milliseconds, so a first start (which
+makes a key for each local domain in the background) stalled every SMTP session for
+that long; OpenSSL takes ~0.1 s outside the GIL.  rsa.py reads the key it returns with
+its own DER reader and checks its numbers, as for any key file.
+
 The calls used exist unchanged in OpenSSL 1.1.0 to 3.x: ``d2i_RSAPrivateKey`` (the
 PKCS#1 DER we write ourselves), ``RSA_private_encrypt`` with RSA_NO_PADDING (raw
-m^d mod n, with OpenSSL's CRT and blinding), ``RSA_free``.
+m^d mod n, with OpenSSL's CRT and blinding), ``RSA_free``; for new keys ``RSA_new``,
+``BN_new``, ``BN_set_word``, ``RSA_generate_key_ex``, ``i2d_RSAPrivateKey``, ``BN_free``.
 """
 from __future__ import annotations
 
@@ -74,6 +81,49 @@ def _load(path: str) -> ctypes.CDLL:
                                         ctypes.c_void_p, ctypes.c_int]
     lib.RSA_free.restype, lib.RSA_free.argtypes = None, [ctypes.c_void_p]
     return lib
+
+
+def _keygen_calls(lib: ctypes.CDLL) -> None:
+    """Declare the calls of generate_pkcs1 (AttributeError if the library lacks one)."""
+    lib.RSA_new.restype, lib.RSA_new.argtypes = ctypes.c_void_p, []
+    lib.BN_new.restype, lib.BN_new.argtypes = ctypes.c_void_p, []
+    lib.BN_free.restype, lib.BN_free.argtypes = None, [ctypes.c_void_p]
+    lib.BN_set_word.restype, lib.BN_set_word.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_ulong]
+    lib.RSA_generate_key_ex.restype = ctypes.c_int
+    lib.RSA_generate_key_ex.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.i2d_RSAPrivateKey.restype = ctypes.c_int
+    lib.i2d_RSAPrivateKey.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+
+
+def generate_pkcs1(bits: int, e: int) -> bytes:
+    """A new ``bits``-bit RSA key with public exponent ``e``, made by OpenSSL, as PKCS#1
+    DER.  OSError when there is no usable library or OpenSSL fails (then pow() it is)."""
+    lib = library()
+    if lib is None:
+        raise OSError("no usable OpenSSL")
+    try:
+        _keygen_calls(lib)
+    except AttributeError as exc:
+        raise OSError(f"OpenSSL lacks a call for making keys ({exc})") from None
+    rsa, exponent = lib.RSA_new(), lib.BN_new()
+    try:
+        if not rsa or not exponent or lib.BN_set_word(exponent, e) != 1:
+            raise OSError("OpenSSL could not allocate a key")
+        if lib.RSA_generate_key_ex(rsa, bits, exponent, None) != 1:
+            raise OSError(f"OpenSSL could not make a {bits}-bit key")
+        size = lib.i2d_RSAPrivateKey(rsa, None)
+        if size <= 0:
+            raise OSError("OpenSSL could not write the new key")
+        out = ctypes.create_string_buffer(size)
+        cursor = ctypes.c_void_p(ctypes.addressof(out))  # i2d writes there and moves it on
+        if lib.i2d_RSAPrivateKey(rsa, ctypes.byref(cursor)) != size:
+            raise OSError("OpenSSL could not write the new key")
+        return out.raw
+    finally:
+        if rsa:
+            lib.RSA_free(rsa)
+        if exponent:
+            lib.BN_free(exponent)
 
 
 def library() -> ctypes.CDLL | None:

@@ -199,6 +199,9 @@ def generate(bits: int = 2048) -> PrivateKey:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"an RSA key of {bits!r} bits cannot be made; {MIN_BITS}-{MAX_BITS} allowed")
     e = PUBLIC_EXPONENT
+    key = _openssl_key(bits, e)
+    if key is not None:
+        return key
     while True:
         p = _random_prime((bits + 1) // 2, e)
         q = _random_prime(bits // 2, e)
@@ -209,6 +212,22 @@ def generate(bits: int = 2048) -> PrivateKey:
         if d <= 1 << (bits // 2):  # FIPS 186-5: d > 2^(nlen/2); practically always
             continue
         return _private_key(p * q, e, d, p, q)
+
+
+def _openssl_key(bits: int, e: int) -> PrivateKey | None:
+    """A new key from OpenSSL (libcrypto.py says why), read back and checked like a key
+    file; None, with the reason logged, when pow() has to make it."""
+    try:
+        key = _from_der(libcrypto.generate_pkcs1(bits, e), pkcs1=True)
+    except (OSError, ValueError) as exc:
+        if libcrypto.library() is not None:
+            log.warning("RSA: OpenSSL did not make the %d-bit key (%s); using pow()", bits, exc)
+        return None
+    if (key.n.bit_length() != bits or key.e != e
+            or abs(key.p - key.q) <= 1 << (bits // 2 - 100) or key.d <= 1 << (bits // 2)):
+        log.warning("RSA: OpenSSL's %d-bit key is not one ISMail makes; using pow()", bits)
+        return None
+    return key
 
 
 def _random_prime(bits: int, e: int) -> int:
