@@ -134,6 +134,26 @@ class ReactorTest(unittest.TestCase):
         other = self.talk("127.0.0.2")
         self.assertRegex(other.cmd("NOOP"), rb"^250 ")
 
+    def test_commands_sent_right_after_the_dot_are_answered_after_its_250(self) -> None:
+        # A worker stores the message and the loop serves what follows: what the client
+        # sends without waiting for the 250 must still be answered after it.
+        c = self.talk()
+        c.cmd("EHLO eager.test")
+        rounds = 100
+        for n in range(rounds):
+            self.assertRegex(c.cmd("MAIL FROM:<a@example.test>"), rb"^250 ")
+            self.assertRegex(c.cmd("RCPT TO:<user@example.test>"), rb"^250 ")
+            self.assertRegex(c.cmd("DATA"), rb"^354 ")
+            c.send(message(n) + b".\r\n")
+            c.send(b"NOOP after %d\r\n" % n)  # a write of its own: usually a read of its own
+            c.send(b"RSET\r\n")
+            first, second, third = c.reply(), c.reply(), c.reply()
+            self.assertRegex(first, rb"^250 2\.0\.0 Ok: queued as ", f"round {n}")
+            self.assertEqual((second[:4], third[:4]), (b"250 ", b"250 "), f"round {n}")
+            self.assertNotIn(b"queued", second + third, f"round {n}")
+        self.assertRegex(c.cmd("QUIT"), rb"^221 ")
+        self.assertEqual(self.wait_count(rounds), rounds)
+
     def test_auth_and_starttls_free_commands_still_pipeline_in_one_answer(self) -> None:
         c = self.talk()
         c.send(b"EHLO p.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<user@example.test>\r\n"
