@@ -294,7 +294,8 @@ class MailServer:
 
     def _make_dkim_keys(self, settings: Settings) -> None:
         """A local domain without a DKIM key gets one (dkim.auto_keys), in the background:
-        a 2048-bit key takes seconds of CPU, and mail is accepted meanwhile (unsigned)."""
+        a 2048-bit key takes 0.15-0.3 s with OpenSSL (up to seconds with pow(), the
+        fallback), and mail is accepted meanwhile (unsigned)."""
         if not (settings.dkim.enabled and settings.dkim.auto_keys):
             return
         if not keys_missing(self.dkim_keys, sorted(settings.local_domains())):
