@@ -13,7 +13,7 @@ this module says no (library not found, a call failing, ISMAIL_RSA=python).
 New keys are OpenSSL's too (``generate_pkcs1``): Python's pow() takes 0.4-1.2 s of CPU
 for a 2048-bit key, holding the GIL in steps of milliseconds, so a first start (which
 makes a key for each local domain in the background) stalled every SMTP session for
-that long; OpenSSL takes ~0.1 s outside the GIL.  rsa.py reads the key it returns with
+that long; OpenSSL takes 0.1-0.3 s, outside the GIL.  rsa.py reads the key it returns with
 its own DER reader and checks its numbers, as for any key file.
 
 The calls used exist unchanged in OpenSSL 1.1.0 to 3.x: ``d2i_RSAPrivateKey`` (the

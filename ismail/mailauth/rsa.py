@@ -205,13 +205,15 @@ def generate(bits: int = 2048) -> PrivateKey:
     while True:
         p = _random_prime((bits + 1) // 2, e)
         q = _random_prime(bits // 2, e)
-        if abs(p - q) <= 1 << (bits // 2 - 100):  # FIPS 186-5: |p-q| > 2^(nlen/2-100)
-            continue
-        lam = math.lcm(p - 1, q - 1)
-        d = pow(e, -1, lam)
-        if d <= 1 << (bits // 2):  # FIPS 186-5: d > 2^(nlen/2); practically always
-            continue
-        return _private_key(p * q, e, d, p, q)
+        d = pow(e, -1, math.lcm(p - 1, q - 1))  # _random_prime saw to gcd(e, p-1) = gcd(e, q-1) = 1
+        if _fips_bounds(bits, p, q, d):
+            return _private_key(p * q, e, d, p, q)
+
+
+def _fips_bounds(bits: int, p: int, q: int, d: int) -> bool:
+    """FIPS 186-5's bounds for a new key: |p-q| > 2^(nlen/2-100) and d > 2^(nlen/2)
+    (the second practically always holds)."""
+    return abs(p - q) > 1 << (bits // 2 - 100) and d > 1 << (bits // 2)
 
 
 def _openssl_key(bits: int, e: int) -> PrivateKey | None:
@@ -223,8 +225,7 @@ def _openssl_key(bits: int, e: int) -> PrivateKey | None:
         if libcrypto.library() is not None:
             log.warning("RSA: OpenSSL did not make the %d-bit key (%s); using pow()", bits, exc)
         return None
-    if (key.n.bit_length() != bits or key.e != e
-            or abs(key.p - key.q) <= 1 << (bits // 2 - 100) or key.d <= 1 << (bits // 2)):
+    if key.n.bit_length() != bits or key.e != e or not _fips_bounds(bits, key.p, key.q, key.d):
         log.warning("RSA: OpenSSL's %d-bit key is not one ISMail makes; using pow()", bits)
         return None
     return key
