@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -49,9 +50,30 @@ def require_program(test: unittest.TestCase, name: str, path: str | None = None)
     raise unittest.SkipTest(message)
 
 
+# Ports for servers the tests start: below the kernel's range for outgoing connections'
+# own ports (32768-60999 on Linux, 49152-65535 on Windows).  A port from that range (what
+# binding to port 0 gives) can be handed to an outgoing connection between the moment a
+# test picks it and the moment its server binds it: seen once in CI, a GUI test's server
+# could not start and the test met "connection refused".
+TEST_PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to right now, not handed out before in this run."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    for _ in range(200):
+        port = random.choice(TEST_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:  # the range is crowded: any port
         s.bind((host, 0))
         return s.getsockname()[1]
 
