@@ -61,6 +61,8 @@ from .stats import Stats
 
 log = logging.getLogger("ismail.service")
 
+KEYGEN_STOP_SECONDS = 30.0  # a stop waits this long for a DKIM key being made (OpenSSL: < 1 s)
+
 
 class StartupError(Exception):
     """The server cannot start; the message says why in words a user understands."""
@@ -183,6 +185,14 @@ class MailServer:
         self.duplicates.close()
         self.spool.close()  # after the sessions: a message still arriving had its commit
         self.dirsync.close()
+        keygen = self._keygen
+        if keygen is not None and keygen.is_alive():
+            # OpenSSL may be making a DKIM key in it: a process that ends meanwhile runs
+            # OpenSSL's exit cleanup under that call and crashes (SIGSEGV, seen on a stop
+            # 0.1 s after a first start).  It stops after the key it is making.
+            keygen.join(KEYGEN_STOP_SECONDS)
+            if keygen.is_alive():
+                log.warning("DKIM: a key was still being made when the server stopped")
         # Its thread ends; a new executor starts none until a login needs it (after a restart).
         self._password_checker.shutdown(wait=False)
         self._password_checker = _password_executor()
