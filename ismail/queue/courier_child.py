@@ -46,6 +46,9 @@ class Frames:
         self.conn = conn
         self.fd = conn.fileno() if type(conn) is Connection else None
         self.buf = bytearray()
+        # Small reads land in one buffer kept for the channel's life: os.read(fd, 256 KiB)
+        # would map and unmap a fresh 256 KiB object for every few-hundred-byte answer.
+        self.scratch = memoryview(bytearray(self.CHUNK)) if hasattr(os, "readv") else None
 
     def read(self) -> bytes:
         """The next message; EOFError when the other end has closed the channel."""
@@ -68,11 +71,14 @@ class Frames:
                         message = bytes(buf[head:need])
                         del buf[:need]
                         return message
-            chunk = os.read(self.fd, max(self.CHUNK, need - len(buf)))
+            if self.scratch is None or need - len(buf) > self.CHUNK:
+                chunk = os.read(self.fd, max(self.CHUNK, need - len(buf)))  # a large message
+            else:
+                chunk = self.scratch[:os.readv(self.fd, [self.scratch])]
             if not chunk:
                 raise EOFError("the channel was closed")
             if not buf and len(chunk) >= 4 and len(chunk) == 4 + struct.unpack_from("!i", chunk)[0]:
-                return chunk[4:]  # the usual case: exactly one whole message
+                return bytes(chunk[4:])  # the usual case: exactly one whole message
             buf += chunk
 
 
