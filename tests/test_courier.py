@@ -32,6 +32,7 @@ from tests.support import ServerProcess, cli
 
 FAST_RETRY = {"first_seconds": 1, "max_interval_seconds": 2, "lifetime_hours": 1}
 PID = re.compile(r"delivery process started \(pid (\d+)\)")
+TOKEN = re.compile(r"tok-[0-9a-f]{32}")
 
 
 class Destination25:
@@ -351,6 +352,70 @@ class CourierUnitTest(unittest.TestCase):
         self.assertFalse(result.sent or result.permanent, result)
         self.assertIn("Cannot connect", result.text)
         self.assertIn(f"127.0.0.1[127.0.0.1]:{closed}: 4.4.1 Cannot connect", "\n".join(logs.output))
+
+
+class CourierBatchTest(unittest.TestCase):
+    """Several messages in one request to the process: each result comes back as soon as
+    it is known, and the next text waits until the server has recorded it."""
+
+    def setUp(self) -> None:
+        from tests.test_sender_pipelining import RecordingServer
+        self.recorder = RecordingServer()   # offers PIPELINING: texts go with the next envelope
+        self.addCleanup(self.recorder.close)
+        self.stats = Stats()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="ismail-courier-"))
+
+    def items(self, count: int) -> tuple[list, list[str]]:
+        dests = [Destination("127.0.0.1", "127.0.0.1", self.recorder.port, "none", smarthost=True)]
+        tokens = ["tok-" + uuid.uuid4().hex for _ in range(count)]
+        return [(dests, "a@example.test", ["b@remote.test"],
+                 f"From: <a@example.test>\r\nSubject: {t}\r\n\r\nbody {t}\r\n".encode(),
+                 False, "7BIT", "") for t in tokens], tokens
+
+    def test_no_text_goes_before_the_result_of_the_one_before_is_recorded(self):
+        c = Courier(self.stats, self.data_dir, "mx.example.test")
+        self.addCleanup(c.close)
+        items, tokens = self.items(4)
+        seen_while_recording: list[tuple[int, int]] = []
+
+        def record(index: int, results: dict) -> None:
+            self.assertTrue(results["b@remote.test"].sent, results)
+            time.sleep(0.3)  # a slow disk: the process must wait for this before the next text
+            seen_while_recording.append((index, self.recorder.texts_seen))
+
+        results = c.attempt_many(items, record)
+        self.assertIsNotNone(c.pid, "not sent by the delivery process")
+        self.assertEqual([r["b@remote.test"].text for r in results],
+                         [f"250 2.0.0 Ok: queued as Q{i}" for i in range(1, 5)])
+        # While message n was being recorded, the destination had seen n texts, not n + 1.
+        self.assertEqual(seen_while_recording, [(0, 1), (1, 2), (2, 3), (3, 4)])
+        self.assertEqual([TOKEN.search(m.data.decode()).group(0) for m in self.recorder.messages], tokens)
+        self.assertEqual(len(self.recorder.connections), 1)
+        c.close_idle(force=True)
+
+    def test_a_process_killed_in_the_middle_of_a_request_defers_only_what_it_did_not_report(self):
+        c = Courier(self.stats, self.data_dir, "mx.example.test")
+        self.addCleanup(c.close)
+        items, tokens = self.items(5)
+        reported: list[int] = []
+
+        def record(index: int, results: dict) -> None:
+            reported.append(index)
+            if index == 1:
+                os.kill(c.pid, signal.SIGKILL)
+
+        with self.assertLogs("ismail.courier", logging.WARNING):
+            results = c.attempt_many(items, record)
+        for i in (0, 1):
+            self.assertTrue(results[i]["b@remote.test"].sent, results[i])
+        for i in (2, 3, 4):
+            self.assertEqual(results[i]["b@remote.test"].code, 0)   # tried again later
+            self.assertIn("delivery process ended", results[i]["b@remote.test"].text)
+        self.assertEqual(sorted(reported), [0, 1, 2, 3, 4])  # each reported once
+        # Killed while the second result was being recorded: the third text never went.
+        time.sleep(0.3)
+        got = [TOKEN.search(m.data.decode()).group(0) for m in self.recorder.messages]
+        self.assertEqual(got, tokens[:2])
 
 
 class FramesTest(unittest.TestCase):

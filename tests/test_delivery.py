@@ -538,10 +538,43 @@ class SmartHostTest(DeliveryCase):
         self.assertEqual(most, 2, "the limit of 2 was never used (and the watch proves nothing)")
         self.assertGreaterEqual(elapsed, 3.0 - 0.2)  # 6 messages, 1 s each, 2 at a time
 
+    def test_a_slow_destination_gets_parallel_connections_not_one_long_batch(self):
+        # Messages for one SmartHost wait in one line and may go several per request; but
+        # one that takes a second each must not hold the others back: they get connections
+        # of their own, up to the limit.
+        most, elapsed = self._limit_run(limit=4, messages=4)
+        self.assertEqual(most, 4, "the four messages did not go over four connections at once")
+        self.assertLess(elapsed, 3.5)  # one after another they take 4 s
+
     def test_outgoing_limit_one_is_strictly_serial(self):
         most, elapsed = self._limit_run(limit=1, messages=4)
         self.assertEqual(most, 1, "outgoing.max_connections=1 but not exactly one connection at a time")
         self.assertGreaterEqual(elapsed, 4.0 - 0.2)  # 4 messages of 1 s each, one after another
+
+    def test_a_backlog_for_the_smarthost_leaves_in_batches_over_the_limits_connections(self):
+        from tests.test_sender_pipelining import RecordingServer
+        port = free_port()  # nothing there yet: every message is deferred for an hour
+        s = self.server({"smarthost": smarthost(port), "retry": NO_RETRY})
+        tokens = [new_token() for _ in range(40)]
+        with smtplib.SMTP("127.0.0.1", s.port, local_hostname="client.test", timeout=30) as c:
+            for t in tokens:
+                c.sendmail("user@example.test", ["x@remote.test"],
+                           message_text("user@example.test", ["x@remote.test"], t))
+        self.wait_for(lambda: cli(s.data_dir, "queue", "list").stdout.count("attempts=1") >= 40,
+                      30, "every message tried once")
+        recorder = RecordingServer(port=port)
+        self.addCleanup(recorder.close)
+        r = cli(s.data_dir, "queue", "flush")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_queue_empty(s, timeout=30)
+        got = [TOKEN.search(m.data.decode()).group(0) for m in recorder.messages]
+        self.assertEqual(sorted(got), sorted(tokens), "each message exactly once")
+        # The default outgoing limit is 2 connections; within each, a message's text went
+        # in the same write as the next one's envelope (one round trip per message).
+        self.assertLessEqual(len(recorder.connections), 2)
+        joined = sum(1 for conn in recorder.connections for chunk in conn.chunks
+                     if b"\r\n.\r\nmail FROM:" in chunk)
+        self.assertGreaterEqual(joined, 20, "the backlog did not go in batches")
 
     def test_sigkill_during_delivery_load_loses_no_acknowledged_message(self):
         port = free_port()  # the SmartHost is down at first, so a backlog builds up
@@ -808,7 +841,7 @@ class UnexpectedErrorTest(unittest.TestCase):
             calls.append(time.monotonic())
             raise RuntimeError("a bug in delivery")
 
-        with mock.patch.object(ms.qmgr.sender, "deliver", side_effect=broken):
+        with mock.patch.object(ms.qmgr.sender, "deliver_many", side_effect=broken):
             with self.assertLogs("ismail.scheduler", "ERROR"):
                 ms.inject("user@example.test", ["x@remote.test"], b"Subject: t\r\n\r\nx\r\n")
                 deadline = time.monotonic() + 15

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import unittest
+import unittest.mock
 import uuid
 from dataclasses import dataclass, field
 
@@ -56,11 +57,12 @@ class RecordingServer:
     hang_up_after_mail  close the connection right after the MAIL reply
     data_354_anyway     answer DATA with 354 even with no recipient (a broken server)
     vanish_on_message   close without a reply after the text of message number N (1-based)
+    port        the port to listen on (0: any free one)
     """
 
     def __init__(self, pipelining: bool = True, refuse: dict[str, str] | None = None,
                  mail_reply: str | None = None, hang_up_after_mail: bool = False,
-                 data_354_anyway: bool = False, vanish_on_message: int = 0) -> None:
+                 data_354_anyway: bool = False, vanish_on_message: int = 0, port: int = 0) -> None:
         self.pipelining, self.refuse = pipelining, refuse or {}
         self.mail_reply, self.hang_up_after_mail = mail_reply, hang_up_after_mail
         self.data_354_anyway, self.vanish_on_message = data_354_anyway, vanish_on_message
@@ -71,7 +73,7 @@ class RecordingServer:
         self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind(("127.0.0.1", port))
         self.listener.listen(8)
         self.listener.settimeout(0.1)
         self.port = self.listener.getsockname()[1]
@@ -398,6 +400,130 @@ class PipelinedTransactionTest(PipeliningCase):
         self.assertEqual(server.texts_seen, 2)
         self.assertEqual(len(server.connections), 1)
         self.assertEqual(sender.stats.get("outgoing_current"), 0)
+
+
+class BatchTest(PipeliningCase):
+    """Several messages for one next hop in one request (Sender.deliver_many, what the queue
+    does with a backlog): one connection, and after the first, each text in the same write
+    as the next message's MAIL, RCPT and DATA; each message still has its own outcome."""
+
+    def batch(self, sender: Sender, texts: list[bytes], rcpts_of=None) -> tuple[list, list[int]]:
+        items = [(SENDER, rcpts_of(i) if rcpts_of else ["bob@remote.test"], "remote.test", text,
+                  False, "7BIT", "") for i, text in enumerate(texts)]
+        reported: list[int] = []
+        results = sender.deliver_many(items, lambda index, _: reported.append(index))
+        return results, reported
+
+    def test_each_text_goes_with_the_next_envelope_over_one_connection(self):
+        server, sender = self.start()
+        texts = [message(uuid.uuid4().hex) for _ in range(5)]
+        results, reported = self.batch(sender, texts)
+        self.assertEqual([r["bob@remote.test"].text for r in results],
+                         [f"250 2.0.0 Ok: queued as Q{i}" for i in range(1, 6)])
+        self.assertEqual(sorted(reported), [0, 1, 2, 3, 4], "every message reported once")
+        self.assertEqual(server.messages, [Received(SENDER, ["bob@remote.test"], t) for t in texts])
+        (conn,) = server.connections
+        # One write per message: the first envelope alone, then text n + envelope n+1, then
+        # the last text alone.
+        joined = [c for c in conn.chunks if b"\r\n.\r\nmail FROM:" in c]
+        self.assertEqual(len(joined), 4, conn.chunks)
+        self.assertEqual(sum(1 for c in conn.chunks if c.lower().startswith(b"mail from:")), 1)
+
+    def test_a_refusal_in_the_middle_does_not_stop_the_messages_after_it(self):
+        refusal = "550 5.1.1 <nobody@remote.test>: User unknown"
+        server, sender = self.start(refuse={"nobody@remote.test": refusal})
+        texts = [message(uuid.uuid4().hex) for _ in range(4)]
+        results, reported = self.batch(
+            sender, texts, lambda i: ["nobody@remote.test"] if i == 1 else ["bob@remote.test"])
+        self.assertEqual(results[1], {"nobody@remote.test": Result(550, refusal, "127.0.0.1")})
+        for i in (0, 2, 3):
+            self.assertTrue(results[i]["bob@remote.test"].sent, results[i])
+        self.assertEqual([m.data for m in server.messages], [texts[0], texts[2], texts[3]])
+        self.assertEqual(sorted(reported), [0, 1, 2, 3])
+        self.assertEqual(len(server.connections), 1)
+
+    def test_a_connection_lost_after_a_text_defers_that_one_and_the_rest_go_on_a_new_one(self):
+        server, sender = self.start(vanish_on_message=2)
+        texts = [message(uuid.uuid4().hex) for _ in range(4)]
+        results, _ = self.batch(sender, texts)
+        self.assertTrue(results[0]["bob@remote.test"].sent)
+        lost = results[1]["bob@remote.test"]
+        self.assertEqual(lost.code, 0)
+        self.assertIn("Lost connection", lost.text)
+        self.assertFalse(lost.permanent)  # the queue tries it again later
+        self.assertTrue(results[2]["bob@remote.test"].sent, results[2])
+        self.assertTrue(results[3]["bob@remote.test"].sent, results[3])
+        # The server read the second text (and hung up without a word): it is not sent again
+        # within the request; the third and fourth went on a second connection.
+        self.assertEqual([m.data for m in server.messages], [texts[0], texts[2], texts[3]])
+        self.assertEqual(server.texts_seen, 4)
+        self.assertEqual(len(server.connections), 2)
+        sender.close_idle(force=True)
+        self.assertEqual(sender.stats.get("outgoing_current"), 0)
+
+    def test_a_bug_with_one_message_defers_it_and_the_held_one_and_the_rest_still_go(self):
+        server, sender = self.start()
+        texts = [message(uuid.uuid4().hex) for _ in range(3)]
+        real = pipeline.envelope
+
+        def envelope(smtp, mail_from, options, rcpts):
+            if rcpts == ["carol@remote.test"]:
+                raise RuntimeError("a bug")
+            return real(smtp, mail_from, options, rcpts)
+
+        started = time.monotonic()
+        with unittest.mock.patch.object(pipeline, "envelope", envelope), \
+                self.assertLogs("ismail.sender", "ERROR"):
+            results, reported = self.batch(
+                sender, texts, lambda i: ["carol@remote.test"] if i == 1 else ["bob@remote.test"])
+        # The connection was in the middle of the first message's DATA: it was closed without
+        # a word (a QUIT would have been taken as text, and waited minutes for a reply).
+        self.assertLess(time.monotonic() - started, 10)
+        for i in (0, 1):
+            only = next(iter(results[i].values()))
+            self.assertEqual(only.code, 0, results[i])   # waits in the queue, tried again later
+        self.assertIn("Internal error", results[1]["carol@remote.test"].text)
+        self.assertTrue(results[2]["bob@remote.test"].sent, results[2])
+        self.assertEqual([m.data for m in server.messages], [texts[2]])
+        self.assertEqual(server.texts_seen, 1, "the first text was sent after all")
+        self.assertEqual(sorted(reported), [0, 1, 2])
+        sender.close_idle(force=True)
+        self.assertEqual(sender.stats.get("outgoing_current"), 0)
+
+    def test_a_destination_that_turns_mail_away_at_the_greeting_is_asked_once_per_request(self):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.2)
+        self.addCleanup(listener.close)
+        accepted: list[int] = []
+        done = threading.Event()
+
+        def busy() -> None:
+            deadline = time.monotonic() + SERVER_SECONDS
+            while not done.is_set() and time.monotonic() < deadline:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue
+                accepted.append(1)
+                conn.sendall(b"421 4.3.2 busy.example.test Service not available\r\n")
+                conn.close()
+
+        watcher = threading.Thread(target=busy, daemon=True)
+        watcher.start()
+        self.addCleanup(watcher.join, 5)
+        self.addCleanup(done.set)
+        sender = sender_for(listener.getsockname()[1])
+        results, reported = self.batch(sender, [message(uuid.uuid4().hex) for _ in range(5)])
+        for r in results:
+            self.assertEqual(r["bob@remote.test"].code, 421)
+            self.assertFalse(r["bob@remote.test"].permanent)
+        self.assertEqual(sorted(reported), [0, 1, 2, 3, 4])
+        self.assertEqual(len(accepted), 1, "the busy server was asked again for each message")
+        # The next request asks again: the server may have recovered by then.
+        self.batch(sender, [message(uuid.uuid4().hex)])
+        self.assertEqual(len(accepted), 2)
 
 
 class SmtpSinkTest(DeliveryCase):

@@ -6,9 +6,9 @@ the DKIM signature) took turns on that one lock, so a relaying server used one c
 of the machine at most.  Postfix splits the same work over processes (smtpd, cleanup,
 qmgr, smtp).  ISMail keeps everything that decides - the queue, the routing, retries,
 bounces, the statistics and the log - in the server's process, and hands only the
-transaction itself to this one: "these recipients, this text, these destinations in
-this order; sign it for this domain".  The answer is one Result per recipient, as
-transport.Transport gives in-process.
+transactions themselves to this one: "for each of these messages: these recipients,
+this text, these destinations in this order; sign it for this domain".  The answer is
+one Result per recipient, as transport.Transport gives in-process.
 
 How the two talk:
 
@@ -23,6 +23,13 @@ How the two talk:
 * Requests and answers are pickled tuples.  While a request runs, the process may
   send counter changes ("outgoing_current") and log records first; the server's
   thread applies them as they come, then takes the answer.
+* A request may hold several messages (the queue's batch for one next hop).  Each
+  message's results come back as an "item" as soon as they are known; the server's
+  thread records the message (removed from the queue, or deferred) and answers
+  "recorded", and the process sends no further message text before that word.  So
+  however the two processes end, at most one message per connection was handed on
+  and not recorded (and is sent again: at worst twice, never lost), as with one
+  message per request.
 * It runs at a lower priority than the server (courier_child.NICE): when the machine's
   cores are all busy, the SMTP sessions a client waits on go first.
 * The process ends when its standard input closes: when the server stops, and also
@@ -30,8 +37,9 @@ How the two talk:
   IDLE_STOP_SECONDS without a delivery (a desktop server sends now and then; the
   process costs ~25 MB while it runs), and starts it again for the next one.
 
-If the process dies during a transaction, its recipients are deferred (a temporary
-failure) and retried later: a delivery may at worst be repeated, never lost.  The
+If the process dies during a request, the recipients of its messages not yet
+reported are deferred (a temporary failure) and retried later: a delivery may at
+worst be repeated, never lost.  The
 next delivery starts a new process.  If it cannot be started at all, deliveries run
 in the server's process (logged) and starting is tried again a minute later.
 """
@@ -62,6 +70,7 @@ CHILD_FLAG = "--delivery-process"
 START_TIMEOUT = 30.0     # seconds for the process to say where it listens
 RETRY_START_AFTER = 60.0  # after a start that failed, deliver in-process this long
 IDLE_STOP_SECONDS = 60.0  # no delivery for this long: the process is stopped until the next
+_RECORDED = pickle.dumps(("recorded",), PICKLE)  # a message's results are written down
 
 
 def courier_command() -> list[str]:
@@ -108,18 +117,33 @@ class Courier:
 
     def attempt(self, dests: list[Destination], sender: str, recipients: list[str], data: bytes,
                 smtputf8: bool = False, body: str = "7BIT", sign_domain: str = "") -> dict[str, Result]:
-        request = ("attempt", self._config, dests, sender, recipients, data, smtputf8, body, sign_domain)
+        return self.attempt_many([(dests, sender, recipients, data, smtputf8, body, sign_domain)])[0]
+
+    def attempt_many(self, items: list[tuple], report=None) -> list[dict[str, Result]]:
+        """Transport.attempt_many in the process: one request; each message's results come
+        back as soon as the process knows them, and go to ``report`` then."""
+        out: list[dict[str, Result] | None] = [None] * len(items)
+
+        def arrived(index: int, results: dict[str, Result]) -> None:
+            out[index] = results
+            if report is not None:
+                report(index, results)
+
         try:
-            results = self._call(request)
+            answered = self._call(("many", self._config, items), arrived)
         except CourierLost as e:
+            # The ones not answered yet may or may not have gone: each waits in the queue
+            # and goes again (at worst twice, never lost).
             log.warning("the delivery process ended during a delivery (%s); its recipients "
                         "will be tried again", e)
-            return {r: Result(0, "4.4.2 The delivery process ended during the transaction")
-                    for r in recipients}
-        if results is None:  # no process: this thread delivers itself
-            return self._in_process().attempt(dests, sender, recipients, data, smtputf8, body,
-                                              sign_domain)
-        return results
+            answered = True
+        if answered is None:  # no process: this thread delivers itself
+            return self._in_process().attempt_many(items, report)
+        for index, results in enumerate(out):
+            if results is None:
+                arrived(index, {r: Result(0, "4.4.2 The delivery process ended during the "
+                                             "transaction") for r in items[index][2]})
+        return out
 
     def close_idle(self, force: bool = False) -> bool:
         """Called by each delivery thread between jobs: its idle SMTP connection is hung up,
@@ -168,18 +192,19 @@ class Courier:
         log.info("delivery process stopped after %.0f s without mail to send", IDLE_STOP_SECONDS)
 
     # -- requests -------------------------------------------------------------------------------
-    def _call(self, request: tuple):
-        """The answer to ``request``; None when there is no process to ask."""
+    def _call(self, request: tuple, on_item=None):
+        """The answer to ``request`` (True when it has none of its own); None when there is
+        no process to ask.  ``on_item(index, results)`` takes each result as it comes."""
         with self._lock:
             self._in_flight += 1
         try:
-            return self._ask(request)
+            return self._ask(request, on_item)
         finally:
             with self._lock:
                 self._in_flight -= 1
                 self._last_used = time.monotonic()
 
-    def _ask(self, request: tuple):
+    def _ask(self, request: tuple, on_item=None):
         conn = self._channel()
         if conn is None:
             return None
@@ -198,7 +223,8 @@ class Courier:
             except (OSError, ValueError) as e:
                 self._drop_channel()
                 raise CourierLost(str(e) or e.__class__.__name__)
-        return self._replies(conn)
+        answer = self._replies(conn, on_item)
+        return True if answer is None else answer
 
     def _exchange(self, conn: Connection, request: tuple):
         with self._lock:
@@ -214,7 +240,7 @@ class Courier:
             with self._lock:
                 self._in_flight -= 1
 
-    def _replies(self, conn: Connection):
+    def _replies(self, conn: Connection, on_item=None):
         frames = self._local.frames
         while True:
             try:
@@ -223,7 +249,17 @@ class Courier:
                 self._drop_channel()
                 raise CourierLost(str(e) or "the process ended")
             kind = message[0]
-            if kind == "stat":
+            if kind == "item":
+                try:
+                    on_item(message[1], message[2])
+                except Exception:  # recorded as well as it could be: the process goes on
+                    log.exception("recording a delivery's result failed")
+                try:
+                    conn.send_bytes(_RECORDED)  # the process may send the next text
+                except (OSError, ValueError) as e:
+                    self._drop_channel()
+                    raise CourierLost(str(e) or e.__class__.__name__)
+            elif kind == "stat":
                 self.stats.add(message[1], message[2])
                 if message[1] == "outgoing_current":
                     self._local.open = getattr(self._local, "open", 0) + message[2]

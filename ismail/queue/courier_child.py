@@ -117,6 +117,36 @@ class _ChannelLog(logging.Handler):
             self.handleError(record)
 
 
+class _Reports:
+    """Each message's results go to the server as soon as they are known, and the server
+    answers "recorded" when it has written them down.  Before the next text goes out the
+    process waits for that word (``gate``): a crash of either side then repeats at most
+    the one message per connection that was on the wire, as with one message per request.
+    The word usually came long before: the next message was signed meanwhile.  A server
+    gone ends the request."""
+
+    def __init__(self, conn: Connection, frames: "Frames") -> None:
+        self.conn, self.frames = conn, frames
+        self.sent = self.recorded = 0
+
+    def report(self, index: int, results) -> bool:
+        try:
+            self.conn.send_bytes(pickle.dumps(("item", index, results), PICKLE))
+        except (OSError, ValueError):
+            return False
+        self.sent += 1
+        return True
+
+    def gate(self) -> bool:
+        try:
+            while self.recorded < self.sent:
+                if pickle.loads(self.frames.read())[0] == "recorded":
+                    self.recorded += 1
+        except (EOFError, OSError):
+            return False
+        return True
+
+
 def _serve(conn: Connection, transport: Transport) -> None:
     _current.conn = conn
     frames = Frames(conn)
@@ -127,12 +157,15 @@ def _serve(conn: Connection, transport: Transport) -> None:
             except (EOFError, OSError):
                 return
             try:
-                if request[0] == "attempt":
-                    _, config, dests, sender, rcpts, data, smtputf8, body, sign_domain = request
+                if request[0] == "many":
+                    _, config, items = request
                     if config != (transport.helo_name, transport.dns_servers):
                         transport.configure(*config)
-                    answer = transport.attempt(dests, sender, rcpts, data, smtputf8, body, sign_domain)
-                    holding = transport.holding()
+                    reports = _Reports(conn, frames)
+                    transport.attempt_many(items, reports.report, reports.gate)
+                    if not reports.gate():  # every "recorded" read: the channel is clear
+                        return
+                    answer, holding = None, transport.holding()  # each result went as it came
                 else:  # "idle"
                     answer, holding = None, transport.close_idle(request[1])
                 reply = ("done", answer, holding)

@@ -3,7 +3,11 @@
 A pipelined transaction writes MAIL FROM, every RCPT TO and DATA together and then
 reads their replies in order: one round trip instead of one per command.  DATA must
 end the group (§3.1), so the message text is only sent after DATA's 354, by which
-time every earlier reply has been read.
+time every earlier reply has been read.  The text may begin a group (§3.1: "the
+actual transfer of message content is explicitly allowed to be the first command in
+a group"): when the next message goes over the same connection, one message's text
+and its "." go in one write with the next one's MAIL, RCPTs and DATA (``replies``'
+``prefix``), so each message after the first costs one round trip, not two.
 
 smtplib reads replies from ``smtp.file``, a buffered reader, so several replies that
 arrive in one packet are taken one after another by ``smtp.getreply()``.  Commands
@@ -43,13 +47,20 @@ def envelope(smtp: smtplib.SMTP, sender: str, options: list[str], recipients: li
     return commands
 
 
-def replies(smtp: smtplib.SMTP, commands: list[str]) -> Iterator[tuple[int, bytes]]:
+def replies(smtp: smtplib.SMTP, commands: list[str], prefix: bytes = b"") -> Iterator[tuple[int, bytes]]:
     """Write ``commands`` without waiting and yield their replies, one per command, in order.
 
     The first WINDOW commands go in one write; each further window is written once
-    the replies to the one before have been read.
+    the replies to the one before have been read.  ``prefix``, the text of the message
+    before as ``wire_text`` gives it, goes first in that same write, and its reply is
+    the first one yielded.
     """
     written = 0
+    if prefix:
+        window = commands[:WINDOW]
+        smtp.send(prefix + "".join(c + "\r\n" for c in window).encode(smtp.command_encoding))
+        written = len(window)
+        yield smtp.getreply()
     for i in range(len(commands)):
         if i == written:
             window = commands[written:written + WINDOW]
@@ -58,8 +69,8 @@ def replies(smtp: smtplib.SMTP, commands: list[str]) -> Iterator[tuple[int, byte
         yield smtp.getreply()
 
 
-def send_text(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
-    """After DATA's 354: the message dot-stuffed and ended with "."; the final reply."""
+def wire_text(data: bytes) -> bytes:
+    """The message as it goes after DATA's 354: dot-stuffed, ended with CRLF "." CRLF."""
     # Every line that starts with a dot gets one more (RFC 5321 §4.5.2).  bytes.replace
     # rather than a regular expression: a 100 KB message in ~0.1 ms instead of ~0.4.
     text = data.replace(b"\n.", b"\n..")
@@ -67,7 +78,12 @@ def send_text(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
         text = b"." + text
     if not text.endswith(b"\r\n"):
         text += b"\r\n"
-    smtp.send(text + b".\r\n")
+    return text + b".\r\n"
+
+
+def send_text(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+    """After DATA's 354: the message dot-stuffed and ended with "."; the final reply."""
+    smtp.send(wire_text(data))
     return smtp.getreply()
 
 

@@ -13,6 +13,19 @@ interval (``retry.*``), and bounced when ``retry.lifetime_hours`` runs out.  Bou
 are RFC 3464 reports injected back through MailServer.inject with a null sender;
 a message with a null sender is never bounced: its report goes to the postmaster.
 
+Messages for one next hop (a *lane*: the SmartHost, a route, or a domain's MX hosts)
+wait in that lane's line, and a delivery thread takes several of them in one request
+(Sender.deliver_many): they share one connection, and with PIPELINING each text goes
+in the same write as the next envelope (transport.py), so a burst costs one round
+trip per message and one hand-over between threads per batch instead of per message.
+A thread takes as many as the lane has lately delivered in LANE_PATIENCE (at least
+one, at most LANE_BATCH), so a slow destination gets one message per thread and its
+messages spread over several connections; a lane gets another thread when a message
+has waited LANE_PATIENCE for one, or when a whole batch waits.  Once a lane has all the
+connections the outgoing limit allows, each thread takes at least its share of what
+waits: a distant SmartHost then gets batches, one round trip per message.  Each
+message keeps its own results, records and retries.
+
 ``queue flush`` from another process drops a file named ``flush`` into DATA/queue/;
 the dispatcher looks for it every second.
 """
@@ -38,6 +51,20 @@ log = logging.getLogger("ismail.scheduler")
 BATCH_RECIPIENTS = 50  # recipients of one domain per transaction
 FLUSH_FILE = "flush"
 FRESH_BYTES = 32 * 1024 * 1024  # at most this much of newly queued mail is kept in memory
+LANE_BATCH = 20        # messages in one delivery request at most
+LANE_BATCH_BYTES = 8 * 1024 * 1024   # and this much of their text
+LANE_PATIENCE = 0.05   # seconds a message waits for its lane's threads before it gets another
+
+
+class _Plan:
+    """One attempt at one entry: its text, one delivery item per part of its recipients."""
+
+    __slots__ = ("data", "failed", "now", "parts", "items")
+
+    def __init__(self, data: bytes, failed: list, now: float) -> None:
+        self.data, self.failed, self.now = data, failed, now
+        self.parts: list[list] = []
+        self.items: list[tuple] = []
 
 
 def next_delay(attempts: int, first: int, maximum: int) -> int:
@@ -137,6 +164,16 @@ class DeliveryPool:
             self._on_exit()
 
 
+class _Lane:
+    """The messages waiting for one next hop, and how many threads serve it."""
+
+    __slots__ = ("waiting", "runners")
+
+    def __init__(self) -> None:
+        self.waiting: collections.deque[tuple[str, float]] = collections.deque()  # (id, since)
+        self.runners = 0
+
+
 class QueueManager:
     def __init__(self, server: "MailServer") -> None:
         self.server = server
@@ -156,6 +193,8 @@ class QueueManager:
         self._flush_again: set[str] = set()  # busy when an ETRN came: due again when done
         self._fresh: dict[str, bytes] = {}  # messages not yet tried, as they were received
         self._fresh_bytes = 0
+        self._lanes: dict[tuple, _Lane] = {}
+        self._pace: dict[tuple, float] = {}  # seconds per message each lane took lately
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.pool: DeliveryPool | None = None
@@ -196,6 +235,10 @@ class QueueManager:
     def stop(self, grace: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
+            for lane in self._lanes.values():  # not under way: they wait for the next start
+                for qid, _ in lane.waiting:
+                    self._busy.discard(qid)
+                lane.waiting.clear()
             self._cond.notify_all()
         if self.pool is not None:
             self.pool.stop()
@@ -214,6 +257,8 @@ class QueueManager:
     def add(self, entry: QueueEntry, data: bytes | None = None) -> None:
         """A new entry (called by the spool right after it is committed)."""
         due_now = entry.next_try <= time.time() and self.pool is not None
+        key = self._lane_key(entry) if due_now else None
+        start = False
         with self._cond:
             self._entries[entry.id] = entry
             if data is not None and self._fresh_bytes + len(data) <= FRESH_BYTES:
@@ -221,12 +266,17 @@ class QueueManager:
                 self._fresh_bytes += len(data)
             if due_now:
                 self._busy.add(entry.id)  # straight to a delivery thread, no detour via the heap
+                if key is not None:
+                    start = self._line_up(key, entry.id)
             else:
                 heapq.heappush(self._heap, (entry.next_try, entry.id))
                 self._cond.notify()
         self.stats.add("queue_length")
         if due_now:
-            self.pool.submit(lambda: self._deliver(entry.id))
+            if key is None:
+                self.pool.submit(lambda: self._deliver(entry.id))
+            elif start:
+                self.pool.submit(lambda: self._run_lane(key))
 
     def flush(self) -> None:
         """Everything deferred is due now."""
@@ -283,41 +333,212 @@ class QueueManager:
                     if qid in self._entries and qid not in self._busy:
                         self._busy.add(qid)
                         due.append(qid)
-                if not due:
+                lanes = self._lanes_to_widen()
+                if not due and not lanes:
                     wait = self._heap[0][0] - now if self._heap else 1.0
+                    if any(lane.waiting for lane in self._lanes.values()):
+                        wait = min(wait, LANE_PATIENCE)
                     self._cond.wait(min(max(wait, 0.01), 1.0))
+            for key in lanes:
+                self.pool.submit(lambda key=key: self._run_lane(key))
             for qid in due:
-                self.pool.submit(lambda qid=qid: self._deliver(qid))
+                entry = self._entries.get(qid)
+                key = self._lane_key(entry) if entry is not None else None
+                if key is None:
+                    self.pool.submit(lambda qid=qid: self._deliver(qid))
+                    continue
+                with self._cond:
+                    start = self._line_up(key, qid)
+                if start:
+                    self.pool.submit(lambda key=key: self._run_lane(key))
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 1.0
                 if flush_file.exists():
                     flush_file.unlink(missing_ok=True)
                     self.flush()
 
+    # -- lanes ----------------------------------------------------------------------------------
+    def _lane_key(self, entry: QueueEntry) -> tuple | None:
+        """The lane of an entry whose recipients waiting are all in one domain and fit one
+        transaction; None for any other (it is delivered on its own)."""
+        domain = None
+        count = 0
+        for r in entry.recipients:
+            if r.state == "pending":
+                d = r.address.rpartition("@")[2].lower()
+                if domain is None:
+                    domain = d
+                elif d != domain:
+                    return None
+                count += 1
+        if domain is None or count > BATCH_RECIPIENTS:
+            return None
+        try:
+            return self.sender.lane(domain)
+        except Exception:
+            log.exception("cannot tell the next hop of %s; delivered on its own", domain)
+            return None
+
+    def _line_up(self, key: tuple, qid: str) -> bool:
+        """(Under the lock) ``qid`` waits in its lane; True when a thread is to start for it."""
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        lane.waiting.append((qid, time.monotonic()))
+        if lane.runners == 0 or (len(lane.waiting) >= LANE_BATCH and lane.runners < self._lane_cap()):
+            lane.runners += 1
+            return True
+        if len(lane.waiting) == 1 and lane.runners < self._lane_cap():
+            self._cond.notify()  # the dispatcher gives it another thread if it waits too long
+        return False
+
+    def _lane_cap(self) -> int:
+        return self.server.settings.outgoing.max_connections
+
+    def _lanes_to_widen(self) -> list[tuple]:
+        """(Under the lock) the lanes whose first message has waited LANE_PATIENCE for a
+        thread, each counted as having one more."""
+        if not self._lanes:
+            return []
+        cap = self._lane_cap()
+        late = time.monotonic() - LANE_PATIENCE
+        keys = []
+        for key, lane in self._lanes.items():
+            if lane.waiting and lane.waiting[0][1] <= late and lane.runners < cap:
+                lane.runners += 1
+                keys.append(key)
+        return keys
+
+    def _batch_size(self, key: tuple, lane: _Lane) -> int:
+        """(Under the lock) how many waiting messages a thread takes: what the lane has
+        lately delivered in LANE_PATIENCE (one while that is not known); and when the lane
+        has all the connections it may have, at least its share of what waits (they would
+        wait anyway, and over one connection they go one round trip each)."""
+        pace = self._pace.get(key)  # None: how fast this hop is is not known yet
+        most = 1 if pace is None else int(LANE_PATIENCE / max(pace, 1e-6))
+        cap = self._lane_cap()
+        if lane.runners >= cap:
+            most = max(most, -(-len(lane.waiting) // cap))
+        return max(1, min(LANE_BATCH, most))
+
+    def _run_lane(self, key: tuple) -> None:
+        """A delivery thread's work for a lane: batches of its messages until none waits."""
+        while True:
+            with self._cond:
+                lane = self._lanes.get(key)
+                if lane is None:
+                    return
+                if not lane.waiting or self._stopping:
+                    lane.runners -= 1
+                    if lane.runners <= 0 and not lane.waiting:
+                        del self._lanes[key]
+                    return
+                most = self._batch_size(key, lane)
+                batch: list[str] = []
+                size = 0
+                while lane.waiting and len(batch) < most and size < LANE_BATCH_BYTES:
+                    qid, _ = lane.waiting.popleft()
+                    entry = self._entries.get(qid)
+                    size += entry.size if entry is not None else 0
+                    batch.append(qid)
+            started = time.monotonic()
+            try:
+                self._deliver_many(batch)
+            except Exception:  # (it reports its own failures; this thread must not die of one)
+                log.exception("a delivery failed unexpectedly")
+            took = (time.monotonic() - started) / len(batch)
+            with self._cond:
+                pace = self._pace.get(key)
+                self._pace[key] = took if pace is None else 0.7 * pace + 0.3 * took
+                if len(self._pace) > 10_000:
+                    self._pace.clear()
+            if self.pool.waiting:
+                # Other work waits for a thread: this lane goes behind it (its runner stays
+                # counted, so no other starts meanwhile).
+                self.pool.submit(lambda: self._run_lane(key))
+                return
+
     # -- one message ----------------------------------------------------------------------------
     def _deliver(self, qid: str) -> None:
-        entry = self._entries.get(qid)
+        self._deliver_many([qid])
+
+    def _deliver_many(self, qids: list[str]) -> None:
+        """One attempt for each message, in one request to the sender."""
+        retry = self.server.settings.retry.first_seconds
+        plans = []
         try:
-            if entry is not None:
-                self._attempt(entry)
-        except OSError as e:
-            log.error("%s: cannot read or update the queue entry: %s", qid, e)
-            self._reschedule(entry, time.time() + self.server.settings.retry.first_seconds)
-        except Exception:
-            # A bug must not strand the message: it stays queued and is tried again later.
-            log.exception("%s: delivery attempt failed unexpectedly; will retry", qid)
-            self._reschedule(entry, time.time() + self.server.settings.retry.first_seconds)
+            for qid in qids:
+                entry = self._entries.get(qid)
+                try:
+                    plan = self._plan(entry) if entry is not None else None
+                except OSError as e:
+                    log.error("%s: cannot read or update the queue entry: %s", qid, e)
+                    self._reschedule(entry, time.time() + retry)
+                    continue
+                except Exception:
+                    # A bug must not strand the message: it stays queued and is tried later.
+                    log.exception("%s: delivery attempt failed unexpectedly; will retry", qid)
+                    self._reschedule(entry, time.time() + retry)
+                    continue
+                if plan is not None:
+                    plans.append((entry, plan))
+            # Each message is recorded as soon as all its items are answered, while the
+            # others of the request are still going: a crash repeats only those under way.
+            owner: list[tuple[int, int]] = []   # item -> (its plan, its place in the plan)
+            for p, (_, plan) in enumerate(plans):
+                owner += [(p, i) for i in range(len(plan.items))]
+            got: list[list] = [[None] * len(plan.items) for _, plan in plans]
+            left = [len(plan.items) for _, plan in plans]
+            concluded = [False] * len(plans)
+
+            def conclude(p: int) -> None:
+                concluded[p] = True
+                entry, plan = plans[p]
+                try:
+                    self._conclude(entry, plan, [r or {} for r in got[p]])
+                except OSError as e:
+                    log.error("%s: cannot read or update the queue entry: %s", entry.id, e)
+                    self._reschedule(entry, time.time() + retry)
+                except Exception:
+                    log.exception("%s: delivery attempt failed unexpectedly; will retry", entry.id)
+                    self._reschedule(entry, time.time() + retry)
+
+            def arrived(index: int, results: dict[str, Result]) -> None:
+                p, i = owner[index]
+                if concluded[p] or got[p][i] is not None:
+                    return
+                got[p][i] = results
+                left[p] -= 1
+                if not left[p]:
+                    conclude(p)
+
+            items = [item for _, plan in plans for item in plan.items]
+            try:
+                if items:
+                    self.sender.deliver_many(items, arrived)
+            except Exception:
+                log.exception("delivery attempt of %d message(s) failed unexpectedly; will retry",
+                              len(plans))
+                for p, (entry, _) in enumerate(plans):
+                    if not concluded[p]:
+                        concluded[p] = True
+                        self._reschedule(entry, time.time() + retry)
+            for p in range(len(plans)):
+                if not concluded[p]:  # no recipient to send to (a loop's bounce), or unanswered
+                    conclude(p)
         finally:
             with self._cond:
-                self._busy.discard(qid)
-                if qid in self._flush_again:  # an ETRN came during this attempt
-                    self._flush_again.discard(qid)
-                    if qid in self._entries:
-                        heapq.heappush(self._heap, (0.0, qid))
-                        self._cond.notify()
+                for qid in qids:
+                    self._busy.discard(qid)
+                    if qid in self._flush_again:  # an ETRN came during this attempt
+                        self._flush_again.discard(qid)
+                        if qid in self._entries:
+                            heapq.heappush(self._heap, (0.0, qid))
+                            self._cond.notify()
 
-    def _attempt(self, entry: QueueEntry) -> None:
-        settings = self.server.settings
+
+    def _plan(self, entry: QueueEntry) -> "_Plan | None":
+        """What one attempt at ``entry`` sends (None: the entry is gone)."""
         with self._cond:
             data = self._fresh.pop(entry.id, None)
             self._fresh_bytes -= len(data) if data is not None else 0
@@ -339,14 +560,22 @@ class QueueManager:
         by_domain: dict[str, list] = {}
         for r in pending:
             by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r)
-        now = time.time()
+        plan = _Plan(data, failed, time.time())
         for domain, rcpts in by_domain.items():
             for i in range(0, len(rcpts), BATCH_RECIPIENTS):
                 batch = rcpts[i:i + BATCH_RECIPIENTS]
-                results = self.sender.deliver(entry.sender, [r.address for r in batch], domain, data,
-                                              entry.smtputf8, entry.body, sign_domain)
-                for r in batch:
-                    self._record(entry, r, results[r.address], failed)
+                plan.parts.append(batch)
+                plan.items.append((entry.sender, [r.address for r in batch], domain, data,
+                                   entry.smtputf8, entry.body, sign_domain))
+        return plan
+
+    def _conclude(self, entry: QueueEntry, plan: "_Plan", results: list[dict[str, Result]]) -> None:
+        """Record what the attempt gave; the entry is removed, bounced or saved for later."""
+        settings = self.server.settings
+        data, failed, now = plan.data, plan.failed, plan.now
+        for batch, answers in zip(plan.parts, results):
+            for r in batch:
+                self._record(entry, r, answers.get(r.address) or Result(0, "4.3.0 No result"), failed)
         entry.attempts += 1
         left = [r for r in entry.recipients if r.state == "pending"]
         for r in left:

@@ -70,19 +70,66 @@ class Sender:
                 smtputf8: bool = False, body: str = "7BIT", sign_domain: str = "") -> dict[str, Result]:
         """Try to hand ``recipients`` (all in ``domain``) on; one Result each.  With
         ``sign_domain``, the text leaves signed with that domain's DKIM key."""
+        return self.deliver_many([(sender, recipients, domain, data, smtputf8, body, sign_domain)])[0]
+
+    def deliver_many(self, items: list[tuple], report=None) -> list[dict[str, Result]]:
+        """``deliver`` for each (sender, recipients, domain, data, smtputf8, body,
+        sign_domain), in order, in one request to the transport: messages for the same
+        next hop share its connection (transport.attempt_many).  ``report(index,
+        results)`` is called as soon as each item's results are final."""
+        out: list[dict[str, Result] | None] = [None] * len(items)
         sh = self.settings.smarthost
-        send = self.transport.attempt
-        try:
-            results = send(self.routes(domain), sender, recipients, data, smtputf8, body, sign_domain)
-        except RouteError as e:
-            results = {r: e.result for r in recipients}
-        if sh.enabled and not sh.exclusive and not self._routed(domain):
+        fallback = [sh.enabled and not sh.exclusive and not self._routed(item[2]) for item in items]
+        routes: dict[str, list[Destination] | RouteError] = {}
+        jobs, where = [], []
+
+        def final(index: int, results: dict[str, Result]) -> None:
+            out[index] = results
+            if report is not None and not fallback[index]:
+                report(index, results)
+
+        for index, (sender, recipients, domain, data, smtputf8, body, sign_domain) in enumerate(items):
+            if domain not in routes:
+                try:
+                    routes[domain] = self.routes(domain)
+                except RouteError as e:
+                    routes[domain] = e
+            dests = routes[domain]
+            if isinstance(dests, RouteError):
+                final(index, {r: dests.result for r in recipients})
+                continue
+            jobs.append((dests, sender, recipients, data, smtputf8, body, sign_domain))
+            where.append(index)
+        if jobs:
+            self.transport.attempt_many(jobs, lambda j, results: final(where[j], results))
+        for index, (sender, recipients, domain, data, smtputf8, body, sign_domain) in enumerate(items):
+            if not fallback[index]:
+                continue
             # The manual's rule: the SmartHost only when direct sending failed for now.
+            results = out[index]
             retry = [r for r, res in results.items() if not res.sent and not res.permanent]
             if retry:
-                results.update(send([self._smarthost(self.requires_tls(domain))], sender, retry,
-                                    data, smtputf8, body, sign_domain))
-        return results
+                results.update(self.transport.attempt(
+                    [self._smarthost(self.requires_tls(domain))], sender, retry, data,
+                    smtputf8, body, sign_domain))
+            if report is not None:
+                report(index, results)
+        return out
+
+    def lane(self, domain: str) -> tuple:
+        """Which next hop ``domain``'s mail goes to, as far as that is known without asking
+        the DNS: mail with the same lane may share a connection (the queue batches it)."""
+        table = self.route_table
+        if table is not None:
+            route = table.route_for(domain)
+            if route is not None:
+                return ("route", route.host.lower(), route.port, self.requires_tls(domain))
+            if table.relay_domain(domain) is not None:
+                return ("mx", domain.lower())
+        sh = self.settings.smarthost
+        if sh.enabled and sh.exclusive:
+            return ("smarthost", self.requires_tls(domain))
+        return ("mx", domain.lower())
 
     def routes(self, domain: str) -> list[Destination]:
         table = self.route_table

@@ -13,6 +13,15 @@ RCPT, each recipient has its own Result.  The caller owns the retry policy.
 A server that offers PIPELINING (RFC 2920) gets MAIL, the RCPTs and DATA in one
 write and answers them together (pipeline.py); any other gets one command at a time.
 
+Several messages for one destination may come in one request (``attempt_many``: the
+queue batches what waits for the same next hop).  They go over one connection one
+after the other, and with PIPELINING each message's text goes in the same write as
+the next message's envelope: the text is *held* after its 354 until the next
+envelope is ready, and its reply is the first of the next group's.  Each message
+still has its own transaction and its own result; one that fails does not stop the
+next (a connection lost with a held text defers that message, as a connection lost
+after any text does, and the next one is tried on a new connection).
+
 Each delivery thread keeps its last connection open for a few seconds and reuses it
 for the next message to the same destination (Postfix's connection cache); that
 connection counts against the outgoing limit like any other, because a thread holds
@@ -107,6 +116,24 @@ class _Cached:
         self.smtp, self.dest, self.used, self.last = smtp, dest, 0, time.monotonic()
 
 
+class _Held:
+    """A message whose DATA got its 354 and whose text waits to go with the next envelope."""
+
+    def __init__(self, smtp: smtplib.SMTP, dest: Destination, data: bytes, accepted: list[str],
+                 results: dict[str, "Result"], index: int) -> None:
+        self.smtp, self.dest, self.data = smtp, dest, data
+        self.accepted, self.results, self.index = accepted, results, index
+
+
+# One delivery request: (destinations, sender, recipients, text, smtputf8, body, sign_domain).
+Item = tuple
+
+
+class _Abandoned(Exception):
+    """The server that asked is gone (attempt_many's report or gate said so): nothing
+    more is sent for the request."""
+
+
 class Transport:
     """``stats`` takes add(name, delta) for the outgoing connection counters; ``keys`` signs."""
 
@@ -133,9 +160,70 @@ class Transport:
                 smtputf8: bool = False, body: str = "7BIT", sign_domain: str = "") -> dict[str, Result]:
         """Hand ``recipients`` to the first of ``dests`` that takes the transaction; with
         ``sign_domain``, the text goes out with that domain's DKIM signature on top."""
-        if sign_domain and self.keys is not None:
-            data = sign_message(self.keys, sign_domain, data)
-        return self._try(dests, sender, recipients, data, smtputf8, body)
+        return self.attempt_many([(dests, sender, recipients, data, smtputf8, body, sign_domain)])[0]
+
+    def attempt_many(self, items: list[Item], report=None, gate=None) -> list[dict[str, Result]]:
+        """``attempt`` for each item, in order, over as few connections and round trips as
+        their destinations allow; one dict of Results per item.
+
+        ``report(index, results)`` is called as each item's results are known (the queue
+        records each message as soon as it has gone, so a crash repeats only those under
+        way); a report that returns False ends the request after the item under way.
+        ``gate()`` is called before each message text goes out and returns once every
+        result reported so far is recorded (the delivery process waits for the server's
+        word: never more than one message per connection sent and not yet recorded); False
+        ends the request there, that text unsent."""
+        local = self._local
+        out: list[dict[str, Result] | None] = [None] * len(items)
+        local.out, local.held, local.report, local.abandoned = out, None, report, False
+        local.gate = gate
+        local.dead = {}  # destinations that could not be reached during this request
+        try:
+            for index, (dests, sender, recipients, data, smtputf8, body, sign_domain) in enumerate(items):
+                if local.abandoned:
+                    break
+                following = items[index + 1][0] if index + 1 < len(items) else None
+                local.next_key = following[0].key if following else None
+                local.index = index
+                if sign_domain and self.keys is not None:
+                    try:
+                        data = sign_message(self.keys, sign_domain, data)
+                    except Exception as e:  # a bug: this one waits, the others go
+                        log.exception("signing a message failed unexpectedly")
+                        self._done(index, {r: Result(0, f"4.3.0 Internal error: {e.__class__.__name__}: {e}")
+                                           for r in recipients})
+                        continue
+                try:
+                    results = self._try(dests, sender, recipients, data, smtputf8, body)
+                except _Abandoned:
+                    break
+                except Exception as e:
+                    # A bug must not cost the other messages of the request their delivery:
+                    # this one waits in the queue and is tried again later, and the
+                    # connection, in a state nobody knows, is closed.
+                    log.exception("a delivery failed unexpectedly")
+                    self._hang_up()
+                    results = {r: Result(0, f"4.3.0 Internal error: {e.__class__.__name__}: {e}")
+                               for r in recipients}
+                if results is not None:  # None: its text is held, and settled with the next
+                    self._done(index, results)
+            if not local.abandoned:
+                self._flush_held()
+        except _Abandoned:
+            pass
+        finally:
+            local.next_key = None
+            if local.abandoned or local.held is not None:
+                self._hang_up()
+            local.out = local.report = local.gate = None
+        for index, results in enumerate(out):
+            if results is None:  # a held text lost to a bug, or a request ended early
+                results = {r: Result(0, "4.3.0 No reply was read for this message")
+                           for r in items[index][2]}
+                out[index] = results
+                if report is not None and not local.abandoned:
+                    report(index, results)
+        return out
 
     def _try(self, dests: list[Destination], sender: str, recipients: list[str], data: bytes,
              smtputf8: bool, body: str) -> dict[str, Result]:
@@ -150,9 +238,16 @@ class Transport:
         return {r: failure for r in recipients}
 
     def _transaction(self, dest: Destination, sender: str, recipients: list[str], data: bytes,
-                     smtputf8: bool, body: str) -> dict[str, Result]:
+                     smtputf8: bool, body: str) -> dict[str, Result] | None:
+        dead = self._local.dead.get(dest.key)
+        if dead is not None:  # it failed a moment ago, for a message before this one
+            raise HostFailure(dead)
         for attempt in (1, 2):
-            smtp, reused = self._connection(dest)
+            try:
+                smtp, reused = self._connection(dest)
+            except HostFailure as e:
+                self._local.dead[dest.key] = e.result
+                raise
             self._local.mail_given = False
             try:
                 return self._send(smtp, dest, sender, recipients, data, smtputf8, body)
@@ -168,8 +263,12 @@ class Transport:
         raise AssertionError("unreachable")
 
     def _send(self, smtp: smtplib.SMTP, dest: Destination, sender: str, recipients: list[str],
-              data: bytes, smtputf8: bool, body: str) -> dict[str, Result]:
+              data: bytes, smtputf8: bool, body: str) -> dict[str, Result] | None:
+        """The transaction's Results; None when its text is held for the next message."""
         options = []
+        pipelining = smtp.has_extn("pipelining")
+        if not pipelining or (smtputf8 and not smtp.has_extn("smtputf8")):
+            self._flush_held()  # no envelope for a held text to go with
         if smtputf8:
             if not smtp.has_extn("smtputf8"):
                 return {r: Result(553, f"5.6.7 {dest.host} does not support SMTPUTF8", dest.host)
@@ -179,7 +278,7 @@ class Transport:
             options.append("BODY=8BITMIME")
         if smtp.has_extn("size"):
             options.append(f"SIZE={len(data)}")
-        if smtp.has_extn("pipelining"):
+        if pipelining:
             return self._send_pipelined(smtp, dest, sender, recipients, data, options)
         code, text = smtp.mail(sender, options)
         self._local.mail_given = True
@@ -196,6 +295,7 @@ class Transport:
         if not accepted:
             self._reset(smtp)
             return results
+        self._gate()
         code, text = smtp.data(data)
         for rcpt in accepted:
             results[rcpt] = Result(code, _reply(code, text), dest.host)
@@ -204,9 +304,26 @@ class Transport:
         return results
 
     def _send_pipelined(self, smtp: smtplib.SMTP, dest: Destination, sender: str,
-                        recipients: list[str], data: bytes, options: list[str]) -> dict[str, Result]:
-        """_send's transaction with MAIL, every RCPT and DATA in one write (RFC 2920)."""
-        replies = pipeline.replies(smtp, pipeline.envelope(smtp, sender, options, recipients))
+                        recipients: list[str], data: bytes,
+                        options: list[str]) -> dict[str, Result] | None:
+        """_send's transaction with MAIL, every RCPT and DATA in one write (RFC 2920), after
+        the held text of the message before if there is one."""
+        commands = pipeline.envelope(smtp, sender, options, recipients)
+        held = self._local.held
+        if held is not None:
+            self._gate()  # (raises _Abandoned: the held text stays unsent)
+        self._local.held = None
+        replies = pipeline.replies(smtp, commands, pipeline.wire_text(held.data) if held else b"")
+        if held is not None:
+            try:
+                code, text = next(replies)
+            except (OSError, smtplib.SMTPException) as e:
+                # Perhaps taken, perhaps not: it waits in the queue (as after send_text).  This
+                # message had no reply yet, so it may go on a new connection (_transaction).
+                self._settle(held, Result(0, f"4.4.2 Lost connection with {dest.label}: {_why(e)}",
+                                          dest.host))
+                raise
+            self._settle(held, Result(code, _reply(code, text), dest.host))
         code, text = next(replies)
         # As one command at a time: a failure before MAIL's reply (on the write, or the EOF of
         # a stale cached connection) may be retried on a new connection.  That cannot deliver
@@ -234,12 +351,71 @@ class Transport:
             return results
         if code != 354:
             raise smtplib.SMTPDataError(code, text)  # what smtp.data() raises one command at a time
+        cached = self._local.cached
+        cached.used += 1
+        cached.last = time.monotonic()
+        if self._local.abandoned:
+            # Nobody will record it (the server is gone): the text stays unsent.
+            self._local.held = _Held(smtp, dest, data, accepted, results, self._local.index)
+            return None
+        if self._local.next_key == dest.key and cached.used < CACHE_MAX_MESSAGES:
+            # The next message goes here too: this text goes with its envelope.
+            self._local.held = _Held(smtp, dest, data, accepted, results, self._local.index)
+            return None
+        self._gate()  # (raises _Abandoned: the connection is closed, the text unsent)
         code, text = pipeline.send_text(smtp, data)
         for rcpt in accepted:
             results[rcpt] = Result(code, _reply(code, text), dest.host)
-        self._local.cached.used += 1
-        self._local.cached.last = time.monotonic()
         return results
+
+    def _gate(self) -> None:
+        """Before a message text goes out: every result reported so far is recorded."""
+        gate = self._local.gate
+        if gate is not None and not gate():
+            self._local.abandoned = True
+            raise _Abandoned
+
+    def _hang_up(self) -> None:
+        """The request ends early (the server that asked is gone, or a bug): a held text is
+        never sent, and the connection, perhaps in the middle of DATA, is closed without
+        the "." that would deliver it (and without a QUIT, which would be taken as text
+        and wait for a reply that never comes)."""
+        held, self._local.held = self._local.held, None
+        cached = getattr(self._local, "cached", None)
+        smtp = held.smtp if held is not None else cached.smtp if cached is not None else None
+        if smtp is None or getattr(smtp, "_ismail_dropped", False):
+            return
+        smtp._ismail_dropped = True
+        if cached is not None and cached.smtp is smtp:
+            self._local.cached = None
+        smtp.close()
+        self.stats.add("outgoing_current", -1)
+
+    def _flush_held(self) -> None:
+        """A held text goes now, on its own; its reply settles its message."""
+        held = getattr(self._local, "held", None)
+        if held is None:
+            return
+        self._gate()  # (raises _Abandoned: the held text stays unsent)
+        self._local.held = None
+        try:
+            code, text = pipeline.send_text(held.smtp, held.data)
+            result = Result(code, _reply(code, text), held.dest.host)
+        except (OSError, smtplib.SMTPException) as e:
+            result = Result(0, f"4.4.2 Lost connection with {held.dest.label}: {_why(e)}", held.dest.host)
+            self._drop(held.smtp)
+        self._settle(held, result)
+
+    def _settle(self, held: _Held, result: Result) -> None:
+        for rcpt in held.accepted:
+            held.results[rcpt] = result
+        self._done(held.index, held.results)
+
+    def _done(self, index: int, results: dict[str, Result]) -> None:
+        local = self._local
+        local.out[index] = results
+        if local.report is not None and local.report(index, results) is False:
+            local.abandoned = True
 
     def _connection(self, dest: Destination) -> tuple[smtplib.SMTP, bool]:
         """This thread's open connection to ``dest`` if it is fresh, else a new one."""
@@ -249,6 +425,10 @@ class Transport:
                      and time.monotonic() - cached.last < CACHE_IDLE_SECONDS)
             if fresh:
                 return cached.smtp, True
+            self._flush_held()  # a text held for this connection goes before it is closed
+            if self._local.cached is not cached:
+                cached = None   # it was lost sending that text (and dropped)
+        if cached is not None:
             self._drop(cached.smtp)
         smtp = self._open(dest)
         self._local.cached = _Cached(smtp, dest)
