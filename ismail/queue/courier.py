@@ -139,6 +139,9 @@ class Courier:
             answered = True
         if answered is None:  # no process: this thread delivers itself
             return self._in_process().attempt_many(items, report)
+        if answered is not True:  # the last message's results came with the answer
+            for index, results in answered:
+                arrived(index, results)
         for index, results in enumerate(out):
             if results is None:
                 arrived(index, {r: Result(0, "4.4.2 The delivery process ended during the "

@@ -423,8 +423,14 @@ class QueueManager:
 
     def _run_lane(self, key: tuple) -> None:
         """A delivery thread's work for a lane: batches of its messages until none waits."""
+        took = None  # seconds per message of the batch just sent
         while True:
             with self._cond:
+                if took is not None:
+                    pace = self._pace.get(key)
+                    self._pace[key] = took if pace is None else 0.7 * pace + 0.3 * took
+                    if len(self._pace) > 10_000:
+                        self._pace.clear()
                 lane = self._lanes.get(key)
                 if lane is None:
                     return
@@ -433,30 +439,27 @@ class QueueManager:
                     if lane.runners <= 0 and not lane.waiting:
                         del self._lanes[key]
                     return
-                most = self._batch_size(key, lane)
-                batch: list[str] = []
-                size = 0
-                while lane.waiting and len(batch) < most and size < LANE_BATCH_BYTES:
-                    qid, _ = lane.waiting.popleft()
-                    entry = self._entries.get(qid)
-                    size += entry.size if entry is not None else 0
-                    batch.append(qid)
+                behind = took is not None and self.pool.waiting > 0
+                if not behind:
+                    most = self._batch_size(key, lane)
+                    batch: list[str] = []
+                    size = 0
+                    while lane.waiting and len(batch) < most and size < LANE_BATCH_BYTES:
+                        qid, _ = lane.waiting.popleft()
+                        entry = self._entries.get(qid)
+                        size += entry.size if entry is not None else 0
+                        batch.append(qid)
+            if behind:
+                # Other work waits for a thread: this lane goes behind it (its runner stays
+                # counted, so no other starts meanwhile).
+                self.pool.submit(lambda: self._run_lane(key))
+                return
             started = time.monotonic()
             try:
                 self._deliver_many(batch)
             except Exception:  # (it reports its own failures; this thread must not die of one)
                 log.exception("a delivery failed unexpectedly")
             took = (time.monotonic() - started) / len(batch)
-            with self._cond:
-                pace = self._pace.get(key)
-                self._pace[key] = took if pace is None else 0.7 * pace + 0.3 * took
-                if len(self._pace) > 10_000:
-                    self._pace.clear()
-            if self.pool.waiting:
-                # Other work waits for a thread: this lane goes behind it (its runner stays
-                # counted, so no other starts meanwhile).
-                self.pool.submit(lambda: self._run_lane(key))
-                return
 
     # -- one message ----------------------------------------------------------------------------
     def _deliver(self, qid: str) -> None:
