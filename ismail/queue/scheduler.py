@@ -385,7 +385,8 @@ class QueueManager:
         if lane is None:
             lane = self._lanes[key] = _Lane()
         lane.waiting.append((qid, time.monotonic()))
-        if lane.runners == 0 or (len(lane.waiting) >= LANE_BATCH and lane.runners < self._lane_cap()):
+        if lane.runners == 0 or (len(lane.waiting) >= LANE_BATCH and lane.runners < self._lane_cap()
+                                 and not self.pool.waiting):
             lane.runners += 1
             return True
         if len(lane.waiting) == 1 and lane.runners < self._lane_cap():
@@ -398,8 +399,8 @@ class QueueManager:
     def _lanes_to_widen(self) -> list[tuple]:
         """(Under the lock) the lanes whose first message has waited LANE_PATIENCE for a
         thread, each counted as having one more."""
-        if not self._lanes:
-            return []
+        if not self._lanes or self.pool.waiting:
+            return []  # jobs already wait for a thread: another one would only wait too
         cap = self._lane_cap()
         late = time.monotonic() - LANE_PATIENCE
         keys = []
