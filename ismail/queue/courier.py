@@ -39,9 +39,9 @@ How the two talk:
 
 If the process dies during a request, the recipients of its messages not yet
 reported are deferred (a temporary failure) and retried later: a delivery may at
-worst be repeated, never lost.  The
-next delivery starts a new process.  If it cannot be started at all, deliveries run
-in the server's process (logged) and starting is tried again a minute later.
+worst be repeated, never lost.  The next delivery starts a new process.  If it
+cannot be started at all, deliveries run in the server's process (logged) and
+starting is tried again a minute later.
 """
 from __future__ import annotations
 

@@ -162,6 +162,8 @@ def _serve(conn: Connection, transport: Transport) -> None:
                 request = pickle.loads(frames.read())
             except (EOFError, OSError):
                 return
+            if request[0] == "recorded":
+                continue  # left over from a request that failed before reading it
             try:
                 if request[0] == "many":
                     _, config, items = request
