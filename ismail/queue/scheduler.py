@@ -473,17 +473,7 @@ class QueueManager:
         try:
             for qid in qids:
                 entry = self._entries.get(qid)
-                try:
-                    plan = self._plan(entry) if entry is not None else None
-                except OSError as e:
-                    log.error("%s: cannot read or update the queue entry: %s", qid, e)
-                    self._reschedule(entry, time.time() + retry)
-                    continue
-                except Exception:
-                    # A bug must not strand the message: it stays queued and is tried later.
-                    log.exception("%s: delivery attempt failed unexpectedly; will retry", qid)
-                    self._reschedule(entry, time.time() + retry)
-                    continue
+                plan = self._guarded(entry, self._plan) if entry is not None else None
                 if plan is not None:
                     plans.append((entry, plan))
             # Each message is recorded as soon as all its items are answered, while the
@@ -492,28 +482,19 @@ class QueueManager:
             for p, (_, plan) in enumerate(plans):
                 owner += [(p, i) for i in range(len(plan.items))]
             got: list[list] = [[None] * len(plan.items) for _, plan in plans]
-            left = [len(plan.items) for _, plan in plans]
             concluded = [False] * len(plans)
 
             def conclude(p: int) -> None:
                 concluded[p] = True
                 entry, plan = plans[p]
-                try:
-                    self._conclude(entry, plan, [r or {} for r in got[p]])
-                except OSError as e:
-                    log.error("%s: cannot read or update the queue entry: %s", entry.id, e)
-                    self._reschedule(entry, time.time() + retry)
-                except Exception:
-                    log.exception("%s: delivery attempt failed unexpectedly; will retry", entry.id)
-                    self._reschedule(entry, time.time() + retry)
+                self._guarded(entry, lambda e: self._conclude(e, plan, [r or {} for r in got[p]]))
 
             def arrived(index: int, results: dict[str, Result]) -> None:
                 p, i = owner[index]
                 if concluded[p] or got[p][i] is not None:
                     return
                 got[p][i] = results
-                left[p] -= 1
-                if not left[p]:
+                if None not in got[p]:
                     conclude(p)
 
             items = [item for _, plan in plans for item in plan.items]
@@ -540,6 +521,17 @@ class QueueManager:
                             heapq.heappush(self._heap, (0.0, qid))
                             self._cond.notify()
 
+    def _guarded(self, entry: QueueEntry, step):
+        """``step(entry)``'s value; on a failure (the disk, or a bug, which must not strand
+        the message) it is logged, the entry tried again later, and None returned."""
+        try:
+            return step(entry)
+        except OSError as e:
+            log.error("%s: cannot read or update the queue entry: %s", entry.id, e)
+        except Exception:
+            log.exception("%s: delivery attempt failed unexpectedly; will retry", entry.id)
+        self._reschedule(entry, time.time() + self.server.settings.retry.first_seconds)
+        return None
 
     def _plan(self, entry: QueueEntry) -> "_Plan | None":
         """What one attempt at ``entry`` sends (None: the entry is gone)."""
