@@ -330,7 +330,8 @@ class CheckTest(DnsCase):
             with self.subTest(spf=spf):
                 problem = self.problem(self.verdicts(self.serve(spf=spf))["SPF"])
                 self.assertIn(f"+all allows anyone at all to send as {DOMAIN}", problem)
-        self.assertIn("in lax.example.test's record", problem)
+                if len(spf) > 1:  # the +all is in the included record, which is named
+                    self.assertIn("in lax.example.test's record", problem)
 
     def test_spf_that_does_not_authorize_this_server(self):
         for spf, words in (
