@@ -39,7 +39,7 @@ from .config import ListenEntry, Settings
 from .fsutil import DirSync, new_queue_id
 from .net.guard import Guard
 from .net.limits import ConnectionLimiter
-from .store.maildir import clean_tmp, deliver
+from .store.maildir import Staged, clean_tmp, deliver, stage
 from .store.folders import SPECIAL_USE, FolderExists, MailStore
 from .store.maildrop import Maildrop, Maildrops
 from .smtp.policy import Policy
@@ -439,16 +439,9 @@ class MailServer:
         placed: list[Path] = []
         before = self.aftercare.usage_before(envelope)  # quota accounts only
         if envelope.mailboxes:
-            body = self._without_forged_results(body)
-            auth = envelope.auth_header or self._plain_results(envelope)
-            header = f"Return-Path: <{envelope.sender}>\r\n".encode("utf-8") + auth + received
-            boxes = list(envelope.mailboxes.values())
-            if envelope.folder:
-                boxes = [_folder_of(box, envelope.folder) for box in boxes]
-            boxes, keys = self._not_delivered_yet(envelope, body, boxes)
+            body, header, boxes, record = self._local_copies(envelope, body, received)
             if boxes:
-                placed = deliver(boxes, header, body, self.dirsync, before_commit=lambda dests:
-                                 self.duplicates.record(list(zip(keys, dests))) if keys else None,
+                placed = deliver(boxes, header, body, self.dirsync, before_commit=record,
                                  journal=self.spool.journal)
         remote = envelope.remote_recipients
         if remote:
@@ -490,10 +483,48 @@ class MailServer:
                         self.spool.remove(qid)
                 raise
             self.stats.add("recipients_queued", len(remote))
+        self._accepted(envelope, body, placed, before)
+
+    def stage_message(self, envelope: Envelope, body: MessageBuffer) -> "StagedMessage | None":
+        """accept_message in two steps, for the SMTP loop, which must not wait for the disk:
+        a message for local mailboxes only is appended to the journal here, and its
+        ``finish()``, in a thread that may wait, waits for the journal's sync, puts the
+        files in place and does the rest (raising OSError as accept_message does).  None
+        for anything else (mail to send on, a large message, a journal not in use): the
+        caller then uses accept_message."""
+        journal = self.spool.journal
+        if (envelope.remote_recipients or not envelope.mailboxes or envelope.over_quota
+                or journal is None or not journal.usable):
+            return None
+        before = self.aftercare.usage_before(envelope)
+        received = envelope.received_header(self.settings.server_name)
+        body, header, boxes, record = self._local_copies(envelope, body, received)
+        staged = stage(boxes, header, body, journal, before_commit=record) if boxes else None
+        if boxes and staged is None:
+            return None
+        return StagedMessage(self, envelope, body, staged, before)
+
+    def _local_copies(self, envelope: Envelope, body: MessageBuffer, received: bytes
+                      ) -> tuple[MessageBuffer, bytes, list[Path], Callable[[list[Path]], None] | None]:
+        """What a message's local copies are made of: the text (forged results removed),
+        the header put before it, the mailboxes that have not had it yet, and the line for
+        the duplicate filter (called with the files' names before they are committed)."""
+        body = self._without_forged_results(body)
+        auth = envelope.auth_header or self._plain_results(envelope)
+        header = f"Return-Path: <{envelope.sender}>\r\n".encode("utf-8") + auth + received
+        boxes = list(envelope.mailboxes.values())
+        if envelope.folder:
+            boxes = [_folder_of(box, envelope.folder) for box in boxes]
+        boxes, keys = self._not_delivered_yet(envelope, body, boxes)
+        record = (lambda dests: self.duplicates.record(list(zip(keys, dests)))) if keys else None
+        return body, header, boxes, record
+
+    def _accepted(self, envelope: Envelope, body: MessageBuffer, placed: list[Path],
+                  before: dict[str, int]) -> None:
         self.stats.add("recipients_local", len(envelope.mailboxes))
         log.info("%s: from=<%s> to=%s size=%d client=%s local=%d queued=%d", envelope.id,
                  envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients), envelope.size,
-                 envelope.client_ip, len(envelope.mailboxes), len(remote))
+                 envelope.client_ip, len(envelope.mailboxes), len(envelope.remote_recipients))
         if envelope.mailboxes or envelope.over_quota:
             self.aftercare.after_delivery(envelope, body, placed, envelope.over_quota, before)
 
@@ -574,6 +605,21 @@ class MailServer:
         finally:
             body.close()
         return envelope.id
+
+
+class StagedMessage:
+    """A message MailServer.stage_message appended to the journal; ``finish()`` completes it."""
+
+    def __init__(self, server: MailServer, envelope: Envelope, body: MessageBuffer,
+                 staged: Staged | None, before: dict[str, int]) -> None:
+        self.server, self.envelope, self.body = server, envelope, body
+        self.staged, self.before = staged, before
+
+    def finish(self) -> None:
+        """Wait for the journal's sync and put the files in place; OSError if that failed
+        (nothing is delivered then: the client is to be told to try again)."""
+        placed = self.staged.place(self.server.dirsync) if self.staged is not None else []
+        self.server._accepted(self.envelope, self.body, placed, self.before)
 
 
 class _Pop3Backend:

@@ -6,12 +6,13 @@ import tempfile
 import unittest
 from dataclasses import asdict
 from pathlib import Path
+from unittest import mock
 
 from ismail.config import from_dict
 from ismail.smtp.policy import Policy
 from ismail.queue.spool import Spool
 from ismail.service import MailServer
-from ismail.smtp.session import MAX_ERRORS, Session
+from ismail.smtp.session import MAX_ERRORS, STAGE_MAX, Session
 
 REPLY_LINE = re.compile(rb"^[2-5][0-9]{2}[ -][^\r\n]*\r\n$")
 
@@ -334,6 +335,70 @@ class DataTest(SessionTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class StagedDataTest(SessionTestCase):
+    """feed(stage=True), as the receiver's loop feeds: the end of a small message for our
+    own mailboxes is staged (appended to the journal) and settle() gives its reply once the
+    journal's sync holds it and the file is in place."""
+
+    def start(self, s):
+        answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<user@example.test>\r\nDATA\r\n")
+        self.assertEqual(codes(answer), [250, 250, 250, 354])
+
+    def test_the_reply_and_the_file_wait_for_settle_and_pipelined_commands_wait_for_the_reply(self):
+        s = self.session()
+        self.start(s)
+        text = b"Subject: staged\r\n\r\nhello\r\n.\r\n"
+        self.assertEqual(s.may_block(text), "")
+        self.assertEqual(s.feed(text + b"NOOP\r\n", stage=True), b"", "no reply before settle")
+        self.assertIsNotNone(s.pending)
+        self.assertTrue(s.buffered, "the NOOP is kept")
+        self.assertEqual(len(self.maildir()), 0, "not in new/ before its sync")
+        self.assertEqual(codes(s.settle()), [250])
+        self.assertIsNone(s.pending)
+        [message] = self.maildir()
+        self.assertEqual((message["Subject"], message.get_payload()), ("staged", "hello\n"))
+        self.assertEqual(codes(s.feed(b"")), [250], "then the NOOP")
+        self.assertEqual(s.messages, 1)
+
+    def test_messages_staged_together_share_one_sync(self):
+        sessions = [self.session() for _ in range(5)]
+        for n, s in enumerate(sessions):
+            self.start(s)
+            self.assertEqual(s.feed(b"Subject: %d\r\n\r\nx\r\n.\r\n" % n, stage=True), b"")
+        journal = self.server.spool.journal
+        before = journal.syncs
+        self.assertEqual([codes(s.settle()) for s in sessions], [[250]] * 5)
+        self.assertEqual(journal.syncs - before, 1)
+        self.assertEqual(len(self.maildir()), 5)
+
+    def test_mail_to_send_on_and_large_messages_are_stored_before_the_feed_returns(self):
+        s = self.session(trusted=True)
+        answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<x@remote.example>\r\nDATA\r\n")
+        self.assertEqual(codes(answer), [250, 250, 250, 354])
+        self.assertEqual(s.may_block(b"x\r\n.\r\n"), "disk")
+        self.assertEqual(codes(s.feed(b"x\r\n.\r\n", stage=True)), [250])
+        self.assertIsNone(s.pending)
+        self.assertEqual(len(self.queued()), 1)
+        s = self.session()
+        self.start(s)
+        big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * (STAGE_MAX // 1000 + 1)
+        self.assertEqual(s.may_block(big), "disk")
+
+    def test_a_staged_message_that_cannot_be_placed_is_refused_with_452_and_not_delivered(self):
+        s = self.session()
+        self.start(s)
+        self.assertEqual(s.feed(b"Subject: lost\r\n\r\nx\r\n.\r\n", stage=True), b"")
+        with mock.patch("ismail.store.maildir.os.replace", side_effect=OSError(28, "No space left on device")):
+            with self.assertLogs("ismail.session", "ERROR"):
+                self.assertEqual(codes(s.settle()), [452])
+        self.assertEqual(len(self.maildir()), 0)
+        self.assertEqual(s.messages, 0)
+        self.start(s)
+        self.assertEqual(s.feed(b"Subject: next\r\n\r\ny\r\n.\r\n", stage=True), b"")
+        self.assertEqual(codes(s.settle()), [250])
+        self.assertEqual(len(self.maildir()), 1)
 
 
 class AuthTest(SessionTestCase):

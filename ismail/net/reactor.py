@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import selectors
 import socket
 import threading
@@ -53,6 +54,8 @@ class Reactor:
         self._sel: selectors.BaseSelector | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
+        self._settling: queue.SimpleQueue | None = None  # staged messages for the settling thread
+        self._settler: threading.Thread | None = None
 
     # -- from any thread --------------------------------------------------------------------------
     def add_listener(self, listener: "Listener") -> None:
@@ -151,6 +154,55 @@ class Reactor:
         listener = self._release(conn)
         self.gate.workers.submit(lambda: listener.serve_rest(conn, data, out))
 
+    def _settle(self, conn: "Connection", out: bytes) -> None:
+        """A message's end was staged (smtp.session.feed with stage): the settling thread
+        sends its reply, after ``out``, once the journal's sync holds it."""
+        listener = self._release(conn)
+        if self._settler is None:
+            self._settling = queue.SimpleQueue()
+            self._settler = threading.Thread(target=self._settle_run, args=(self._settling,),
+                                             name="smtp-settle", daemon=True)
+            self._settler.start()
+        self._settling.put((listener, conn, out))
+
+    def _settle_run(self, waiting: queue.SimpleQueue) -> None:
+        """One thread answers every staged message, in the order they were staged: the
+        first one's settle() waits for a sync, which holds every message staged before it
+        began, so the ones after it find theirs done (group commit, with no thread waiting
+        per message; ten threads each waiting for its own message's sync spent more time
+        handing the interpreter's lock around than storing)."""
+        while True:
+            listener, conn, out = waiting.get()
+            session = conn.session
+            try:
+                out += session.settle()
+            except Exception:
+                log.exception("SMTP loop: answering a stored message failed")
+                session.closing = True
+            try:
+                self._resume(listener, conn, out)
+            except Exception:
+                log.exception("SMTP loop: serving a connection failed")
+                listener.finish(conn)
+
+    def _resume(self, listener: "Listener", conn: "Connection", out: bytes) -> None:
+        """(The settling thread) the reply sent, the connection goes back to the loop, or
+        to a worker if the client pipelined more after its message."""
+        session = conn.session
+        if self.gate.stopping and not session.closing and not session.buffered:
+            out += session.shutdown_reply()  # as the loop says it after any reply
+        if session.closing:
+            conn.proto.limiter.release(conn.slot)
+            if self._send(listener, conn, out):
+                listener.finish(conn)
+            return
+        if not self._send(listener, conn, out):
+            return
+        if session.buffered:
+            self.gate.workers.submit(lambda: listener.serve_rest(conn, b"", None))
+        else:
+            self.take_back(listener, conn)
+
     def _end(self, conn: "Connection") -> None:
         self._release(conn).finish(conn)
 
@@ -191,8 +243,11 @@ class Reactor:
             self._to_worker(conn, data, None)
             return
         now = time.monotonic()
-        out = session.feed(data)
+        out = session.feed(data, stage=True)
         conn.progress(data, now)
+        if getattr(session, "pending", None) is not None:
+            self._settle(conn, out)
+            return
         if session.closing:
             conn.proto.limiter.release(conn.slot)  # before the goodbye: a client reconnecting at once fits
         elif session.delay or session.starttls:  # what follows the reply may wait

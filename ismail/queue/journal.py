@@ -477,29 +477,36 @@ class Journal:
         self._commit(lid, local_record(lid, paths, message), paths)
         return lid
 
+    def stage_local(self, paths: list[Path], message: list[bytes]) -> tuple[str, int]:
+        """commit_local without the wait, for a thread that must not wait (the SMTP loop):
+        the record is appended, to be written with the next write, and (its id, its
+        ticket) returned.  Whoever then calls ``synced(ticket, lid)`` waits for a sync
+        that covers it; meanwhile more records can join that sync."""
+        lid = "L" + new_queue_id()
+        with self._cond:
+            return lid, self._append_record(lid, local_record(lid, paths, message), paths)
+
+    def synced(self, ticket: int, lid: str) -> None:
+        """Return once staged record ``ticket`` (of ``lid``) is on disk; OSError if the
+        journal failed (``lid`` is then the caller's to make durable another way)."""
+        with self._cond:
+            try:
+                self._wait(ticket)
+            except BaseException:
+                self._unplaced.discard(lid)
+                raise
+
+    @property
+    def usable(self) -> bool:
+        return self._broken is None and self._fd is not None
+
     def _commit(self, rid: str, rec: bytes, paths: list[Path] | None = None,
                 unwritten: tuple[bytes, ...] | None = None) -> None:
         """Append record ``rec`` of ``rid`` (with ``paths``: a local delivery's; with
         ``unwritten``: a queued message's file, not written yet) and wait for a sync that
         covers it."""
         with self._cond:
-            if self._broken is not None or self._fd is None:
-                raise JournalBroken(f"the queue journal is not in use ({self._broken or 'closed'})")
-            if ((self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER))
-                    or (self._plain and self._spare == "ready")):
-                self._rotate()
-            ticket = self._append(rec)
-            self._where[rid] = self._seq
-            self._alive.setdefault(self._seq, set()).add(rid)
-            if paths is not None:
-                self._local[rid] = list(paths)
-                self._unplaced.add(rid)
-            if unwritten is not None:
-                # Before the sync: a checkpoint of this segment (started by a later record)
-                # must find the file's pieces, to write the file before it syncs it.
-                with self._files:
-                    self._unwritten[rid] = (unwritten, time.monotonic())
-                    self._unwritten_bytes += sum(map(len, unwritten))
+            ticket = self._append_record(rid, rec, paths, unwritten)
             try:
                 self._wait(ticket)
             except BaseException:
@@ -508,6 +515,28 @@ class Journal:
                     with self._files:
                         self._drop(rid)
                 raise
+
+    def _append_record(self, rid: str, rec: bytes, paths: list[Path] | None = None,
+                       unwritten: tuple[bytes, ...] | None = None) -> int:
+        """(Inside the lock) _commit's part before the wait: the record's ticket."""
+        if self._broken is not None or self._fd is None:
+            raise JournalBroken(f"the queue journal is not in use ({self._broken or 'closed'})")
+        if ((self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER))
+                or (self._plain and self._spare == "ready")):
+            self._rotate()
+        ticket = self._append(rec)
+        self._where[rid] = self._seq
+        self._alive.setdefault(self._seq, set()).add(rid)
+        if paths is not None:
+            self._local[rid] = list(paths)
+            self._unplaced.add(rid)
+        if unwritten is not None:
+            # Before the sync: a checkpoint of this segment (started by a later record)
+            # must find the file's pieces, to write the file before it syncs it.
+            with self._files:
+                self._unwritten[rid] = (unwritten, time.monotonic())
+                self._unwritten_bytes += sum(map(len, unwritten))
+        return ticket
 
     def placed(self, lid: str) -> None:
         """The files of L record ``lid`` are in their Maildirs: checkpoint them soon."""

@@ -34,6 +34,7 @@ from ..queue.spool import MessageBuffer
 from ..stats import Stats
 
 if TYPE_CHECKING:
+    from ..service import StagedMessage as Staged
     from ..antispam.engine import ClientChecks
     from ..store.addressbook import Expansion
 
@@ -42,6 +43,9 @@ log = logging.getLogger("ismail.session")
 COMMAND_LINE_LIMIT = 512      # octets including CRLF (RFC 5321 §4.5.3.1.4)
 MAIL_EXTENSION_ALLOWANCE = 64  # SIZE=, BODY= and SMTPUTF8 lengthen MAIL FROM (RFC 1870 §3)
 MAX_RECIPIENTS = 1000
+# The loop takes a message's end itself (feed(stage=True)) only up to this size: its text
+# is parsed in the loop, and a larger one would keep the other clients waiting.
+STAGE_MAX = 64 << 10
 MAX_ERRORS = 20               # Postfix's smtpd_hard_error_limit
 
 HELP_TEXT = ["2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY ETRN",
@@ -64,6 +68,7 @@ class Server(Protocol):
     def etrn(self, domain: str) -> int | None: ...  # messages now sent on; None: not allowed
     def reverse_srs(self, address: str) -> str | None: ...  # None: not an SRS address of ours
     def accept_message(self, envelope: "Envelope", body: MessageBuffer) -> None: ...
+    def stage_message(self, envelope: "Envelope", body: MessageBuffer) -> "Staged | None": ...
     def check_login(self, address: str, password: str, ip: str) -> str: ...  # ok | failed | banned
     def strike(self, ip: str, why: str) -> bool: ...  # counts towards a ban; True when one starts
 
@@ -142,6 +147,8 @@ class Session(Routing):
         self._auth_step: sasl.Exchange | None = None  # the next line answers its challenge
         self._unknown_rcpts = 0
         self._pipelined = False       # more input follows the command being handled
+        self._stage = False           # this feed may leave a message's end to settle()
+        self.pending: "tuple[Staged, Envelope, DataReader] | None" = None  # see settle()
         self.checks = checks          # anti-spam checks (None: a trusted client)
         self._reset()
 
@@ -173,7 +180,7 @@ class Session(Routing):
         if self._auth_step is not None or self.delay:
             return "login"
         if self._data is not None:
-            return "disk"
+            return "" if self._stageable(self._data.buffer.size + len(data)) else "disk"
         text = bytes(self._buf) + data if self._buf else data
         upper = text.upper()
         if b"AUTH" in upper:
@@ -185,16 +192,61 @@ class Session(Routing):
         while at >= 0:  # DATA with more input after its line: the text (and its end) may be there
             eol = upper.find(b"\n", at)
             if eol >= 0 and eol + 1 < len(upper):
-                return "disk"
+                return "" if self._stageable(len(text)) else "disk"
             at = upper.find(b"DATA", at + 4)
         return ""
 
-    def feed(self, data: bytes) -> bytes:
-        """Take bytes from the client; return every reply due, in order."""
+    @property
+    def buffered(self) -> bool:
+        """Input received and not yet fed (what a client pipelined after a staged message)."""
+        return bool(self._buf)
+
+    def _stageable(self, size: int) -> bool:
+        """Can the end of the message under way (``size`` bytes at most so far) be staged:
+        stored without waiting for the disk, its 250 sent by ``settle()`` later?  Mail for
+        our own mailboxes only, not checked (the checks may ask DNS), and small."""
+        return (size <= STAGE_MAX and not self._checked and not self._forwarded
+                and 0 < len(self._mailboxes) == len(self._rcpts))
+
+    def settle(self) -> bytes:
+        """The reply to the message ``feed(stage=True)`` staged (``pending``), once the
+        journal's sync holds it and its files are in place: its 250, or the 452 a failure
+        gets.  In a thread that may wait; the feed after this one goes on with the input
+        that followed the message (a client that pipelines)."""
+        staged, envelope, reader = self.pending
+        self.pending = None
+        stats = self.server.stats
+        try:
+            staged.finish()
+        except OSError as e:
+            log.error("%s: could not store message from <%s>: %s", self.client_ip, envelope.sender, e)
+            return self._settled(reply(452, "4.3.1", "Insufficient system storage, try again later"))
+        except Exception:
+            log.exception("%s: unexpected error while storing a message", self.client_ip)
+            return self._settled(reply(451, "4.3.0", "Local error in processing, try again later"))
+        finally:
+            reader.close()
+        self.messages += 1
+        stats.add("messages_received")
+        stats.add("bytes_received", envelope.size)
+        return reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
+
+    def _settled(self, answer: bytes) -> bytes:
+        out: list[bytes] = []
+        self._answer(out, answer)
+        return b"".join(out)
+
+    def feed(self, data: bytes, stage: bool = False) -> bytes:
+        """Take bytes from the client; return every reply due, in order.
+
+        With ``stage`` (the receiver's loop, which must not wait for the disk) the end of a
+        message that ``may_block`` found stageable may be left pending: the replies up to
+        it are returned, the input after it is kept, and ``settle()`` gives its reply."""
         buf = self._buf
         buf += data
         out: list[bytes] = []
         pos = 0
+        self._stage = stage
         while not self.closing:
             if self._data is not None:
                 before = self._data.lines
@@ -202,7 +254,10 @@ class Session(Routing):
                 self.lines += self._data.lines - before
                 if not ended:
                     break
-                self._answer(out, self._end_of_data())
+                answer = self._end_of_data()
+                if self.pending is not None:
+                    break  # what follows waits for this message's reply
+                self._answer(out, answer)
                 continue
             nl = buf.find(b"\n", pos)
             if nl < 0:
@@ -573,6 +628,12 @@ class Session(Routing):
                     return reply(552, "5.2.2", f"Mailbox full: {', '.join(full)}")
                 envelope.over_quota = full  # the others get it; the sender hears of these
             try:
+                if self._stage and self._stageable(data.size):
+                    staged = self.server.stage_message(envelope, data)
+                    if staged is not None:
+                        # The reader (and its buffer) now belong to the staged message.
+                        self.pending, self._data = (staged, envelope, self._data), None
+                        return b""
                 self.server.accept_message(envelope, data)
             except OSError as e:
                 log.error("%s: could not store message from <%s>: %s", self.client_ip,

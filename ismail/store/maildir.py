@@ -126,32 +126,114 @@ def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: Dir
                 lid = journal.commit_local(dests, text)
             except OSError:  # reported by the journal: this one is synced on its own
                 fsync_file(tmp)
-        if len(boxes) == 1:
-            os.replace(tmp, dests[0])
-            placed.append(dests[0])
-        else:
-            for dest in dests:
-                _link_or_copy(tmp, dest)
-                placed.append(dest)
-            tmp.unlink()
+        _put_in_place(tmp, dests, placed)
         if lid is not None:
             journal.placed(lid)
             return placed
-        for box in boxes:
-            if dirsync is None:
-                fsync_dir(box / "new")
-            else:
-                dirsync.sync(box / "new")
+        _sync_new(boxes, dirsync)
     except BaseException:
-        for path in [tmp, *placed]:
-            try:
-                path.unlink()
-            except OSError:
-                pass
+        _remove_quietly([tmp, *placed])
         if lid is not None:
             journal.ended(lid)  # not delivered after all: the record must not bring it back
         raise
     return placed
+
+
+def stage(mailboxes: list[Path], header: bytes, body: MessageBuffer, journal: Journal,
+          before_commit: Callable[[list[Path]], None] | None = None) -> "Staged | None":
+    """deliver() in two steps, for a thread that must not wait for the disk (the SMTP
+    loop): here the message is appended to the journal under the names it will have in
+    new/, and returned; ``Staged.place()``, in a thread that may wait, waits for the
+    journal's sync, then writes the file and renames it into place.  One sync then
+    serves every message staged before it, with no thread waiting per message.  None
+    when the journal cannot take it (too large, or not in use): deliver() then."""
+    if len(header) + body.size > JOURNAL_MAX or not journal.usable:
+        return None
+    boxes = list(dict.fromkeys(mailboxes))
+    sizes = _Sizes()
+    text = list(_lf_chunks(header, body, sizes))
+    dests = [box / "new" / (unique_name() + sizes.suffix()) for box in boxes]
+    if before_commit is not None:
+        before_commit(dests)
+    try:
+        lid, ticket = journal.stage_local(dests, text)
+    except OSError:  # the journal failed just now
+        return None
+    return Staged(boxes, dests, text, journal, lid, ticket)
+
+
+class Staged:
+    """A local delivery whose text is in the journal's queue of records (maildir.stage)."""
+
+    def __init__(self, boxes: list[Path], dests: list[Path], text: list[bytes], journal: Journal,
+                 lid: str, ticket: int) -> None:
+        self.boxes, self.dests, self.text = boxes, dests, text
+        self.journal, self.lid, self.ticket = journal, lid, ticket
+
+    def place(self, dirsync: DirSync | None = None) -> list[Path]:
+        """Wait until the journal holds the message on disk, then put it in every mailbox;
+        returns the new files.  Raises OSError (nothing is placed then, and the record is
+        ended).  If the journal's sync fails, the files are synced on their own instead."""
+        try:
+            self.journal.synced(self.ticket, self.lid)
+            lid = self.lid
+        except OSError:  # reported by the journal
+            lid = None
+        try:
+            try:
+                return self._place(lid, dirsync)
+            except FileNotFoundError:
+                if not _make_folders(self.boxes):
+                    raise
+                return self._place(lid, dirsync)
+        except BaseException:
+            self.journal.ended(self.lid)  # not delivered after all: the record must not bring it back
+            raise
+
+    def _place(self, lid: str | None, dirsync: DirSync | None) -> list[Path]:
+        tmp = self.boxes[0] / "tmp" / unique_name()
+        placed: list[Path] = []
+        try:
+            write_new_file(tmp, self.text, sync=False)
+            if lid is None:  # the journal failed: the file is made durable on its own
+                fsync_file(tmp)
+            _put_in_place(tmp, self.dests, placed)
+        except BaseException:
+            _remove_quietly([tmp, *placed])
+            raise
+        if lid is not None:
+            self.journal.placed(lid)
+        else:
+            _sync_new(self.boxes, dirsync)
+        return placed
+
+
+def _put_in_place(tmp: Path, dests: list[Path], placed: list[Path]) -> None:
+    """``tmp`` renamed to its one destination, or linked to each; ``placed`` grows as they appear."""
+    if len(dests) == 1:
+        os.replace(tmp, dests[0])
+        placed.append(dests[0])
+        return
+    for dest in dests:
+        _link_or_copy(tmp, dest)
+        placed.append(dest)
+    tmp.unlink()
+
+
+def _sync_new(boxes: list[Path], dirsync: DirSync | None) -> None:
+    for box in boxes:
+        if dirsync is None:
+            fsync_dir(box / "new")
+        else:
+            dirsync.sync(box / "new")
+
+
+def _remove_quietly(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
