@@ -56,7 +56,7 @@ from .imap.protocol import ImapProtocol
 from .pop3.protocol import Pop3Protocol
 from .smtp.protocol import SmtpProtocol
 from .smtp.session import Envelope
-from .queue.spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool
+from .queue.spool import MessageBuffer, QueueEntry, QueuedRecipient, Spool, StagedEntry
 from .stats import Stats
 
 log = logging.getLogger("ismail.service")
@@ -445,32 +445,11 @@ class MailServer:
                                  journal=self.spool.journal)
         remote = envelope.remote_recipients
         if remote:
-            # Only mail from our own side is marked for signing (each attempt signs it as it
-            # leaves): a stranger's message with our From (forwarded, or for a relay
-            # domain) must not leave with our signature.
-            sign = self.settings.dkim.enabled and envelope.internal
-            # Forwarded copies leave with an SRS sender of ours, so the receiver's SPF check
-            # passes and a bounce comes back here to be sent on (issue 12); others as they came.
-            srs = self.srs() if envelope.forwarded and envelope.sender else None
-            forwarded = [r for r in remote if r in envelope.forwarded] if srs is not None else []
-            direct = [r for r in remote if r not in forwarded]
-            entries = []
-            if direct:
-                entries.append((envelope.id, envelope.sender, direct))
-            if forwarded:
-                qid = new_queue_id() if direct else envelope.id
-                entries.append((qid, srs.forward(envelope.sender), forwarded))
             queued: list[str] = []
             try:
-                for qid, sender, rcpts in entries:
-                    entry = QueueEntry(id=qid, sender=sender,
-                                       recipients=[QueuedRecipient(r) for r in rcpts],
-                                       arrival=envelope.received_at, client_ip=envelope.client_ip,
-                                       helo=envelope.helo, size=envelope.size,
-                                       smtputf8=envelope.smtputf8, body=envelope.body_type,
-                                       sign=sign)
+                for entry in self._queue_entries(envelope):
                     self.spool.enqueue(entry, received, body)
-                    queued.append(qid)
+                    queued.append(entry.id)
             except BaseException:
                 # The client will be told to try again: take back the local copies (and a
                 # first queue entry) too, or the retry would deliver them twice.
@@ -487,22 +466,51 @@ class MailServer:
 
     def stage_message(self, envelope: Envelope, body: MessageBuffer) -> "StagedMessage | None":
         """accept_message in two steps, for the SMTP loop, which must not wait for the disk:
-        a message for local mailboxes only is appended to the journal here, and its
-        ``finish()``, in a thread that may wait, waits for the journal's sync, puts the
-        files in place and does the rest (raising OSError as accept_message does).  None
-        for anything else (mail to send on, a large message, a journal not in use): the
-        caller then uses accept_message."""
+        a message for local mailboxes only, or one to send on that makes one queue entry,
+        is appended to the journal here, and its ``finish()``, in a thread that may wait,
+        waits for the journal's sync, puts the files in place or queues the entry, and does
+        the rest (raising OSError as accept_message does).  None for anything else (both
+        kinds of recipient, a large message, a journal not in use): the caller then uses
+        accept_message."""
         journal = self.spool.journal
-        if (envelope.remote_recipients or not envelope.mailboxes or envelope.over_quota
+        if (bool(envelope.remote_recipients) == bool(envelope.mailboxes) or envelope.over_quota
                 or journal is None or not journal.usable):
             return None
-        before = self.aftercare.usage_before(envelope)
         received = envelope.received_header(self.settings.server_name)
+        if envelope.remote_recipients:
+            entries = self._queue_entries(envelope)
+            queued = self.spool.stage(entries[0], received, body) if len(entries) == 1 else None
+            return None if queued is None else StagedMessage(self, envelope, body, queued, {})
+        before = self.aftercare.usage_before(envelope)
         body, header, boxes, record = self._local_copies(envelope, body, received)
         staged = stage(boxes, header, body, journal, before_commit=record) if boxes else None
         if boxes and staged is None:
             return None
         return StagedMessage(self, envelope, body, staged, before)
+
+    def _queue_entries(self, envelope: Envelope) -> list[QueueEntry]:
+        """The queue entries of a message's recipients elsewhere (one, or two with forwards)."""
+        remote = envelope.remote_recipients
+        # Only mail from our own side is marked for signing (each attempt signs it as it
+        # leaves): a stranger's message with our From (forwarded, or for a relay
+        # domain) must not leave with our signature.
+        sign = self.settings.dkim.enabled and envelope.internal
+        # Forwarded copies leave with an SRS sender of ours, so the receiver's SPF check
+        # passes and a bounce comes back here to be sent on (issue 12); others as they came.
+        srs = self.srs() if envelope.forwarded and envelope.sender else None
+        forwarded = [r for r in remote if r in envelope.forwarded] if srs is not None else []
+        direct = [r for r in remote if r not in forwarded]
+        parts = []
+        if direct:
+            parts.append((envelope.id, envelope.sender, direct))
+        if forwarded:
+            qid = new_queue_id() if direct else envelope.id
+            parts.append((qid, srs.forward(envelope.sender), forwarded))
+        return [QueueEntry(id=qid, sender=sender, recipients=[QueuedRecipient(r) for r in rcpts],
+                           arrival=envelope.received_at, client_ip=envelope.client_ip,
+                           helo=envelope.helo, size=envelope.size, smtputf8=envelope.smtputf8,
+                           body=envelope.body_type, sign=sign)
+                for qid, sender, rcpts in parts]
 
     def _local_copies(self, envelope: Envelope, body: MessageBuffer, received: bytes
                       ) -> tuple[MessageBuffer, bytes, list[Path], Callable[[list[Path]], None] | None]:
@@ -611,15 +619,21 @@ class StagedMessage:
     """A message MailServer.stage_message appended to the journal; ``finish()`` completes it."""
 
     def __init__(self, server: MailServer, envelope: Envelope, body: MessageBuffer,
-                 staged: Staged | None, before: dict[str, int]) -> None:
+                 staged: Staged | StagedEntry | None, before: dict[str, int]) -> None:
         self.server, self.envelope, self.body = server, envelope, body
         self.staged, self.before = staged, before
 
     def finish(self) -> None:
-        """Wait for the journal's sync and put the files in place; OSError if that failed
-        (nothing is delivered then: the client is to be told to try again)."""
-        placed = self.staged.place(self.server.dirsync) if self.staged is not None else []
-        self.server._accepted(self.envelope, self.body, placed, self.before)
+        """Wait for the journal's sync and put the files in place, or queue the entry;
+        OSError if that failed (nothing is delivered then: the client is to be told to try
+        again)."""
+        server, staged, placed = self.server, self.staged, []
+        if isinstance(staged, StagedEntry):
+            staged.finish()
+            server.stats.add("recipients_queued", len(self.envelope.remote_recipients))
+        elif staged is not None:
+            placed = staged.place(server.dirsync)
+        server._accepted(self.envelope, self.body, placed, self.before)
 
 
 class _Pop3Backend:

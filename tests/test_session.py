@@ -373,14 +373,30 @@ class StagedDataTest(SessionTestCase):
         self.assertEqual(journal.syncs - before, 1)
         self.assertEqual(len(self.maildir()), 5)
 
-    def test_mail_to_send_on_and_large_messages_are_stored_before_the_feed_returns(self):
+    def test_mail_to_send_on_is_queued_when_settled(self):
         s = self.session(trusted=True)
         answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<x@remote.example>\r\nDATA\r\n")
         self.assertEqual(codes(answer), [250, 250, 250, 354])
+        self.assertEqual(s.may_block(b"x\r\n.\r\n"), "")
+        with mock.patch.object(self.server.spool, "on_enqueue") as handed:
+            self.assertEqual(s.feed(b"Subject: on\r\n\r\nx\r\n.\r\n", stage=True), b"")
+            handed.assert_not_called()  # not to the queue before its sync
+            self.assertEqual(codes(s.settle()), [250])
+            [(entry, text)] = [c.args for c in handed.call_args_list]
+        self.assertEqual([r.address for r in entry.recipients], ["x@remote.example"])
+        self.assertTrue(text.endswith(b"Subject: on\r\n\r\nx\r\n"), text)
+        [(envelope, message)] = self.queued()
+        self.assertEqual(envelope["sender"], "a@example.test")
+
+    def test_mail_for_both_kinds_of_recipient_and_large_messages_are_stored_before_the_feed_returns(self):
+        s = self.session(trusted=True)
+        answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<x@remote.example>\r\n"
+                        b"RCPT TO:<user@example.test>\r\nDATA\r\n")
+        self.assertEqual(codes(answer), [250, 250, 250, 250, 354])
         self.assertEqual(s.may_block(b"x\r\n.\r\n"), "disk")
         self.assertEqual(codes(s.feed(b"x\r\n.\r\n", stage=True)), [250])
         self.assertIsNone(s.pending)
-        self.assertEqual(len(self.queued()), 1)
+        self.assertEqual((len(self.queued()), len(self.maildir())), (1, 1))
         s = self.session()
         self.start(s)
         big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * (STAGE_MAX // 1000 + 1)

@@ -486,14 +486,27 @@ class Journal:
         with self._cond:
             return lid, self._append_record(lid, local_record(lid, paths, message), paths)
 
-    def synced(self, ticket: int, lid: str) -> None:
-        """Return once staged record ``ticket`` (of ``lid``) is on disk; OSError if the
-        journal failed (``lid`` is then the caller's to make durable another way)."""
+    def stage(self, qid: str, *message: bytes) -> int:
+        """commit(keep=True) without the wait (see stage_local): the ticket to pass to
+        ``synced``."""
+        rec = record(b"Q", qid.encode("ascii") + b"\n", *message)
+        if self._unwritten_bytes + sum(map(len, message)) > UNWRITTEN_MAX:
+            self._write_file(qid, message)
+            with self._cond:
+                return self._append_record(qid, rec)
+        with self._cond:
+            return self._append_record(qid, rec, unwritten=message)
+
+    def synced(self, ticket: int, rid: str) -> None:
+        """Return once staged record ``ticket`` (of ``rid``) is on disk; OSError if the
+        journal failed (the message is then the caller's to make durable another way)."""
         with self._cond:
             try:
                 self._wait(ticket)
             except BaseException:
-                self._unplaced.discard(lid)
+                self._unplaced.discard(rid)
+                with self._files:
+                    self._drop(rid)
                 raise
 
     @property
@@ -507,14 +520,7 @@ class Journal:
         covers it."""
         with self._cond:
             ticket = self._append_record(rid, rec, paths, unwritten)
-            try:
-                self._wait(ticket)
-            except BaseException:
-                self._unplaced.discard(rid)
-                if unwritten is not None:
-                    with self._files:
-                        self._drop(rid)
-                raise
+        self.synced(ticket, rid)
 
     def _append_record(self, rid: str, rec: bytes, paths: list[Path] | None = None,
                        unwritten: tuple[bytes, ...] | None = None) -> int:

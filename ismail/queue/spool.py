@@ -235,8 +235,6 @@ class Spool:
 
     def enqueue(self, entry: QueueEntry, header: bytes, body: MessageBuffer) -> None:
         """Write the entry durably; when this returns, it survives a crash."""
-        path = self._path(entry.id, "msg")
-        tmp = self.tmp / f"{entry.id}.{next_serial()}.msg"
         journal = self.journal
         text = None
         try:
@@ -248,25 +246,54 @@ class Spool:
                     # queued by then: most relayed mail is gone before (journal.py).
                     journal.commit(entry.id, head, text, keep=True)
                 except OSError:  # reported by the journal: this one is committed on its own
-                    write_new_file(tmp, (head, text))
-                    os.replace(tmp, path)
-                    self._sync_folder()
+                    self._write_durably(entry.id, (head, text))
             else:
-                write_new_file(tmp, itertools.chain((file_head(entry) + header,), body.chunks()))
-                os.replace(tmp, path)
-                self._sync_folder()
+                self._write_durably(entry.id, itertools.chain((file_head(entry) + header,), body.chunks()))
+        except BaseException:
+            self._not_queued(entry.id)
+            raise
+        if text is None and body.size <= SPILL_BYTES:
+            text = header + b"".join(body.chunks())
+        self._queued(entry, text)
+
+    def stage(self, entry: QueueEntry, header: bytes, body: MessageBuffer) -> "StagedEntry | None":
+        """enqueue in two steps, for a thread that must not wait for the disk (see
+        store.maildir.stage): the entry is appended to the journal here, and
+        ``StagedEntry.finish()`` waits for the sync and hands it to the queue.  None when
+        the journal cannot take it: enqueue then."""
+        journal = self.journal
+        if journal is None or body.size > JOURNAL_MAX or not journal.usable:
+            return None
+        head = file_head(entry)
+        text = header + b"".join(body.chunks())
+        try:
+            ticket = journal.stage(entry.id, head, text)
+        except OSError:
+            return None
+        return StagedEntry(self, entry, head, text, ticket)
+
+    def _write_durably(self, qid: str, pieces) -> None:
+        path = self._path(qid, "msg")
+        tmp = self.tmp / f"{qid}.{next_serial()}.msg"
+        try:
+            write_new_file(tmp, pieces)
+            os.replace(tmp, path)
         except BaseException:
             _remove_quietly(tmp)
-            _remove_quietly(path)
-            if journal is not None:
-                # Its record may be in the journal (written, then the sync failed): ended, so
-                # a message the client was told to send again never comes back at a start.
-                journal.ended(entry.id)
             raise
+        self._sync_folder()
+
+    def _not_queued(self, qid: str) -> None:
+        """After a failure: no trace of entry ``qid`` left (the client is told to try again)."""
+        _remove_quietly(self._path(qid, "msg"))
+        if self.journal is not None:
+            # Its record may be in the journal (written, then the sync failed): ended, so
+            # a message the client was told to send again never comes back at a start.
+            self.journal.ended(qid)
+
+    def _queued(self, entry: QueueEntry, text: bytes | None) -> None:
         self._stateless.add(entry.id)
         if self.on_enqueue is not None:
-            if text is None and body.size <= SPILL_BYTES:
-                text = header + b"".join(body.chunks())
             self.on_enqueue(entry, text)
 
     def _sync_folder(self) -> None:
@@ -372,6 +399,30 @@ def _read_envelope(f) -> bytes:
     if len(envelope) != int(parts[2]) or f.read(2) != b"\r\n":
         raise ValueError("queue file cut short in its envelope")
     return envelope
+
+
+class StagedEntry:
+    """A queue entry Spool.stage appended to the journal; ``finish()`` completes it."""
+
+    def __init__(self, spool: Spool, entry: QueueEntry, head: bytes, text: bytes, ticket: int) -> None:
+        self.spool, self.entry, self.head, self.text, self.ticket = spool, entry, head, text, ticket
+
+    def finish(self) -> None:
+        """Wait for the journal's sync, then queue the entry; OSError if it could not be
+        made durable (nothing is queued then)."""
+        spool, qid = self.spool, self.entry.id
+        journal = spool.journal
+        try:
+            try:
+                if journal is None:  # closed meanwhile (the server stops)
+                    raise OSError("the queue journal is closed")
+                journal.synced(self.ticket, qid)
+            except OSError:  # reported by the journal: committed on its own
+                spool._write_durably(qid, (self.head, self.text))
+        except BaseException:
+            spool._not_queued(qid)
+            raise
+        spool._queued(self.entry, self.text)
 
 
 def _remove_quietly(path: Path) -> bool:

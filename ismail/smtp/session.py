@@ -204,9 +204,10 @@ class Session(Routing):
     def _stageable(self, size: int) -> bool:
         """Can the end of the message under way (``size`` bytes at most so far) be staged:
         stored without waiting for the disk, its 250 sent by ``settle()`` later?  Mail for
-        our own mailboxes only, not checked (the checks may ask DNS), and small."""
+        our own mailboxes only or for elsewhere only (MailServer.stage_message has the last
+        word), not checked (the checks may ask DNS), and small."""
         return (size <= STAGE_MAX and not self._checked and not self._forwarded
-                and 0 < len(self._mailboxes) == len(self._rcpts))
+                and bool(self._rcpts) and len(self._mailboxes) in (0, len(self._rcpts)))
 
     def settle(self) -> bytes:
         """The reply to the message ``feed(stage=True)`` staged (``pending``), once the
