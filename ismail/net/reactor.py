@@ -9,11 +9,19 @@ NOOP, QUIT and the rest for every connection, with non-blocking sockets and a
 selector: no other thread wants the GIL for that work, so taking it back is free.
 
 Whatever may wait goes to a worker thread, which serves the connection exactly as
-a thread-per-connection server would (listener.Connection.talk): the message
-text and its fsync, AUTH (a password check), STARTTLS and everything over TLS, a
-tarpit delay, a reply the client does not read.  When the session is back to plain
-command talk the worker hands the connection back.  A session itself decides what
-may wait (``may_block``); the loop never feeds it anything else.
+a thread-per-connection server would (listener.Connection.talk): a large message's
+text, or one from a client the anti-spam checks look at, AUTH (a password check),
+STARTTLS and everything over TLS, a tarpit delay, a reply the client does not read.
+When the session is back to plain command talk the worker hands the connection back.
+A session itself decides what may wait (``may_block``); the loop never feeds it
+anything else.
+
+A small message's end the loop takes itself: the session *stages* it (appends it to
+the journal without waiting for the disk) and its connection waits aside, while one
+thread, "smtp-settle", answers the staged messages in order: the first one's sync
+serves all staged before it began, then each is put in place and gets its 250.  Ten
+worker threads each waiting for its own message's sync spent more time handing the
+interpreter's lock around than storing (README.txt, Performance).
 
 The listener stays a socketserver.TCPServer (its limits, refusals and bans are the
 same code); the loop accepts on its socket instead of ``serve_forever``.  Time-outs
