@@ -421,12 +421,7 @@ class Journal:
         WRITE_AFTER seconds, or sooner when asked (``write_out``); an entry delivered before
         then (``take``) never has a file at all.  Without room for it in memory
         (UNWRITTEN_MAX) the file is written here, before the record."""
-        # Read without the lock: the bound is for memory, a message more or less is no matter.
-        if keep and self._unwritten_bytes + sum(map(len, message)) > UNWRITTEN_MAX:
-            keep = False
-            self._write_file(qid, message)
-        rec = record(b"Q", qid.encode("ascii") + b"\n", *message)
-        self._commit(qid, rec, unwritten=message if keep else None)
+        self.synced(self._stage_queued(qid, message, keep), qid)
 
     def unwritten(self, qid: str) -> tuple[bytes, ...] | None:
         """The pieces of entry ``qid``'s file if it is not written yet, else None."""
@@ -473,8 +468,8 @@ class Journal:
         it is about to get in its Maildirs' new/ and return once it is on disk.  The caller
         then renames the files into place and calls ``placed`` (or ``ended`` if it failed);
         the files are made durable on their own at the next checkpoint, within a second."""
-        lid = "L" + new_queue_id()
-        self._commit(lid, local_record(lid, paths, message), paths)
+        lid, ticket = self.stage_local(paths, message)
+        self.synced(ticket, lid)
         return lid
 
     def stage_local(self, paths: list[Path], message: list[bytes]) -> tuple[str, int]:
@@ -489,13 +484,16 @@ class Journal:
     def stage(self, qid: str, *message: bytes) -> int:
         """commit(keep=True) without the wait (see stage_local): the ticket to pass to
         ``synced``."""
-        rec = record(b"Q", qid.encode("ascii") + b"\n", *message)
-        if self._unwritten_bytes + sum(map(len, message)) > UNWRITTEN_MAX:
+        return self._stage_queued(qid, message, keep=True)
+
+    def _stage_queued(self, qid: str, message: tuple[bytes, ...], keep: bool) -> int:
+        # Read without the lock: the bound is for memory, a message more or less is no matter.
+        if keep and self._unwritten_bytes + sum(map(len, message)) > UNWRITTEN_MAX:
+            keep = False
             self._write_file(qid, message)
-            with self._cond:
-                return self._append_record(qid, rec)
+        rec = record(b"Q", qid.encode("ascii") + b"\n", *message)
         with self._cond:
-            return self._append_record(qid, rec, unwritten=message)
+            return self._append_record(qid, rec, unwritten=message if keep else None)
 
     def synced(self, ticket: int, rid: str) -> None:
         """Return once staged record ``ticket`` (of ``rid``) is on disk; OSError if the
@@ -513,18 +511,11 @@ class Journal:
     def usable(self) -> bool:
         return self._broken is None and self._fd is not None
 
-    def _commit(self, rid: str, rec: bytes, paths: list[Path] | None = None,
-                unwritten: tuple[bytes, ...] | None = None) -> None:
-        """Append record ``rec`` of ``rid`` (with ``paths``: a local delivery's; with
-        ``unwritten``: a queued message's file, not written yet) and wait for a sync that
-        covers it."""
-        with self._cond:
-            ticket = self._append_record(rid, rec, paths, unwritten)
-        self.synced(ticket, rid)
-
     def _append_record(self, rid: str, rec: bytes, paths: list[Path] | None = None,
                        unwritten: tuple[bytes, ...] | None = None) -> int:
-        """(Inside the lock) _commit's part before the wait: the record's ticket."""
+        """(Inside the lock) append record ``rec`` of ``rid`` (with ``paths``: a local
+        delivery's; with ``unwritten``: a queued message's file, not written yet); returns
+        its ticket, for ``synced``."""
         if self._broken is not None or self._fd is None:
             raise JournalBroken(f"the queue journal is not in use ({self._broken or 'closed'})")
         if ((self._size + len(rec) > SEGMENT_BYTES and self._size > len(HEADER))
