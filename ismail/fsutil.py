@@ -75,6 +75,18 @@ def write_new_file(path: Path, chunks: Iterable[bytes], sync: bool = True) -> No
         os.close(fd)
 
 
+def remove_quietly(path: Path) -> bool:
+    """Remove ``path`` if it is there; True if it was.  Any other failure is logged."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        log.warning("could not remove %s: %s", path, e)
+        return False
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

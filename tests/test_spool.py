@@ -8,6 +8,7 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+from ismail import fsutil
 from ismail.fsutil import DirSync
 from ismail.store import maildir
 from ismail.queue.spool import SPILL_BYTES, MessageBuffer, QueueEntry, QueuedRecipient, Spool
@@ -126,8 +127,7 @@ class SpoolTest(unittest.TestCase):
         self.assertEqual(json.loads((self.spool.messages / "0000000000001000.state").read_text())["attempts"], 1)
         self.assertEqual(self.spool.load("0000000000001000"), e, "the state file wins over the first envelope")
         self.assertEqual(self.spool.read_message("0000000000001000"), b"x\r\n")
-        with mock.patch("ismail.queue.spool._remove_quietly", wraps=__import__(
-                "ismail.queue.spool", fromlist=["_remove_quietly"])._remove_quietly) as removed:
+        with mock.patch("ismail.queue.spool.remove_quietly", wraps=fsutil.remove_quietly) as removed:
             self.spool.remove("0000000000001000")
         self.assertEqual([c.args[0].suffix for c in removed.call_args_list][:2], [".msg", ".state"],
                          "the message first: a crash between never brings back the first envelope")

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..fsutil import DirSync, atomic_write, fsync_dir, next_serial, write_new_file
+from ..fsutil import DirSync, atomic_write, fsync_dir, next_serial, remove_quietly, write_new_file
 from .journal import JOURNAL_MAX, Journal
 
 log = logging.getLogger("ismail.spool")
@@ -182,7 +182,7 @@ class Spool:
         for d in (self.messages, self.tmp, self.corrupt):
             d.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
-            _remove_quietly(leftover)
+            remove_quietly(leftover)
         if self.use_journal:
             journal = Journal(self.dir / "journal", self.messages)
             journal.recover()
@@ -196,17 +196,17 @@ class Spool:
                 ids.append(stem)
             elif ext == "state" and f"{stem}.msg" not in names:
                 log.info("removing %s: left by a removal cut short (the message was done)", name)
-                _remove_quietly(self.messages / name)
+                remove_quietly(self.messages / name)
             elif ext == "eml" and f"{stem}.json" not in names:
                 log.info("removing %s: written before a crash, never acknowledged", name)
-                _remove_quietly(self.messages / name)
+                remove_quietly(self.messages / name)
             elif ext == "json":
                 if f"{stem}.eml" not in names:
                     self.set_aside(stem, "its message file is missing")
                     continue
                 ids.append(stem)
             elif ext == "tmp":  # an atomic_write cut short by a crash
-                _remove_quietly(self.messages / name)
+                remove_quietly(self.messages / name)
             elif ext not in ("eml", "state"):
                 log.warning("queue: ignoring unexpected file %s", self.messages / name)
         return sorted(ids)
@@ -270,7 +270,7 @@ class Spool:
             ticket = journal.stage(entry.id, head, text)
         except OSError:
             return None
-        return StagedEntry(self, entry, head, text, ticket)
+        return StagedEntry(self, journal, entry, head, text, ticket)
 
     def _write_durably(self, qid: str, pieces) -> None:
         path = self._path(qid, "msg")
@@ -279,13 +279,13 @@ class Spool:
             write_new_file(tmp, pieces)
             os.replace(tmp, path)
         except BaseException:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             raise
         self._sync_folder()
 
     def _not_queued(self, qid: str) -> None:
         """After a failure: no trace of entry ``qid`` left (the client is told to try again)."""
-        _remove_quietly(self._path(qid, "msg"))
+        remove_quietly(self._path(qid, "msg"))
         if self.journal is not None:
             # Its record may be in the journal (written, then the sync failed): ended, so
             # a message the client was told to send again never comes back at a start.
@@ -360,17 +360,17 @@ class Spool:
         if journal is not None and journal.take(queue_id):
             journal.ended(queue_id)
             return   # delivered before its file was written: no file at all
-        if _remove_quietly(self._path(queue_id, "msg")):
+        if remove_quietly(self._path(queue_id, "msg")):
             if not stateless:
-                _remove_quietly(self._path(queue_id, "state"))
+                remove_quietly(self._path(queue_id, "state"))
             if journal is not None:
                 journal.ended(queue_id)
             return   # the usual case: one or two unlinks, not four
         if journal is not None:
             journal.ended(queue_id)
-        _remove_quietly(self._path(queue_id, "state"))
-        _remove_quietly(self._path(queue_id, "json"))
-        _remove_quietly(self._path(queue_id, "eml"))
+        remove_quietly(self._path(queue_id, "state"))
+        remove_quietly(self._path(queue_id, "json"))
+        remove_quietly(self._path(queue_id, "eml"))
 
     def set_aside(self, queue_id: str, why: str) -> None:
         self.write_out(queue_id)
@@ -404,34 +404,22 @@ def _read_envelope(f) -> bytes:
 class StagedEntry:
     """A queue entry Spool.stage appended to the journal; ``finish()`` completes it."""
 
-    def __init__(self, spool: Spool, entry: QueueEntry, head: bytes, text: bytes, ticket: int) -> None:
-        self.spool, self.entry, self.head, self.text, self.ticket = spool, entry, head, text, ticket
+    def __init__(self, spool: Spool, journal: Journal, entry: QueueEntry, head: bytes, text: bytes,
+                 ticket: int) -> None:
+        self.spool, self.journal, self.entry = spool, journal, entry
+        self.head, self.text, self.ticket = head, text, ticket
 
     def finish(self) -> None:
         """Wait for the journal's sync, then queue the entry; OSError if it could not be
         made durable (nothing is queued then)."""
         spool, qid = self.spool, self.entry.id
-        journal = spool.journal
         try:
             try:
-                if journal is None:  # closed meanwhile (the server stops)
-                    raise OSError("the queue journal is closed")
-                journal.synced(self.ticket, qid)
-            except OSError:  # reported by the journal: committed on its own
+                self.journal.synced(self.ticket, qid)  # JournalBroken if it was closed meanwhile
+            except OSError:  # reported by the journal (or closed): committed on its own
                 spool._write_durably(qid, (self.head, self.text))
         except BaseException:
             spool._not_queued(qid)
             raise
         spool._queued(self.entry, self.text)
 
-
-def _remove_quietly(path: Path) -> bool:
-    """Remove ``path`` if it is there; True if it was."""
-    try:
-        path.unlink()
-        return True
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        log.warning("could not remove %s: %s", path, e)
-        return False

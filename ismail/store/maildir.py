@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..fsutil import DirSync, fsync_dir, unique_name, write_new_file
+from ..fsutil import DirSync, fsync_dir, remove_quietly, unique_name, write_new_file
 from ..queue.journal import JOURNAL_MAX, Journal, fsync_file
 from ..queue.spool import MessageBuffer
 
@@ -132,7 +132,8 @@ def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: Dir
             return placed
         _sync_new(boxes, dirsync)
     except BaseException:
-        _remove_quietly([tmp, *placed])
+        for path in [tmp, *placed]:
+            remove_quietly(path)
         if lid is not None:
             journal.ended(lid)  # not delivered after all: the record must not bring it back
         raise
@@ -199,7 +200,8 @@ class Staged:
                 fsync_file(tmp)
             _put_in_place(tmp, self.dests, placed)
         except BaseException:
-            _remove_quietly([tmp, *placed])
+            for path in [tmp, *placed]:
+                remove_quietly(path)
             raise
         if lid is not None:
             self.journal.placed(lid)
@@ -227,13 +229,6 @@ def _sync_new(boxes: list[Path], dirsync: DirSync | None) -> None:
         else:
             dirsync.sync(box / "new")
 
-
-def _remove_quietly(paths: list[Path]) -> None:
-    for path in paths:
-        try:
-            path.unlink()
-        except OSError:
-            pass
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
