@@ -72,9 +72,19 @@ class SpoolCase(unittest.TestCase):
         return sorted(((queue or self.dir / "queue") / "journal").glob("*.jnl"))
 
     def crash(self) -> Path:
-        """What the disk holds if the process dies now: a copy of the queue folder."""
+        """What the disk holds if the process dies now: a copy of the queue folder.
+
+        The journal's own thread may be writing a file meanwhile; one renamed or removed
+        between the listing and its copy is left out, as a crash a moment later would.
+        """
         copy = self.dir / f"crashed{len(list(self.dir.glob('crashed*')))}"
-        shutil.copytree(self.dir / "queue", copy)
+
+        def copy_if_still_there(src, dst):
+            try:
+                return shutil.copy2(src, dst)
+            except FileNotFoundError:
+                return dst
+        shutil.copytree(self.dir / "queue", copy, copy_function=copy_if_still_there)
         return copy
 
     def restart(self, queue: Path) -> tuple[Spool, list[str]]:
