@@ -10,8 +10,11 @@ import threading
 import time
 import unittest
 from pathlib import Path
+from unittest import mock
 
+from ismail.store import maildir
 from tests.support import ServerProcess, SMTPTalk
+from tests.test_receiver import ReceiverTestCase, maildir_files
 
 
 def threads_of(pid: int) -> int:
@@ -170,3 +173,85 @@ class ReactorTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SlowPlacingTest(ReceiverTestCase):
+    """One thread puts every staged message in place.  Where that is slow (a virus scanner
+    looking at each new file on Windows, a network disk), messages must not queue behind
+    it: the loop hands their ends to the workers, which store side by side, and stages
+    again once placing is quick."""
+
+    def test_slow_placing_sends_messages_to_the_workers_and_staging_comes_back(self) -> None:
+        ms = self.start_inprocess({"incoming": {"max_connections": 100, "max_per_host": 10},
+                                   "trusted_networks": ["127.0.0.0/8"]})
+        counts = {"staged": 0, "stored": 0}
+        lock = threading.Lock()
+        stage_message, accept_message = ms.stage_message, ms.accept_message
+
+        def staging(*args):
+            staged = stage_message(*args)
+            with lock:
+                counts["staged"] += staged is not None
+            return staged
+
+        def storing(*args):
+            with lock:
+                counts["stored"] += 1
+            return accept_message(*args)
+        place = maildir.Staged.place
+        slow = threading.Event()
+        slow.set()
+
+        def slow_place(staged, *args, **kwargs):
+            if slow.is_set():
+                time.sleep(0.03)  # 30 ms a file: ten clients at once wait 300 ms in line
+            return place(staged, *args, **kwargs)
+        clients, per_client, later = 10, 6, 20
+        failures: list[str] = []
+
+        def client(n: int, count: int) -> None:
+            try:
+                with SMTPTalk(self.port, timeout=30) as t:
+                    t.reply()
+                    t.cmd(f"EHLO c{n}.test")
+                    for m in range(count):
+                        t.cmd("MAIL FROM:<a@example.test>")
+                        t.cmd("RCPT TO:<user@example.test>")
+                        t.cmd("DATA")
+                        got = t.cmd(message(n * 100 + m) + b".")
+                        if not got.startswith(b"250 "):
+                            failures.append(f"client {n} message {m}: {got!r}")
+                    t.cmd("QUIT")
+            except OSError as e:
+                failures.append(f"client {n}: {e}")
+        with mock.patch.object(ms, "stage_message", staging), \
+                mock.patch.object(ms, "accept_message", storing), \
+                mock.patch.object(maildir.Staged, "place", slow_place):
+            threads = [threading.Thread(target=client, args=(n, per_client)) for n in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            self.assertEqual(failures, [])
+            self.assertGreater(counts["staged"], 0, "staged while placing kept up")
+            self.assertGreater(counts["stored"], 0, "workers stored messages once it fell behind")
+            self.assertEqual(counts["staged"] + counts["stored"], clients * per_client)
+            # Placing is quick again: as soon as the settling thread's recent times show it
+            # (the least of them), messages are staged again.
+            slow.clear()
+            before = dict(counts)
+            threads = [threading.Thread(target=client, args=(n, later)) for n in range(20, 22)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            self.assertEqual(failures, [])
+            # At most the first one after the change goes to the workers (the other client's
+            # while the first is being settled); the cost then seen is the quick one.
+            self.assertGreaterEqual(counts["staged"] - before["staged"], 2 * later - 2)
+        texts = [p.read_bytes() for p in maildir_files(self.data_dir)]
+        for n, count in [*((n, per_client) for n in range(clients)), (20, later), (21, later)]:
+            for m in range(count):
+                body = f"body of message {n * 100 + m}\n".encode()  # stored with LF line ends
+                self.assertEqual(sum(t.endswith(body) for t in texts), 1, (n, m))
+        self.assertEqual(len(texts), clients * per_client + 2 * later)

@@ -350,7 +350,8 @@ class StagedDataTest(SessionTestCase):
         s = self.session()
         self.start(s)
         text = b"Subject: staged\r\n\r\nhello\r\n.\r\n"
-        self.assertEqual(s.may_block(text), "")
+        self.assertEqual(s.may_block(text), "disk", "stored before the feed returns unless staged")
+        self.assertEqual(s.may_block(text, stage=True), "")
         self.assertEqual(s.feed(text + b"NOOP\r\n", stage=True), b"", "no reply before settle")
         self.assertIsNotNone(s.pending)
         self.assertTrue(s.buffered, "the NOOP is kept")
@@ -377,7 +378,7 @@ class StagedDataTest(SessionTestCase):
         s = self.session(trusted=True)
         answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<x@remote.example>\r\nDATA\r\n")
         self.assertEqual(codes(answer), [250, 250, 250, 354])
-        self.assertEqual(s.may_block(b"x\r\n.\r\n"), "")
+        self.assertEqual(s.may_block(b"x\r\n.\r\n", stage=True), "")
         with mock.patch.object(self.server.spool, "on_enqueue") as handed:
             self.assertEqual(s.feed(b"Subject: on\r\n\r\nx\r\n.\r\n", stage=True), b"")
             handed.assert_not_called()  # not to the queue before its sync
@@ -393,14 +394,14 @@ class StagedDataTest(SessionTestCase):
         answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<x@remote.example>\r\n"
                         b"RCPT TO:<user@example.test>\r\nDATA\r\n")
         self.assertEqual(codes(answer), [250, 250, 250, 250, 354])
-        self.assertEqual(s.may_block(b"x\r\n.\r\n"), "disk")
+        self.assertEqual(s.may_block(b"x\r\n.\r\n", stage=True), "disk")
         self.assertEqual(codes(s.feed(b"x\r\n.\r\n", stage=True)), [250])
         self.assertIsNone(s.pending)
         self.assertEqual((len(self.queued()), len(self.maildir())), (1, 1))
         s = self.session()
         self.start(s)
         big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * (STAGE_MAX // 1000 + 1)
-        self.assertEqual(s.may_block(big), "disk")
+        self.assertEqual(s.may_block(big, stage=True), "disk")
 
     def test_a_staged_message_that_cannot_be_placed_is_refused_with_452_and_not_delivered(self):
         s = self.session()

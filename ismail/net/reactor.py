@@ -21,7 +21,13 @@ the journal without waiting for the disk) and its connection waits aside, while 
 thread, "smtp-settle", answers the staged messages in order: the first one's sync
 serves all staged before it began, then each is put in place and gets its 250.  Ten
 worker threads each waiting for its own message's sync spent more time handing the
-interpreter's lock around than storing (README.txt, Performance).
+interpreter's lock around than storing (README.txt, Performance).  One thread puts
+every file in place, though, and where that is slow (a virus scanner looking at each
+new file, a network disk) staged messages would wait in line behind each other: a
+message is staged only while the ones waiting, times what settling one takes lately
+(the least of the last SETTLE_SAMPLES: one not waiting for a sync), come to at most
+SETTLE_WAIT_MAX; the ends of the others go to the workers, which store side by side
+as before.
 
 The listener stays a socketserver.TCPServer (its limits, refusals and bans are the
 same code); the loop accepts on its socket instead of ``serve_forever``.  Time-outs
@@ -48,6 +54,8 @@ log = logging.getLogger("ismail.receiver")
 
 ACCEPTS_PER_WAKE = 32   # connections taken from one listener before looking at the others
 SCAN_SECONDS = 1.0      # how often idle clients are checked for time-outs and a stop
+SETTLE_WAIT_MAX = 0.005  # the longest wait in line for the settling thread a message is staged for
+SETTLE_SAMPLES = 16      # how many recent settle times give the cost of one (the least of them)
 
 
 class Reactor:
@@ -64,6 +72,7 @@ class Reactor:
         self._wake_w: socket.socket | None = None
         self._settling: queue.SimpleQueue | None = None  # staged messages for the settling thread
         self._settler: threading.Thread | None = None
+        self._settle_cost = 0.0  # seconds, the least recent settle(): most others also waited for a sync
 
     # -- from any thread --------------------------------------------------------------------------
     def add_listener(self, listener: "Listener") -> None:
@@ -179,14 +188,18 @@ class Reactor:
         began, so the ones after it find theirs done (group commit, with no thread waiting
         per message; ten threads each waiting for its own message's sync spent more time
         handing the interpreter's lock around than storing)."""
+        recent: collections.deque[float] = collections.deque(maxlen=SETTLE_SAMPLES)
         while True:
             listener, conn, out = waiting.get()
             session = conn.session
+            began = time.perf_counter()
             try:
                 out += session.settle()
             except Exception:
                 log.exception("SMTP loop: answering a stored message failed")
                 session.closing = True
+            recent.append(time.perf_counter() - began)
+            self._settle_cost = min(recent)
             try:
                 self._resume(listener, conn, out)
             except Exception:
@@ -245,13 +258,16 @@ class Reactor:
             self._end(conn)
             return
         session = conn.session
-        if session.may_block(data):
+        # Staged, a message waits for those ahead of it in the settling thread's line.
+        waiting = self._settling
+        stage = waiting is None or waiting.qsize() * self._settle_cost <= SETTLE_WAIT_MAX
+        if session.may_block(data, stage=stage):
             # Even with one client only: the loop making a message durable itself measured
             # 20 % slower on relay, where the delivery threads want the GIL at the same time.
             self._to_worker(conn, data, None)
             return
         now = time.monotonic()
-        out = session.feed(data, stage=True)
+        out = session.feed(data, stage=stage)
         conn.progress(data, now)
         if getattr(session, "pending", None) is not None:
             self._settle(conn, out)

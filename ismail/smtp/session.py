@@ -170,9 +170,10 @@ class Session(Routing):
         """An AUTH challenge is out: the next line is its answer."""
         return self._auth_step is not None
 
-    def may_block(self, data: bytes) -> str:
-        """What ``feed(data)`` could wait for: "" (nothing), "disk" (the end of a message is
-        made durable), "login" (a password check) or "dns" (the anti-spam verdicts at MAIL).
+    def may_block(self, data: bytes, stage: bool = False) -> str:
+        """What ``feed(data, stage)`` could wait for: "" (nothing), "disk" (the end of a
+        message is made durable; not for a small one with ``stage``, which is staged
+        instead), "login" (a password check) or "dns" (the anti-spam verdicts at MAIL).
 
         The receiver's loop (net.reactor) feeds only input that waits for nothing; anything
         else goes to a thread.  Erring towards waiting costs a hand-over, never a wrong answer.
@@ -180,7 +181,7 @@ class Session(Routing):
         if self._auth_step is not None or self.delay:
             return "login"
         if self._data is not None:
-            return "" if self._stageable(self._data.buffer.size + len(data)) else "disk"
+            return "" if stage and self._stageable(self._data.buffer.size + len(data)) else "disk"
         text = bytes(self._buf) + data if self._buf else data
         upper = text.upper()
         if b"AUTH" in upper:
@@ -192,7 +193,7 @@ class Session(Routing):
         while at >= 0:  # DATA with more input after its line: the text (and its end) may be there
             eol = upper.find(b"\n", at)
             if eol >= 0 and eol + 1 < len(upper):
-                return "" if self._stageable(len(text)) else "disk"
+                return "" if stage and self._stageable(len(text)) else "disk"
             at = upper.find(b"DATA", at + 4)
         return ""
 
