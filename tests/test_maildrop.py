@@ -11,8 +11,10 @@ import threading
 import time
 import unittest
 from pathlib import Path
+from unittest import mock
 
 from ismail.queue.spool import MessageBuffer
+from ismail.store import maildrop as maildrop_mod
 from ismail.store.maildir import deliver
 from ismail.store.maildrop import (CHUNK, INFO_SEP, LONG_LINE, MaildropBusy, Maildrops,
                                    unique_name)
@@ -389,6 +391,27 @@ class UpdateTest(MaildropCase):
         drop.close()
         self.assertTrue(path.exists())
         self.assertEqual(clash.read_bytes(), b"another\n")
+
+    def test_marking_many_never_replaces_a_file_made_after_the_login_either(self):
+        # From _Folders.MANY messages on, cur/ is listed once at the commit instead of a
+        # lookup per file; with whole paths (Windows) or names within open folders (POSIX).
+        count = maildrop_mod._Folders.MANY + 6
+        for at in (True, False):
+            with self.subTest(names_within_folders=at), \
+                    mock.patch.object(maildrop_mod._Folders, "_AT", at and maildrop_mod._Folders._AT):
+                paths = [self.deliver(b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(count)]
+                drop = Maildrops().open(self.box)
+                clash = write(self.box / "cur" / (paths[3].name + INFO + "S"), b"another\n")
+                names = [m.name for m in drop.messages]
+                drop.commit(set(), {names.index(p.name) for p in paths})
+                drop.close()
+                self.assertTrue(paths[3].exists(), "left in new/")
+                self.assertEqual(clash.read_bytes(), b"another\n")
+                self.assertEqual(sorted(self.files("cur")),
+                                 sorted(p.name + INFO + "S" for p in paths))
+                self.assertEqual(self.files("new"), [paths[3].name])
+                for path in [*self.box.glob("new/*"), *self.box.glob("cur/*")]:
+                    path.unlink()
 
     def test_close_without_commit_changes_nothing(self):
         for i in range(3):

@@ -201,7 +201,6 @@ class Maildrop:
         self._registry = registry
         self._key = key
         self.mailbox = mailbox
-        self._cur = str(mailbox / "cur")
         self._closed = False
         self._listing: dict[str, Path] | None = None  # during commit
         self._total: int | None = None  # total_size
@@ -357,50 +356,42 @@ class Maildrop:
         problems: list[str] = []
         self._listing = None
         removed = 0
-        for index in sorted(deleted):
-            if self._update(self.messages[index], os.unlink, problems):
-                removed += 1
-        for index in sorted(seen - deleted):
-            self._update(self.messages[index], self._mark_seen, problems)
-        for sub in _SUBFOLDERS:
-            try:
-                fsync_dir(self.mailbox / sub)
-            except OSError as e:
-                problems.append(f"{sub}/: {e}")
+        to_mark = sorted(seen - deleted)
+        with _Folders(self.mailbox, many=len(to_mark) >= _Folders.MANY) as folders:
+            for index in sorted(deleted):
+                if self._update(self.messages[index], folders.unlink, problems):
+                    removed += 1
+            for index in to_mark:
+                self._update(self.messages[index], folders.mark_seen, problems)
+            for sub in _SUBFOLDERS:
+                try:
+                    folders.sync(sub)
+                except OSError as e:
+                    problems.append(f"{sub}/: {e}")
         if problems:
             raise OSError(f"could not update {self.mailbox}: " + "; ".join(problems))
         return removed
 
-    def _update(self, msg: DropMessage, change: Callable[[str], object], problems: list[str]) -> bool:
-        """Apply ``change`` to the message's file, where it is now; False if it failed.
-        Paths are plain strings here: a commit of thousands of messages is mostly this."""
-        path = os.path.join(msg.folder, msg.name)
+    def _update(self, msg: DropMessage, change: Callable[[str, str], object],
+                problems: list[str]) -> bool:
+        """Apply ``change`` (folder, name) to the message's file, where it is now; False
+        if it failed.  A commit of thousands of messages is mostly this."""
+        folder = str(msg.folder)
         try:
             try:
-                change(path)
+                change(folder, msg.name)
             except FileNotFoundError:
                 if self._listing is None:  # list the folders once per commit, not per file
                     self._listing = self._current_names()
                 moved = self._listing.get(unique_name(msg.name))
-                if moved is not None and str(moved) != path:
-                    change(str(moved))
+                if moved is not None and (str(moved.parent), moved.name) != (folder, msg.name):
+                    change(str(moved.parent), moved.name)
         except FileNotFoundError:
             pass  # gone since the listing: nothing left to do
         except OSError as e:
             problems.append(f"{msg.name}: {e}")
             return False
         return True
-
-    def _mark_seen(self, path: str) -> None:
-        new_name = seen_name(os.path.basename(path))
-        if new_name is None:
-            return  # an info we do not understand: leave the file as it is
-        target = os.path.join(self._cur, new_name)
-        if target == path:
-            return
-        if os.path.lexists(target):
-            return  # never overwrite: a name clash must not cost a message
-        os.replace(path, target)
 
     def close(self) -> None:
         """Let another session open the mailbox; idempotent."""
@@ -409,6 +400,92 @@ class Maildrop:
             self._registry._release(self._key)
 
     def __enter__(self) -> "Maildrop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Folders:
+    """new/ and cur/ of one mailbox while a commit changes their files.
+
+    Where the system takes names relative to an open folder (POSIX), the folders are
+    opened once and each file is named within its folder: no walk of the whole path per
+    call, and the folders' sync reuses them.  Elsewhere (Windows) whole paths.  A file is
+    never moved over one of the same name in cur/: with ``many`` messages to mark, cur/
+    is listed once and the names are looked up in memory (a lookup per file by the
+    system raises an exception per message in Python, a third of the time of a QUIT
+    that marks thousands); with few, each is looked at.  The listing misses only a file
+    made in the milliseconds of the commit itself, under a name the delivery made unique.
+    """
+
+    _AT = os.rename in os.supports_dir_fd and os.stat in os.supports_dir_fd and \
+        os.unlink in os.supports_dir_fd
+    MANY = 64  # messages to mark from which cur/ is listed once
+
+    def __init__(self, mailbox: Path, many: bool = False) -> None:
+        self._mailbox = mailbox
+        self.cur = str(mailbox / "cur")
+        self._fds: dict[str, int] = {}
+        if self._AT:
+            try:
+                for sub in _SUBFOLDERS:
+                    path = str(mailbox / sub)
+                    self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            except OSError:
+                self.close()
+        self._in_cur: set[str] | None = None
+        if many:
+            try:
+                self._in_cur = set(os.listdir(self._fds.get(self.cur, self.cur)))
+            except OSError:
+                pass  # looked at one by one, then
+
+    def unlink(self, folder: str, name: str) -> None:
+        fd = self._fds.get(folder)
+        if fd is None:
+            os.unlink(os.path.join(folder, name))
+        else:
+            os.unlink(name, dir_fd=fd)
+
+    def mark_seen(self, folder: str, name: str) -> None:
+        """The message moved to cur/ with the seen flag; never over a file of that name."""
+        new_name = seen_name(name)
+        if new_name is None:
+            return  # an info we do not understand: leave the file as it is
+        cur = self.cur
+        if new_name == name and folder == cur:
+            return
+        src, dst = self._fds.get(folder), self._fds.get(cur)
+        in_cur = self._in_cur
+        if in_cur is not None:
+            if new_name in in_cur:
+                return  # never overwrite: a name clash must not cost a message
+            in_cur.add(new_name)
+        if src is None or dst is None:
+            target = os.path.join(cur, new_name)
+            if in_cur is None and os.path.lexists(target):
+                return  # never overwrite (as above)
+            os.replace(os.path.join(folder, name), target)
+            return
+        if in_cur is None:
+            try:
+                os.stat(new_name, dir_fd=dst, follow_symlinks=False)
+                return  # never overwrite (as above)
+            except FileNotFoundError:
+                pass
+        os.rename(name, new_name, src_dir_fd=src, dst_dir_fd=dst)  # POSIX: rename is replace
+
+    def sync(self, sub: str) -> None:
+        path = self._mailbox / sub
+        fsync_dir(path, self._fds.get(str(path)))
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __enter__(self) -> "_Folders":
         return self
 
     def __exit__(self, *exc: object) -> None:
