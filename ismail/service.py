@@ -623,6 +623,16 @@ class StagedMessage:
         self.server, self.envelope, self.body = server, envelope, body
         self.staged, self.before = staged, before
 
+    def durable(self) -> None:
+        """Wait for the journal's sync; ``finish`` then waits for nothing."""
+        if self.staged is not None:
+            self.staged.durable()
+
+    def write_ahead(self) -> bool:
+        """A local message's file written into tmp/ before ``finish`` (Staged.write_ahead);
+        False if there is none (mail to send on only) or writing it failed."""
+        return isinstance(self.staged, Staged) and self.staged.write_ahead()
+
     def finish(self) -> None:
         """Wait for the journal's sync and put the files in place, or queue the entry;
         OSError if that failed (nothing is delivered then: the client is to be told to try

@@ -85,6 +85,8 @@ class ReactorTest(unittest.TestCase):
             self.assertRegex(c.cmd("QUIT"), rb"^221 ")
         texts = sorted(p.read_bytes() for sub in ("new", "cur")
                        for p in (self.server.maildir() / sub).iterdir())
+        self.assertEqual(list((self.server.maildir() / "tmp").iterdir()), [],
+                         "every file written ahead was renamed into new/")
         for n in range(61):
             self.assertEqual(sum(f"body of message {n}\n".encode() in t for t in texts), 1, n)
 

@@ -374,6 +374,34 @@ class StagedDataTest(SessionTestCase):
         self.assertEqual(journal.syncs - before, 1)
         self.assertEqual(len(self.maildir()), 5)
 
+    def test_a_file_written_ahead_is_only_renamed_when_settled(self):
+        # The settling thread waits for the sync and writes the file into tmp/; the SMTP
+        # loop's settle() then only renames it into new/ (creating a file is the slow part).
+        s = self.session()
+        self.start(s)
+        self.assertEqual(s.feed(b"Subject: ahead\r\n\r\nwritten early\r\n.\r\n", stage=True), b"")
+        s.durable()
+        self.assertTrue(s.write_ahead())
+        tmp = self.dir / "mailboxes" / "example.test" / "user" / "tmp"
+        [early] = list(tmp.iterdir())
+        self.assertIn(b"written early\n", early.read_bytes())
+        self.assertEqual(len(self.maildir()), 0, "not in new/ before settle()")
+        self.assertEqual(codes(s.settle()), [250])
+        self.assertEqual(list(tmp.iterdir()), [])
+        [message] = self.maildir()
+        self.assertEqual((message["Subject"], message.get_payload()), ("ahead", "written early\n"))
+
+    def test_a_failed_write_ahead_leaves_the_whole_placing_to_settle(self):
+        s = self.session()
+        self.start(s)
+        self.assertEqual(s.feed(b"Subject: later\r\n\r\nx\r\n.\r\n", stage=True), b"")
+        with mock.patch("ismail.store.maildir.write_new_file", side_effect=OSError(28, "No space left")):
+            self.assertFalse(s.write_ahead())
+        tmp = self.dir / "mailboxes" / "example.test" / "user" / "tmp"
+        self.assertEqual(list(tmp.iterdir()), [])
+        self.assertEqual(codes(s.settle()), [250])
+        self.assertEqual(len(self.maildir()), 1)
+
     def test_mail_to_send_on_is_queued_when_settled(self):
         s = self.session(trusted=True)
         answer = s.feed(b"EHLO c\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<x@remote.example>\r\nDATA\r\n")
@@ -382,6 +410,7 @@ class StagedDataTest(SessionTestCase):
         with mock.patch.object(self.server.spool, "on_enqueue") as handed:
             self.assertEqual(s.feed(b"Subject: on\r\n\r\nx\r\n.\r\n", stage=True), b"")
             handed.assert_not_called()  # not to the queue before its sync
+            self.assertFalse(s.write_ahead(), "no file to write: the loop need not answer it")
             self.assertEqual(codes(s.settle()), [250])
             [(entry, text)] = [c.args for c in handed.call_args_list]
         self.assertEqual([r.address for r in entry.recipients], ["x@remote.example"])

@@ -507,6 +507,15 @@ class Journal:
                     self._drop(rid)
                 raise
 
+    def wait_synced(self, ticket: int) -> None:
+        """Return once staged record ``ticket`` is on disk, or the journal has failed
+        (then quietly: ``synced`` tells whoever settles the record)."""
+        with self._cond:
+            try:
+                self._wait(ticket)
+            except OSError:
+                pass
+
     @property
     def usable(self) -> bool:
         return self._broken is None and self._fd is not None

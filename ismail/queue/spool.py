@@ -409,6 +409,10 @@ class StagedEntry:
         self.spool, self.journal, self.entry = spool, journal, entry
         self.head, self.text, self.ticket = head, text, ticket
 
+    def durable(self) -> None:
+        """Wait for the journal's sync (``finish`` then need not)."""
+        self.journal.wait_synced(self.ticket)
+
     def finish(self) -> None:
         """Wait for the journal's sync, then queue the entry; OSError if it could not be
         made durable (nothing is queued then)."""

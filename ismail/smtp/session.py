@@ -210,6 +210,19 @@ class Session(Routing):
         return (size <= STAGE_MAX and not self._checked and not self._forwarded
                 and bool(self._rcpts) and len(self._mailboxes) in (0, len(self._rcpts)))
 
+    def durable(self) -> None:
+        """Wait until the journal's sync holds the staged message (``pending``), in a
+        thread that may wait: ``settle()`` then waits for nothing.  A failed sync is
+        left for ``settle()`` to answer."""
+        if self.pending is not None:
+            self.pending[0].durable()
+
+    def write_ahead(self) -> bool:
+        """The staged message's file written ahead of ``settle()`` (which then only
+        renames it), in a thread that may wait; False when it has none (mail to send
+        on only, or writing failed: ``settle()`` does it all then)."""
+        return self.pending is not None and self.pending[0].write_ahead()
+
     def settle(self) -> bytes:
         """The reply to the message ``feed(stage=True)`` staged (``pending``), once the
         journal's sync holds it and its files are in place: its 250, or the 452 a failure

@@ -170,6 +170,25 @@ class Staged:
                  lid: str, ticket: int) -> None:
         self.boxes, self.dests, self.text = boxes, dests, text
         self.journal, self.lid, self.ticket = journal, lid, ticket
+        self._written: Path | None = None  # the file, already in tmp/ (write_ahead)
+
+    def durable(self) -> None:
+        """Wait for the journal's sync (``place`` then need not)."""
+        self.journal.wait_synced(self.ticket)
+
+    def write_ahead(self) -> bool:
+        """Write the file into tmp/ now, in a thread that may wait, so that ``place()``
+        (in the SMTP loop) only renames it: creating a file is the slow part, and the
+        loop must not wait for it.  Best effort: False on failure (``place()`` then does
+        it all, and reports what fails)."""
+        tmp = self.boxes[0] / "tmp" / unique_name()
+        try:
+            write_new_file(tmp, self.text, sync=False)
+        except OSError:
+            remove_quietly(tmp)
+            return False
+        self._written = tmp
+        return True
 
     def place(self, dirsync: DirSync | None = None) -> list[Path]:
         """Wait until the journal holds the message on disk, then put it in every mailbox;
@@ -192,10 +211,12 @@ class Staged:
             raise
 
     def _place(self, lid: str | None, dirsync: DirSync | None) -> list[Path]:
-        tmp = self.boxes[0] / "tmp" / unique_name()
+        tmp, self._written = self._written, None
         placed: list[Path] = []
         try:
-            write_new_file(tmp, self.text, sync=False)
+            if tmp is None:
+                tmp = self.boxes[0] / "tmp" / unique_name()
+                write_new_file(tmp, self.text, sync=False)
             if lid is None:  # the journal failed: the file is made durable on its own
                 fsync_file(tmp)
             _put_in_place(tmp, self.dests, placed)
