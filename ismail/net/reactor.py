@@ -32,8 +32,9 @@ is slow (a virus scanner looking at each new file, a network disk) staged messag
 would wait in line behind each other: a message is staged only while the ones
 waiting, times what settling one takes lately (the least of the last SETTLE_SAMPLES:
 one not waiting for a sync), come to at most SETTLE_WAIT_MAX; the ends of the others
-go to the workers, which store side by side as before.  (A settle's time includes waits for the interpreter's lock: at 5 ms, 2-4 %
-of messages went to the workers with no slowness at all; at 10 ms, 0.1 %.)
+go to the workers, which store side by side as before.  (A settle's time includes
+waits for the interpreter's lock: at 5 ms, 2-4 % of messages went to the workers with
+no slowness at all; at 10 ms, 0.1 %.)
 
 The listener stays a socketserver.TCPServer (its limits, refusals and bans are the
 same code); the loop accepts on its socket instead of ``serve_forever``.  Time-outs
@@ -135,6 +136,20 @@ class Reactor:
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the loop's thread, soon."""
         self._calls.append(fn)
+        self._wake()
+
+    def _call_if_running(self, fn: Callable[[], None]) -> bool:
+        """``call``, unless the loop has ended (the server stopping): False then.  Under
+        the lock the loop takes to decide that it ends, so ``fn`` never waits for a loop
+        that is gone."""
+        with self._lock:
+            if self._thread is None:
+                return False
+            self._calls.append(fn)
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
         if self._sleeping and self._wake_w is not None:
             try:
                 self._wake_w.send(b"\0")
@@ -180,8 +195,9 @@ class Reactor:
         self.gate.workers.submit(lambda: listener.serve_rest(conn, data, out))
 
     def _settle(self, conn: "Connection", out: bytes) -> None:
-        """A message's end was staged (smtp.session.feed with stage): the settling thread
-        sends its reply, after ``out``, once the journal's sync holds it."""
+        """A message's end was staged (smtp.session.feed with stage): its reply goes out
+        after ``out`` once the journal's sync holds it and its file is in place
+        (``_settle_run``)."""
         listener = self._release(conn)
         if self._settler is None:
             self._settling = queue.SimpleQueue()
@@ -191,11 +207,11 @@ class Reactor:
         self._settling.put((listener, conn, out))
 
     def _settle_run(self, waiting: queue.SimpleQueue) -> None:
-        """One thread answers every staged message, in the order they were staged: the
-        first one's settle() waits for a sync, which holds every message staged before it
-        began, so the ones after it find theirs done (group commit, with no thread waiting
-        per message; ten threads each waiting for its own message's sync spent more time
-        handing the interpreter's lock around than storing)."""
+        """One thread takes the staged messages in the order they were staged, all that
+        are waiting at once: the first one's wait for a sync covers every message staged
+        before it began (group commit, with no thread waiting per message).  Then it
+        writes their files into tmp/ and the loop renames and answers them (``_answer``),
+        or it answers them itself (module docstring: when and why)."""
         while True:
             batch = [waiting.get()]
             slow = self._settle_cost > LOOP_PLACE_MAX
@@ -217,9 +233,8 @@ class Reactor:
                 began = time.perf_counter()
                 local |= conn.session.write_ahead()  # creating a file is the slow part: not in the loop
                 ahead.append(time.perf_counter() - began)
-            if local:
-                self.call(lambda batch=batch, ahead=ahead: self._answer(batch, ahead))
-            else:  # mail to send on only: answered here, the loop keeps to its clients
+            # Mail to send on only, or a loop that has ended (a stop): answered here.
+            if not (local and self._call_if_running(lambda b=batch, a=ahead: self._answer(b, a))):
                 self._answer(batch, ahead)
 
     def _answer(self, batch: list, ahead: list[float]) -> None:
