@@ -413,6 +413,20 @@ class UpdateTest(MaildropCase):
                 for path in [*self.box.glob("new/*"), *self.box.glob("cur/*")]:
                     path.unlink()
 
+    def test_marking_many_still_marks_one_another_session_moved_meanwhile(self):
+        # An IMAP session may move a message from new/ to cur/ between the login and the
+        # QUIT; the commit finds it there and still flags it seen.
+        count = maildrop_mod._Folders.MANY + 6
+        paths = [self.deliver(b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(count)]
+        drop = Maildrops().open(self.box)
+        moved = self.box / "cur" / (paths[5].name + INFO)
+        paths[5].rename(moved)
+        names = [m.name for m in drop.messages]
+        drop.commit(set(), {names.index(p.name) for p in paths})
+        drop.close()
+        self.assertEqual(self.files("new"), [])
+        self.assertEqual(sorted(self.files("cur")), sorted(p.name + INFO + "S" for p in paths))
+
     def test_close_without_commit_changes_nothing(self):
         for i in range(3):
             self.deliver(b"Subject: %d\r\n\r\nx\r\n" % i)

@@ -459,22 +459,23 @@ class _Folders:
         src, dst = self._fds.get(folder), self._fds.get(cur)
         in_cur = self._in_cur
         if in_cur is not None:
-            if new_name in in_cur:
-                return  # never overwrite: a name clash must not cost a message
-            in_cur.add(new_name)
-        if src is None or dst is None:
-            target = os.path.join(cur, new_name)
-            if in_cur is None and os.path.lexists(target):
-                return  # never overwrite (as above)
-            os.replace(os.path.join(folder, name), target)
-            return
-        if in_cur is None:
+            taken = new_name in in_cur
+        elif dst is None:
+            taken = os.path.lexists(os.path.join(cur, new_name))
+        else:
             try:
                 os.stat(new_name, dir_fd=dst, follow_symlinks=False)
-                return  # never overwrite (as above)
+                taken = True
             except FileNotFoundError:
-                pass
-        os.rename(name, new_name, src_dir_fd=src, dst_dir_fd=dst)  # POSIX: rename is replace
+                taken = False
+        if taken:
+            return  # never overwrite: a name clash must not cost a message
+        if src is None or dst is None:
+            os.replace(os.path.join(folder, name), os.path.join(cur, new_name))
+        else:
+            os.rename(name, new_name, src_dir_fd=src, dst_dir_fd=dst)  # POSIX: rename is replace
+        if in_cur is not None:
+            in_cur.add(new_name)  # only once it is there: a file moved meanwhile is tried again
 
     def sync(self, sub: str) -> None:
         path = self._mailbox / sub
