@@ -1,12 +1,13 @@
 """IMAP SEARCH: parsing every RFC 3501 key, matching it, and reading only what a key needs."""
 import base64
+import random
 import time
 import unittest
 from datetime import datetime
 
 from ismail.imap.search import (
-    CHARSETS, BadCharset, Criteria, MessageContext, decode_words, in_sequence_set,
-    parse_date, parse_search, parse_sequence_set,
+    CHARSETS, BadCharset, Criteria, MessageContext, decode_words, field_values, in_sequence_set,
+    parse_date, parse_search, parse_sequence_set, raw_fields, split_header,
 )
 
 PLAIN = (b"From: John Smith <john@example.com>\r\n"
@@ -415,6 +416,35 @@ class MalformedTest(unittest.TestCase):
             with self.subTest(bad=bad):
                 self.assertBad(["SINCE", bad], "date")
         self.assertBad(["SENTON"], "missing date after SENTON")
+
+
+class HeaderScanTest(unittest.TestCase):
+    """SEARCH finds one field by scanning the header for its name (field_values); it must
+    find exactly what splitting the whole header into fields finds, junk lines and all."""
+
+    def test_field_values_agree_with_a_full_split(self):
+        pieces = [b"Subject", b"subject", b"SUBJECT", b"X-Subject", b"Subjects", b" ", b"\t", b":",
+                  b"\r\n", b"\n", b"a", b"Subject :", b"Subject\t:", b"\r\n ", b"\n\t", b"\xe9"]
+        rng = random.Random(7)
+        for _ in range(20_000):
+            raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+            for name in ("subject", "x-subject"):
+                expected = [v for k, v in raw_fields(raw) if k.lower() == name.encode()]
+                self.assertEqual(field_values(raw, name), expected, raw)
+
+    def test_field_values_of_a_real_header(self):
+        self.assertEqual(field_values(PLAIN, "subject"), [b"Quarterly report is folded"])
+        self.assertEqual(field_values(PLAIN, "to"), [b"Mary <mary@example.org>, bob@example.net"])
+        self.assertEqual(field_values(b"subject: a\nX-Subject: b\nSUBJECT:c", "subject"), [b"a", b"c"])
+        self.assertEqual(field_values(PLAIN, "received"), [])
+
+    def test_split_header_stops_at_the_first_blank_line_of_either_kind(self):
+        self.assertEqual(split_header(PLAIN), PLAIN[:PLAIN.index(b"\r\n\r\n") + 2])
+        self.assertEqual(split_header(b"a: 1\n\r\nb: 2\n\nbody"), b"a: 1\n")
+        self.assertEqual(split_header(b"a: 1\n\nb: 2\n\r\nbody"), b"a: 1\n")
+        self.assertEqual(split_header(b"a: 1 \n\r\n\n"), b"a: 1 \n")
+        self.assertEqual(split_header(b"a: 1\r\nno blank line"), b"a: 1\r\nno blank line")
+        self.assertEqual(split_header(b"\r\nbody only"), b"")
 
 
 class LazinessTest(unittest.TestCase):

@@ -3,8 +3,8 @@
 Flags, sizes and dates come from the folder view; a header key reads the message's
 first 64 KiB (its header), BODY and TEXT the whole message.  Header fields a search
 decoded are kept in search_cache.HEADERS, so the next search for the same field in
-the same folder reads no file; a search that is one HEADER key and finds every value
-there makes no per-message context at all.
+the same folder reads no file; a search that is one HEADER key (SUBJECT, FROM, ...)
+makes no per-message context at all.
 
 A message another session expunged but this client has not yet been told about (a
 ghost, see selected.py) is never found.
@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Iterator
 
 from ..store.folders import NoSuchMessage
 from .commands import SELECTED, Done, No, command
-from .search import CHARSETS, BadCharset, Header, MessageContext, parse_search
+from .search import (CHARSETS, BadCharset, Header, MessageContext, decoded_field, parse_search,
+                     split_header)
 from .search_cache import HEADERS
 
 if TYPE_CHECKING:
     from ..store.folders import Folder, MessageRef
     from .selected import Selected
     from .parser import Command
+    from .search import Criteria
     from .session import ImapSession
 
 HEADER_BYTES = 65536   # what SEARCH reads of a message for a header key
@@ -38,13 +40,45 @@ def search(s: "ImapSession", c: "Command") -> Done:
     fields = criteria.header_fields
     cached = HEADERS.tables(folder.path, fields) if fields else {}
     learned: dict[str, dict[str, tuple[str, ...]]] = {f: {} for f in fields}
-    only_header = cached[criteria.root.name] if isinstance(criteria.root, Header) else None
+    root = criteria.root
+    if isinstance(root, Header):
+        found = _one_field(sel, root, cached[root.name], learned[root.name], c.uid)
+    else:
+        found = _any_criteria(sel, criteria, cached, learned, c.uid)
+    if any(learned.values()):
+        HEADERS.add(folder.path, learned, {m.key for m in folder.messages})
+    s.untagged(b" ".join([b"SEARCH", *(b"%d" % n for n in found)]))
+    return Done(f"{'UID ' if c.uid else ''}SEARCH completed")
+
+
+def _one_field(sel: "Selected", key: Header, cached: dict[str, tuple[str, ...]],
+               learned: dict[str, tuple[str, ...]], by_uid: bool) -> list[int]:
+    """The messages one HEADER key (or SUBJECT, FROM, ...) finds: the field's values from
+    the cache, else from the message's header, decoded and added to ``learned``; no
+    per-message context."""
+    read_head, name, matches = sel.folder.read_head, key.name, key.matches_values
     found: list[int] = []
     for seq, uid, ref in _messages(sel):
-        if only_header is not None and (values := only_header.get(ref.key)) is not None:
-            if criteria.root.matches(_Values(values)):   # cached: no context, no file
-                found.append(uid if c.uid else seq)
-            continue
+        values = cached.get(ref.key)
+        if values is None:
+            try:
+                head = split_header(read_head(uid, HEADER_BYTES))
+            except (NoSuchMessage, FileNotFoundError):
+                continue   # expunged while we looked: the next response reports it
+            values = learned[ref.key] = tuple(decoded_field(head, name))
+        if matches(values):
+            found.append(uid if by_uid else seq)
+    return found
+
+
+def _any_criteria(sel: "Selected", criteria: "Criteria", cached: dict[str, dict[str, tuple[str, ...]]],
+                  learned: dict[str, dict[str, tuple[str, ...]]], by_uid: bool) -> list[int]:
+    """The messages ``criteria`` finds, each through a MessageContext that starts with the
+    cached header fields and reads the file only for what else it needs."""
+    folder = sel.folder
+    fields = criteria.header_fields
+    found: list[int] = []
+    for seq, uid, ref in _messages(sel):
         known = {f: v for f in fields if (v := cached[f].get(ref.key)) is not None}
         had = len(known)   # the context adds what it decodes to ``known``
         ctx = MessageContext(seq, uid, ref.flags, sel.is_recent(uid), ref.internaldate, ref.size,
@@ -52,17 +86,14 @@ def search(s: "ImapSession", c: "Command") -> Done:
                              _header_loader(folder, uid), known)
         try:
             if criteria.matches(ctx):
-                found.append(uid if c.uid else seq)
+                found.append(uid if by_uid else seq)
         except (NoSuchMessage, FileNotFoundError):
             continue   # expunged while we looked: the next response reports it
         if had < len(fields):
             for f, values in ctx.decoded.items():
                 if f in learned and ref.key not in cached[f]:
                     learned[f][ref.key] = tuple(values)
-    if any(learned.values()):
-        HEADERS.add(folder.path, learned, {m.key for m in folder.messages})
-    s.untagged(b" ".join([b"SEARCH", *(b"%d" % n for n in found)]))
-    return Done(f"{'UID ' if c.uid else ''}SEARCH completed")
+    return found
 
 
 def _messages(sel: "Selected") -> Iterator[tuple[int, int, "MessageRef"]]:
@@ -72,17 +103,6 @@ def _messages(sel: "Selected") -> Iterator[tuple[int, int, "MessageRef"]]:
         ref = message(uid)
         if ref is not None:
             yield seq, uid, ref
-
-
-class _Values:
-    """The context a single HEADER key needs when the cache has the field's values."""
-    __slots__ = ("values",)
-
-    def __init__(self, values: tuple[str, ...]) -> None:
-        self.values = values
-
-    def header(self, name: str) -> tuple[str, ...]:
-        return self.values
 
 
 def _loader(folder: "Folder", uid: int):

@@ -163,7 +163,10 @@ class Header(Key):
     needs = frozenset({"headers"})
 
     def matches(self, ctx: SearchContext) -> bool:
-        values = ctx.header(self.name)
+        return self.matches_values(ctx.header(self.name))
+
+    def matches_values(self, values: Sequence[str]) -> bool:
+        """Whether the field's decoded values (``decoded_field``) match."""
         if any(self.needle in value.casefold() for value in values):
             return True
         if self.name in _ADDRESS_FIELDS and self.needle:
@@ -455,8 +458,11 @@ def split_header(message: bytes) -> bytes:
     """The header block of a message (or of its first bytes), without the blank line."""
     if message.startswith((b"\n", b"\r\n")):
         return b""
-    ends = [i for i in (message.find(b"\n\n"), message.find(b"\n\r\n")) if i >= 0]
-    return message[:min(ends) + 1] if ends else message
+    end = message.find(b"\n\n")
+    crlf = message.find(b"\n\r\n", 0, len(message) if end < 0 else end + 2)   # one before it
+    if crlf >= 0:
+        end = crlf
+    return message if end < 0 else message[:end + 1]
 
 
 _LOGICAL_LINE = re.compile(rb"\r?\n(?![ \t])")  # a line break that is not a fold
@@ -478,20 +484,33 @@ def raw_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
     return fields
 
 
-_FIELD_PATTERNS: dict[str, re.Pattern[bytes]] = {}
-
-
 def field_values(raw: bytes, name: str) -> list[bytes]:
     """The unfolded, undecoded values of every ``name`` field of a header block, in order
-    (what ``raw_fields`` gives for that name, found without splitting every field)."""
-    pattern = _FIELD_PATTERNS.get(name)
-    if pattern is None:
-        if len(_FIELD_PATTERNS) > 256:
-            _FIELD_PATTERNS.clear()
-        pattern = _FIELD_PATTERNS[name] = re.compile(
-            rb"^" + re.escape(name.encode("latin-1", "replace")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
-            re.IGNORECASE | re.MULTILINE)
-    return [m.group(1).replace(b"\r", b"").replace(b"\n", b"").strip() for m in pattern.finditer(raw)]
+    (what ``raw_fields`` gives for that name, found without splitting every field: the
+    name is looked for after each line break of a lower-cased copy)."""
+    low = b"\n" + raw.lower()   # low[i + 1] is raw[i]; a line break before the first line too
+    key = b"\n" + name.lower().encode("latin-1", "replace")
+    size, length = len(raw), len(key) - 1
+    out: list[bytes] = []
+    at = low.find(key)   # the name is raw[at:at + length]
+    while at >= 0:
+        colon = at + length
+        while colon < size and raw[colon] in b" \t":
+            colon += 1
+        if colon < size and raw[colon] == 58:   # ":"
+            end = raw.find(b"\n", colon)
+            while 0 <= end < size - 1 and raw[end + 1] in b" \t":   # a folded line goes on
+                end = raw.find(b"\n", end + 1)
+            value = raw[colon + 1:] if end < 0 else raw[colon + 1:end]
+            out.append(value.replace(b"\r", b"").replace(b"\n", b"").strip())
+        at = low.find(key, at + 1)
+    return out
+
+
+def decoded_field(raw: bytes, name: str) -> list[str]:
+    """The values of every ``name`` field of a header block as SEARCH compares them:
+    unfolded, as text, encoded words decoded."""
+    return [decode_words(bytes_to_text(v, None)) for v in field_values(raw, name)]
 
 
 def header_text(raw: bytes) -> str:
@@ -600,8 +619,7 @@ class MessageContext:
     def header(self, name: str) -> list[str]:
         key = name.lower()
         if key not in self._decoded:
-            self._decoded[key] = [decode_words(bytes_to_text(v, None))
-                                  for v in field_values(self.header_bytes(), key)]
+            self._decoded[key] = decoded_field(self.header_bytes(), key)
         return self._decoded[key]
 
     def body_text(self) -> str:

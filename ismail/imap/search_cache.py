@@ -50,10 +50,16 @@ class HeaderCache:
                     continue
                 slot = (folder, field)
                 table = dict(self._tables.get(slot, {}))   # readers keep the old one
+                chars = self._chars.get(slot, 0)
+                for key, values in new.items():
+                    old = table.get(key)
+                    if old is not None:
+                        chars -= _chars(key, old)
+                    chars += _chars(key, values)
                 table.update(new)
                 if len(table) > 2 * max(len(keys_now), 64):
                     table = {k: v for k, v in table.items() if k in keys_now}
-                chars = sum(len(k) + sum(map(len, v)) for k, v in table.items())
+                    chars = sum(_chars(k, v) for k, v in table.items())
                 if chars > self.max_chars:
                     continue
                 self._held += chars - self._chars.get(slot, 0)
@@ -68,6 +74,10 @@ class HeaderCache:
             self._tables.clear()
             self._chars.clear()
             self._held = 0
+
+
+def _chars(key: str, values: Values) -> int:
+    return len(key) + sum(map(len, values))
 
 
 HEADERS = HeaderCache()
