@@ -452,6 +452,57 @@ class RepeatedShapes(unittest.TestCase):
         self.assertIsInstance(att, FetchAtt)
         self.assertEqual((att.name, att.section, att.partial), ("BODY.PEEK", [], None))
 
+    def test_a_repeat_is_taken_as_next_would_read_it(self):
+        """take_repeat (the session's short cut for a pipeline of one command again and
+        again) gives the command next() gives, or nothing and leaves the line to next()."""
+        first = b"A1 UID FETCH 17 (BODY.PEEK[])\r\n"
+        cases = {   # the next line: is it the first one again (another tag, another set)?
+            b"A2 UID FETCH 18 (BODY.PEEK[])\r\n": True,
+            b"x.y_z UID FETCH 1:*,4:6 (BODY.PEEK[])\n": True,   # a bare LF ends a line too
+            b"A3 UID FETCH 18 (BODY.PEEK[] FLAGS)\r\n": False,
+            b"A4 UID FETCH 18 (BODY[])\r\n": False,
+            b"A5 uid fetch 18 (BODY.PEEK[])\r\n": False,         # written otherwise: next() reads it
+            b"A6 UID  FETCH 18 (BODY.PEEK[])\r\n": False,
+            b"A7 FETCH 18 (BODY.PEEK[])\r\n": False,
+            b"A8 UID STORE 18 (BODY.PEEK[])\r\n": False,
+            b"A+9 UID FETCH 18 (BODY.PEEK[])\r\n": False,        # a bad tag: next() answers BAD
+            b"A10 UID FETCH 18x (BODY.PEEK[])\r\n": False,
+            b"A11 UID FETCH $ (BODY.PEEK[])\r\n": False,
+            b"A12 UID FETCH 18 (BODY.PEEK[])\r\r\n": False,
+            b"A13 UID FETCH 18 (BODY.PEEK[]) {5}\r\n": False,
+            b"A14 UID FETCH 18 (BODY.PEEK[])": False,             # not complete yet
+            b"\r\n": False,
+        }
+        for line, repeats in cases.items():
+            with self.subTest(line=line):
+                reader = CommandReader(1 << 20)
+                reader.feed(first + line)
+                cmd = reader.next()
+                self.assertEqual(cmd.repeat, (b" UID FETCH ", b" (BODY.PEEK[])"))
+                got = reader.take_repeat(cmd)
+                if repeats:
+                    self.assertEqual(got, parse(line)[0])
+                    self.assertEqual(got.repeat, cmd.repeat, "and the one after it may repeat too")
+                    self.assertEqual(reader.buffered, 0)
+                else:
+                    self.assertIsNone(got)
+                    self.assertEqual(reader.buffered, len(line), "nothing read")
+                    self.assertEqual(read_all(reader), parse(line))
+
+    def test_no_repeat_past_a_limit_or_after_a_literal(self):
+        reader = CommandReader(1 << 20, max_line=40)
+        reader.feed(b"A1 UID FETCH 17 (BODY.PEEK[])\r\n" + b"T" * 30 + b" UID FETCH 18 (BODY.PEEK[])\r\n")
+        cmd = reader.next()
+        self.assertIsNone(reader.take_repeat(cmd))
+        self.assertIsInstance(reader.next(), BadCommand, "over max_line: next() says so")
+        reader = CommandReader(1 << 20)
+        reader.feed(b"A1 UID FETCH 17 (BODY.PEEK[HEADER.FIELDS {4+}\r\nFrom])\r\n"
+                    b"A2 UID FETCH 18 (BODY.PEEK[HEADER.FIELDS {4+}\r\nFrom])\r\n")
+        cmd = reader.next()
+        self.assertIsNone(cmd.repeat, "a command with a literal is never repeated")
+        self.assertIsNone(reader.take_repeat(cmd))
+        self.assertEqual(reader.next().tag, "A2")
+
     def test_only_short_commands_on_messages_are_kept(self):
         """The kept shapes are shared by every session: no password, no large list."""
         parser._SHAPES.clear()

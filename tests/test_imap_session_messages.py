@@ -3,15 +3,18 @@ UID forms, two sessions on one folder, IDLE, and a 100,000-message folder (helpe
 test_imap_session)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import time
 import tracemalloc
 import unittest
 from unittest import mock
 
+from ismail.imap.parser import CommandReader
 from ismail.imap.session import IDLE_KEEPALIVE
 from ismail.store.folders_flags import INFO_SEP
-from tests.test_imap_session import MSG, SessionCase
+from tests.test_imap_session import MSG, Client, FakeBackend, SessionCase, flatten
 
 OTHER = b"From: Bob <bob@remote.test>\r\nSubject: second\r\n\r\nsome words here\r\n"
 
@@ -238,6 +241,111 @@ class CopyMoveExpungeTest(MessagesCase):
         c.say("e CLOSE")
         self.assertEqual(len(self.store().open("INBOX").messages), 4, "CLOSE of EXAMINE removes nothing")
         self.assertEqual(c.say("f CHECK"), "f BAD no folder selected (SELECT or EXAMINE first)\r\n")
+
+
+class RepeatedCommandTest(MessagesCase):
+    """A mail program downloading message after message pipelines one command again and
+    again (``UID FETCH n (BODY.PEEK[])``); the session answers each one after the other
+    straight from the stream (session._repeat), and must answer byte for byte as when
+    every command goes through the reader and the command loop, whatever the commands
+    find: a UID that is not there, a bad number, \\Seen to set, a message expunged by
+    another session, new mail, another command in between."""
+
+    SCRIPTS = {
+        "download": [f"a{n} UID FETCH {n} (BODY.PEEK[])" for n in (1, 2, 99, 3, 4, 5)],
+        "with UID and flags": [f"a{n} UID FETCH {n} (UID RFC822.SIZE BODY.PEEK[] FLAGS)" for n in (5, 4, 3)],
+        "sequence numbers": [f"b{n} FETCH {n} (BODY.PEEK[])" for n in (1, 2, 9, 3)],
+        "setting \\Seen": [f"c{n} UID FETCH {n} (BODY[])" for n in (1, 2, 3)],
+        "ranges": ["d1 UID FETCH 1:* (FLAGS UID)", "d2 UID FETCH 2:3 (FLAGS UID)", "d3 UID FETCH 4,1 (FLAGS UID)"],
+        "general renderer": [f"e{n} FETCH {n} (ENVELOPE BODY.PEEK[HEADER.FIELDS (Subject)])" for n in (1, 2)],
+        "store": [f"f{n} UID STORE {n} +FLAGS (\\Flagged)" for n in (1, 2, 3)],
+        "copy": [f"g{n} UID COPY {n} Archive" for n in (1, 2)],
+        "another command between": ["h1 UID FETCH 1 (BODY.PEEK[])", "h2 NOOP", "h3 UID FETCH 2 (BODY.PEEK[])",
+                                    "h4 UID FETCH 3 (BODY.PEEK[])", "h5 FETCH 1 (BODY.PEEK[])"],
+    }
+
+    def session_on_a_copy(self, name: str) -> Client:
+        root = self.dir / name / "example.test" / "user"
+        shutil.copytree(self.root, root)
+        return Client(FakeBackend(root))
+
+    def answers(self, name: str, lines: list[str], lane: bool, before=None, midway=None) -> str:
+        """The session's answers to ``lines`` sent at once; ``before(root)`` runs first,
+        ``midway(root)`` once the first command's tagged response has been sent."""
+        c = self.session_on_a_copy(name)
+        self.addCleanup(c.s.close)
+        c.login()
+        c.say("a0 CREATE Archive")
+        c.select("INBOX")
+        root = c.s.store.root
+        if before is not None:
+            before(root)
+        data = "".join(line + "\r\n" for line in lines).encode()
+        first_done = (lines[0].split()[0] + " OK").encode()
+        sent: list[bytes] = []
+        with contextlib.ExitStack() as stack:
+            if not lane:
+                stack.enter_context(mock.patch.object(CommandReader, "take_repeat", return_value=None))
+            for item in c.s.feed(data):
+                for piece in [item] if isinstance(item, bytes) else item:
+                    sent.append(bytes(piece))
+                    if midway is not None and piece.startswith(first_done):
+                        midway(root)
+        return b"".join(sent).decode()
+
+    def test_a_pipeline_of_repeats_answers_as_the_command_loop_does(self):
+        for name, lines in self.SCRIPTS.items():
+            with self.subTest(name):
+                direct = self.answers(name + "-1", lines, lane=True)
+                looped = self.answers(name + "-2", lines, lane=False)
+                self.assertEqual(direct, looped)
+                for line in lines:
+                    self.assertIn("\r\n" + line.split()[0] + " ", "\r\n" + direct, "every command answered")
+
+    def test_expunged_elsewhere_and_new_mail(self):
+        def meanwhile(root):
+            other = Client(FakeBackend(root))
+            self.addCleanup(other.s.close)
+            other.login()
+            other.select("INBOX")
+            other.say("x1 STORE 3 +FLAGS.SILENT (\\Deleted)")
+            other.say("x2 EXPUNGE")
+            self.deliver(OTHER, root)
+        lines = [f"b{n} FETCH {n} (BODY.PEEK[])" for n in (2, 3, 4)] + \
+                [f"u{n} UID FETCH {n} (BODY.PEEK[])" for n in (3, 6)]
+        direct = self.answers("elsewhere-1", lines, lane=True, before=meanwhile)
+        looped = self.answers("elsewhere-2", lines, lane=False, before=meanwhile)
+        self.assertEqual(direct, looped)
+        self.assertIn("b3 NO [EXPUNGEISSUED]", direct)
+        self.assertIn("* 6 EXISTS", direct)
+        self.assertIn("* 6 FETCH (UID 6 BODY[]", direct)
+
+    def test_a_change_between_two_repeats(self):
+        """Each repeat looks at the folder before it runs, as the command loop does, when
+        the last look is not recent (FRESH_ENOUGH): what another session did in between
+        comes before its answer."""
+        def midway(root):
+            other = Client(FakeBackend(root))
+            self.addCleanup(other.s.close)
+            other.login()
+            other.select("INBOX")
+            other.say("x1 STORE 4 +FLAGS.SILENT (\\Flagged)")
+            self.deliver(OTHER, root)
+        lines = [f"a{n} UID FETCH {n} (BODY.PEEK[])" for n in (1, 2, 3)]
+        with mock.patch("ismail.imap.session.FRESH_ENOUGH", -1.0):
+            direct = self.answers("change-1", lines, lane=True, midway=midway)
+            looped = self.answers("change-2", lines, lane=False, midway=midway)
+        self.assertEqual(direct, looped)
+        self.assertTrue(direct.index("a1 OK") < direct.index("* 6 EXISTS") < direct.index("* 2 FETCH"), direct)
+        self.assertIn("* 4 FETCH (UID 4 FLAGS (\\Flagged \\Recent))\r\n* 2 FETCH", direct)
+
+    def test_the_repeats_are_answered_from_the_stream(self):
+        c = self.client(select="INBOX")
+        with mock.patch.object(CommandReader, "next", wraps=c.s._reader.next) as reads:
+            c.s._reader.next = reads
+            out = c.send(b"".join(b"r%d UID FETCH %d (BODY.PEEK[])\r\n" % (n, n) for n in range(1, 6)))
+        self.assertEqual(out.count(" OK UID FETCH completed\r\n"), 5)
+        self.assertLessEqual(reads.call_count, 3, "the first command and the end of the input")
 
 
 class TwoSessionsTest(MessagesCase):

@@ -51,7 +51,7 @@ SECTIONED = {b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"}
 LITERAL_TOO_LARGE = "literal too large"
 LINE_TOO_LONG = "line too long"
 
-_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
+_TAG = re.compile(rb'([^\x00-\x20\x7f-\xff(){%*"\\+]+)')
 _NAME = re.compile(rb"[A-Za-z0-9._-]+")
 _ATOM = re.compile(rb'[^\x00-\x20\x7f-\xff(){"]+')
 _SECTION_ATOM = re.compile(rb'[^\x00-\x20\x7f-\xff(){"\[\]]+')
@@ -70,6 +70,9 @@ class Command:
     name: str                   # upper case; for "UID FETCH" it is "FETCH" and uid is True
     uid: bool = False
     args: List = field(default_factory=List)
+    # A one-line command on messages: its text around the leading sequence set, from
+    # after the tag (b" UID FETCH ", b" (BODY.PEEK[])"): see CommandReader.take_repeat.
+    repeat: tuple[bytes, bytes] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -151,6 +154,30 @@ class CommandReader:
             self._overlong, self._tail = False, b""
             raise ValueError(LINE_TOO_LONG)
         return _strip_cr(line)
+
+    def take_repeat(self, cmd: Command) -> Command | None:
+        """The next command if it is complete and is ``cmd`` again, but for its tag and
+        its leading sequence set, written the same way (a client pipelining ``UID FETCH
+        n (BODY.PEEK[])`` for n after n); None, reading nothing, otherwise.  The command
+        is what ``next`` would have made of the line (the same tokens), found without
+        tokenizing it again."""
+        if cmd.repeat is None or self._cmd is not None or self._want is not None \
+                or self._overlong or self._bad is not None:
+            return None
+        pattern = _REPEATS.get(cmd.repeat)
+        if pattern is None:
+            if len(_REPEATS) >= SHAPES_KEPT:
+                _REPEATS.clear()
+            middle, tail = cmd.repeat   # the tag's characters and the sequence set's, as next reads them:
+            pattern = _REPEATS[cmd.repeat] = re.compile(   # none of them is a space or a line end
+                _TAG.pattern + re.escape(middle) + b"(" + _SEQ_SET.pattern + b")" + re.escape(tail) + b"\r?\n")
+        m = pattern.match(self._buf, self._pos)
+        if m is None or m.end() - self._pos > self.max_line:
+            return None
+        self._pos = self._scan = m.end()
+        self._compact()
+        return Command(m.group(1).decode("ascii"), cmd.name, cmd.uid,
+                       List([Atom(m.group(2).decode("ascii")), *cmd.args[1:]]), cmd.repeat)
 
     # -- octets
 
@@ -272,6 +299,8 @@ class CommandReader:
 # (handlers only read them).
 _SHAPED = frozenset(("FETCH", "STORE", "COPY", "MOVE"))
 _SEQ_FIRST = re.compile(rb" ([0-9*][0-9:*,]*)(?= |\Z)")
+_SEQ_SET = re.compile(rb"[0-9*][0-9:*,]*")
+_REPEATS: dict[tuple[bytes, bytes], re.Pattern[bytes]] = {}   # CommandReader.take_repeat's
 _SHAPES: dict[bytes, tuple] = {}
 SHAPES_KEPT = 256
 SHAPE_MAX = 200    # octets after the sequence set
@@ -300,6 +329,7 @@ def _from_shape(cmd: "_Partial", seg: bytes, start: int) -> bool:
     items = cmd.items
     items.append(Atom(m.group(1).decode("ascii")))
     items += tokens
+    cmd.repeat = (seg[len(cmd.tag):m.start(1)], tail)
     return True
 
 
@@ -321,6 +351,7 @@ class _Partial:
         self.pending: tuple[int, bool, bool] | None = None   # size, sync, binary
         self.text_size = 0
         self.literal_size = 0
+        self.repeat: tuple[bytes, bytes] | None = None   # see Command.repeat
 
     @classmethod
     def head_of(cls, start: bytes) -> "_Partial":
@@ -401,7 +432,7 @@ class _Partial:
     def finish(self) -> Command:
         if len(self.stack) > 1:
             raise _Bad("unbalanced brackets" if self.sections else "unbalanced parentheses")
-        return Command(self.tag, self.name, self.uid, self.items)
+        return Command(self.tag, self.name, self.uid, self.items, self.repeat)
 
     def _open(self, opener: bytes) -> None:
         if len(self.stack) > MAX_NESTING:

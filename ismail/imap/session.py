@@ -17,7 +17,9 @@ The session itself does what every command shares:
   the next command that allows it;
 * streaming: a command may answer with a generator (FETCH 1:* of a large folder);
   what the client pipelined behind it is worked on only once it has been sent, as
-  in pop3.session (``_rest``);
+  in pop3.session (``_rest``); the same command sent again right behind it with
+  another tag and message number (a mail program downloading message after message)
+  is taken by the stream itself (``_repeat``), not tokenized again;
 * the two raw-line modes between commands: AUTHENTICATE's responses and IDLE's DONE
   (RFC 2177), during which ``tick`` reports new mail;
 * the error budget: every BAD counts, and at MAX_ERRORS the session says BYE, as SMTP
@@ -294,6 +296,22 @@ class ImapSession:
             self._tagged(bad.tag, "BAD", "", bad.reason)
 
     def _execute(self, cmd: Command) -> Iterator[bytes] | None:
+        """Run ``cmd``: its answer is queued, or it is a generator to stream (returned,
+        wrapped to end with the tagged response), or it waits for a raw line (None)."""
+        result = self._dispatch(cmd)
+        if result is None:
+            return None
+        if isinstance(result, types.GeneratorType):
+            stream = self._stream(cmd, result)
+            self._streams.append(stream)
+            return stream
+        self._out += self._complete(cmd, result)
+        return None
+
+    def _dispatch(self, cmd: Command) -> Iterator[bytes] | Done | No | Bad | ValueError | None:
+        """The handler's result for ``cmd`` (after the checks every command gets: the
+        answer, a generator, or None when it waits for a raw line); responses that come
+        before it are queued."""
         handler = COMMANDS.get(cmd.name)
         if handler is None:
             self._tagged(cmd.tag, "BAD", "", f"unknown command {cmd.name[:40]}")
@@ -312,30 +330,59 @@ class ImapSession:
                 self._tagged(cmd.tag, "NO", "", "the selected folder is gone")
                 return None
         try:
-            result = handler.run(self, cmd)
+            return handler.run(self, cmd)   # None: it goes on, a continuation was sent
         except (Bad, No, ValueError) as e:
-            result = e
+            return e
         except Exception as e:
-            result = self._internal_error(cmd, e)
-        if result is None:
-            return None   # it goes on: a continuation was sent
-        if isinstance(result, types.GeneratorType):
-            stream = self._stream(cmd, result)
-            self._streams.append(stream)
-            return stream
-        self._out += self._complete(cmd, result)
-        return None
+            return self._internal_error(cmd, e)
 
     def _stream(self, cmd: Command, body: Iterator[bytes]) -> Iterator[bytes]:
+        """A streamed answer, its tagged response, then those of the same command sent
+        again right behind it (``_repeat``)."""
+        while True:
+            try:
+                result = (yield from body) or Done()
+            except (Bad, No, ValueError) as e:
+                result = e
+            except Exception as e:
+                result = self._internal_error(cmd, e)
+            finally:
+                body.close()
+            yield from self._complete(cmd, result)
+            while True:
+                after = self._repeat(cmd)
+                if after is None:
+                    return
+                cmd, before, result = after
+                if before:
+                    yield b"".join(before)
+                if result is None:
+                    return   # it waits for a raw line: _run takes it from here
+                if isinstance(result, types.GeneratorType):
+                    body = result
+                    break
+                yield from self._complete(cmd, result)
+
+    def _repeat(self, cmd: Command) -> tuple[Command, list[bytes], object | None] | None:
+        """The next command, when the client pipelined ``cmd`` again right behind it with
+        another tag and sequence set (a mail program downloading message after message,
+        ``UID FETCH n (BODY.PEEK[])``): taken from the reader without tokenizing it, and
+        run as ``_run`` would have run it (its checks and looks the same), so it needs no
+        new pass through ``_run`` and the stream goes straight on.  The command, what
+        comes before its answer, and the handler's result; None when none follows."""
+        if self.closing or self.starttls or self._waiting is not None or self.selected is None:
+            return None
+        nxt = self._reader.take_repeat(cmd)
+        if nxt is None:
+            return None
+        self.lines += 1
+        out, self._out = self._out, []
         try:
-            result = (yield from body) or Done()
-        except (Bad, No, ValueError) as e:
-            result = e
-        except Exception as e:
-            result = self._internal_error(cmd, e)
+            result = self._dispatch(nxt)
+            before = self._out
         finally:
-            body.close()
-        yield from self._complete(cmd, result)
+            self._out = out
+        return nxt, before, result
 
     def _internal_error(self, cmd: Command, e: Exception) -> No:
         if isinstance(e, OSError):
