@@ -68,15 +68,16 @@ def fetch(s: "ImapSession", c: "Command") -> Iterator[bytes]:
     seqset = sequence_set(c.args[0])
     items, marks_seen, shape = _items(c)
     sel = s.selected
-    sel.numbered(seqset, c.uid)   # a bad message number is a BAD before anything is sent
+    numbered = sel.numbered(seqset, c.uid)   # a bad message number is a BAD before anything is sent
     seen_now: set[int] = set()
     if marks_seen and not sel.readonly:
         message = sel.folder.message
-        unseen = [uid for _, uid in sel.numbered(seqset, c.uid)
+        unseen = [uid for _, uid in numbered
                   if (ref := message(uid)) is not None and SEEN not in ref.flags]
         if unseen:
             seen_now = {ref.uid for ref in sel.folder.store_flags(unseen, [SEEN], "add")}
-    return _fetch_stream(s, c, sel, sel.numbered(seqset, c.uid), items, None if seen_now else shape,
+        numbered = sel.numbered(seqset, c.uid)
+    return _fetch_stream(s, c, sel, numbered, items, None if seen_now else shape,
                          seen_now, everything=seqset.ranges == ((1, None),))
 
 

@@ -86,14 +86,10 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape,
 
     if label is None:
         return (yield from _meta_rows(c, sel, numbered, before, date, everything))
-    getters = {"UID": attrgetter("uid"), "RFC822.SIZE": attrgetter("size"), "INTERNALDATE": date,
-               "FLAGS": sel.flag_list}
+    getters = {"UID": _UID_OF, "RFC822.SIZE": _SIZE_OF, "INTERNALDATE": date, "FLAGS": sel.flag_list}
     row = _row([getters[n] for n in before])
     after_values = [getters[n] for n in after]
-
-    head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in before)
-    head += (b" " if before else b"") + label + b" "
-    tail = (b" " + b" ".join(_FORMATS[n] for n in after) if after else b"") + b")\r\n"
+    head, tail = _formats(shape)
     missing = 0
     batch: list[bytes] = []
     size = 0
@@ -130,6 +126,24 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape,
     if missing and not c.uid:
         raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return Done(f"{'UID ' if c.uid else ''}FETCH completed")
+
+
+def _formats(shape) -> tuple[bytes, bytes]:
+    """The response's format before and after the message text, for ``shape``."""
+    known = _SHAPE_FORMATS.get(id(shape))
+    if known is not None and known[0] is shape:   # the entry keeps it alive: its id is its own
+        return known[1]
+    before, after, label = shape
+    head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in before)
+    head += (b" " if before else b"") + label + b" "
+    tail = (b" " + b" ".join(_FORMATS[n] for n in after) if after else b"") + b")\r\n"
+    if len(_SHAPE_FORMATS) >= 256:
+        _SHAPE_FORMATS.clear()
+    _SHAPE_FORMATS[id(shape)] = (shape, (head, tail))
+    return head, tail
+
+
+_SHAPE_FORMATS: dict[int, tuple] = {}
 
 
 def _meta_rows(c: "Command", sel: "Selected", numbered, names: list[str],
