@@ -489,6 +489,27 @@ class RepeatedShapes(unittest.TestCase):
                     self.assertEqual(reader.buffered, len(line), "nothing read")
                     self.assertEqual(read_all(reader), parse(line))
 
+    def test_a_long_pipeline_of_repeats(self):
+        """Thousands of repeats, fed in pieces that cut lines anywhere: every one read once,
+        in order, also when the reader drops what it has read from its buffer (64 KiB)."""
+        lines = [b"T%d UID FETCH %d (BODY.PEEK[])\r\n" % (n, n) for n in range(1, 6001)]
+        data = b"".join(lines)
+        items = parse(lines[0])[0].args[1:]
+        reader = CommandReader(1 << 20)
+        rng = random.Random(5)
+        got: list[str] = []
+        pos = 0
+        while pos < len(data):
+            step = rng.randint(1, 300)
+            reader.feed(data[pos:pos + step])
+            pos += step
+            while (cmd := reader.next()) is not None:
+                while cmd is not None:
+                    got.append(f"{cmd.tag} {cmd.args[0]}")
+                    self.assertEqual(cmd.args[1:], items)
+                    cmd = reader.take_repeat(cmd)
+        self.assertEqual(got, [f"T{n} {n}" for n in range(1, 6001)])
+
     def test_no_repeat_past_a_limit_or_after_a_literal(self):
         reader = CommandReader(1 << 20, max_line=40)
         reader.feed(b"A1 UID FETCH 17 (BODY.PEEK[])\r\n" + b"T" * 30 + b" UID FETCH 18 (BODY.PEEK[])\r\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import re
 import shutil
 import time
 import tracemalloc
@@ -338,6 +340,22 @@ class RepeatedCommandTest(MessagesCase):
         self.assertEqual(direct, looped)
         self.assertTrue(direct.index("a1 OK") < direct.index("* 6 EXISTS") < direct.index("* 2 FETCH"), direct)
         self.assertIn("* 4 FETCH (UID 4 FLAGS (\\Flagged \\Recent))\r\n* 2 FETCH", direct)
+
+    def test_a_long_pipeline_in_pieces(self):
+        """3,000 commands (past the reader's 64 KiB buffer) arriving in pieces cut anywhere:
+        each answered once, in order, with its message."""
+        c = self.client(select="INBOX")
+        rng = random.Random(3)
+        uids = [rng.randint(1, 5) for _ in range(3000)]
+        data = b"".join(b"p%d UID FETCH %d (BODY.PEEK[])\r\n" % (n, uid) for n, uid in enumerate(uids))
+        out, pos = [], 0
+        while pos < len(data):
+            step = rng.randint(1, 200)
+            out.append(flatten(c.s.feed(data[pos:pos + step])))
+            pos += step
+        answers = re.findall(rb"\* \d+ FETCH \(UID (\d+) BODY\[\] \{\d+\}\r\n.*?\)\r\np(\d+) OK UID FETCH completed\r\n",
+                             b"".join(out), re.S)
+        self.assertEqual([(int(uid), int(n)) for uid, n in answers], [(uid, n) for n, uid in enumerate(uids)])
 
     def test_the_repeats_are_answered_from_the_stream(self):
         c = self.client(select="INBOX")

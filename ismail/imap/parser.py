@@ -174,10 +174,10 @@ class CommandReader:
         m = pattern.match(self._buf, self._pos)
         if m is None or m.end() - self._pos > self.max_line:
             return None
-        self._pos = self._scan = m.end()
+        tag, seqset = m.group(1).decode("ascii"), m.group(2).decode("ascii")   # before _compact
+        self._pos = self._scan = m.end()   # moves the buffer under the match
         self._compact()
-        return Command(m.group(1).decode("ascii"), cmd.name, cmd.uid,
-                       List([Atom(m.group(2).decode("ascii")), *cmd.args[1:]]), cmd.repeat)
+        return Command(tag, cmd.name, cmd.uid, List([Atom(seqset), *cmd.args[1:]]), cmd.repeat)
 
     # -- octets
 
