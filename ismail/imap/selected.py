@@ -177,6 +177,10 @@ class Selected:
                 if high > exists and None not in (a, b):
                     raise Bad(f"no message {high} (the folder has {exists})")
             return ((seq, uids[seq - 1]) for seq in seqset.expand(exists))
+        (low, high), *more = seqset.ranges or ((None, None),)
+        if low == high and low is not None and not more:   # one UID: the usual pipelined command
+            i = bisect.bisect_left(uids, low)
+            return iter(((i + 1, low),) if i < len(uids) and uids[i] == low else ())
         largest = uids[-1] if uids else 0
         return self._uid_spans(seqset.spans(largest))
 
