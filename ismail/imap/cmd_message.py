@@ -77,8 +77,10 @@ def fetch(s: "ImapSession", c: "Command") -> Iterator[bytes]:
         if unseen:
             seen_now = {ref.uid for ref in sel.folder.store_flags(unseen, [SEEN], "add")}
         numbered = sel.numbered(seqset, c.uid)
-    return _fetch_stream(s, c, sel, numbered, items, None if seen_now else shape,
-                         seen_now, everything=seqset.ranges == ((1, None),))
+    everything = seqset.ranges == ((1, None),)
+    if shape is not None and not seen_now:
+        return fetch_fast(s, c, sel, numbered, shape, everything)
+    return _fetch_stream(s, c, sel, numbered, items, seen_now)
 
 
 def _items(c: "Command") -> tuple[list[FetchItem], bool, tuple | None]:
@@ -114,9 +116,8 @@ PLANS_KEPT = 256
 
 
 def _fetch_stream(s: "ImapSession", c: "Command", sel: "Selected", numbered, items: list[FetchItem],
-                  shape: tuple | None, seen_now: set[int], everything: bool = False) -> Iterator[bytes]:
-    if shape is not None:
-        return (yield from fetch_fast(s, c, sel, numbered, shape, everything))
+                  seen_now: set[int]) -> Iterator[bytes]:
+    """The general way: every item through fetch.render."""
     folder = sel.folder
     with_flags = items + [FetchItem("FLAGS")] if not any(i.name == "FLAGS" for i in items) else items
     body = sends_body(items)

@@ -76,19 +76,16 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape,
     before, after, label = shape
     folder = sel.folder
     message = folder.message
-    dates: dict[float, bytes] = {}
-
-    def date(ref) -> bytes:
-        text = dates.get(ref.internaldate)
-        if text is None:
-            text = dates[ref.internaldate] = internaldate(ref.internaldate).encode()
-        return text
-
+    date = _dates()
     if label is None:
         return (yield from _meta_rows(c, sel, numbered, before, date, everything))
-    getters = {"UID": _UID_OF, "RFC822.SIZE": _SIZE_OF, "INTERNALDATE": date, "FLAGS": sel.flag_list}
-    row = _row([getters[n] for n in before])
-    after_values = [getters[n] for n in after]
+    if before == _JUST_UID:   # UID FETCH n (BODY.PEEK[]): the usual download
+        row = _seq_and_uid
+    else:
+        getters = {"UID": _UID_OF, "RFC822.SIZE": _SIZE_OF, "INTERNALDATE": date, "FLAGS": sel.flag_list}
+        row = _row([getters[n] for n in before])
+    after_values = [{"UID": _UID_OF, "RFC822.SIZE": _SIZE_OF, "INTERNALDATE": date,
+                     "FLAGS": sel.flag_list}[n] for n in after] if after else ()
     head, tail = _formats(shape)
     missing = 0
     batch: list[bytes] = []
@@ -126,6 +123,25 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape,
     if missing and not c.uid:
         raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return Done(f"{'UID ' if c.uid else ''}FETCH completed")
+
+
+def _dates() -> Callable:
+    """ref -> its INTERNALDATE text, each date worked out once."""
+    dates: dict[float, bytes] = {}
+
+    def date(ref) -> bytes:
+        text = dates.get(ref.internaldate)
+        if text is None:
+            text = dates[ref.internaldate] = internaldate(ref.internaldate).encode()
+        return text
+    return date
+
+
+_JUST_UID = ["UID"]
+
+
+def _seq_and_uid(seq: int, ref) -> tuple[int, int]:
+    return seq, ref.uid
 
 
 def _formats(shape) -> tuple[bytes, bytes]:
