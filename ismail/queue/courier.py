@@ -53,7 +53,6 @@ import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -61,6 +60,7 @@ from .courier_child import PICKLE, Frames
 from .transport import Destination, Result, Transport
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
     from ..mailauth.keystore import KeyStore
     from ..stats import Stats
 
@@ -284,6 +284,7 @@ class Courier:
         address, authkey, generation = self._running()
         if address is None:
             return None
+        from multiprocessing.connection import Client   # here: a server that sends nothing never loads it
         try:
             conn = Client(address, authkey=authkey)
         except (OSError, EOFError) as e:

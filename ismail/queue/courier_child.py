@@ -13,10 +13,13 @@ import struct
 import sys
 import threading
 import traceback
-from multiprocessing.connection import Connection, Listener
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .transport import Transport
+
+if TYPE_CHECKING:   # loaded when a channel opens: a server that sends nothing out never needs it
+    from multiprocessing.connection import Connection
 
 PICKLE = pickle.HIGHEST_PROTOCOL
 # How much lower than the server the delivery process runs (POSIX nice; on Windows the
@@ -43,6 +46,7 @@ class Frames:
     CHUNK = 256 * 1024
 
     def __init__(self, conn) -> None:
+        from multiprocessing.connection import Connection
         self.conn = conn
         self.fd = conn.fileno() if type(conn) is Connection else None
         self.buf = bytearray()
@@ -209,6 +213,7 @@ def child_main() -> int:
     root.handlers[:] = [_ChannelLog()]
     root.setLevel(logging.INFO)
     transport = Transport(_ChannelStats(), "", (), keys=KeyStore(Path(params["data_dir"])))
+    from multiprocessing.connection import Listener
     listener = Listener(authkey=bytes.fromhex(params["authkey"]))
 
     closing = threading.Event()
