@@ -8,6 +8,8 @@ never the system service) and an ISMail data folder.  Both servers listen on 127
 only, on free ports; all traffic stays on the loopback.  The servers, the content
 generator and the Maildir filling come from pop3_bench.py (same folder).
 
+Both servers run at once and take turns round by round (the order alternating), so the
+machine's drift in speed does not fall between them.
 Scenarios (client-side wall clock, best and median of --rounds):
   fetch10k    SELECT INBOX + FETCH 1:* (UID FLAGS RFC822.SIZE) on 10,000 messages: the
               first SELECT of a fresh Maildir (both servers build their index then) and
@@ -670,39 +672,66 @@ def describe(scenario: str, args) -> str:
             f"messages of {args.size} B")
 
 
-def run_scenario(server, scenario: str, content: dict[str, MessageSet], extra: dict, args) -> dict[str, Figure]:
-    figures = {key: Figure(label, unit, better) for key, label, unit, better in FIGURES[scenario]}
-    owner = server.owner()
-    deadline = time.monotonic() + args.max_seconds
+def run_round(server, scenario: str, rnd: int, content: dict[str, MessageSet], extra: dict, args,
+              figures: dict[str, Figure]) -> None:
+    """Round ``rnd`` of ``scenario`` on ``server``: a fresh Maildir, the timed part, its
+    figures added to ``figures``."""
     messages = content["body" if scenario == "body1k" else "k10"]
-    for rnd in range(1, args.rounds + 1):
-        if time.monotonic() > deadline:
-            log(f"{server.name} {scenario}: --max-seconds reached after {rnd - 1} round(s)")
-            break
-        fill_maildir(messages, server.mailbox(USER), owner, tag=f"r{rnd}")
-        if scenario == "fetch10k":
-            result = run_fetch10k(server, messages, args)
-            note = (f"1st SELECT {result['select1_s']:.3f} s, FETCH {result['fetch1_s']:.3f} s; "
-                    f"2nd SELECT {result['select2_s']:.3f} s, FETCH {result['fetch2_s']:.3f} s")
+    fill_maildir(messages, server.mailbox(USER), server.owner(), tag=f"r{rnd}")
+    if scenario == "fetch10k":
+        result = run_fetch10k(server, messages, args)
+        note = (f"1st SELECT {result['select1_s']:.3f} s, FETCH {result['fetch1_s']:.3f} s; "
+                f"2nd SELECT {result['select2_s']:.3f} s, FETCH {result['fetch2_s']:.3f} s")
+    else:
+        if not args.no_warmup:
+            warm_up(server, [USER])
+        time.sleep(args.settle)
+        if scenario == "body1k":
+            result = run_body1k(server, messages, args, extra["digests"])
+            note = (f"one command {result['one_mbs']:.1f} MB/s, "
+                    f"per message {result['pipe_mbs']:.1f} MB/s")
+        elif scenario == "search10k":
+            result = run_search10k(server, messages, args, extra["targets"])
+            note = (f"Message-ID {result['msgid1_s']:.3f} s then {result['msgid2_s']:.3f} s, "
+                    f"Subject {result['subject_s']:.3f} s")
         else:
-            if not args.no_warmup:
-                warm_up(server, [USER])
-            time.sleep(args.settle)
-            if scenario == "body1k":
-                result = run_body1k(server, messages, args, extra["digests"])
-                note = (f"one command {result['one_mbs']:.1f} MB/s, "
-                        f"per message {result['pipe_mbs']:.1f} MB/s")
-            elif scenario == "search10k":
-                result = run_search10k(server, messages, args, extra["targets"])
-                note = (f"Message-ID {result['msgid1_s']:.3f} s then {result['msgid2_s']:.3f} s, "
-                        f"Subject {result['subject_s']:.3f} s")
-            else:
-                result = run_parallel(server, messages, args)
-                note = f"{result['sessions']:.1f} sessions/s, retries {result['retries']:.0f}"
-        for key, figure in figures.items():
-            figure.values.append(result[key])
-        log(f"{server.name} {scenario} round {rnd}: {note}")
-    return figures
+            result = run_parallel(server, messages, args)
+            note = f"{result['sessions']:.1f} sessions/s, retries {result['retries']:.0f}"
+    for key, figure in figures.items():
+        figure.values.append(result[key])
+    log(f"{server.name} {scenario} round {rnd}: {note}")
+
+
+def run_scenario(servers: list, scenario: str, content: dict[str, MessageSet], extra: dict, args,
+                 results: dict[str, dict[str, Figure]], failures: list[str]) -> None:
+    """Every round of ``scenario``, the servers taking turns round by round (Dovecot then
+    ISMail, ISMail then Dovecot, ...): this machine's speed drifts by up to 2x within
+    minutes, and a server measured a minute after the other would carry that drift
+    into the ratio."""
+    deadline = time.monotonic() + args.max_seconds
+    broken: set[str] = set()
+    for server in servers:
+        results[server.name] = {key: Figure(label, unit, better)
+                                for key, label, unit, better in FIGURES[scenario]}
+    try:
+        for rnd in range(1, args.rounds + 1):
+            if time.monotonic() > deadline:
+                log(f"{scenario}: --max-seconds reached after {rnd - 1} round(s)")
+                break
+            for server in servers if rnd % 2 else servers[::-1]:   # who goes first alternates
+                if server.name in broken:
+                    continue
+                try:
+                    run_round(server, scenario, rnd, content, extra, args, results[server.name])
+                except Exception as e:  # noqa: BLE001 - the other server and scenarios still run
+                    failures.append(f"{server.name} {scenario}: {type(e).__name__}: {e}")
+                    log(failures[-1])
+                    broken.add(server.name)
+    finally:
+        for server in servers:
+            shutil.rmtree(server.mailbox(USER), ignore_errors=True)
+    for name in broken:
+        del results[name]
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -827,24 +856,20 @@ def main(argv: list[str] | None = None) -> int:
             extra["targets"] = search_targets(content["k10"], args)
             log(f"search10k: Message-ID {extra['targets'][0].decode()}, Subject "
                 f"\"{extra['targets'][1].decode()}\" in {extra['targets'][2]} messages")
-        for server in servers:
-            log(f"starting {server.name} ({server.version}) on {HOST}:{server.imap_port}")
-            try:
-                server.start()
-            except BenchError as e:
-                failures.append(f"{server.name} did not start: {e}")
-                log(failures[-1])
-                continue
-            try:
-                for s in scenarios:
-                    try:
-                        results[s][server.name] = run_scenario(server, s, content, extra, args)
-                    except Exception as e:  # noqa: BLE001 - the other scenarios still run
-                        failures.append(f"{server.name} {s}: {type(e).__name__}: {e}")
-                        log(failures[-1])
-                    finally:
-                        shutil.rmtree(server.mailbox(USER), ignore_errors=True)
-            finally:
+        running = []
+        try:
+            for server in servers:
+                log(f"starting {server.name} ({server.version}) on {HOST}:{server.imap_port}")
+                try:
+                    server.start()
+                    running.append(server)
+                except BenchError as e:
+                    failures.append(f"{server.name} did not start: {e}")
+                    log(failures[-1])
+            for s in scenarios:
+                run_scenario(running, s, content, extra, args, results[s], failures)
+        finally:
+            for server in running:
                 server.stop()
                 for line in server.problems()[:20]:
                     log(f"{server.name} log: {line}")
