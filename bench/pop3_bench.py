@@ -7,6 +7,8 @@ a private Dovecot (its own dovecot.conf, base_dir, state_dir and log; never
 /etc/dovecot, never the system service) and an ISMail data folder.  Both servers
 listen on 127.0.0.1 only, on free ports; all traffic stays on the loopback.
 
+Both servers run at once and take turns round by round (the order alternating), so the
+machine's drift in speed does not fall between them.
 Scenarios (client-side wall clock, best and median of --rounds):
   retr       one session: login, LIST, RETR 1..N pipelined (a window of commands in
              flight, as mpop does), QUIT.  Messages/s and MB/s of the RETR phase.
@@ -773,38 +775,66 @@ def describe(scenario: str, args) -> str:
     return f"login100k: {args.login_count} messages of {args.login_size} B; fresh Maildir, then 2 logins"
 
 
-def run_scenario(server: Server, scenario: str, content: dict[str, MessageSet], args) -> dict[str, Figure]:
-    figures = {key: Figure(label, unit, better) for key, label, unit, better in FIGURES[scenario]}
+def run_round(server: Server, scenario: str, rnd: int, content: dict[str, MessageSet], args,
+              figures: dict[str, Figure]) -> None:
+    """Round ``rnd`` of ``scenario`` on ``server``; its figures are added to ``figures``."""
     owner = server.owner()
+    messages = content[scenario]
+    if scenario == "retr":
+        fill_maildir(messages, server.mailbox("user"), owner)
+        if not args.no_warmup:
+            warm_up(server, ["user"])
+        result = run_retr(server, messages, args, "user")
+        note = f"{result['msgs']:.0f} msg/s, {result['mbs']:.1f} MB/s"
+    elif scenario == "list10":
+        users = [f"user{i}" for i in range(args.list_sessions)]
+        for user in users:
+            fill_maildir(messages, server.mailbox(user), owner)
+        if not args.no_warmup:
+            warm_up(server, users)
+        result = run_list10(server, messages, args, users)
+        note = f"{result['sessions']:.1f} sessions/s"
+    else:
+        fill_maildir(messages, server.mailbox("user"), owner)
+        result = run_login(server, messages, "user")
+        note = (f"PASS -> STAT answered: 1st {result['first_ready']:.3f} s, "
+                f"2nd {result['second_ready']:.3f} s")
+    for key, figure in figures.items():
+        figure.values.append(result[key])
+    log(f"{server.name} {scenario} round {rnd}: {note}")
+
+
+def run_scenario(servers: list[Server], scenario: str, content: dict[str, MessageSet], args,
+                 results: dict[str, dict[str, Figure]], failures: list[str], users: list[str]) -> None:
+    """Every round of ``scenario``, the servers taking turns round by round (Dovecot then
+    ISMail, ISMail then Dovecot, ...): this machine's speed drifts by up to 2x within
+    minutes, and a server measured a minute after the other would carry that drift
+    into the ratio."""
     deadline = time.monotonic() + args.max_seconds
-    for rnd in range(1, args.rounds + 1):
-        if time.monotonic() > deadline:
-            log(f"{server.name} {scenario}: --max-seconds reached after {rnd - 1} round(s)")
-            break
-        messages = content[scenario]
-        if scenario == "retr":
-            fill_maildir(messages, server.mailbox("user"), owner)
-            if not args.no_warmup:
-                warm_up(server, ["user"])
-            result = run_retr(server, messages, args, "user")
-            note = f"{result['msgs']:.0f} msg/s, {result['mbs']:.1f} MB/s"
-        elif scenario == "list10":
-            users = [f"user{i}" for i in range(args.list_sessions)]
-            for user in users:
-                fill_maildir(messages, server.mailbox(user), owner)
-            if not args.no_warmup:
-                warm_up(server, users)
-            result = run_list10(server, messages, args, users)
-            note = f"{result['sessions']:.1f} sessions/s"
-        else:
-            fill_maildir(messages, server.mailbox("user"), owner)
-            result = run_login(server, messages, "user")
-            note = (f"PASS -> STAT answered: 1st {result['first_ready']:.3f} s, "
-                    f"2nd {result['second_ready']:.3f} s")
-        for key, figure in figures.items():
-            figure.values.append(result[key])
-        log(f"{server.name} {scenario} round {rnd}: {note}")
-    return figures
+    broken: set[str] = set()
+    for server in servers:
+        results[server.name] = {key: Figure(label, unit, better)
+                                for key, label, unit, better in FIGURES[scenario]}
+    try:
+        for rnd in range(1, args.rounds + 1):
+            if time.monotonic() > deadline:
+                log(f"{scenario}: --max-seconds reached after {rnd - 1} round(s)")
+                break
+            for server in servers if rnd % 2 else servers[::-1]:   # who goes first alternates
+                if server.name in broken:
+                    continue
+                try:
+                    run_round(server, scenario, rnd, content, args, results[server.name])
+                except Exception as e:  # noqa: BLE001 - the other server and scenarios still run
+                    failures.append(f"{server.name} {scenario}: {type(e).__name__}: {e}")
+                    log(failures[-1])
+                    broken.add(server.name)
+    finally:
+        for server in servers:
+            for user in users:   # disk space: the next scenario fills its own
+                shutil.rmtree(server.mailbox(user), ignore_errors=True)
+    for name in broken:
+        del results[name]
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -910,25 +940,20 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             content[s] = generate(s, tmp / "src" / s, count, size, owner)
             log(f"generated {count} messages of {size} B for {s} in {time.perf_counter() - t:.1f} s")
-        for server in servers:
-            log(f"starting {server.name} ({server.version}) on 127.0.0.1:{server.pop3_port}")
-            try:
-                server.start()
-            except BenchError as e:
-                failures.append(f"{server.name} did not start: {e}")
-                log(failures[-1])
-                continue
-            try:
-                for s in scenarios:
-                    try:
-                        results[s][server.name] = run_scenario(server, s, content, args)
-                    except Exception as e:  # noqa: BLE001 - the other scenarios still run
-                        failures.append(f"{server.name} {s}: {type(e).__name__}: {e}")
-                        log(failures[-1])
-                    finally:
-                        for user in users:   # disk space: the next scenario fills its own
-                            shutil.rmtree(server.mailbox(user), ignore_errors=True)
-            finally:
+        running: list[Server] = []
+        try:
+            for server in servers:
+                log(f"starting {server.name} ({server.version}) on 127.0.0.1:{server.pop3_port}")
+                try:
+                    server.start()
+                    running.append(server)
+                except BenchError as e:
+                    failures.append(f"{server.name} did not start: {e}")
+                    log(failures[-1])
+            for s in scenarios:
+                run_scenario(running, s, content, args, results[s], failures, users)
+        finally:
+            for server in running:
                 server.stop()
                 for line in server.problems()[:20]:
                     log(f"{server.name} log: {line}")
