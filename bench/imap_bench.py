@@ -704,34 +704,10 @@ def run_round(server, scenario: str, rnd: int, content: dict[str, MessageSet], e
 
 def run_scenario(servers: list, scenario: str, content: dict[str, MessageSet], extra: dict, args,
                  results: dict[str, dict[str, Figure]], failures: list[str]) -> None:
-    """Every round of ``scenario``, the servers taking turns round by round (Dovecot then
-    ISMail, ISMail then Dovecot, ...): this machine's speed drifts by up to 2x within
-    minutes, and a server measured a minute after the other would carry that drift
-    into the ratio."""
-    deadline = time.monotonic() + args.max_seconds
-    broken: set[str] = set()
-    for server in servers:
-        results[server.name] = {key: Figure(label, unit, better)
-                                for key, label, unit, better in FIGURES[scenario]}
-    try:
-        for rnd in range(1, args.rounds + 1):
-            if time.monotonic() > deadline:
-                log(f"{scenario}: --max-seconds reached after {rnd - 1} round(s)")
-                break
-            for server in servers if rnd % 2 else servers[::-1]:   # who goes first alternates
-                if server.name in broken:
-                    continue
-                try:
-                    run_round(server, scenario, rnd, content, extra, args, results[server.name])
-                except Exception as e:  # noqa: BLE001 - the other server and scenarios still run
-                    failures.append(f"{server.name} {scenario}: {type(e).__name__}: {e}")
-                    log(failures[-1])
-                    broken.add(server.name)
-    finally:
-        for server in servers:
-            shutil.rmtree(server.mailbox(USER), ignore_errors=True)
-    for name in broken:
-        del results[name]
+    """Every round of ``scenario``, the servers taking turns (pop3_bench.take_turns)."""
+    pb.take_turns(servers, scenario, args, FIGURES[scenario],
+                  lambda server, rnd, figures: run_round(server, scenario, rnd, content, extra, args, figures),
+                  results, failures, lambda server: shutil.rmtree(server.mailbox(USER), ignore_errors=True))
 
 
 # -- report -------------------------------------------------------------------------------------

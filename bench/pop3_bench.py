@@ -42,6 +42,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 DOVECOT = "/usr/sbin/dovecot"
@@ -804,17 +805,20 @@ def run_round(server: Server, scenario: str, rnd: int, content: dict[str, Messag
     log(f"{server.name} {scenario} round {rnd}: {note}")
 
 
-def run_scenario(servers: list[Server], scenario: str, content: dict[str, MessageSet], args,
-                 results: dict[str, dict[str, Figure]], failures: list[str], users: list[str]) -> None:
+def take_turns(servers: list, scenario: str, args, figures: list[tuple],
+               one_round: Callable[[object, int, dict[str, Figure]], None],
+               results: dict[str, dict[str, Figure]], failures: list[str],
+               clean: Callable[[object], None]) -> None:
     """Every round of ``scenario``, the servers taking turns round by round (Dovecot then
     ISMail, ISMail then Dovecot, ...): this machine's speed drifts by up to 2x within
     minutes, and a server measured a minute after the other would carry that drift
-    into the ratio."""
+    into the ratio.  ``figures``: (key, label, unit, better) of each figure a round
+    gives; ``one_round(server, rnd, its figures)``; ``clean(server)`` afterwards.  A
+    server that fails a round is left out of the scenario (also in imap_bench)."""
     deadline = time.monotonic() + args.max_seconds
     broken: set[str] = set()
     for server in servers:
-        results[server.name] = {key: Figure(label, unit, better)
-                                for key, label, unit, better in FIGURES[scenario]}
+        results[server.name] = {key: Figure(label, unit, better) for key, label, unit, better in figures}
     try:
         for rnd in range(1, args.rounds + 1):
             if time.monotonic() > deadline:
@@ -824,17 +828,26 @@ def run_scenario(servers: list[Server], scenario: str, content: dict[str, Messag
                 if server.name in broken:
                     continue
                 try:
-                    run_round(server, scenario, rnd, content, args, results[server.name])
+                    one_round(server, rnd, results[server.name])
                 except Exception as e:  # noqa: BLE001 - the other server and scenarios still run
                     failures.append(f"{server.name} {scenario}: {type(e).__name__}: {e}")
                     log(failures[-1])
                     broken.add(server.name)
     finally:
         for server in servers:
-            for user in users:   # disk space: the next scenario fills its own
-                shutil.rmtree(server.mailbox(user), ignore_errors=True)
+            clean(server)
     for name in broken:
         del results[name]
+
+
+def run_scenario(servers: list[Server], scenario: str, content: dict[str, MessageSet], args,
+                 results: dict[str, dict[str, Figure]], failures: list[str], users: list[str]) -> None:
+    def clean(server: Server) -> None:
+        for user in users:   # disk space: the next scenario fills its own
+            shutil.rmtree(server.mailbox(user), ignore_errors=True)
+    take_turns(servers, scenario, args, FIGURES[scenario],
+               lambda server, rnd, figures: run_round(server, scenario, rnd, content, args, figures),
+               results, failures, clean)
 
 
 # -- report -------------------------------------------------------------------------------------

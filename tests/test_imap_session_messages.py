@@ -295,6 +295,16 @@ class RepeatedCommandTest(MessagesCase):
                         midway(root)
         return b"".join(sent).decode()
 
+    def elsewhere(self, root, *commands: str) -> None:
+        """Another session on the INBOX at ``root`` says ``commands``; then new mail comes."""
+        other = Client(FakeBackend(root))
+        self.addCleanup(other.s.close)
+        other.login()
+        other.select("INBOX")
+        for command in commands:
+            other.say(command)
+        self.deliver(OTHER, root)
+
     def test_a_pipeline_of_repeats_answers_as_the_command_loop_does(self):
         for name, lines in self.SCRIPTS.items():
             with self.subTest(name):
@@ -306,13 +316,7 @@ class RepeatedCommandTest(MessagesCase):
 
     def test_expunged_elsewhere_and_new_mail(self):
         def meanwhile(root):
-            other = Client(FakeBackend(root))
-            self.addCleanup(other.s.close)
-            other.login()
-            other.select("INBOX")
-            other.say("x1 STORE 3 +FLAGS.SILENT (\\Deleted)")
-            other.say("x2 EXPUNGE")
-            self.deliver(OTHER, root)
+            self.elsewhere(root, "x1 STORE 3 +FLAGS.SILENT (\\Deleted)", "x2 EXPUNGE")
         lines = [f"b{n} FETCH {n} (BODY.PEEK[])" for n in (2, 3, 4)] + \
                 [f"u{n} UID FETCH {n} (BODY.PEEK[])" for n in (3, 6)]
         direct = self.answers("elsewhere-1", lines, lane=True, before=meanwhile)
@@ -327,12 +331,7 @@ class RepeatedCommandTest(MessagesCase):
         the last look is not recent (FRESH_ENOUGH): what another session did in between
         comes before its answer."""
         def midway(root):
-            other = Client(FakeBackend(root))
-            self.addCleanup(other.s.close)
-            other.login()
-            other.select("INBOX")
-            other.say("x1 STORE 4 +FLAGS.SILENT (\\Flagged)")
-            self.deliver(OTHER, root)
+            self.elsewhere(root, "x1 STORE 4 +FLAGS.SILENT (\\Flagged)")
         lines = [f"a{n} UID FETCH {n} (BODY.PEEK[])" for n in (1, 2, 3)]
         with mock.patch("ismail.imap.session.FRESH_ENOUGH", -1.0):
             direct = self.answers("change-1", lines, lane=True, midway=midway)
