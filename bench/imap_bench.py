@@ -832,23 +832,9 @@ def main(argv: list[str] | None = None) -> int:
             extra["targets"] = search_targets(content["k10"], args)
             log(f"search10k: Message-ID {extra['targets'][0].decode()}, Subject "
                 f"\"{extra['targets'][1].decode()}\" in {extra['targets'][2]} messages")
-        running = []
-        try:
-            for server in servers:
-                log(f"starting {server.name} ({server.version}) on {HOST}:{server.imap_port}")
-                try:
-                    server.start()
-                    running.append(server)
-                except BenchError as e:
-                    failures.append(f"{server.name} did not start: {e}")
-                    log(failures[-1])
+        with pb.started(servers, failures, lambda server: server.imap_port) as running:
             for s in scenarios:
                 run_scenario(running, s, content, extra, args, results[s], failures)
-        finally:
-            for server in running:
-                server.stop()
-                for line in server.problems()[:20]:
-                    log(f"{server.name} log: {line}")
     except KeyboardInterrupt:
         log("interrupted")
         return 130

@@ -25,6 +25,7 @@ source stays intact).  Standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.utils
 import grp
 import os
@@ -42,7 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 DOVECOT = "/usr/sbin/dovecot"
@@ -840,6 +841,29 @@ def take_turns(servers: list, scenario: str, args, figures: list[tuple],
         del results[name]
 
 
+@contextlib.contextmanager
+def started(servers: list, failures: list[str], port: Callable[[object], int]) -> Iterator[list]:
+    """The servers that started (one that did not is a failure, the others go on), all
+    at once: they take turns round by round (take_turns).  Stopped at the end, with the
+    errors their logs show."""
+    running = []
+    try:
+        for server in servers:
+            log(f"starting {server.name} ({server.version}) on 127.0.0.1:{port(server)}")
+            try:
+                server.start()
+                running.append(server)
+            except BenchError as e:
+                failures.append(f"{server.name} did not start: {e}")
+                log(failures[-1])
+        yield running
+    finally:
+        for server in running:
+            server.stop()
+            for line in server.problems()[:20]:
+                log(f"{server.name} log: {line}")
+
+
 def run_scenario(servers: list[Server], scenario: str, content: dict[str, MessageSet], args,
                  results: dict[str, dict[str, Figure]], failures: list[str], users: list[str]) -> None:
     def clean(server: Server) -> None:
@@ -953,23 +977,9 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             content[s] = generate(s, tmp / "src" / s, count, size, owner)
             log(f"generated {count} messages of {size} B for {s} in {time.perf_counter() - t:.1f} s")
-        running: list[Server] = []
-        try:
-            for server in servers:
-                log(f"starting {server.name} ({server.version}) on 127.0.0.1:{server.pop3_port}")
-                try:
-                    server.start()
-                    running.append(server)
-                except BenchError as e:
-                    failures.append(f"{server.name} did not start: {e}")
-                    log(failures[-1])
+        with started(servers, failures, lambda server: server.pop3_port) as running:
             for s in scenarios:
                 run_scenario(running, s, content, args, results[s], failures, users)
-        finally:
-            for server in running:
-                server.stop()
-                for line in server.problems()[:20]:
-                    log(f"{server.name} log: {line}")
     except KeyboardInterrupt:
         log("interrupted")
         return 130
