@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterator
 from ..store.folders import KeywordLimit, NoSuchMessage
 from .commands import SELECTED, Bad, Done, No, command, flag_list, sequence_set
 from .fetch import FetchItem, UnknownEncoding, parse_items, render, sets_seen
-from .fetch_fast import fetch_fast, plan
+from .fetch_fast import Plan, fetch_fast, plan
 from .tokens import Atom
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def fetch(s: "ImapSession", c: "Command") -> Iterator[bytes]:
     return _fetch_stream(s, c, sel, numbered, items, seen_now)
 
 
-def _items(c: "Command") -> tuple[list[FetchItem], bool, tuple | None]:
+def _items(c: "Command") -> tuple[list[FetchItem], bool, Plan | None]:
     """The items (UID added for UID FETCH), whether they set \\Seen, and the fast path's
     plan (fetch_fast.plan).  Worked out once per item list: the reader hands a pipelining
     client's repeated list over as the same token object each time (parser._SHAPES), and

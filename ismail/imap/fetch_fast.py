@@ -25,7 +25,7 @@ from collections import OrderedDict
 from functools import partial
 from itertools import islice
 from operator import attrgetter, itemgetter
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
 from ..store.folders import NoSuchMessage
 from .commands import Done, No
@@ -49,9 +49,17 @@ def _whole(item: FetchItem) -> bool:
     return item.name in WHOLE_ITEMS and item.section == () and not item.text and item.partial is None
 
 
-def plan(items: Sequence[FetchItem]) -> tuple[list[str], list[str], bytes | None] | None:
-    """(items before the message text, items after it, its label) if this path can
-    answer ``items``; None otherwise.  Without a message text all items are "before"."""
+class Plan(NamedTuple):
+    """How this path answers an item list (cmd_message keeps it per item list)."""
+    before: list[str]      # items before the message text (all of them without one)
+    after: list[str]       # items after it
+    label: bytes | None    # the message text's label, b"BODY[]"; None: no text
+    head: bytes            # with a text: the response's format up to the literal
+    tail: bytes            # ... and after it
+
+
+def plan(items: Sequence[FetchItem]) -> Plan | None:
+    """How this path answers ``items``; None if it cannot."""
     before: list[str] = []
     after: list[str] = []
     label: bytes | None = None
@@ -66,27 +74,28 @@ def plan(items: Sequence[FetchItem]) -> tuple[list[str], list[str], bytes | None
             label = item.label()
         else:
             return None
-    return before, after, label
+    head = tail = b""
+    if label is not None:
+        head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in before)
+        head += (b" " if before else b"") + label + b" "
+        tail = (b" " + b" ".join(_FORMATS[n] for n in after) if after else b"") + b")\r\n"
+    return Plan(before, after, label, head, tail)
 
 
-def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape,
+def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape: Plan,
                everything: bool = False) -> Iterator[bytes]:
     """The responses for ``shape`` (from ``plan``), then Done, or No [EXPUNGEISSUED].
     ``everything``: the set is 1:*, every message the session knows."""
-    before, after, label = shape
+    before, after, label, head, tail = shape
     folder = sel.folder
     message = folder.message
     date = _dates()
     if label is None:
         return (yield from _meta_rows(c, sel, numbered, before, date, everything))
-    if before == _JUST_UID:   # UID FETCH n (BODY.PEEK[]): the usual download
-        row = _seq_and_uid
-    else:
-        getters = {"UID": _UID_OF, "RFC822.SIZE": _SIZE_OF, "INTERNALDATE": date, "FLAGS": sel.flag_list}
-        row = _row([getters[n] for n in before])
-    after_values = [{"UID": _UID_OF, "RFC822.SIZE": _SIZE_OF, "INTERNALDATE": date,
-                     "FLAGS": sel.flag_list}[n] for n in after] if after else ()
-    head, tail = _formats(shape)
+    getters = {"UID": _UID_OF, "RFC822.SIZE": _SIZE_OF, "INTERNALDATE": date, "FLAGS": sel.flag_list}
+    # UID FETCH n (BODY.PEEK[]), the usual download: one function, no list of getters
+    row = _seq_and_uid if before == _JUST_UID else _row([getters[n] for n in before])
+    after_values = [getters[n] for n in after]
     missing = 0
     batch: list[bytes] = []
     size = 0
@@ -142,24 +151,6 @@ _JUST_UID = ["UID"]
 
 def _seq_and_uid(seq: int, ref) -> tuple[int, int]:
     return seq, ref.uid
-
-
-def _formats(shape) -> tuple[bytes, bytes]:
-    """The response's format before and after the message text, for ``shape``."""
-    known = _SHAPE_FORMATS.get(id(shape))
-    if known is not None and known[0] is shape:   # the entry keeps it alive: its id is its own
-        return known[1]
-    before, after, label = shape
-    head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in before)
-    head += (b" " if before else b"") + label + b" "
-    tail = (b" " + b" ".join(_FORMATS[n] for n in after) if after else b"") + b")\r\n"
-    if len(_SHAPE_FORMATS) >= 256:
-        _SHAPE_FORMATS.clear()
-    _SHAPE_FORMATS[id(shape)] = (shape, (head, tail))
-    return head, tail
-
-
-_SHAPE_FORMATS: dict[int, tuple] = {}
 
 
 def _meta_rows(c: "Command", sel: "Selected", numbered, names: list[str],
