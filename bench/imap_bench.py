@@ -20,6 +20,10 @@ Scenarios (client-side wall clock, best and median of --rounds):
               Subject substring (many hits).
   parallel10  10 parallel sessions, each repeating connect, LOGIN, SELECT, FETCH 1:*
               (UID FLAGS RFC822.SIZE), LOGOUT on the same 10,000-message INBOX.
+  mbsync1k    a real client, isync's mbsync (C): it pulls the body1k messages into an
+              empty Maildir on /dev/shm (no fsync), one UID FETCH per message pipelined,
+              as it downloads for its users.  Messages/s of the whole run, and the texts
+              checked against the generated ones.  Needs Debian's isync.
 
 --settle N pauses N seconds after a Maildir is filled (and between the fetch10k sessions):
 ISMail re-lists a folder on every command for 2 s after its files last changed.
@@ -52,7 +56,10 @@ SOCKET_TIMEOUT = 120.0
 START_TIMEOUT = 30.0
 RETRY_LIMIT = 50
 RETRY_PAUSE = 0.02
-SCENARIOS = ("fetch10k", "body1k", "search10k", "parallel10")
+SCENARIOS = ("fetch10k", "body1k", "search10k", "parallel10", "mbsync1k")
+BODY_SCENARIOS = {"body1k", "mbsync1k"}  # on the set of larger messages
+MBSYNC = "/usr/bin/mbsync"
+_TUID = re.compile(rb"^X-TUID: [^\n]*\n", re.M)
 USER = "user"
 
 
@@ -627,6 +634,53 @@ def run_parallel(server, messages: MessageSet, args) -> dict[str, float]:
             "retries": float(len(retries)), "client_cpu": 100 * cpu / elapsed}
 
 
+def run_mbsync(server, messages: MessageSet, args, digests: set[bytes]) -> dict[str, float]:
+    """mbsync pulls INBOX into an empty Maildir; the time of the whole run (login to
+    logout, the client's own file writes included: a real download)."""
+    import subprocess
+    if not os.path.exists(MBSYNC):
+        raise BenchError(f"mbsync1k needs {MBSYNC} (Debian's isync)")
+    base = Path(tempfile.mkdtemp(prefix="mbsync-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    try:
+        local = base / "mail"
+        local.mkdir()
+        rc = base / "mbsyncrc"
+        rc.write_text(
+            f"FSync no\n\n"
+            f"IMAPAccount bench\nHost {HOST}\nPort {server.imap_port}\nUser {server.login_name(USER)}\n"
+            f"Pass {PASSWORD}\nSSLType None\nAuthMechs LOGIN\nPipelineDepth {args.window}\n\n"
+            f"IMAPStore far\nAccount bench\n\n"
+            f"MaildirStore near\nPath {local}/\nInbox {local}/INBOX\n\n"
+            f"Channel pull\nFar :far:\nNear :near:\nPatterns INBOX\nCreate Near\nSync Pull\n"
+            f"SyncState *\n")
+        import resource
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        done = subprocess.run([MBSYNC, "-c", str(rc), "-q", "pull"], capture_output=True,
+                              timeout=args.max_seconds)
+        elapsed = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise BenchError(f"mbsync exited with {done.returncode}: "
+                             f"{done.stderr.decode('utf-8', 'replace')[-400:]}")
+        files = [p for sub in ("new", "cur") for p in (local / "INBOX" / sub).iterdir()]
+        if len(files) != messages.count:
+            raise BenchError(f"mbsync: {len(files)} messages in the Maildir, expected {messages.count}")
+        # mbsync stores a message as the server sent it, with the line ends made LF and
+        # its own X-TUID header line added at the end of the header.
+        got = {hashlib.blake2b(_TUID.sub(b"", p.read_bytes(), count=1).replace(b"\n", b"\r\n"),
+                               digest_size=16).digest()
+               for p in files}
+        if got != digests:
+            raise BenchError(f"mbsync: {len(digests - got)} of the {messages.count} messages "
+                             f"not as generated")
+        client_cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+        return {"msgs": messages.count / elapsed, "seconds": elapsed,
+                "client_cpu": 100 * client_cpu / elapsed}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 FIGURES = {
     "fetch10k": [("select1_s", "1st SELECT (fresh Maildir: index built)", "s", False),
                  ("fetch1_s", "FETCH 1:* after the 1st SELECT", "s", False),
@@ -654,6 +708,9 @@ FIGURES = {
                    ("fetch_ms", "its FETCH 1:*, median", "ms", False),
                    ("retries", "refused-then-retried connections", "", False),
                    ("client_cpu", "client CPU, % of one core", "%", False)],
+    "mbsync1k": [("msgs", "mbsync's download: messages/s", "msg/s", True),
+                 ("seconds", "mbsync's whole run: time", "s", False),
+                 ("client_cpu", "mbsync's CPU, % of one core", "%", False)],
 }
 
 
@@ -667,6 +724,9 @@ def describe(scenario: str, args) -> str:
     if scenario == "search10k":
         return (f"search10k: SEARCH HEADER on {args.count} messages of {args.size} B "
                 f"(Message-ID: 1 hit; Subject \"number {args.subject_prefix}\")")
+    if scenario == "mbsync1k":
+        return (f"mbsync1k: isync's mbsync pulls {args.body_count} messages of {args.body_size} B "
+                f"into an empty Maildir (PipelineDepth {args.window})")
     return (f"parallel10: {args.parallel} parallel sessions x {args.parallel_repeat} each of connect, "
             f"LOGIN, SELECT, FETCH 1:* (UID FLAGS RFC822.SIZE), LOGOUT; one INBOX of {args.count} "
             f"messages of {args.size} B")
@@ -676,7 +736,7 @@ def run_round(server, scenario: str, rnd: int, content: dict[str, MessageSet], e
               figures: dict[str, Figure]) -> None:
     """Round ``rnd`` of ``scenario`` on ``server``: a fresh Maildir, the timed part, its
     figures added to ``figures``."""
-    messages = content["body" if scenario == "body1k" else "k10"]
+    messages = content["body" if scenario in BODY_SCENARIOS else "k10"]
     fill_maildir(messages, server.mailbox(USER), server.owner(), tag=f"r{rnd}")
     if scenario == "fetch10k":
         result = run_fetch10k(server, messages, args)
@@ -690,6 +750,9 @@ def run_round(server, scenario: str, rnd: int, content: dict[str, MessageSet], e
             result = run_body1k(server, messages, args, extra["digests"])
             note = (f"one command {result['one_mbs']:.1f} MB/s, "
                     f"per message {result['pipe_mbs']:.1f} MB/s")
+        elif scenario == "mbsync1k":
+            result = run_mbsync(server, messages, args, extra["digests"])
+            note = f"{result['msgs']:.0f} messages/s in {result['seconds']:.3f} s"
         elif scenario == "search10k":
             result = run_search10k(server, messages, args, extra["targets"])
             note = (f"Message-ID {result['msgid1_s']:.3f} s then {result['msgid2_s']:.3f} s, "
@@ -763,14 +826,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=2048, help="their size on disk (default 2048)")
     p.add_argument("--body-count", type=int, default=1000)
     p.add_argument("--body-size", type=int, default=10 * 1024, help="octets on disk (default 10240)")
-    p.add_argument("--window", type=int, default=32, help="body1k: UID FETCH commands in flight (default 32)")
+    p.add_argument("--window", type=int, default=32, help="body1k, mbsync1k: UID FETCH commands in flight (default 32)")
     p.add_argument("--subject-prefix", type=int, default=42,
                    help="search10k: SEARCH HEADER Subject \"number N\" (default 42: 111 hits in 10,000)")
     p.add_argument("--parallel", type=int, default=10, help="parallel10: sessions at once (default 10)")
     p.add_argument("--parallel-repeat", type=int, default=5, help="parallel10: sessions per client thread")
     p.add_argument("--max-per-host", type=int, default=10, help="ISMail's imap.max_per_host (default 10)")
     p.add_argument("--no-warmup", action="store_true",
-                   help="body1k/search10k/parallel10: no untimed SELECT before the timed one")
+                   help="body1k/search10k/parallel10/mbsync1k: no untimed SELECT before the timed one")
     p.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
                    help="pause after filling/warming up a Maildir (and between the fetch10k "
                         "sessions) before the timed part (default 0; see bench/README.txt)")
@@ -820,11 +883,11 @@ def main(argv: list[str] | None = None) -> int:
         owner = next((s.owner() for s in servers if s.owner()), None)
         content: dict[str, MessageSet] = {}
         extra: dict = {}
-        if any(s != "body1k" for s in scenarios):
+        if any(s not in BODY_SCENARIOS for s in scenarios):
             t = time.perf_counter()
             content["k10"] = generate("imap", tmp / "src" / "k10", args.count, args.size, owner)
             log(f"generated {args.count} messages of {args.size} B in {time.perf_counter() - t:.1f} s")
-        if "body1k" in scenarios:
+        if BODY_SCENARIOS.intersection(scenarios):
             content["body"] = generate("body", tmp / "src" / "body", args.body_count, args.body_size, owner)
             extra["digests"] = crlf_digests(content["body"])
             log(f"generated {args.body_count} messages of {args.body_size} B")
