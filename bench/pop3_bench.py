@@ -17,6 +17,10 @@ Scenarios (client-side wall clock, best and median of --rounds):
   login100k  a 100,000-message maildrop: the time from PASS to its +OK, and of the STAT
              after it; first login on a fresh Maildir (Dovecot builds its index then)
              and second login, separately.
+  mpop       a real client, mpop (C, Debian's mpop): it downloads the retr messages
+             into an empty Maildir on /dev/shm, pipelining as it does for its users,
+             keeping them on the server (QUIT marks them read).  Messages/s and time
+             of the whole run; every text checked against the generated ones.
 
 Each round starts from a fresh Maildir: the generated messages are hard-linked into
 the server's mailbox folder (the servers rename files, never change them, so the
@@ -56,7 +60,8 @@ STOP_TIMEOUT = 15.0
 RETRY_LIMIT = 50           # a refused connection or [IN-USE] login is retried so often at most
 RETRY_PAUSE = 0.02
 MB = 1_000_000
-SCENARIOS = ("retr", "list10", "login100k")
+SCENARIOS = ("retr", "list10", "login100k", "mpop")
+MPOP = "/usr/bin/mpop"
 
 
 class BenchError(Exception):
@@ -748,6 +753,45 @@ def run_login(server: Server, messages: MessageSet, user: str) -> dict[str, floa
     return out
 
 
+def run_mpop(server: Server, messages: MessageSet, args, user: str) -> dict[str, float]:
+    """mpop downloads the maildrop into an empty Maildir: the time of the whole run
+    (connect to QUIT answered, its own file writes included: a real download)."""
+    import hashlib
+    import resource
+    if not os.path.exists(MPOP):
+        raise BenchError(f"the mpop scenario needs {MPOP} (Debian's mpop)")
+    base = Path(tempfile.mkdtemp(prefix="mpop-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    try:
+        local = base / "mail"
+        for sub in ("", "new", "cur", "tmp"):
+            (local / sub).mkdir()
+        command = [MPOP, f"--host={HOST}", f"--port={server.pop3_port}", "--tls=off", "--auth=user",
+                   f"--user={server.login_name(user)}", f"--passwordeval=echo {PASSWORD}",
+                   f"--delivery=maildir,{local}", "--keep=on", "--only-new=off",
+                   "--received-header=off", "--pipelining=on", f"--uidls-file={base / 'uidls'}",
+                   "--quiet"]
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, timeout=args.max_seconds)
+        elapsed = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise BenchError(f"mpop exited with {done.returncode}: "
+                             f"{(done.stderr or done.stdout).decode('utf-8', 'replace')[-400:]}")
+        files = [p for sub in ("new", "cur") for p in (local / sub).iterdir()]
+        if len(files) != messages.count:
+            raise BenchError(f"mpop: {len(files)} messages in the Maildir, expected {messages.count}")
+        want = {hashlib.blake2b((messages.folder / name).read_bytes(), digest_size=16).digest()
+                for name in messages.names}
+        got = {hashlib.blake2b(p.read_bytes(), digest_size=16).digest() for p in files}
+        if got != want:
+            raise BenchError(f"mpop: {len(want - got)} of the {messages.count} messages not as generated")
+        client_cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+        return {"msgs": messages.count / elapsed, "seconds": elapsed, "client_cpu": 100 * client_cpu / elapsed}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 FIGURES = {
     "retr": [("msgs", "RETR messages/s", "msg/s", True), ("mbs", "RETR MB/s (10^6 octets)", "MB/s", True),
              ("login_s", "USER+PASS", "s", False), ("list_s", "LIST", "s", False),
@@ -763,6 +807,9 @@ FIGURES = {
                   ("second_ready", "2nd: PASS -> STAT answered", "s", False),
                   ("second_pass", "2nd: PASS -> +OK", "s", False), ("second_stat", "2nd: STAT", "s", False),
                   ("second_quit", "2nd: QUIT", "s", False)],
+    "mpop": [("msgs", "mpop's download: messages/s", "msg/s", True),
+             ("seconds", "mpop's whole run: time", "s", False),
+             ("client_cpu", "mpop's CPU, % of one core", "%", False)],
 }
 
 
@@ -774,6 +821,9 @@ def describe(scenario: str, args) -> str:
         return (f"list10: {args.list_sessions} parallel sessions x {args.list_repeat} each of "
                 f"login, STAT, LIST, UIDL, QUIT; {args.list_count} messages of {args.list_size} B "
                 f"per maildrop")
+    if scenario == "mpop":
+        return (f"mpop: mpop downloads {args.retr_count} messages of {args.retr_size} B into an "
+                f"empty Maildir, keeping them on the server")
     return f"login100k: {args.login_count} messages of {args.login_size} B; fresh Maildir, then 2 logins"
 
 
@@ -788,6 +838,12 @@ def run_round(server: Server, scenario: str, rnd: int, content: dict[str, Messag
             warm_up(server, ["user"])
         result = run_retr(server, messages, args, "user")
         note = f"{result['msgs']:.0f} msg/s, {result['mbs']:.1f} MB/s"
+    elif scenario == "mpop":
+        fill_maildir(messages, server.mailbox("user"), owner)
+        if not args.no_warmup:
+            warm_up(server, ["user"])
+        result = run_mpop(server, messages, args, "user")
+        note = f"{result['msgs']:.0f} messages/s in {result['seconds']:.3f} s"
     elif scenario == "list10":
         users = [f"user{i}" for i in range(args.list_sessions)]
         for user in users:
@@ -971,7 +1027,8 @@ def main(argv: list[str] | None = None) -> int:
         owner = next((s.owner() for s in servers if s.owner()), None)
         content: dict[str, MessageSet] = {}
         plan = {"retr": (args.retr_count, args.retr_size), "list10": (args.list_count, args.list_size),
-                "login100k": (args.login_count, args.login_size)}
+                "login100k": (args.login_count, args.login_size),
+                "mpop": (args.retr_count, args.retr_size)}
         for s in scenarios:
             count, size = plan[s]
             t = time.perf_counter()
