@@ -271,9 +271,13 @@ class RepeatedCommandTest(MessagesCase):
         shutil.copytree(self.root, root)
         return Client(FakeBackend(root))
 
-    def answers(self, name: str, lines: list[str], lane: bool, before=None, midway=None) -> str:
+    MODES = ("downloads", "repeats", "loop")
+
+    def answers(self, name: str, lines: list[str], lane, before=None, midway=None) -> str:
         """The session's answers to ``lines`` sent at once; ``before(root)`` runs first,
-        ``midway(root)`` once the first command's tagged response has been sent."""
+        ``midway(root)`` once the first command's tagged response has been sent.  ``lane``:
+        "downloads" (or True) as the session runs, "repeats" without the downloads lane
+        (session._downloads), "loop" (or False) every command through the command loop."""
         c = self.session_on_a_copy(name)
         self.addCleanup(c.s.close)
         c.login()
@@ -286,14 +290,16 @@ class RepeatedCommandTest(MessagesCase):
         first_done = (lines[0].split()[0] + " OK").encode()
         sent: list[bytes] = []
         with contextlib.ExitStack() as stack:
-            if not lane:
+            if lane in ("repeats", "loop", False):
+                stack.enter_context(mock.patch.object(CommandReader, "take_download", return_value=None))
+            if lane in ("loop", False):
                 stack.enter_context(mock.patch.object(CommandReader, "take_repeat", return_value=None))
             for item in c.s.feed(data):
                 for piece in [item] if isinstance(item, bytes) else item:
                     sent.append(bytes(piece))
                     if midway is not None and piece.startswith(first_done):
                         midway(root)
-        return b"".join(sent).decode()
+        return b"".join(sent).decode("latin-1")   # a NUL made 0x80 is no UTF-8
 
     def elsewhere(self, root, *commands: str) -> None:
         """Another session on the INBOX at ``root`` says ``commands``; then new mail comes."""
@@ -311,8 +317,74 @@ class RepeatedCommandTest(MessagesCase):
                 direct = self.answers(name + "-1", lines, lane=True)
                 looped = self.answers(name + "-2", lines, lane=False)
                 self.assertEqual(direct, looped)
+                self.assertEqual(self.answers(name + "-3", lines, lane="repeats"), looped)
                 for line in lines:
                     self.assertIn("\r\n" + line.split()[0] + " ", "\r\n" + direct, "every command answered")
+
+    # Downloads (session._downloads) among what they must leave to the other ways.
+    DOWNLOADS = {
+        "odd sets between": ["a1 UID FETCH 1 (BODY.PEEK[])", "a2 UID FETCH 2 (BODY.PEEK[])",
+                             "a3 UID FETCH 01 (BODY.PEEK[])", "a4 UID FETCH 3 (BODY.PEEK[])",
+                             "a5 UID FETCH 4294967296 (BODY.PEEK[])", "a6 UID FETCH 0 (BODY.PEEK[])",
+                             "a7 UID FETCH 4294967295 (BODY.PEEK[])", "a8 UID FETCH 2:3 (BODY.PEEK[])",
+                             "a9 UID FETCH 5 (BODY.PEEK[])", "a10 UID FETCH * (BODY.PEEK[])",
+                             "a11 UID FETCH 4 (BODY.PEEK[])"],
+        "UID named": [f"b{n} UID FETCH {n} (UID BODY.PEEK[])" for n in (3, 1, 2)],
+        "UID after the text": [f"c{n} UID FETCH {n} (BODY.PEEK[] UID)" for n in (3, 1, 2)],
+        "RFC822 sets \\Seen": [f"d{n} UID FETCH {n} RFC822" for n in (2, 1, 3)],
+        "more items after the text": [f"f{n} UID FETCH {n} (BODY.PEEK[] RFC822.SIZE)" for n in (3, 2)],
+        "a large message and a NUL": [f"e{n} UID FETCH {n} (BODY.PEEK[])" for n in (1, 7, 8, 7, 2)],
+    }
+
+    def test_downloads_answer_as_the_command_loop_does(self):
+        """With UID 1 expunged by another session first (so no UID is its message number),
+        new mail (UID 6), a message over the 64 KiB batch (UID 7) and one with a NUL (8)."""
+        large = b"Subject: large\r\n\r\n" + b"0123456789" * 9000 + b"\r\n"
+        nul = b"Subject: nul\r\n\r\nbefore\0after\r\n"
+
+        def more_mail(root):
+            self.elsewhere(root, "x1 STORE 1 +FLAGS.SILENT (\\Deleted)", "x2 EXPUNGE")
+            self.deliver(large, root)
+            self.deliver(nul, root)
+        for name, lines in self.DOWNLOADS.items():
+            with self.subTest(name):
+                lines = ["x0 NOOP", *lines]   # its closing look announces the expunge
+                got = {mode: self.answers(f"{name}-{mode}", lines, lane=mode, before=more_mail)
+                       for mode in self.MODES}
+                self.assertTrue(got["downloads"] == got["loop"], "as the command loop")
+                self.assertTrue(got["repeats"] == got["loop"], "as the repeats")
+                for line in lines:
+                    tag = line.split()[0]
+                    self.assertTrue(f"\r\n{tag} " in "\r\n" + got["loop"], f"{tag} answered")
+        shown = got["loop"]
+        self.assertTrue(0 <= shown.find("* 1 EXPUNGE\r\n") < shown.find("x0 OK"), "the expunge first")
+        for text in ("* 6 FETCH (UID 7 BODY[] {%d}\r\n" % len(large),
+                     "* 7 FETCH (UID 8 BODY[] {%d}\r\nSubject: nul\r\n\r\nbefore\x80after\r\n)" % len(nul),
+                     "* 1 FETCH (UID 2 BODY[]"):
+            self.assertTrue(text in shown, f"{text!r} in the answers")
+
+    def test_new_mail_during_downloads_comes_before_the_last_answer(self):
+        """The last download of a pipeline looks at the folder before its tagged response,
+        as every command does: mail that came while the others were answered is announced."""
+        def midway(root):
+            self.deliver(OTHER, root)
+        lines = [f"a{n} UID FETCH {n} (BODY.PEEK[])" for n in (1, 2, 3, 4)]
+        got = {mode: self.answers(f"mail-{mode}", lines, lane=mode, midway=midway) for mode in self.MODES}
+        self.assertEqual(got["downloads"], got["loop"])
+        self.assertEqual(got["repeats"], got["loop"])
+        self.assertTrue(got["loop"].index("* 4 FETCH") < got["loop"].index("* 6 EXISTS")
+                        < got["loop"].index("a4 OK"), got["loop"])
+
+    def test_downloads_take_no_command_apart(self):
+        """The downloads lane answers what follows the first command: neither the command
+        loop nor the general repeat reads those commands."""
+        c = self.client(select="INBOX")
+        with mock.patch.object(CommandReader, "take_repeat", autospec=True,
+                               side_effect=CommandReader.take_repeat) as repeats:
+            out = c.send(b"".join(b"r%d UID FETCH %d (BODY.PEEK[])\r\n" % (n, n) for n in range(1, 6)))
+        self.assertEqual(out.count(" OK UID FETCH completed\r\n"), 5)
+        self.assertEqual(re.findall(r"\* \d+ FETCH \(UID (\d+) BODY", out), ["1", "2", "3", "4", "5"])
+        self.assertLessEqual(repeats.call_count, 1, "only to find that nothing follows")
 
     def test_expunged_elsewhere_and_new_mail(self):
         def meanwhile(root):

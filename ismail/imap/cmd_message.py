@@ -103,6 +103,22 @@ def _items(c: "Command") -> tuple[list[FetchItem], bool, Plan | None]:
     return items, marks_seen, shape
 
 
+def download_plan(c: "Command") -> Plan | None:
+    """The fast path's plan when ``c`` is the usual download, ``UID FETCH n (BODY.PEEK[])``:
+    UID, then one whole message text that sets no \\Seen, nothing else; None for anything
+    else.  The session answers that command, pipelined again and again, straight from
+    its stream (ImapSession._downloads)."""
+    if c.name != "FETCH" or not c.uid or len(c.args) < 2:
+        return None
+    try:
+        _, marks_seen, shape = _items(c)
+    except (Bad, ValueError):
+        return None
+    if marks_seen or shape is None or shape.label is None or shape.before != ["UID"] or shape.after:
+        return None
+    return shape
+
+
 def _small(token) -> bool:
     """An item list worth keeping (the entries are shared by every session: no large
     list is held on to)."""

@@ -105,14 +105,11 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape:
             missing += 1
             continue
         line = head % row(seq, ref)
-        try:
-            data = folder.read(uid)
-        except (NoSuchMessage, FileNotFoundError):
+        data = whole_text(folder, uid)
+        if data is None:
             missing += 1
             continue
-        if b"\0" in data:
-            data = data.replace(b"\0", b"\x80")   # as fetch._literal: NUL is not allowed
-        literal = b"{%d}\r\n" % len(data) if data else b'""'
+        literal = literal_prefix(data)
         end = tail % tuple(get(ref) for get in after_values) if after else tail
         if len(data) >= BATCH:   # a large message goes out as it is: no copy into a batch
             batch += (line, literal)
@@ -132,6 +129,23 @@ def fetch_fast(s: "ImapSession", c: "Command", sel: "Selected", numbered, shape:
     if missing and not c.uid:
         raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return Done(f"{'UID ' if c.uid else ''}FETCH completed")
+
+
+def whole_text(folder, uid: int) -> bytes | None:
+    """The message's text as its literal holds it (CRLF line ends, NUL made 0x80, as
+    fetch._literal does: NUL is not allowed); None if it is gone."""
+    try:
+        data = folder.read(uid)
+    except (NoSuchMessage, FileNotFoundError):
+        return None
+    if b"\0" in data:
+        data = data.replace(b"\0", b"\x80")
+    return data
+
+
+def literal_prefix(data: bytes) -> bytes:
+    """What goes before ``data`` sent as a literal ({n} and CRLF; an empty one is "")."""
+    return b"{%d}\r\n" % len(data) if data else b'""'
 
 
 def _dates() -> Callable:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .tokens import MAX_NUMBER, Atom, FetchAtt, List, String
+from .tokens import MAX_NUMBER, Atom, FetchAtt, List, String, one_number
 
 MAX_NESTING = 200           # parentheses, as search.MAX_DEPTH allows
 SECTIONED = {b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"}
@@ -161,6 +161,26 @@ class CommandReader:
         n (BODY.PEEK[])`` for n after n); None, reading nothing, otherwise.  The command
         is what ``next`` would have made of the line (the same tokens), found without
         tokenizing it again."""
+        m = self._repeated(cmd)
+        if m is None:
+            return None
+        tag, seqset = self._take(m)
+        return Command(tag, cmd.name, cmd.uid, List([Atom(seqset), *cmd.args[1:]]), cmd.repeat)
+
+    def take_download(self, cmd: Command) -> tuple[str, int] | None:
+        """``take_repeat`` for a command whose set is one number (``UID FETCH 4711
+        (BODY.PEEK[])``): its tag and the number, with no Command made; None, reading
+        nothing, if the next command is not that."""
+        m = self._repeated(cmd)
+        if m is None:
+            return None
+        number = one_number(m.group(2).decode("ascii"))
+        if number is None:
+            return None
+        return self._take(m)[0], number
+
+    def _repeated(self, cmd: Command) -> re.Match | None:
+        """The next line matched whole as ``cmd`` again (take_repeat), not yet read."""
         if cmd.repeat is None or self._cmd is not None or self._want is not None \
                 or self._overlong or self._bad is not None:
             return None
@@ -174,10 +194,14 @@ class CommandReader:
         m = pattern.match(self._buf, self._pos)
         if m is None or m.end() - self._pos > self.max_line:
             return None
+        return m
+
+    def _take(self, m: re.Match) -> tuple[str, str]:
+        """Read the line ``_repeated`` matched: its tag and sequence set."""
         tag, seqset = m.group(1).decode("ascii"), m.group(2).decode("ascii")   # before _compact
         self._pos = self._scan = m.end()   # moves the buffer under the match
         self._compact()
-        return Command(tag, cmd.name, cmd.uid, List([Atom(seqset), *cmd.args[1:]]), cmd.repeat)
+        return tag, seqset
 
     # -- octets
 

@@ -123,9 +123,19 @@ class SequenceSet:
             yield from range(low, high + 1)
 
 
+def one_number(text: str) -> int | None:
+    """The sequence set ``text`` if it is one valid number (the usual pipelined
+    command's), else None (it may still be a valid set of another form)."""
+    if text.isdigit() and text.isascii() and text[0] != "0" and len(text) <= 10:
+        n = int(text)
+        if n <= MAX_NUMBER:
+            return n
+    return None
+
+
 def parse_sequence_set(text: str) -> SequenceSet:
-    if text.isdigit() and text.isascii() and text[0] != "0" and len(text) <= 10:   # one number
-        n = _seq_number(text)
+    n = one_number(text)
+    if n is not None:
         return SequenceSet(((n, n),))
     if text == "$":
         raise ValueError("$ (SEARCHRES) is not supported")
