@@ -740,7 +740,10 @@ def tls_context(settings: Settings, data_dir: Path | None = None) -> ssl.SSLCont
     for name, path in (("certificate", cert), ("key", key)):
         if not Path(path).is_file():
             raise StartupError(f"cannot use the TLS {name} {path}: no such file")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # The defaults of create_default_context(CLIENT_AUTH) but its CA store, which only
+    # checks client certificates (none is asked for) and on Windows copies in the whole
+    # system store at every start.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)
