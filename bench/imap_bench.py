@@ -577,6 +577,8 @@ def run_parallel(server, messages: MessageSet, args) -> dict[str, float]:
     retries: list[int] = []
     errors: list[str] = []
     lock = threading.Lock()
+    slots = iter(range(threads_n * args.parallel_repeat))   # --pace: the k-th session starts at k/pace s
+    start: list[float] = []
 
     def worker(i: int) -> None:
         mine, mine_fetch = [], []
@@ -586,6 +588,12 @@ def run_parallel(server, messages: MessageSet, args) -> dict[str, float]:
                 if time.monotonic() > deadline:
                     raise BenchError(f"parallel: over --max-seconds {args.max_seconds}")
                 t = time.perf_counter()
+                if args.pace:
+                    with lock:
+                        due = start[0] + next(slots) / args.pace
+                    if due > t:
+                        time.sleep(due - t)
+                    t = due   # a session that starts late (the server lagging) counts its wait
                 client = connect_login(port, user, retries)
                 try:
                     exists = client.select()
@@ -612,6 +620,7 @@ def run_parallel(server, messages: MessageSet, args) -> dict[str, float]:
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads_n)]
     for t in threads:
         t.start()
+    start.append(time.perf_counter())
     try:
         barrier.wait()
     except threading.BrokenBarrierError:
@@ -727,6 +736,10 @@ def describe(scenario: str, args) -> str:
     if scenario == "mbsync1k":
         return (f"mbsync1k: isync's mbsync pulls {args.body_count} messages of {args.body_size} B "
                 f"into an empty Maildir (PipelineDepth {args.window})")
+    if args.pace:
+        return (f"parallel10: {args.parallel} client threads, {args.parallel * args.parallel_repeat} "
+                f"sessions started at {args.pace:g}/s (paced), each connect, LOGIN, SELECT, FETCH 1:* "
+                f"(UID FLAGS RFC822.SIZE), LOGOUT; one INBOX of {args.count} messages of {args.size} B")
     return (f"parallel10: {args.parallel} parallel sessions x {args.parallel_repeat} each of connect, "
             f"LOGIN, SELECT, FETCH 1:* (UID FLAGS RFC822.SIZE), LOGOUT; one INBOX of {args.count} "
             f"messages of {args.size} B")
@@ -831,6 +844,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="search10k: SEARCH HEADER Subject \"number N\" (default 42: 111 hits in 10,000)")
     p.add_argument("--parallel", type=int, default=10, help="parallel10: sessions at once (default 10)")
     p.add_argument("--parallel-repeat", type=int, default=5, help="parallel10: sessions per client thread")
+    p.add_argument("--pace", type=float, default=0.0, metavar="SESSIONS_PER_S",
+                   help="parallel10: start sessions at this steady rate (0: each thread starts its "
+                        "next session at once); equal load on both servers, for comparing latencies")
     p.add_argument("--max-per-host", type=int, default=10, help="ISMail's imap.max_per_host (default 10)")
     p.add_argument("--no-warmup", action="store_true",
                    help="body1k/search10k/parallel10/mbsync1k: no untimed SELECT before the timed one")
@@ -854,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown scenario {s!r} (choose from {', '.join(SCENARIOS)})")
     limits = {"rounds": (1, 100), "count": (1, 500_000), "size": (600, MB), "body_count": (1, 100_000),
               "body_size": (600, 50 * MB), "window": (1, 1000), "parallel": (1, 100),
-              "parallel_repeat": (1, 10_000), "max_per_host": (1, 10), "subject_prefix": (1, 10**9),
+              "parallel_repeat": (1, 10_000), "pace": (0, 10_000), "max_per_host": (1, 10), "subject_prefix": (1, 10**9),
               "settle": (0, 60)}
     for key, (lo, hi) in limits.items():
         if not lo <= getattr(args, key) <= hi:
