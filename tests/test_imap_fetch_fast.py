@@ -118,6 +118,37 @@ class FastPathTest(SessionCase):
         self.assertEqual(c.say("c FETCH 5:6 FLAGS").count("\\Recent"), 2)
         self.assertNotIn("\\Recent", c.say("d FETCH 1:4 FLAGS"))
 
+    def test_recent_by_whole_chunks(self):
+        """A chunk of rows whose messages all show \\Recent, or none does, takes the text of
+        its flags from one table (Selected.recent_texts); one that mixes them goes message
+        by message.  Chunks of 1 to 4 rows over 4 old messages, 3 new ones (one of them
+        expunged, so the new UIDs have a gap) and one more that another session claimed,
+        for the session holding \\Recent and for one that EXAMINEs the folder while the new
+        mail is unclaimed."""
+        for _ in range(3):
+            self.deliver(MSG)
+        examining = self.client()
+        examining.say("e EXAMINE INBOX")   # sees 5-7 as \Recent, claims nothing
+        c = self.client(select="INBOX")     # claims 5-7
+        c.say("s STORE 6 +FLAGS.SILENT (\\Deleted)")
+        c.say("x EXPUNGE")
+        self.deliver(MSG)                   # UID 8, claimed by another session: not \\Recent in c
+        self.client(select="INBOX")
+        c.say("m NOOP")
+        examining.say("n NOOP")             # the expunge reaches it before the comparisons
+        for name, session in (("holder", c), ("examining", examining)):
+            for rows in (1, 2, 3, 4):
+                for command in ("a FETCH 1:* (UID FLAGS)", "b UID FETCH 3:* (FLAGS RFC822.SIZE UID)",
+                                "c UID FETCH 5,7 FLAGS"):
+                    with self.subTest(session=name, rows=rows, command=command), \
+                            mock.patch.object(fetch_fast, "ROWS", rows):
+                        fast = session.say(command)
+                        with general_renderer():
+                            general = session.say(command)
+                        self.assertEqual(fast, general)
+                        if session is c:
+                            self.assertEqual(fast.count("\\Recent"), 2, "UIDs 5 and 7")
+
     def test_nul_byte_and_flags_in_the_answer(self):
         fast, _ = self.both("a FETCH 2 (UID FLAGS BODY.PEEK[])")
         self.assertIn("zero \ufffd byte", fast, "0x80 in place of the NUL (read as UTF-8 here)")

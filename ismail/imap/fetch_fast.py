@@ -189,7 +189,13 @@ def _meta_rows(c: "Command", sel: "Selected", numbered, names: list[str],
     lookup = sel.folder.message_getter()
     head = b"* %d FETCH (" + b" ".join(_FORMATS[n] for n in names) + b")\r\n"
     if sel.holds_recent():
-        flags = partial(map, sel.flag_list)
+        def flags(refs: list) -> Iterator[bytes]:
+            # A chunk is in UID order: all \Recent (the first look at new mail) or none
+            # needs no look per message either.
+            texts = sel.recent_texts(refs[0].uid, refs[-1].uid) if refs else None
+            if texts is None:
+                return map(sel.flag_list, refs)
+            return map(texts.__getitem__, map(_FLAGS_OF, refs))
     else:   # the flags alone decide the text: one dict lookup in C a row
         texts = sel.flag_texts
         flags = lambda refs: map(texts.__getitem__, map(_FLAGS_OF, refs))  # noqa: E731

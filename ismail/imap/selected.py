@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
+from itertools import chain
 from typing import Iterator
 
 from ..store.folders import Folder, MessageRef
@@ -126,6 +127,24 @@ class Selected:
         """Whether some message shows \\Recent to this session (else flag_texts will do)."""
         return self._peek_from is not None if self.readonly else bool(self._recent_lo)
 
+    def recent_texts(self, lo: int, hi: int) -> "FlagTexts | None":
+        """The texts of flags (``flag_texts`` or its \\Recent twin) that serve every message
+        with a UID in ``lo``..``hi``, when they all show \\Recent to this session or none
+        does; None when some do (``flag_list`` per message then)."""
+        if self.readonly:
+            start = self._peek_from
+            if start is None or hi < start:
+                return self.flag_texts
+            return self._recent_flag_texts if lo >= start else None
+        starts, ends = self._recent_lo, self._recent_hi
+        k = bisect.bisect_right(starts, lo) - 1
+        if k >= 0 and hi <= ends[k]:        # inside one range of recent UIDs
+            return self._recent_flag_texts
+        k = bisect.bisect_right(starts, hi) - 1
+        if k < 0 or ends[k] < lo:           # the last range starting by hi ends before lo
+            return self.flag_texts
+        return None
+
     def flag_list(self, ref: MessageRef) -> bytes:
         """``(\\Seen \\Recent)``: the message's flags as FETCH shows them."""
         return (self._recent_flag_texts if self.is_recent(ref.uid) else self.flag_texts)[ref.flags]
@@ -176,7 +195,9 @@ class Selected:
                 high = max(a or 0, b or 0)
                 if high > exists and None not in (a, b):
                     raise Bad(f"no message {high} (the folder has {exists})")
-            return ((seq, uids[seq - 1]) for seq in seqset.expand(exists))
+            # zip over a slice: the pairs are made in C, not by a loop here (FETCH 1:*)
+            return chain.from_iterable(zip(range(low, high + 1), uids[low - 1:high])
+                                       for low, high in seqset.spans(exists))
         (low, high), *more = seqset.ranges or ((None, None),)
         if low == high and low is not None and not more:   # one UID: the usual pipelined command
             i = bisect.bisect_left(uids, low)
@@ -188,8 +209,7 @@ class Selected:
         uids = self.uids
         for lo, hi in spans:
             i, j = bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)
-            for k in range(i, j):
-                yield k + 1, uids[k]
+            yield from zip(range(i + 1, j + 1), uids[i:j])
 
     # -- changes ------------------------------------------------------------------------------------
     def sync(self, expunge_ok: bool) -> list[bytes]:
