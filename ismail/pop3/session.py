@@ -38,6 +38,7 @@ from ..net import sasl
 from ..stats import Stats
 from ..store.maildrop import DropMessage, Maildrop, MaildropBusy
 from ..store.quota import describe
+from ..textutil import contains
 
 log = logging.getLogger("ismail.pop3")
 
@@ -86,7 +87,7 @@ def multiline(first: str, lines: Iterable[str]) -> bytes:
 
 def dot_stuff(chunk: bytes, at_line_start: bool) -> bytes:
     """RFC 1939 §3: a line that starts with "." is sent with one more."""
-    if b"\n." in chunk:
+    if contains(chunk, b"\n."):
         chunk = chunk.replace(b"\n.", b"\n..")
     if at_line_start and chunk[:1] == b".":
         chunk = b"." + chunk

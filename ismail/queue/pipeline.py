@@ -23,6 +23,8 @@ from __future__ import annotations
 import smtplib
 from typing import Iterator
 
+from ..textutil import contains
+
 # Commands in flight at most.  A server answers each command as it reads it; with
 # thousands of recipients its replies could fill both socket buffers while we are
 # still writing, and neither side would read again.  A window never lets that happen,
@@ -72,8 +74,9 @@ def replies(smtp: smtplib.SMTP, commands: list[str], prefix: bytes = b"") -> Ite
 def wire_text(data: bytes) -> bytes:
     """The message as it goes after DATA's 354: dot-stuffed, ended with CRLF "." CRLF."""
     # Every line that starts with a dot gets one more (RFC 5321 §4.5.2).  bytes.replace
-    # rather than a regular expression: a 100 KB message in ~0.1 ms instead of ~0.4.
-    text = data.replace(b"\n.", b"\n..")
+    # rather than a regular expression: a 100 KB message in ~0.1 ms instead of ~0.4; and
+    # only if there is one (its search for none is the slow one: textutil.contains).
+    text = data.replace(b"\n.", b"\n..") if contains(data, b"\n.") else data
     if text[:1] == b".":
         text = b"." + text
     if not text.endswith(b"\r\n"):

@@ -10,6 +10,7 @@ or a message over the size limit is read to its end, kept no further, and refuse
 from __future__ import annotations
 
 from ..queue.spool import MessageBuffer
+from ..textutil import contains
 
 TEXT_LINE_LIMIT = 1000  # octets including CRLF (RFC 5321 §4.5.3.1.6)
 
@@ -73,7 +74,7 @@ class DataReader:
             if size > TEXT_LINE_LIMIT and max(map(len, lines)) > TEXT_LINE_LIMIT - 2:
                 return pos, False
             text = bytes(buf[pos:pos + size])
-            if text[:1] == b"." or b"\r\n." in text:  # undo dot-stuffing (RFC 5321 §4.5.2)
+            if text[:1] == b"." or contains(text, b"\r\n."):  # undo dot-stuffing (RFC 5321 §4.5.2)
                 text = b"\r\n".join(line[1:] if line[:1] == b"." else line for line in lines) + b"\r\n"
             if self.buffer.size + len(text) > self.size_limit:
                 return pos, False
