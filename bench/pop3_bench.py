@@ -832,18 +832,16 @@ def run_round(server: Server, scenario: str, rnd: int, content: dict[str, Messag
     """Round ``rnd`` of ``scenario`` on ``server``; its figures are added to ``figures``."""
     owner = server.owner()
     messages = content[scenario]
-    if scenario == "retr":
+    if scenario in ("retr", "mpop"):   # one session downloads the maildrop
         fill_maildir(messages, server.mailbox("user"), owner)
         if not args.no_warmup:
             warm_up(server, ["user"])
-        result = run_retr(server, messages, args, "user")
-        note = f"{result['msgs']:.0f} msg/s, {result['mbs']:.1f} MB/s"
-    elif scenario == "mpop":
-        fill_maildir(messages, server.mailbox("user"), owner)
-        if not args.no_warmup:
-            warm_up(server, ["user"])
-        result = run_mpop(server, messages, args, "user")
-        note = f"{result['msgs']:.0f} messages/s in {result['seconds']:.3f} s"
+        if scenario == "retr":
+            result = run_retr(server, messages, args, "user")
+            note = f"{result['msgs']:.0f} msg/s, {result['mbs']:.1f} MB/s"
+        else:
+            result = run_mpop(server, messages, args, "user")
+            note = f"{result['msgs']:.0f} messages/s in {result['seconds']:.3f} s"
     elif scenario == "list10":
         users = [f"user{i}" for i in range(args.list_sessions)]
         for user in users:
