@@ -375,6 +375,23 @@ class RepeatedCommandTest(MessagesCase):
         self.assertTrue(got["loop"].index("* 4 FETCH") < got["loop"].index("* 6 EXISTS")
                         < got["loop"].index("a4 OK"), got["loop"])
 
+    def test_a_wrapped_fetch_handler_sees_every_download(self):
+        """Should FETCH's handler be wrapped (as cmd_quota wraps APPEND and COPY), the
+        downloads lane steps aside: the wrapper runs for each command."""
+        import dataclasses
+        from ismail.imap.commands import COMMANDS
+        inner = COMMANDS["FETCH"]
+        calls = []
+
+        def run(s, c):
+            calls.append(c.tag)
+            return inner.run(s, c)
+        c = self.client(select="INBOX")
+        with mock.patch.dict(COMMANDS, {"FETCH": dataclasses.replace(inner, run=run)}):
+            out = c.send(b"".join(b"w%d UID FETCH %d (BODY.PEEK[])\r\n" % (n, n) for n in range(1, 6)))
+        self.assertEqual(out.count(" OK UID FETCH completed\r\n"), 5)
+        self.assertEqual(calls, [f"w{n}" for n in range(1, 6)])
+
     def test_downloads_take_no_command_apart(self):
         """The downloads lane answers what follows the first command: neither the command
         loop nor the general repeat reads those commands."""

@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Iterator
 
 from ..store.folders import KeywordLimit, NoSuchMessage
-from .commands import SELECTED, Bad, Done, No, command, flag_list, sequence_set
+from .commands import COMMANDS, SELECTED, Bad, Done, No, command, flag_list, sequence_set
 from .fetch import FetchItem, UnknownEncoding, parse_items, render, sets_seen
 from .fetch_fast import Plan, fetch_fast, plan
 from .tokens import Atom
@@ -107,8 +107,9 @@ def download_plan(c: "Command") -> Plan | None:
     """The fast path's plan when ``c`` is the usual download, ``UID FETCH n (BODY.PEEK[])``:
     UID, then one whole message text that sets no \\Seen, nothing else; None for anything
     else.  The session answers that command, pipelined again and again, straight from
-    its stream (ImapSession._downloads)."""
-    if c.name != "FETCH" or not c.uid or len(c.args) < 2:
+    its stream (ImapSession._downloads), so only while FETCH is this module's handler,
+    wrapped by nothing."""
+    if c.name != "FETCH" or not c.uid or len(c.args) < 2 or COMMANDS["FETCH"].run is not fetch:
         return None
     try:
         _, marks_seen, shape = _items(c)
