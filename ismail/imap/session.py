@@ -405,11 +405,11 @@ class ImapSession:
                     size += len(line) + len(data) + len(tail)
                 self.fetched += 1
                 stats.add("imap_fetched")
-            if reader.buffered and self._just_looked():   # as _complete: no closing look
-                answer = [tag.encode("ascii") + ok]
-            else:
+            if self._closing_look_due():
                 answer = self._complete(Command(tag, cmd.name, cmd.uid, cmd.args, cmd.repeat),
                                         Done("UID FETCH completed"))
+            else:   # what _complete gives then, without its objects
+                answer = [tag.encode("ascii") + ok]
             batch += answer
             size += sum(map(len, answer))
             if size >= BATCH:
@@ -460,9 +460,7 @@ class ImapSession:
         """The untagged updates the command may carry, then its tagged response."""
         out: list[bytes] = []
         if (self.selected is not None and not isinstance(result, (Bad, ValueError))
-                and not (self._reader.buffered and self._just_looked())):
-            # (In a pipeline, a command followed by another already here skips its closing
-            # look when the folder was looked at a moment ago: the last one looks for all.)
+                and self._closing_look_due()):
             out += self._sync(expunge_ok=cmd.uid or cmd.name not in NO_EXPUNGE)
         if isinstance(result, Done):
             out.append(self._line(cmd.tag, "OK", result.code, result.text))
@@ -471,6 +469,12 @@ class ImapSession:
         else:
             out += self._bad(cmd.tag, str(result))
         return out
+
+    def _closing_look_due(self) -> bool:
+        """Whether a command ending now looks at the folder before its tagged response.
+        In a pipeline, a command followed by another already here skips it when the folder
+        was looked at a moment ago: the last one looks for all."""
+        return not (self._reader.buffered and self._just_looked())
 
     def _just_looked(self) -> bool:
         """Whether the previous command, sent in the same batch as this one (a pipeline),
