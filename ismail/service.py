@@ -39,6 +39,7 @@ from .config import ListenEntry, Settings
 from .fsutil import DirSync, new_queue_id
 from .net.guard import Guard
 from .net.limits import ConnectionLimiter
+from .store.folders_box import use_measured_slack
 from .store.maildir import Staged, clean_tmp, deliver, stage
 from .store.folders import SPECIAL_USE, FolderExists, MailStore
 from .store.maildrop import Maildrop, Maildrops
@@ -136,6 +137,8 @@ class MailServer:
             self.duplicates.load()
             queued = self.spool.prepare()
             clean_tmp(self.accounts.mailbox_root)
+            root = self.accounts.mailbox_root
+            use_measured_slack(root if root.is_dir() else self.data_dir)
         except OSError as e:
             self.spool.close()
             raise StartupError(f"cannot use the data folder {self.data_dir}: {e.strerror or e}") from e

@@ -2,7 +2,7 @@
 
 * A directory's mtime proves nothing for one clock tick after it was set: a view lists
   the folder again until that tick is surely over (2 s for whole-second mtimes, FAT;
-  0.1 s for file systems with fractions).
+  for file systems with fractions, what the server measured at start, 0.1 s before).
 * A view opened on a folder nobody changed since another view listed it takes that
   listing (the shared snapshot) instead of listing again; any change makes it list.
 * Parsed UID indexes are shared between sessions only when read after their file's
@@ -19,7 +19,9 @@ from pathlib import Path
 from unittest import mock
 
 from ismail.store.folders import MailStore
-from ismail.store.folders_box import SHARED_INDEXES, Box, settled_after
+from ismail.store import folders_box
+from ismail.store.folders_box import (SHARED_INDEXES, Box, measure_mtime_slack, settled_after,
+                                         slack_from_samples, use_measured_slack)
 from ismail.store.folders_view import SNAPSHOTS
 from tests.test_folders import MSG, age_dirs, deliver
 
@@ -36,6 +38,10 @@ class CacheCase(unittest.TestCase):
         self.store = MailStore(self.root)
         SNAPSHOTS.clear()
         SHARED_INDEXES.clear()
+        # The slack these tests' waits assume, whatever a server started earlier measured.
+        slack = mock.patch.object(folders_box, "MTIME_SLACK_FINE", 0.1)
+        slack.start()
+        self.addCleanup(slack.stop)
         for n in range(5):
             deliver(self.root, MSG + str(n).encode())
 
@@ -53,6 +59,10 @@ class MtimeGranularityTest(CacheCase):
         whole = 1_700_000_000 * 10**9
         self.assertEqual(settled_after(whole), 1_700_000_002.0, "FAT-like: whole seconds, 2 s")
         self.assertAlmostEqual(settled_after(whole + 123_456_789), 1_700_000_000.223456789, places=6)
+        with mock.patch.object(folders_box, "MTIME_SLACK_FINE", 0.012):   # as measured
+            self.assertAlmostEqual(settled_after(whole + 123_456_789), 1_700_000_000.135456789,
+                                   places=6)
+            self.assertEqual(settled_after(whole), 1_700_000_002.0, "whole seconds: still 2 s")
 
     def check_change_in_the_same_tick(self, mtime_ns: int):
         view = self.store.open("INBOX")
@@ -244,3 +254,91 @@ class SharedIndexTest(CacheCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+MS = 1_000_000
+
+
+class MeasuredSlackTest(unittest.TestCase):
+    """The server watches the file system that holds the mail at start: how long after a
+    folder's mtime a change can still leave it unchanged.  Folders are listed again at
+    every look only that long after a change, not a fixed 0.1 s."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="ismail-slack-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        slack = mock.patch.object(folders_box, "MTIME_SLACK_FINE", 0.1)
+        slack.start()
+        self.addCleanup(slack.stop)
+
+    def coarse(self, tick_ms: float, lag_ms: float = 0.0, every_ms: float = 0.1, span_ms: float = 50):
+        """Samples of a file system whose clock moves in ticks of ``tick_ms``, ``lag_ms``
+        behind ours, changed every ``every_ms``."""
+        base = 1_700_000_000 * 10**9 + 123 * MS
+        out, t = [], 0.0
+        while t < span_ms:
+            stamp = base + int((t - lag_ms) // tick_ms * tick_ms * MS)
+            out.append((base + int(t * MS), stamp))
+            t += every_ms
+        return out
+
+    def test_slack_from_a_coarse_clock(self):
+        self.assertAlmostEqual(slack_from_samples(self.coarse(15.625)), 0.0332, delta=0.0005,
+                               msg="Windows' 15.6 ms tick: twice it, and 2 ms")
+        self.assertAlmostEqual(slack_from_samples(self.coarse(4)), 0.010, delta=0.0005,
+                               msg="Linux at 250 Hz: 4 ms doubled is under the floor")
+        fine = [(t, t - 3000) for t, _ in self.coarse(1)]       # every change a new mtime
+        self.assertEqual(slack_from_samples(fine), folders_box.MTIME_SLACK_FLOOR)
+
+    def test_slack_from_a_file_server_whose_clock_is_behind(self):
+        slack = slack_from_samples(self.coarse(1, lag_ms=3000))
+        self.assertGreater(slack, 6.0, "3 s behind: a change shows in the mtime 3 s late")
+        ahead = slack_from_samples(self.coarse(1, lag_ms=-3000))
+        self.assertEqual(ahead, folders_box.MTIME_SLACK_FLOOR, "ahead: its mtimes are in our future")
+
+    def test_an_mtime_that_never_moved_calls_for_the_coarse_slack(self):
+        self.assertEqual(slack_from_samples(self.coarse(1000, span_ms=50)), folders_box.MTIME_SLACK)
+        self.assertEqual(slack_from_samples([]), 0.1, "no sample: the default stays")
+
+    def test_measuring_here_leaves_nothing_behind(self):
+        (self.dir / (folders_box.PROBE_PREFIX + ".999")).mkdir()   # a crashed run's probe
+        (self.dir / (folders_box.PROBE_PREFIX + ".999") / "a").write_bytes(b"")
+        (self.dir / "INBOX").mkdir()
+        slack = use_measured_slack(self.dir)
+        self.assertEqual(folders_box.MTIME_SLACK_FINE, slack)
+        self.assertGreaterEqual(slack, folders_box.MTIME_SLACK_FLOOR)
+        self.assertLess(slack, 2.0)
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["INBOX"])
+
+    def test_a_change_after_the_measured_slack_always_moves_the_mtime(self):
+        # The promise the views rely on, checked on this machine's file systems: a look at
+        # time T that saw mtime M, with T >= M + slack, sees any later change in the mtime.
+        # The temporary folder and, where there is one, a RAM disk (coarse 4 ms ticks on
+        # Linux, where the disk's ext4 has fine time stamps).
+        places = [self.dir]
+        shm = Path("/dev/shm")
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            places.append(Path(tempfile.mkdtemp(prefix="ismail-slack-", dir=shm)))
+            self.addCleanup(shutil.rmtree, places[-1], ignore_errors=True)
+        deadline = time.monotonic() + 10
+        for place in places:
+            slack = measure_mtime_slack(place)
+            folder = place / "folder"
+            folder.mkdir()
+            missed = 0
+            for i in range(60):
+                if time.monotonic() > deadline:
+                    break
+                mtime = os.stat(folder).st_mtime_ns
+                while time.time() < mtime / 1e9 + slack:      # the look that trusts it
+                    time.sleep(0.0005)
+                if i % 3 == 0:                                   # a change after it: mail
+                    (folder / "a").write_bytes(b"")              # comes, is flagged, goes
+                elif i % 3 == 1:
+                    os.replace(folder / "a", folder / "b")
+                else:
+                    os.unlink(folder / "b")
+                if os.stat(folder).st_mtime_ns == mtime:
+                    missed += 1
+            self.assertEqual(missed, 0, f"{place}: {missed} changes kept the mtime "
+                                        f"{slack * 1000:.1f} ms after it")

@@ -14,6 +14,7 @@ from pathlib import Path
 from unittest import mock
 
 from ismail.queue.spool import MessageBuffer
+from ismail.store import folders_box
 from ismail.store import maildrop as maildrop_mod
 from ismail.store.maildir import deliver
 from ismail.store.maildrop import (CHUNK, INFO_SEP, LONG_LINE, MaildropBusy, Maildrops,
@@ -41,6 +42,11 @@ class MaildropCase(unittest.TestCase):
         self.dir = Path(tmp.name)
         self.box = self.dir / "box"
         self.drops = Maildrops()
+        # "Changed a moment ago" below means within this slack, whatever a server started
+        # earlier in this process measured (folders_box.use_measured_slack).
+        slack = mock.patch.object(folders_box, "MTIME_SLACK_FINE", 2.0)
+        slack.start()
+        self.addCleanup(slack.stop)
 
     def deliver(self, body: bytes) -> Path:
         buf = MessageBuffer(self.dir)
@@ -151,6 +157,19 @@ class RememberedListingTest(MaildropCase):
         self.deliver(b"Subject: 1\r\n\r\none\r\n")
         self.uids()  # new/ changed a moment ago: the file system clock may not have moved
         self.assertEqual(self.drops._listings, {})
+
+    def test_a_listing_is_remembered_once_the_measured_slack_has_passed(self):
+        self.deliver(b"Subject: 1\r\n\r\none\r\n")
+        slack = folders_box.use_measured_slack(self.dir)   # as the server does at start
+        self.assertLess(slack, 0.1, "this machine's file systems: a tick of a few ms")
+        first = self.uids()
+        time.sleep(slack + 0.005)
+        self.assertEqual(self.uids(), first)
+        self.assertIn(self.drops._key(self.box), self.drops._listings, "remembered now")
+        with mock.patch.object(maildrop_mod.Maildrop, "_snapshot", side_effect=AssertionError):
+            self.assertEqual(self.uids(), first, "from the remembered listing")
+        second = self.deliver(b"Subject: 2\r\n\r\ntwo\r\n")
+        self.assertEqual(self.uids(), first + [second.name.partition(",")[0]])
 
 
 class UidTest(MaildropCase):

@@ -27,7 +27,9 @@ import threading
 import time
 import unittest
 from pathlib import Path
+from unittest import mock
 
+from ismail.store import folders_box
 from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
 from ismail.service import MailServer
@@ -686,6 +688,19 @@ class DataTests(ReceiverTestCase):
 
 
 # -- 9: clean stop --------------------------------------------------------------------------------
+class StartTests(ReceiverTestCase):
+    def test_start_measures_the_mail_folders_file_system(self) -> None:
+        # How soon a folder's mtime can be trusted after a change is this machine's file
+        # system's clock tick, measured at start (folders_box), not a fixed 0.1 s.
+        with mock.patch.object(folders_box, "MTIME_SLACK_FINE", 0.1):
+            self.start_inprocess()
+            slack = folders_box.MTIME_SLACK_FINE
+        self.assertGreaterEqual(slack, folders_box.MTIME_SLACK_FLOOR)
+        self.assertLess(slack, 0.1)
+        probes = [p for p in self.data_dir.rglob(folders_box.PROBE_PREFIX + "*")]
+        self.assertEqual(probes, [], "the probe folder is gone")
+
+
 class StopTests(ReceiverTestCase):
     def test_sigterm_with_idle_client(self) -> None:
         sp = self.start_process()

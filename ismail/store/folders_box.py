@@ -36,16 +36,91 @@ Listing = dict[str, tuple[Path, str, str]]  # key -> (subdir, file name, info)
 # last one leaves it unchanged, so until that tick is surely over the mtime (and a stat
 # with it) does not prove that nothing changed.  A file system that keeps whole seconds
 # only (FAT: 2 s) shows it in the mtime itself; the others keep fractions, and their
-# clock ticks are at most ~16 ms (Windows; Linux 1-10 ms; exFAT 10 ms), well inside the
-# shorter slack.
+# clock ticks are at most ~16 ms (Windows; Linux 1-10 ms; exFAT 10 ms).  The fine slack
+# is 0.1 s until ``use_measured_slack`` has watched the file system that holds the mail
+# (the server does at start): the tick and any lag of its clock behind ours, doubled.
 MTIME_SLACK = 2.0
 MTIME_SLACK_FINE = 0.1
+# Never less, whatever a measurement saw: the system timer's tick (Windows: 15.6 ms, and
+# a program may shorten it while we measure, then give it back; Linux: 1-10 ms), doubled.
+MTIME_SLACK_FLOOR = 0.032 if os.name == "nt" else 0.01
+PROBE_PREFIX = ".ismail-mtime-probe"
 
 
 def settled_after(mtime_ns: int) -> float:
     """The time after which a later change of a file with this mtime changes the mtime."""
     slack = MTIME_SLACK if mtime_ns % 1_000_000_000 == 0 else MTIME_SLACK_FINE
     return mtime_ns / 1e9 + slack
+
+
+def slack_from_samples(samples: list[tuple[int, int]]) -> float:
+    """The fine slack that ``samples`` call for: pairs of (our clock just after a change of
+    a directory's entries, the directory's mtime read after it), in nanoseconds.
+
+    A look at time T that saw mtime M can miss a later change only if that change keeps
+    M, i.e. comes within the tick that began at M; every sample that still shows M at
+    time t proves the tick (or the file system's clock lagging ours) lasts past t - M.
+    The longest such wait, doubled, plus 2 ms; never under MTIME_SLACK_FLOOR.  If the
+    mtime never moved, the tick is longer than the samples: the coarse MTIME_SLACK."""
+    if len(samples) < 2:
+        return MTIME_SLACK_FINE
+    if len({mtime for _, mtime in samples}) < 2:
+        return MTIME_SLACK
+    longest = max(t - mtime for t, mtime in samples) / 1e9
+    return max(MTIME_SLACK_FLOOR, 2 * longest + 0.002)
+
+
+def measure_mtime_slack(folder: Path, seconds: float = 0.05, most: int = 2000) -> float:
+    """Watch a directory's mtime in ``folder`` while files come, are renamed and go in it,
+    as in a mail folder, for ``seconds`` (at most ``most`` changes): the fine slack this
+    file system calls for.  The directory is removed after; ``folder`` must exist.
+    (Each kind of change counts: Linux's tmpfs, for one, gives a file created after a look
+    a fine time stamp, but a file removed the coarse clock's.)"""
+    probe = Path(folder) / f"{PROBE_PREFIX}.{os.getpid()}"
+    probe.mkdir(exist_ok=True)
+    names = [os.fspath(probe / "a"), os.fspath(probe / "b")]
+    probe_s = os.fspath(probe)
+    samples: list[tuple[int, int]] = []
+    try:
+        end = time.monotonic() + seconds
+        while len(samples) < most and time.monotonic() < end:
+            step = len(samples) % 3
+            if step == 0:
+                os.close(os.open(names[0], os.O_CREAT | os.O_WRONLY, 0o600))
+            elif step == 1:
+                os.replace(names[0], names[1])
+            else:
+                os.unlink(names[1])
+            samples.append((time.time_ns(), os.stat(probe_s).st_mtime_ns))
+    finally:
+        for name in names:
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+        probe.rmdir()
+    return slack_from_samples(samples)
+
+
+def use_measured_slack(folder: Path) -> float:
+    """Measure the file system holding ``folder`` (leftover probes of a crash removed
+    first) and make the result the fine slack of this process; returns it."""
+    global MTIME_SLACK_FINE
+    for leftover in Path(folder).glob(PROBE_PREFIX + ".*"):
+        for entry in leftover.iterdir():
+            entry.unlink()
+        leftover.rmdir()
+    slack = measure_mtime_slack(folder)
+    if slack > 0.1:
+        log.warning("changes to mail folders in %s show in their time stamps only %.2f s late "
+                    "(a coarse clock, or a file server's clock behind this computer's): "
+                    "folders are listed again at every look for that long after a change",
+                    folder, slack)
+    else:
+        log.debug("mail folders in %s: a change is surely seen %.0f ms after the last one",
+                  folder, slack * 1000)
+    MTIME_SLACK_FINE = slack
+    return slack
 
 
 class _SharedIndexes:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..fsutil import O_READ, fsync_dir
+from .folders_box import settled_after
 
 log = logging.getLogger("ismail.maildrop")
 
@@ -50,7 +51,6 @@ LONG_LINE = 16 * CHUNK
 INFO_SEP = "!" if os.name == "nt" else ":"  # for names we write; both are read
 _SUBFOLDERS = ("new", "cur")
 LAST_NAMES_KEPT = 64  # mailboxes whose last listing is remembered by name (see _snapshot)
-RACY_NS = 2_000_000_000  # a folder's listing is remembered once it has been still this long
 
 
 class MaildropBusy(Exception):
@@ -147,7 +147,7 @@ class Maildrops:
         self._listings: dict[str, tuple[tuple, list[DropMessage], dict[str, bytes]]] = {}
         # mailbox -> (the file names of new/ and cur/ as listed, the messages in order) of its
         # last snapshot when every name carried its size: the same names again need no parsing
-        # and no sorting (a mailbox listed again within RACY_NS of a change).
+        # and no sorting (a mailbox listed again before its mtimes have settled).
         self._last_names: dict[str, tuple[tuple[list[str], ...], list[DropMessage]]] = {}
 
     @staticmethod
@@ -213,9 +213,11 @@ class Maildrop:
 
     def _listed(self) -> list[DropMessage]:
         """The snapshot: the last session's listing when neither folder changed since,
-        else a new one.  A listing is reused only if it was made when both folders had
-        been unchanged for RACY_NS already: a file added in the same clock tick as the
-        listing cannot hide behind an unchanged modification time (git's "racy" rule)."""
+        else a new one.  A listing is reused only if it was made when both folders' mtimes
+        had settled already (``folders_box.settled_after``): a file added in the same
+        clock tick as the listing cannot hide behind an unchanged modification time (git's
+        "racy" rule)."""
+        now = time.time()
         try:
             signature = tuple((st.st_mtime_ns, st.st_ino, st.st_size)
                               for st in (os.stat(self.mailbox / sub) for sub in _SUBFOLDERS))
@@ -226,7 +228,7 @@ class Maildrop:
             self.memo = cached[2]
             return list(cached[1])
         messages = self._snapshot()
-        if time.time_ns() - max(s[0] for s in signature) > RACY_NS:
+        if now >= settled_after(max(s[0] for s in signature)):
             if len(self._registry._listings) > 1000:  # bounded: one entry per active mailbox
                 self._registry._listings.clear()
             self._registry._listings[self._key] = (signature, messages, self.memo)
