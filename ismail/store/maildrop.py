@@ -363,7 +363,7 @@ class Maildrop:
             for index in sorted(deleted):
                 if self._update(self.messages[index], folders.unlink, problems):
                     removed += 1
-            for index in to_mark:
+            for index in folders.mark_new_seen(self.messages, to_mark):
                 self._update(self.messages[index], folders.mark_seen, problems)
             for sub in _SUBFOLDERS:
                 try:
@@ -427,7 +427,7 @@ class _Folders:
 
     def __init__(self, mailbox: Path, many: bool = False) -> None:
         self._mailbox = mailbox
-        self.cur = str(mailbox / "cur")
+        self.new, self.cur = str(mailbox / "new"), str(mailbox / "cur")
         self._fds: dict[str, int] = {}
         if self._AT:
             try:
@@ -449,6 +449,33 @@ class _Folders:
             os.unlink(os.path.join(folder, name))
         else:
             os.unlink(name, dir_fd=fd)
+
+    def mark_new_seen(self, messages: list[DropMessage], indices: list[int]) -> list[int]:
+        """The usual QUIT in one tight pass: each message still in new/ under a name with
+        no info moves to cur/ with the seen flag (never over a name taken there).  Returns
+        the indices left to ``mark_seen`` one by one: the others, and any whose move
+        failed (a file moved since, an error), which that tries again and reports."""
+        src, dst, in_cur = self._fds.get(self.new), self._fds.get(self.cur), self._in_cur
+        if src is None or dst is None or in_cur is None:
+            return indices
+        new, suffix, rename = self.new, INFO_SEP + "2,S", os.rename
+        left: list[int] = []
+        for index in indices:
+            msg = messages[index]
+            name = msg.name
+            if ":" in name or "!" in name or str(msg.folder) != new:
+                left.append(index)
+                continue
+            target = name + suffix
+            if target in in_cur:
+                continue  # as mark_seen: a name clash must not cost a message
+            try:
+                rename(name, target, src_dir_fd=src, dst_dir_fd=dst)
+            except OSError:
+                left.append(index)
+                continue
+            in_cur.add(target)
+        return left
 
     def mark_seen(self, folder: str, name: str) -> None:
         """The message moved to cur/ with the seen flag; never over a file of that name."""
