@@ -310,6 +310,16 @@ class MeasuredSlackTest(unittest.TestCase):
         self.assertLess(slack, 2.0)
         self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["INBOX"])
 
+    def test_a_file_system_is_measured_once_a_process(self):
+        # A server started again (after a change of settings) takes the figure it has.
+        with mock.patch.dict(folders_box._MEASURED, clear=True), \
+                mock.patch.object(folders_box, "measure_mtime_slack", return_value=0.012) as probe:
+            (self.dir / "a").mkdir()
+            self.assertEqual(use_measured_slack(self.dir), 0.012)
+            self.assertEqual(use_measured_slack(self.dir / "a"), 0.012)
+            self.assertEqual(probe.call_count, 1)
+            self.assertEqual(folders_box.MTIME_SLACK_FINE, 0.012)
+
     def test_a_change_after_the_measured_slack_always_moves_the_mtime(self):
         # The promise the views rely on, checked on this machine's file systems: a look at
         # time T that saw mtime M, with T >= M + slack, sees any later change in the mtime.

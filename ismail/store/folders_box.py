@@ -102,15 +102,24 @@ def measure_mtime_slack(folder: Path, seconds: float = 0.05, most: int = 2000) -
     return slack_from_samples(samples)
 
 
+_MEASURED: dict[int, float] = {}   # file system (st_dev) -> its slack, measured once a process
+
+
 def use_measured_slack(folder: Path) -> float:
     """Measure the file system holding ``folder`` (leftover probes of a crash removed
-    first) and make the result the fine slack of this process; returns it."""
+    first), once a process, and make the result the fine slack; returns it."""
     global MTIME_SLACK_FINE
     for leftover in Path(folder).glob(PROBE_PREFIX + ".*"):
-        for entry in leftover.iterdir():
-            entry.unlink()
-        leftover.rmdir()
-    slack = measure_mtime_slack(folder)
+        try:
+            for entry in leftover.iterdir():
+                entry.unlink()
+            leftover.rmdir()
+        except OSError as e:   # not ours after all, or in use: the measurement goes on
+            log.warning("could not remove %s: %s", leftover, e)
+    device = os.stat(folder).st_dev
+    slack = _MEASURED.get(device)
+    if slack is None:
+        slack = _MEASURED[device] = measure_mtime_slack(folder)
     if slack > 0.1:
         log.warning("changes to mail folders in %s show in their time stamps only %.2f s late "
                     "(a coarse clock, or a file server's clock behind this computer's): "
