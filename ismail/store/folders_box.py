@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -93,12 +94,7 @@ def measure_mtime_slack(folder: Path, seconds: float = 0.05, most: int = 2000) -
                 os.unlink(names[1])
             samples.append((time.time_ns(), os.stat(probe_s).st_mtime_ns))
     finally:
-        for name in names:
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
-        probe.rmdir()
+        shutil.rmtree(probe)
     return slack_from_samples(samples)
 
 
@@ -111,9 +107,7 @@ def use_measured_slack(folder: Path) -> float:
     global MTIME_SLACK_FINE
     for leftover in Path(folder).glob(PROBE_PREFIX + ".*"):
         try:
-            for entry in leftover.iterdir():
-                entry.unlink()
-            leftover.rmdir()
+            shutil.rmtree(leftover)
         except OSError as e:   # not ours after all, or in use: the measurement goes on
             log.warning("could not remove %s: %s", leftover, e)
     device = os.stat(folder).st_dev
