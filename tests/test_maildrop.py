@@ -369,6 +369,21 @@ class UpdateTest(MaildropCase):
         self.assertEqual(b"".join(Maildrops().open(self.box).read(1)),
                          smtp_text(b"Subject: 2\r\n\r\nx\r\n"), "contents kept")
 
+    def test_deletions_are_synced_before_commit_returns_seen_flags_alone_are_not(self):
+        paths = [self.deliver(b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(3)]
+        drop = self.opened()
+        with mock.patch.object(maildrop_mod, "fsync_dir") as synced:
+            drop.commit(set(), {0, 1})
+        self.assertEqual(synced.call_count, 0, "only flags changed: no folder sync")
+        self.assertEqual(len(self.files("cur")), 2)
+        drop = Maildrops().open(self.box)
+        self.addCleanup(drop.close)
+        names = [m.name for m in drop.messages]
+        with mock.patch.object(maildrop_mod, "fsync_dir") as synced:
+            drop.commit({names.index(paths[2].name)}, {0})
+        self.assertEqual(sorted(c.args[0].name for c in synced.call_args_list), ["cur", "new"],
+                         "a deletion is durable before the QUIT's +OK")
+
     def test_the_windows_separator_is_kept_when_flagging(self):
         write(self.box / "cur" / "1700000000.M1P1Q1.h,S=2,W=3!2,F", b"a\n")
         self.opened().commit(set(), {0})

@@ -349,7 +349,12 @@ class Maildrop:
         """Delete what was marked, flag what was read as seen; returns how many were deleted.
 
         A message already gone counts as done.  If a file could not be changed the rest is
-        still done and OSError is raised at the end.
+        still done and OSError is raised at the end.  Deletions are made durable (the
+        folders synced) before this returns: a message deleted and then back after a
+        crash would be downloaded twice.  Seen flags alone are not: a crash can cost a
+        flag, never a message (a rename leaves the file in new/ or in cur/), and the two
+        syncs were ~2 ms of the ~45 of a QUIT that marks 5,000 read here (Dovecot does
+        not sync for flags either).
         """
         if self._closed:
             raise RuntimeError("commit on a closed maildrop: another session may hold it now")
@@ -365,7 +370,7 @@ class Maildrop:
                     removed += 1
             for index in folders.mark_new_seen(self.messages, to_mark):
                 self._update(self.messages[index], folders.mark_seen, problems)
-            for sub in _SUBFOLDERS:
+            for sub in _SUBFOLDERS if deleted else ():
                 try:
                     folders.sync(sub)
                 except OSError as e:
