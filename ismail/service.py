@@ -41,6 +41,7 @@ from .net.guard import Guard
 from .net.limits import ConnectionLimiter
 from .store.folders_box import use_measured_slack
 from .store.maildir import Staged, clean_tmp, deliver, stage
+from .store.spares import SpareFiles
 from .store.folders import SPECIAL_USE, FolderExists, MailStore
 from .store.maildrop import Maildrop, Maildrops
 from .smtp.policy import Policy
@@ -84,6 +85,7 @@ class MailServer:
         self.autoreplies = AutoReplies(self.data_dir)
         self.aftercare = Aftercare(self)  # quotas and auto-replies
         self.dirsync = DirSync()
+        self.spares: SpareFiles | None = None  # files made ahead for local mail (from start)
         self.spool = Spool(self.data_dir / "queue", self.dirsync, journal=True)
         self.spill_dir = self.spool.tmp
         self.workers = WorkerPool()
@@ -137,6 +139,7 @@ class MailServer:
             self.duplicates.load()
             queued = self.spool.prepare()
             clean_tmp(self.accounts.mailbox_root)
+            self.spares = SpareFiles.for_server(self.data_dir, self.accounts.mailbox_root)
             root = self.accounts.mailbox_root
             use_measured_slack(root if root.is_dir() else self.data_dir)
         except OSError as e:
@@ -187,6 +190,8 @@ class MailServer:
         self.antispam_state.stop()  # saves the greylist
         self.duplicates.close()
         self.spool.close()  # after the sessions: a message still arriving had its commit
+        if self.spares is not None:
+            self.spares.close()
         self.dirsync.close()
         keygen = self._keygen
         if keygen is not None and keygen.is_alive():
@@ -486,7 +491,8 @@ class MailServer:
             return None if queued is None else StagedMessage(self, envelope, body, queued, {})
         before = self.aftercare.usage_before(envelope)
         body, header, boxes, record = self._local_copies(envelope, body, received)
-        staged = stage(boxes, header, body, journal, before_commit=record) if boxes else None
+        staged = (stage(boxes, header, body, journal, before_commit=record, spares=self.spares)
+                  if boxes else None)
         if boxes and staged is None:
             return None
         return StagedMessage(self, envelope, body, staged, before)

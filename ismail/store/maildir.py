@@ -25,6 +25,7 @@ from typing import Callable
 from ..fsutil import DirSync, fsync_dir, remove_quietly, unique_name, write_new_file
 from ..queue.journal import JOURNAL_MAX, Journal, fsync_file
 from ..queue.spool import MessageBuffer
+from .spares import SpareFiles, fill
 
 log = logging.getLogger("ismail.maildir")
 
@@ -141,13 +142,15 @@ def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: Dir
 
 
 def stage(mailboxes: list[Path], header: bytes, body: MessageBuffer, journal: Journal,
-          before_commit: Callable[[list[Path]], None] | None = None) -> "Staged | None":
+          before_commit: Callable[[list[Path]], None] | None = None,
+          spares: SpareFiles | None = None) -> "Staged | None":
     """deliver() in two steps, for a thread that must not wait for the disk (the SMTP
     loop): here the message is appended to the journal under the names it will have in
     new/, and returned; ``Staged.place()``, in a thread that may wait, waits for the
     journal's sync, then writes the file and renames it into place.  One sync then
     serves every message staged before it, with no thread waiting per message.  None
-    when the journal cannot take it (too large, or not in use): deliver() then."""
+    when the journal cannot take it (too large, or not in use): deliver() then.  With
+    ``spares`` the file is one made ahead where one is ready (store/spares.py)."""
     if len(header) + body.size > JOURNAL_MAX or not journal.usable:
         return None
     boxes = list(dict.fromkeys(mailboxes))
@@ -160,35 +163,52 @@ def stage(mailboxes: list[Path], header: bytes, body: MessageBuffer, journal: Jo
         lid, ticket = journal.stage_local(dests, text)
     except OSError:  # the journal failed just now
         return None
-    return Staged(boxes, dests, text, journal, lid, ticket)
+    return Staged(boxes, dests, text, journal, lid, ticket, spares)
 
 
 class Staged:
     """A local delivery whose text is in the journal's queue of records (maildir.stage)."""
 
     def __init__(self, boxes: list[Path], dests: list[Path], text: list[bytes], journal: Journal,
-                 lid: str, ticket: int) -> None:
+                 lid: str, ticket: int, spares: SpareFiles | None = None) -> None:
         self.boxes, self.dests, self.text = boxes, dests, text
         self.journal, self.lid, self.ticket = journal, lid, ticket
-        self._written: Path | None = None  # the file, already in tmp/ (write_ahead)
+        self.spares = spares
+        self._written: Path | None = None  # the file, already written (write_ahead)
 
     def durable(self) -> None:
         """Wait for the journal's sync (``place`` then need not)."""
         self.journal.wait_synced(self.ticket)
 
     def write_ahead(self) -> bool:
-        """Write the file into tmp/ now, in a thread that may wait, so that ``place()``
+        """Write the file now (``_write``), in a thread that may wait, so that ``place()``
         (in the SMTP loop) only renames it: creating a file is the slow part, and the
         loop must not wait for it.  Best effort: False on failure (``place()`` then does
         it all, and reports what fails)."""
+        try:
+            self._written = self._write()
+        except OSError:
+            return False
+        return True
+
+    def _write(self) -> Path:
+        """The message in a file of its own, not yet in place: one made ahead (spares.py)
+        if one is ready, else a new one in tmp/.  OSError if it cannot be written (no
+        file is left behind then)."""
+        spare = self.spares.take() if self.spares is not None else None
+        if spare is not None:
+            try:
+                fill(spare, self.text)
+                return spare
+            except OSError:
+                remove_quietly(spare)  # gone, or the disk is full: the usual way says which
         tmp = self.boxes[0] / "tmp" / unique_name()
         try:
             write_new_file(tmp, self.text, sync=False)
         except OSError:
             remove_quietly(tmp)
-            return False
-        self._written = tmp
-        return True
+            raise
+        return tmp
 
     def place(self, dirsync: DirSync | None = None) -> list[Path]:
         """Wait until the journal holds the message on disk, then put it in every mailbox;
@@ -215,13 +235,12 @@ class Staged:
         placed: list[Path] = []
         try:
             if tmp is None:
-                tmp = self.boxes[0] / "tmp" / unique_name()
-                write_new_file(tmp, self.text, sync=False)
+                tmp = self._write()
             if lid is None:  # the journal failed: the file is made durable on its own
                 fsync_file(tmp)
             _put_in_place(tmp, self.dests, placed)
         except BaseException:
-            for path in [tmp, *placed]:
+            for path in [tmp, *placed] if tmp is not None else placed:
                 remove_quietly(path)
             raise
         if lid is not None:
