@@ -3,6 +3,7 @@ for real messages, removed at a stop, what a crash left removed at a start, and 
 folder that cannot be used costs a warning, never a message."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -150,6 +151,42 @@ class DeliveryTest(ReceiverTestCase):
         ms.stop(5.0)
         self.assertFalse((self.data_dir / "queue" / "spare").exists())
         self.assertEqual(len(maildir_files(self.data_dir)), 4)
+
+    def test_a_disk_full_while_writing_into_one_gets_452_and_leaves_nothing(self) -> None:
+        ms = self.start()
+        self.send(0, [USER])
+        self.spare_inodes(ms, 2)
+        taken = ms.spares.taken
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def half_then_full(fd, data):  # part of the text, then: disk full
+            os.write(fd, bytes(data[:len(data) // 2]))
+            raise full
+
+        def new_file_half_then_full(path, chunks, sync=True):  # the way back: tmp/, as full
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                half_then_full(fd, b"".join(chunks))
+            finally:
+                os.close(fd)
+        logger = logging.getLogger("ismail")
+        with mock.patch("ismail.store.spares._write_all", half_then_full), \
+                mock.patch("ismail.store.maildir.write_new_file", new_file_half_then_full), \
+                self.assertLogs(logger, logging.ERROR) as logged:
+            with self.assertRaises(smtplib.SMTPDataError) as refused:
+                self.send(1, [USER])
+        self.assertTrue(any("No space left on device" in line for line in logged.output), logged.output)
+        self.assertFalse(any("queue journal" in line for line in logged.output), "the journal took no harm")
+        self.errors.records.clear()  # the failure is logged as an error: expected here
+        self.assertEqual(refused.exception.smtp_code, 452)
+        self.assertEqual(ms.spares.taken, taken + 1, "the message went to a file made ahead")
+        self.assertEqual(len(maildir_files(self.data_dir)), 1, "only the message before it")
+        box = self.data_dir / "mailboxes" / "example.test" / "user"
+        self.assertEqual(list((box / "tmp").iterdir()), [], "half a message left in tmp/")
+        sizes = {p.stat().st_size for folder in ms.spares.folders for p in folder.iterdir()}
+        self.assertLessEqual(sizes, {0}, "half a message left among the files made ahead")
+        self.send(2, [USER])  # space is back
+        self.assertEqual(len(maildir_files(self.data_dir)), 2)
 
     def test_a_file_made_ahead_serves_two_mailboxes_and_is_not_left_behind(self) -> None:
         ms = self.start()
