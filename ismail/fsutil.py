@@ -59,20 +59,25 @@ def write_new_file(path: Path, chunks: Iterable[bytes], sync: bool = True) -> No
     """
     fd = os.open(path, _O_NEW, 0o600)
     try:
-        pending: list[bytes] = []
-        size = 0
-        for chunk in chunks:
-            pending.append(chunk)
-            size += len(chunk)
-            if size >= WRITE_BYTES:
-                _write_all(fd, b"".join(pending) if len(pending) > 1 else pending[0])
-                pending, size = [], 0
-        if pending:
-            _write_all(fd, b"".join(pending) if len(pending) > 1 else pending[0])
+        write_chunks(fd, chunks)
         if sync:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_chunks(fd: int, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``fd``, small ones joined into one write (up to WRITE_BYTES)."""
+    pending: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= WRITE_BYTES:
+            _write_all(fd, b"".join(pending) if len(pending) > 1 else pending[0])
+            pending, size = [], 0
+    if pending:
+        _write_all(fd, b"".join(pending) if len(pending) > 1 else pending[0])
 
 
 def remove_quietly(path: Path) -> bool:

@@ -147,13 +147,15 @@ class ReceiverTestCase(unittest.TestCase):
             self.fail("the server logged errors:\n" + "\n".join(texts))
 
     # -- servers --
-    def start_inprocess(self, overrides: dict | None = None) -> MailServer:
+    def start_inprocess(self, overrides: dict | None = None,
+                        accounts: tuple[str, ...] = (USER,)) -> MailServer:
         data_dir = Path(tempfile.mkdtemp(prefix="ismail-recv-"))
         self.addCleanup(shutil.rmtree, data_dir, True)
         self.port = free_port()
         self.raw = settings_dict(self.port, overrides)
         settings, _ = from_dict(self.raw)
-        AccountStore(data_dir).add(USER, "secret-pw", sorted(settings.local_domains()))
+        for address in accounts:
+            AccountStore(data_dir).add(address, "secret-pw", sorted(settings.local_domains()))
         ms = MailServer(settings, data_dir)
         ms.start()
         self.addCleanup(ms.stop, 5.0)

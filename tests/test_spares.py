@@ -14,13 +14,10 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
-from ismail.config import from_dict
 from ismail.service import MailServer
 from ismail.store import spares
-from ismail.store.accounts import AccountStore
 from ismail.store.spares import SpareFiles
-from tests.support import free_port
-from tests.test_receiver import USER, ReceiverTestCase, maildir_files, settings_dict
+from tests.test_receiver import USER, ReceiverTestCase, maildir_files
 
 OTHER = "other@example.test"
 
@@ -108,18 +105,7 @@ class DeliveryTest(ReceiverTestCase):
     leaves no spare file behind."""
 
     def start(self) -> MailServer:
-        data_dir = Path(tempfile.mkdtemp(prefix="ismail-spares-"))
-        self.addCleanup(shutil.rmtree, data_dir, True)
-        self.port = free_port()
-        self.raw = settings_dict(self.port)
-        settings, _ = from_dict(self.raw)
-        for address in (USER, OTHER):
-            AccountStore(data_dir).add(address, "secret-pw", sorted(settings.local_domains()))
-        ms = MailServer(settings, data_dir)
-        ms.start()
-        self.addCleanup(ms.stop, 5.0)
-        self.ms, self.data_dir = ms, data_dir
-        return ms
+        return self.start_inprocess(accounts=(USER, OTHER))
 
     def send(self, n: int, recipients: list[str]) -> None:
         with smtplib.SMTP("127.0.0.1", self.port, timeout=15) as client:
@@ -159,18 +145,19 @@ class DeliveryTest(ReceiverTestCase):
         taken = ms.spares.taken
         full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        def half_then_full(fd, data):  # part of the text, then: disk full
-            os.write(fd, bytes(data[:len(data) // 2]))
+        def half_then_full(fd, chunks):  # part of the text, then: disk full
+            data = b"".join(chunks)
+            os.write(fd, data[:len(data) // 2])
             raise full
 
         def new_file_half_then_full(path, chunks, sync=True):  # the way back: tmp/, as full
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                half_then_full(fd, b"".join(chunks))
+                half_then_full(fd, chunks)
             finally:
                 os.close(fd)
         logger = logging.getLogger("ismail")
-        with mock.patch("ismail.store.spares._write_all", half_then_full), \
+        with mock.patch("ismail.store.spares.write_chunks", half_then_full), \
                 mock.patch("ismail.store.maildir.write_new_file", new_file_half_then_full), \
                 self.assertLogs(logger, logging.ERROR) as logged:
             with self.assertRaises(smtplib.SMTPDataError) as refused:

@@ -29,8 +29,9 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Iterable
 
-from ..fsutil import _O_NEW, _write_all, remove_quietly, unique_name
+from ..fsutil import _O_NEW, remove_quietly, unique_name, write_chunks
 
 log = logging.getLogger("ismail.spares")
 
@@ -183,12 +184,12 @@ class SpareFiles:
             pass
 
 
-def fill(path: Path, chunks: list[bytes]) -> None:
+def fill(path: Path, chunks: Iterable[bytes]) -> None:
     """Write ``chunks`` into the empty file ``path`` (from ``SpareFiles.take``); OSError
     if that fails (the caller removes it)."""
     fd = os.open(path, _O_FILL)
     try:
-        _write_all(fd, b"".join(chunks) if len(chunks) != 1 else chunks[0])
+        write_chunks(fd, chunks)
     finally:
         os.close(fd)
 
