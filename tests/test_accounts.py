@@ -132,6 +132,7 @@ class RemoveAndPasswordTests(StoreTestCase):
     def test_remove_keeps_mailbox(self) -> None:
         info = self.store.add("bob@localhost", "pw", DOMAINS)
         (info.mailbox / "new" / "1.msg").write_bytes(b"Subject: hi\r\n\r\nbody\r\n")
+        self.assertEqual(self.store.mailbox_for("bob", "localhost"), info.mailbox)  # known now
         self.store.remove("Bob@localhost")
         self.assertIsNone(self.store.mailbox_for("bob", "localhost"))
         self.assertFalse(self.store.check_password("bob@localhost", "pw"))

@@ -220,6 +220,8 @@ class AccountStore:
         # address -> (its stored hash when verified, HMAC of the password): see verified_before
         self._verified: dict[str, tuple[str, bytes]] = {}
         self._cache_key = secrets.token_bytes(32)
+        # (local, domain) -> its Maildir's path (made once: two joins a message otherwise)
+        self._boxes: dict[tuple[str, str], Path] = {}
 
     # ----- reading -----
     def _stat(self) -> tuple[int, int, int] | None:
@@ -495,7 +497,12 @@ class AccountStore:
         if local in RESERVED:
             return self._mailbox(local, domain) if _DOMAIN_RE.fullmatch(domain) else None
         if f"{local}@{domain}" in self._accounts:
-            return self.mailbox_root / domain / local
+            box = self._boxes.get((local, domain))
+            if box is None:
+                if len(self._boxes) >= 4096:
+                    self._boxes.clear()
+                box = self._boxes[(local, domain)] = self.mailbox_root / domain / local
+            return box
         return None
 
     def check_password(self, address: str, password: str) -> bool:

@@ -156,7 +156,7 @@ def stage(mailboxes: list[Path], header: bytes, body: MessageBuffer, journal: Jo
     boxes = list(dict.fromkeys(mailboxes))
     sizes = _Sizes()
     text = list(_lf_chunks(header, body, sizes))
-    dests = [box / "new" / (unique_name() + sizes.suffix()) for box in boxes]
+    dests = [box.joinpath("new", unique_name() + sizes.suffix()) for box in boxes]
     if before_commit is not None:
         before_commit(dests)
     try:
