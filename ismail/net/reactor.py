@@ -45,13 +45,13 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import selectors
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
 from .listener import RECV_BYTES
+from .poller import EpollPoller, SelectorsPoller, make_poller
 from .sockets import no_delay
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class Reactor:
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._conns: dict["Connection", "Listener"] = {}  # served by the loop right now
         self._sleeping = False
-        self._sel: selectors.BaseSelector | None = None
+        self._sel: EpollPoller | SelectorsPoller | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._settling: queue.SimpleQueue | None = None  # staged messages for the settling thread
@@ -89,14 +89,14 @@ class Reactor:
         with self._lock:
             self._listeners.add(listener)
             if self._thread is None:
-                self._sel = selectors.DefaultSelector()
+                self._sel = make_poller()
                 self._wake_r, self._wake_w = socket.socketpair()
                 self._wake_r.setblocking(False)
                 self._wake_w.setblocking(False)
-                self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+                self._sel.register(self._wake_r, None)
                 self._thread = threading.Thread(target=self._run, name="smtp-loop", daemon=True)
                 self._thread.start()
-        self.call(lambda: self._sel.register(listener.socket, selectors.EVENT_READ, listener))
+        self.call(lambda: self._sel.register(listener.socket, listener))
 
     def remove_listener(self, listener: "Listener", timeout: float = 10.0) -> None:
         """Stop accepting on ``listener``; returns once the loop has let go of its socket."""
@@ -124,7 +124,7 @@ class Reactor:
         (or, if the loop has ended because the server stopped, the connection ends)."""
         with self._lock:
             if self._thread is not None:
-                if isinstance(self._sel, getattr(selectors, "EpollSelector", ())):
+                if self._sel.threadsafe:
                     # epoll takes a new socket while the loop waits: no need to wake it, the
                     # client's next command will.  (Windows' select() would not see it.)
                     self._adopt(listener, conn)
@@ -179,7 +179,7 @@ class Reactor:
             conn.sock.setblocking(False)
             conn.waits = False
         self._conns[conn] = listener  # before the selector can report it
-        self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+        self._sel.register(conn.sock, conn)
         # Input that came while a worker had it is seen by the selector: the socket is readable.
 
     def _release(self, conn: "Connection") -> "Listener":
@@ -385,8 +385,7 @@ class Reactor:
                 log.warning("SMTP loop: %s", e)
                 events = []
             self._sleeping = False
-            for key, _ in events:
-                target = key.data
+            for target in events:
                 try:
                     if target is None:
                         while wake_r.recv(4096):
