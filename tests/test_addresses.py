@@ -115,6 +115,28 @@ class ValidPaths(unittest.TestCase):
         self.assertEqual(path_of("<postmaster>"), Path(local="postmaster"))
         self.assertEqual(path_of("<Postmaster>").address, "Postmaster")
 
+    def test_an_argument_seen_before_gives_the_same_answer(self):
+        text = "FROM:<repeat@b.c> SIZE=100 BODY=8BITMIME"
+        first_path, first_params = parse_argument(text, "FROM")
+        first_params["SIZE"] = "changed by the caller"
+        del first_params["BODY"]
+        path, params = parse_argument(text, "FROM")
+        self.assertEqual((path, params),
+                         (Path("repeat", "b.c"), {"SIZE": "100", "BODY": "8BITMIME"}))
+        self.assertIsNot(params, first_params)
+        # The same text under the other keyword is refused, remembered or not.
+        with self.assertRaises(AddressSyntaxError):
+            parse_argument(text, "TO")
+        # A refusal is given every time.
+        for _ in range(2):
+            with self.assertRaises(AddressSyntaxError):
+                parse_argument("FROM:<a@@b.c>", "FROM")
+        # Past the memory's bound every argument still gets its own answer.
+        for i in range(600):
+            self.assertEqual(parse_argument(f"TO:<u{i}@d{i % 7}.test>", "TO")[0],
+                             Path(f"u{i}", f"d{i % 7}.test"))
+        self.assertEqual(parse_argument(text, "FROM")[0], Path("repeat", "b.c"))
+
     def test_null_path(self):
         path, params = parse_argument("FROM:<>", "FROM")
         self.assertTrue(path.null)
