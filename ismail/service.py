@@ -537,13 +537,19 @@ class MailServer:
         return body, header, boxes, record
 
     def _accepted(self, envelope: Envelope, body: MessageBuffer, placed: list[Path],
-                  before: dict[str, int]) -> None:
+                  before: dict[str, int], log_now: bool = True) -> None:
+        """What follows a stored message: its counters, its log line (``log_now``; else the
+        caller calls ``log_accepted`` itself) and the aftercare (quota, auto-replies)."""
         self.stats.add("recipients_local", len(envelope.mailboxes))
+        if log_now:
+            self.log_accepted(envelope)
+        if envelope.mailboxes or envelope.over_quota:
+            self.aftercare.after_delivery(envelope, body, placed, envelope.over_quota, before)
+
+    def log_accepted(self, envelope: Envelope) -> None:
         log.info("%s: from=<%s> to=%s size=%d client=%s local=%d queued=%d", envelope.id,
                  envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients), envelope.size,
                  envelope.client_ip, len(envelope.mailboxes), len(envelope.remote_recipients))
-        if envelope.mailboxes or envelope.over_quota:
-            self.aftercare.after_delivery(envelope, body, placed, envelope.over_quota, before)
 
     def _not_delivered_yet(self, envelope: Envelope, body: MessageBuffer,
                            boxes: list[Path]) -> tuple[list[Path], list[str]]:
@@ -645,14 +651,18 @@ class StagedMessage:
     def finish(self) -> None:
         """Wait for the journal's sync and put the files in place, or queue the entry;
         OSError if that failed (nothing is delivered then: the client is to be told to try
-        again)."""
+        again).  The log line is left to ``log``, for after the reply."""
         server, staged, placed = self.server, self.staged, []
         if isinstance(staged, StagedEntry):
             staged.finish()
             server.stats.add("recipients_queued", len(self.envelope.remote_recipients))
         elif staged is not None:
             placed = staged.place(server.dirsync)
-        server._accepted(self.envelope, self.body, placed, self.before)
+        server._accepted(self.envelope, self.body, placed, self.before, log_now=False)
+
+    def log(self) -> None:
+        """The message's line in the mail log (after ``finish``, once its 250 is sent)."""
+        self.server.log_accepted(self.envelope)
 
 
 class _Pop3Backend:

@@ -252,11 +252,17 @@ class Reactor:
                 session.closing = True
             recent.append(time.perf_counter() - began)
             self._settle_cost = min(recent)
+            after, session.after_reply = session.after_reply, None
             try:
                 self._resume(listener, conn, out)
             except Exception:
                 log.exception("SMTP loop: serving a connection failed")
                 listener.finish(conn)
+            if after is not None:  # the log line: not between the sync and the reply
+                try:
+                    after()
+                except Exception:
+                    log.exception("SMTP loop: after a reply")
 
     def _resume(self, listener: "Listener", conn: "Connection", out: bytes) -> None:
         """(The settling thread) the reply sent, the connection goes back to the loop, or

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..config import host_name_problem
 from ..net import sasl
@@ -149,6 +149,7 @@ class Session(Routing):
         self._pipelined = False       # more input follows the command being handled
         self._stage = False           # this feed may leave a message's end to settle()
         self.pending: "tuple[Staged, Envelope, DataReader] | None" = None  # see settle()
+        self.after_reply: Callable[[], None] | None = None  # see settle()
         self.checks = checks          # anti-spam checks (None: a trusted client)
         self._reset()
 
@@ -227,7 +228,8 @@ class Session(Routing):
         """The reply to the message ``feed(stage=True)`` staged (``pending``), once the
         journal's sync holds it and its files are in place: its 250, or the 452 a failure
         gets.  In a thread that may wait; the feed after this one goes on with the input
-        that followed the message (a client that pipelines)."""
+        that followed the message (a client that pipelines).  ``after_reply`` is then what
+        is left to do once the reply is sent (the message's log line), or None."""
         staged, envelope, reader = self.pending
         self.pending = None
         stats = self.server.stats
@@ -244,6 +246,7 @@ class Session(Routing):
         self.messages += 1
         stats.add("messages_received")
         stats.add("bytes_received", envelope.size)
+        self.after_reply = getattr(staged, "log", None)
         return reply(250, "2.0.0", f"Ok: queued as {envelope.id}")
 
     def _settled(self, answer: bytes) -> bytes:
