@@ -5,8 +5,8 @@ On Linux this is epoll itself.  The selectors module's layer over it builds a ke
 (a named tuple) per registration and, at every wake, a list of (key, events) pairs
 through a Python loop; at one client the loop wakes seven times a message and
 registers a connection three times, and that layer was a measurable part of its
-time (see make_poller).  Elsewhere (Windows' select(), the BSDs' kqueue) the selectors
-module serves, behind the same four calls.
+time (30 us of CPU a message; bench/RESULTS.txt, 2026-12-06).  Elsewhere (Windows'
+select(), the BSDs' kqueue) the selectors module serves, behind the same four calls.
 
 Both: ``register(sock, data)`` (KeyError if the socket's descriptor is registered
 already), ``unregister(sock)`` (KeyError if it is not; a socket closed meanwhile is
