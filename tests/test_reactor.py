@@ -12,6 +12,7 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+from ismail.net import reactor as reactor_module
 from ismail.store import maildir
 from tests.support import ServerProcess, SMTPTalk
 from tests.test_receiver import ReceiverTestCase, maildir_files
@@ -257,6 +258,104 @@ class SlowPlacingTest(ReceiverTestCase):
                 body = f"body of message {n * 100 + m}\n".encode()  # stored with LF line ends
                 self.assertEqual(sum(t.endswith(body) for t in texts), 1, (n, m))
         self.assertEqual(len(texts), clients * per_client + 2 * later)
+
+
+class FollowUpTest(ReceiverTestCase):
+    """With one client, the thread that sends a message's 250 also answers what the client
+    sends next, if it comes at once (net.reactor._follow_up): the QUIT, or the next
+    message's commands.  Whatever it is, the client must get the answers the loop would
+    give, and what it cannot answer without waiting goes on as usual."""
+
+    def setUp(self) -> None:
+        self.ms = self.start_inprocess({"trusted_networks": ["127.0.0.0/8"]})
+
+    def waiting_longer(self):
+        """The settling thread waits a whole second for the next command (a busy test
+        machine may take longer than the usual millisecond to send it)."""
+        return mock.patch.object(reactor_module, "FOLLOW_UP_SECONDS", 1.0)
+
+    def send_one(self, t: SMTPTalk, n: int) -> None:
+        self.assertRegex(t.cmd("MAIL FROM:<a@example.test>"), rb"^250 ")
+        self.assertRegex(t.cmd("RCPT TO:<user@example.test>"), rb"^250 ")
+        self.assertRegex(t.cmd("DATA"), rb"^354 ")
+        self.assertRegex(t.cmd(message(n) + b"."), rb"^250 2\.0\.0 Ok: queued as ")
+
+    def stored(self, count: int) -> list[bytes]:
+        deadline = time.monotonic() + 10
+        while len(maildir_files(self.data_dir)) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [p.read_bytes() for p in maildir_files(self.data_dir)]
+
+    def test_commands_right_after_the_250_and_the_quit_are_answered(self) -> None:
+        reactor = self.ms.reactor
+        with self.waiting_longer(), SMTPTalk(self.port, timeout=15) as t:
+            self.assertRegex(t.reply(), rb"^220 ")
+            self.assertRegex(t.cmd("EHLO lone.test"), rb"^250")
+            for n in range(3):
+                self.send_one(t, n)  # each MAIL comes right after the 250 before it
+            before = reactor.followed
+            self.assertRegex(t.cmd("QUIT"), rb"^221 ")
+            self.assertEqual(t.sock.recv(100), b"", "the connection ends after the 221")
+        self.assertGreaterEqual(before, 2, "the MAILs after the 250s were not answered at once")
+        texts = self.stored(3)
+        for n in range(3):
+            self.assertEqual(sum(x.endswith(f"body of message {n}\n".encode()) for x in texts), 1)
+        # The slot went back: the per-host limit lets the next connections in.
+        for n in range(12):
+            with SMTPTalk(self.port, timeout=15) as t:
+                self.assertRegex(t.reply(), rb"^220 ")
+                self.assertRegex(t.cmd("QUIT"), rb"^221 ")
+
+    def test_a_pipelined_group_after_the_250_then_the_text(self) -> None:
+        with self.waiting_longer(), SMTPTalk(self.port, timeout=15) as t:
+            t.reply()
+            t.cmd("EHLO lone.test")
+            self.send_one(t, 1)
+            t.send(b"MAIL FROM:<a@example.test>\r\nRCPT TO:<user@example.test>\r\n"
+                   b"RCPT TO:<nobody@example.test>\r\nDATA\r\n")
+            codes = [t.reply()[:3] for _ in range(4)]
+            self.assertEqual(codes, [b"250", b"250", b"550", b"354"])
+            self.assertRegex(t.cmd(message(2) + b"."), rb"^250 ")
+            # The text of a message sent at once after a 250 (the client does not wait for
+            # the 354, as a broken client might) is refused as the loop refuses it.
+            t.send(b"MAIL FROM:<a@example.test>\r\nRCPT TO:<user@example.test>\r\nDATA\r\n"
+                   + message(3) + b".\r\n")
+            answers = b""
+            deadline = time.monotonic() + 10
+            while b"554 " not in answers and time.monotonic() < deadline:
+                got = t.sock.recv(4096)
+                if not got:
+                    break
+                answers += got
+            self.assertIn(b"554 5.5.0 Error: improper use of SMTP command pipelining", answers)
+        self.assertEqual(len(self.stored(2)), 2)
+
+    def test_a_client_that_waits_after_its_250_is_served_by_the_loop(self) -> None:
+        reactor = self.ms.reactor
+        with SMTPTalk(self.port, timeout=15) as t:
+            t.reply()
+            t.cmd("EHLO patient.test")
+            self.send_one(t, 1)
+            time.sleep(0.2)  # far longer than the settling thread waits
+            before = reactor.followed
+            self.assertRegex(t.cmd("NOOP"), rb"^250 ")
+            self.assertRegex(t.cmd("QUIT"), rb"^221 ")
+        self.assertEqual(reactor.followed, before, "the loop answered them")
+
+    def test_a_client_that_hangs_up_after_its_250(self) -> None:
+        for n in range(12):  # more than the per-host limit: each slot must come back
+            with SMTPTalk(self.port, timeout=15) as t:
+                t.reply()
+                t.cmd("HELO gone.test")
+                self.send_one(t, n)
+        self.assertEqual(len(self.stored(12)), 12)
+        with SMTPTalk(self.port, timeout=15) as t:
+            self.assertRegex(t.reply(), rb"^220 ")
+            self.assertRegex(t.cmd("QUIT"), rb"^221 ")
+        deadline = time.monotonic() + 10
+        while self.ms.stats.get("connections_current") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(self.ms.stats.get("connections_current"), 0)
 
 
 class StopUnderLoadTest(ReceiverTestCase):
