@@ -286,7 +286,7 @@ class Reactor:
             return
         if session.buffered:
             self.gate.workers.submit(lambda: listener.serve_rest(conn, b"", None))
-        elif follow and not self._conns:
+        elif follow and not self._conns and self._settling.empty():
             self._follow_up(listener, conn)
         else:
             self.take_back(listener, conn)
@@ -296,13 +296,14 @@ class Reactor:
         comes within tens of microseconds of the 250 (a QUIT, or the next MAIL): answered
         here, as the loop would, rather than handed back to a loop asleep since the
         message's end (waking it took as long as the command).  Nothing within
-        FOLLOW_UP_SECONDS, or the loop has other clients now: back to the loop."""
+        FOLLOW_UP_SECONDS, or the loop has other clients now, or another message waits
+        to be settled: back to the loop."""
         sock = conn.sock
         try:
             ready = select.select([sock], [], [], FOLLOW_UP_SECONDS)[0]
         except (OSError, ValueError):
             ready = [sock]  # the read below says what is wrong
-        if not ready or self._conns:
+        if not ready or self._conns or not self._settling.empty():
             self.take_back(listener, conn)
             return
         try:
