@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ..config import ListenEntry, Settings
 from ..net.limits import PER_HOST, ConnectionLimiter
 from ..net.listener import Protocol
-from .session import Backend, Pop3Session
+
+if TYPE_CHECKING:
+    from .session import Backend, Pop3Session
 
 log = logging.getLogger("ismail.pop3")
 
@@ -25,6 +28,7 @@ class Pop3Protocol(Protocol):
         self.settings = settings  # replaced by MailServer.apply
 
     def session(self, ip: str, entry: ListenEntry, tls_available: bool) -> Pop3Session:
+        from .session import Pop3Session  # with the first POP3 connection (as IMAP's)
         s = self.settings
         return Pop3Session(self.backend, s.server_name, ip, trusted=s.is_trusted(ip),
                            allow_plaintext=s.pop3.allow_plaintext, tls_available=tls_available,
