@@ -44,7 +44,6 @@ from __future__ import annotations
 import email.errors
 import email.header
 import email.parser
-import email.policy
 import logging
 import re
 import time
@@ -166,7 +165,7 @@ class _View:
     def _body(self) -> str:
         end = _header_end(self.message[:HEADER_LIMIT])
         raw = self.message[:max(end, 0) + 4 * self.max_body]  # never parse the whole of 10 MB
-        parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+        parsed = email.parser.BytesParser().parsebytes(raw)  # the compat32 policy: the default
         texts: list[str] = []
         size = 0
         for part in parsed.walk():

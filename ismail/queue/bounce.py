@@ -20,12 +20,11 @@ from the ORCPT parameter, which the queue does not record.
 """
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 import time
 from dataclasses import dataclass
-from email import policy as email_policy
-from email.headerregistry import Address
 from email.message import EmailMessage, Message, MIMEPart
 from email.utils import formatdate, make_msgid
 
@@ -41,8 +40,15 @@ _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _SMTP_REPLY = re.compile(r"[2-5]\d\d(?:[ -]|\Z)")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
-# Parts are encoded when built; cte_type="7bit" keeps set_content from ever choosing 8bit.
-_PART_POLICY = email_policy.SMTP.clone(cte_type="7bit")
+
+
+@functools.cache
+def _part_policy():
+    """Parts are encoded when built; cte_type="7bit" keeps set_content from ever choosing
+    8bit.  email.policy (~0.6 MB with the header parser it brings) loads with the first
+    report, not in every server."""
+    from email.policy import SMTP
+    return SMTP.clone(cte_type="7bit")
 
 
 @dataclass
@@ -70,7 +76,7 @@ class _Field(str):
         self.name = name
         return self
 
-    def fold(self, *, policy: email_policy.Policy) -> str:
+    def fold(self, *, policy) -> str:  # an email.policy.Policy
         # Fold only at the single spaces _one_line left; a word too long for 78
         # columns keeps its own line, which _MAX_FIELD holds under 998 octets.
         lines, line = [], f"{self.name}:"
@@ -128,7 +134,7 @@ def _seven_bit(data: bytes) -> bool:
 
 def _returned_part(original: bytes, include_body: bool) -> tuple[MIMEPart, bool]:
     """The third part, and whether it holds the whole original."""
-    part = MIMEPart(policy=_PART_POLICY)
+    part = MIMEPart(policy=_part_policy())
     whole = _crlf(original)
     if include_body and len(original) <= MAX_RETURNED_BODY and _seven_bit(whole):
         part["Content-Type"] = "message/rfc822"
@@ -209,7 +215,9 @@ def build_dsn(*, reporting_mta: str, postmaster: str, to: str, queue_id: str, ar
 
     # Raw UTF-8 headers only when an address demands it (see the module docstring).
     utf8 = not (to.isascii() and postmaster.isascii())
-    msg = EmailMessage(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
+    from email.headerregistry import Address
+    from email.policy import SMTP, SMTPUTF8
+    msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     msg["From"] = Address("Mail Delivery System", addr_spec=postmaster)
     msg["To"] = to
     msg["Subject"] = ("Undelivered Mail Returned to Sender" if failed
@@ -221,7 +229,7 @@ def build_dsn(*, reporting_mta: str, postmaster: str, to: str, queue_id: str, ar
     msg["Content-Type"] = "multipart/report; report-type=delivery-status"
 
     returned, whole = _returned_part(original, include_body)
-    human = MIMEPart(policy=_PART_POLICY)
+    human = MIMEPart(policy=_part_policy())
     human.set_content(_explain(reporting_mta, failed, delayed, retry_until, whole), charset="utf-8")
     human["Content-Description"] = "Notification"
 
@@ -242,7 +250,7 @@ def build_dsn(*, reporting_mta: str, postmaster: str, to: str, queue_id: str, ar
         if r.action == "delayed" and retry_until is not None:
             fields.append(("Will-Retry-Until", formatdate(retry_until, localtime=True)))
         blocks.append(_block(fields))
-    status = MIMEPart(policy=_PART_POLICY)
+    status = MIMEPart(policy=_part_policy())
     status["Content-Type"] = "message/delivery-status"
     status["Content-Description"] = "Delivery report"
     status.set_payload(blocks)

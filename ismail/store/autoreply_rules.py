@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass, replace
 from email.header import Header, decode_header, make_header
 from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import formatdate, getaddresses, make_msgid
 from typing import Any, Iterable
 
@@ -243,7 +242,8 @@ class Original:
     """The header block of the message being answered, parsed leniently (8-bit, folded)."""
 
     def __init__(self, header: bytes) -> None:
-        msg = BytesHeaderParser(policy=compat32).parsebytes(header.rstrip(b"\r\n") + b"\r\n\r\n")
+        msg = BytesHeaderParser().parsebytes(  # the compat32 policy: the default
+            header.rstrip(b"\r\n") + b"\r\n\r\n")
         self._fields: list[tuple[str, str]] = [(n.strip().lower(), _unfold(str(v)))
                                                 for n, v in msg.items()]
 
