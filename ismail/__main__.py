@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__, cli_addresses, cli_autoreply, cli_mailauth, cli_routes, loadtest
+from . import __version__, cli_addresses, cli_autoreply, cli_mailauth, cli_routes, loadtest_cli
 from .admin import AccountError, Admin
 from .config import ConfigError, Settings, load, redacted, resolve_data_dir, settings_path
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     q_sub.add_parser("delete", help="delete a queued message").add_argument("id")
     load = sub.add_parser("loadtest", help="send test mail to an SMTP server and measure it "
                                            "(messages/s, latency; like Postfix's smtp-source)")
-    loadtest.add_arguments(load)
+    loadtest_cli.add_arguments(load)
     cli_mailauth.add_arguments(sub)
     cli_addresses.add_arguments(sub)
     cli_routes.add_arguments(sub)
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="ismail: %(message)s")
     try:
         if args.command == "loadtest":  # a client: no data folder, no settings
-            return loadtest.cli_loadtest(args)
+            return loadtest_cli.cli_loadtest(args)
         data_dir = resolve_data_dir(args.data_dir)
         if args.command == "run":
             return cmd_run(data_dir)

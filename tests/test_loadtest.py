@@ -15,7 +15,8 @@ import sys
 import time
 import unittest
 
-from ismail.loadtest import Messages, Options, body, dot_stuff, parse_target, percentile
+from ismail.loadtest import Messages, Options, body, dot_stuff, percentile
+from ismail.loadtest_cli import parse_target
 from tests.security_support import PASSWORD, USER, SelfSignedCertificate
 from tests.support import ROOT, ServerProcess, free_port, without_trace
 
