@@ -25,7 +25,8 @@ from unittest import mock
 
 from ismail.queue import courier
 from ismail.queue.courier import Courier
-from ismail.queue.courier_child import NICE, Frames
+from ismail.queue.courier_child import NICE
+from ismail.queue.frames import Frames
 from ismail.queue.transport import Destination
 from ismail.stats import Stats
 from tests.support import ServerProcess, cli

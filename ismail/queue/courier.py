@@ -48,7 +48,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import threading
@@ -56,7 +55,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .courier_child import PICKLE, Frames
+from .frames import PICKLE, Frames
 from .transport import Destination, Result, Transport
 
 if TYPE_CHECKING:
@@ -70,7 +69,17 @@ CHILD_FLAG = "--delivery-process"
 START_TIMEOUT = 30.0     # seconds for the process to say where it listens
 RETRY_START_AFTER = 60.0  # after a start that failed, deliver in-process this long
 IDLE_STOP_SECONDS = 60.0  # no delivery for this long: the process is stopped until the next
-_RECORDED = pickle.dumps(("recorded",), PICKLE)  # a message's results are written down
+_RECORDED = ("recorded",)  # a message's results are written down: the process may go on
+
+
+def _dumps(message: tuple) -> bytes:
+    import pickle  # here: loaded with the first delivery, not in a server that sends nothing (~0.4 MB)
+    return pickle.dumps(message, PICKLE)
+
+
+def _loads(data: bytes) -> tuple:
+    import pickle
+    return pickle.loads(data)
 
 
 def courier_command() -> list[str]:
@@ -211,7 +220,7 @@ class Courier:
         conn = self._channel()
         if conn is None:
             return None
-        payload = pickle.dumps(request, PICKLE)
+        payload = _dumps(request)
         try:
             conn.send_bytes(payload)
         except (OSError, ValueError):
@@ -234,7 +243,7 @@ class Courier:
             self._in_flight += 1
         try:
             try:
-                conn.send_bytes(pickle.dumps(request, PICKLE))
+                conn.send_bytes(_dumps(request))
             except (OSError, ValueError) as e:
                 self._drop_channel()
                 raise CourierLost(str(e) or e.__class__.__name__)
@@ -247,7 +256,7 @@ class Courier:
         frames = self._local.frames
         while True:
             try:
-                message = pickle.loads(frames.read())
+                message = _loads(frames.read())
             except (EOFError, OSError) as e:
                 self._drop_channel()
                 raise CourierLost(str(e) or "the process ended")
@@ -258,7 +267,7 @@ class Courier:
                 except Exception:  # recorded as well as it could be: the process goes on
                     log.exception("recording a delivery's result failed")
                 try:
-                    conn.send_bytes(_RECORDED)  # the process may send the next text
+                    conn.send_bytes(_dumps(_RECORDED))  # the process may send the next text
                 except (OSError, ValueError) as e:
                     self._drop_channel()
                     raise CourierLost(str(e) or e.__class__.__name__)

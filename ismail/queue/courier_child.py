@@ -9,19 +9,18 @@ import json
 import logging
 import os
 import pickle
-import struct
 import sys
 import threading
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .frames import PICKLE, Frames
 from .transport import Transport
 
 if TYPE_CHECKING:   # loaded when a channel opens: a server that sends nothing out never needs it
     from multiprocessing.connection import Connection
 
-PICKLE = pickle.HIGHEST_PROTOCOL
 # How much lower than the server the delivery process runs (POSIX nice; on Windows the
 # server starts it "below normal", courier.py).  Receiving is what a client waits on;
 # sending on is background work whose delay nobody sees.  On a machine whose cores are
@@ -30,60 +29,6 @@ PICKLE = pickle.HIGHEST_PROTOCOL
 # few messages when the load ended).  Nice 10 gave a little more but let a backlog build;
 # 5 leaves delivery a fair share beside other busy programs.
 NICE = 5
-
-
-class Frames:
-    """The messages arriving on a channel, as ``Connection.recv_bytes`` gives them, but
-    read with as few system calls as the data allows.
-
-    ``recv_bytes`` reads a message's 4-byte length, then the message: two reads, and in
-    a busy process each read is one more wait for the interpreter's lock.  A socket
-    channel (Unix) is read here in large pieces instead, which usually hold a whole
-    message (a delivery's answer in one read); the framing is Connection's own, so the
-    other end still uses plain ``send_bytes``.  A Windows pipe channel keeps recv_bytes.
-    """
-
-    CHUNK = 256 * 1024
-
-    def __init__(self, conn) -> None:
-        from multiprocessing.connection import Connection
-        self.conn = conn
-        self.fd = conn.fileno() if type(conn) is Connection else None
-        self.buf = bytearray()
-        # Small reads land in one buffer kept for the channel's life: os.read(fd, 256 KiB)
-        # would map and unmap a fresh 256 KiB object for every few-hundred-byte answer.
-        self.scratch = memoryview(bytearray(self.CHUNK)) if hasattr(os, "readv") else None
-
-    def read(self) -> bytes:
-        """The next message; EOFError when the other end has closed the channel."""
-        if self.fd is None:
-            return self.conn.recv_bytes()
-        buf = self.buf
-        while True:
-            need = 4
-            if len(buf) >= 4:
-                size, = struct.unpack_from("!i", buf)
-                head = 4
-                if size == -1:  # Connection's header for a message of 2 GiB or more
-                    need = 12
-                    if len(buf) >= 12:
-                        size, = struct.unpack_from("!Q", buf, 4)
-                        head = 12
-                if len(buf) >= need:
-                    need = head + size
-                    if len(buf) >= need:
-                        message = bytes(buf[head:need])
-                        del buf[:need]
-                        return message
-            if self.scratch is None or need - len(buf) > self.CHUNK:
-                chunk = os.read(self.fd, max(self.CHUNK, need - len(buf)))  # a large message
-            else:
-                chunk = self.scratch[:os.readv(self.fd, [self.scratch])]
-            if not chunk:
-                raise EOFError("the channel was closed")
-            if not buf and len(chunk) >= 4 and len(chunk) == 4 + struct.unpack_from("!i", chunk)[0]:
-                return bytes(chunk[4:])  # the usual case: exactly one whole message
-            buf += chunk
 
 
 class _Current(threading.local):
