@@ -6,7 +6,6 @@ settings or usage, 1 for anything else), never a traceback.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import signal
@@ -86,6 +85,7 @@ def load_settings(data_dir: Path) -> Settings:
 
 def read_password(confirm: bool) -> str:
     if sys.stdin is not None and sys.stdin.isatty():
+        import getpass  # here: the server itself never asks
         first = getpass.getpass("Password: ")
         if confirm and getpass.getpass("Repeat password: ") != first:
             raise CommandError("the passwords do not match")

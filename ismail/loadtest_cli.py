@@ -7,7 +7,6 @@ it does not run (~0.4 MB resident with the uuid module it brings).
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 
@@ -101,6 +100,7 @@ def cli_loadtest(args: argparse.Namespace) -> int:
     if args.auth:
         password = os.environ.get(PASSWORD_VARIABLE, "")
         if not password and sys.stdin is not None and sys.stdin.isatty():
+            import getpass
             password = getpass.getpass(f"Password for {args.auth}: ")
         if not password:
             print(f"ismail: error: --auth needs a password: set {PASSWORD_VARIABLE} "

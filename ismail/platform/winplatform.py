@@ -19,7 +19,6 @@ import ctypes
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -241,7 +240,10 @@ def program_argv(args: Sequence[str] = (), *, platform: str | None = None, froze
 def program_command(args: Sequence[str] = (), *, platform: str | None = None, **kwargs: Any) -> str:
     """``program_argv()`` as one command line: Windows quoting on Windows, shell quoting elsewhere."""
     argv = program_argv(args, platform=platform, **kwargs)
-    return subprocess.list2cmdline(argv) if _is_windows(platform) else shlex.join(argv)
+    if _is_windows(platform):
+        import subprocess  # here: the server itself has no use for it at start
+        return subprocess.list2cmdline(argv)
+    return shlex.join(argv)
 
 
 def asset_path(name: str, *, frozen: bool | None = None) -> Path:

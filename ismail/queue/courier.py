@@ -48,7 +48,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -59,6 +58,7 @@ from .frames import PICKLE, Frames
 from .transport import Destination, Result, Transport
 
 if TYPE_CHECKING:
+    import subprocess
     from multiprocessing.connection import Connection
     from ..mailauth.keystore import KeyStore
     from ..stats import Stats
@@ -354,6 +354,7 @@ class Courier:
 
 
 def _start(data_dir: Path) -> tuple[subprocess.Popen, object, bytes]:
+    import subprocess  # here, as pickle: loaded with the first delivery
     authkey = os.urandom(32)
     # Windows: no console window for it, and a priority below the server's (courier_child.NICE
     # says why; on POSIX the process lowers its own).
@@ -382,6 +383,7 @@ def _start(data_dir: Path) -> tuple[subprocess.Popen, object, bytes]:
 
 
 def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    import subprocess
     try:
         if proc.stdin is not None:
             proc.stdin.close()  # its end of input: it stops by itself
