@@ -548,5 +548,18 @@ class SmtpSinkTest(DeliveryCase):
         self.assertIn(SENDER, dump.mail_args)
 
 
+
+class QuoteAddrTest(unittest.TestCase):
+    """The MAIL and RCPT arguments are written as smtplib writes them, fast path or not."""
+
+    def test_the_same_as_smtplib_for_every_kind_of_address(self):
+        import smtplib
+        for address in ("user@example.test", "a.b+c=d@mail.example.test", "üser@exämple.test",
+                        "SRS0=HhH=AB=example.test=user@forwarder.test", "", "<>", "postmaster",
+                        '"a b"@example.test', '"a\\"b"@example.test', "a(comment)@example.test",
+                        "user@[127.0.0.1]", "Name <user@example.test>", "a@b@c", " user@example.test"):
+            with self.subTest(address=address):
+                self.assertEqual(pipeline.quoteaddr(address), smtplib.quoteaddr(address))
+
 if __name__ == "__main__":
     unittest.main()

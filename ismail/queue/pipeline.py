@@ -20,6 +20,7 @@ is decided by ``sender.Sender``.
 """
 from __future__ import annotations
 
+import re
 import smtplib
 from typing import Iterator
 
@@ -32,6 +33,18 @@ from ..textutil import contains
 # recipients at most) in one write.
 WINDOW = 100
 
+# An address with nothing smtplib.quoteaddr() would parse away or change (no quotes,
+# comments, spaces, brackets or route syntax): quoteaddr() gives "<address>" for it,
+# without its parse through email.utils (~10 us an address in the delivery process).
+_PLAIN_ADDRESS = re.compile(r"[^\s()<>\"\\,;:\[\]@]+@[^\s()<>\"\\,;:\[\]@]+")
+
+
+def quoteaddr(address: str) -> str:
+    """``smtplib.quoteaddr(address)``, faster for the usual address."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
+
 
 def envelope(smtp: smtplib.SMTP, sender: str, options: list[str], recipients: list[str]) -> list[str]:
     """MAIL, the RCPTs and DATA, as smtplib would write them one by one."""
@@ -40,8 +53,8 @@ def envelope(smtp: smtplib.SMTP, sender: str, options: list[str], recipients: li
         if any(o.lower() == "smtputf8" for o in options):
             smtp.command_encoding = "utf-8"  # what smtplib.SMTP.mail() switches to
         optionlist = " " + " ".join(options)
-    commands = [f"mail FROM:{smtplib.quoteaddr(sender)}{optionlist}"]
-    commands += [f"rcpt TO:{smtplib.quoteaddr(r)}" for r in recipients]
+    commands = [f"mail FROM:{quoteaddr(sender)}{optionlist}"]
+    commands += [f"rcpt TO:{quoteaddr(r)}" for r in recipients]
     commands.append("data")
     for command in commands:
         if "\r" in command or "\n" in command:  # smtplib's putcmd() refuses these too
