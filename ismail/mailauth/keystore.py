@@ -69,7 +69,9 @@ class KeyStore:
             active = self._active_paths[domain] = str(self.dir / domain / ACTIVE_FILE)
         try:
             st = os.stat(active)
-            stamp = (st.st_mtime_ns, st.st_size)
+            # The file's identity too: a new key replaces the file (atomic_write), and within
+            # one tick of a coarse clock the old and the new could share times and size.
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         except OSError:
             return None
         cached = self._signing.get(domain)
