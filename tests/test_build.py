@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import imaplib
 import importlib.util
 import io
 import json
 import os
+import poplib
 import shlex
 import shutil
 import signal
@@ -504,11 +506,11 @@ class FrozenBuildTest(unittest.TestCase):
     def setUp(self) -> None:
         self.data = Path(tempfile.mkdtemp(prefix="ismail-frozen-"))
         self.addCleanup(shutil.rmtree, self.data, ignore_errors=True)
-        self.port = free_port()
+        self.port, self.pop3_port, self.imap_port = free_port(), free_port(), free_port()
         (self.data / "ismail.json").write_text(json.dumps({
             "server_name": "mx.example.test", "primary_domain": "example.test",
-            "listen": [f"127.0.0.1:{self.port}"], "pop3": {"listen": [f"127.0.0.1:{free_port()}"]},
-            "imap": {"listen": [f"127.0.0.1:{free_port()}"]},
+            "listen": [f"127.0.0.1:{self.port}"], "pop3": {"listen": [f"127.0.0.1:{self.pop3_port}"]},
+            "imap": {"listen": [f"127.0.0.1:{self.imap_port}"]},
             # Nothing may leave loopback: anything going out waits for a SmartHost on a closed port.
             "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True, "tls": "none"}}))
 
@@ -560,6 +562,25 @@ class FrozenBuildTest(unittest.TestCase):
             files = list(new.iterdir())
             self.assertEqual(len(files), 1)
             self.assertIn(b"Subject: frozen", files[0].read_bytes())
+            # Read over IMAP and POP3 too: their sessions' code loads with the first client
+            # (imap/protocol.py), and the build must carry it and what it imports.
+            imap = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
+            try:
+                imap.login("user@example.test", "secret-pw")
+                imap.select("INBOX", readonly=True)
+                status, found = imap.search(None, "SUBJECT", "frozen")
+                self.assertEqual((status, found), ("OK", [b"1"]))
+                status, data = imap.fetch(b"1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+                self.assertIn(b"Subject: frozen", data[0][1])
+            finally:
+                imap.logout()
+            pop = poplib.POP3("127.0.0.1", self.pop3_port, timeout=30)
+            try:
+                pop.user("user@example.test")
+                pop.pass_("secret-pw")
+                self.assertIn(b"Subject: frozen", b"\r\n".join(pop.retr(1)[1]))
+            finally:
+                pop.quit()
 
     def test_the_frozen_build_relays_through_its_delivery_process(self) -> None:
         # The delivery process is the .exe itself, started with --delivery-process.
