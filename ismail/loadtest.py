@@ -54,7 +54,7 @@ class Failure(Exception):
         self.fatal = fatal
 
 
-# -- the command line -------------------------------------------------------------------------
+# -- this computer ----------------------------------------------------------------------------
 
 def local_name() -> str:
     """This computer's name as EHLO wants it (no DNS look-up: that can take seconds on Windows)."""

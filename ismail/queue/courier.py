@@ -45,6 +45,7 @@ starting is tried again a minute later.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -69,7 +70,6 @@ CHILD_FLAG = "--delivery-process"
 START_TIMEOUT = 30.0     # seconds for the process to say where it listens
 RETRY_START_AFTER = 60.0  # after a start that failed, deliver in-process this long
 IDLE_STOP_SECONDS = 60.0  # no delivery for this long: the process is stopped until the next
-_RECORDED = ("recorded",)  # a message's results are written down: the process may go on
 
 
 def _dumps(message: tuple) -> bytes:
@@ -80,6 +80,12 @@ def _dumps(message: tuple) -> bytes:
 def _loads(data: bytes) -> tuple:
     import pickle
     return pickle.loads(data)
+
+
+@functools.cache
+def _recorded() -> bytes:
+    """A message's results are written down: the process may go on."""
+    return _dumps(("recorded",))
 
 
 def courier_command() -> list[str]:
@@ -267,7 +273,7 @@ class Courier:
                 except Exception:  # recorded as well as it could be: the process goes on
                     log.exception("recording a delivery's result failed")
                 try:
-                    conn.send_bytes(_dumps(_RECORDED))  # the process may send the next text
+                    conn.send_bytes(_recorded())  # the process may send the next text
                 except (OSError, ValueError) as e:
                     self._drop_channel()
                     raise CourierLost(str(e) or e.__class__.__name__)
