@@ -24,8 +24,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, NamedTuple
 
-from .queue.scheduler import FLUSH_FILE
-from .queue.spool import QueueEntry, Spool
+from .queue.spool import FLUSH_FILE, QueueEntry, Spool
 from .store.accounts import AccountError, AccountInfo, AccountStore
 from .store.addressbook import AddressBook
 from .store.folders import INBOX, FolderError, MailStore

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ismail.admin import AccountError, Admin, FolderSummary, QueueEntry
 from ismail.config import from_dict
-from ismail.queue.scheduler import FLUSH_FILE
+from ismail.queue.spool import FLUSH_FILE
 from ismail.queue.spool import MessageBuffer, QueuedRecipient, Spool
 from ismail.service import MailServer
 from ismail.store.folders import MailStore

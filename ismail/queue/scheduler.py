@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Callable
 from .bounce import FailedRecipient, build_dsn, is_bounce_loop
 from .courier import Courier
 from .sender import Result, Sender
-from .spool import QueueEntry
+from .spool import FLUSH_FILE, QueueEntry
 
 if TYPE_CHECKING:
     from ..service import MailServer
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ismail.scheduler")
 
 BATCH_RECIPIENTS = 50  # recipients of one domain per transaction
-FLUSH_FILE = "flush"
 FRESH_BYTES = 32 * 1024 * 1024  # at most this much of newly queued mail is kept in memory
 LANE_BATCH = 20        # messages in one delivery request at most
 LANE_BATCH_BYTES = 8 * 1024 * 1024   # and this much of their text

@@ -50,6 +50,7 @@ from .journal import JOURNAL_MAX, Journal
 log = logging.getLogger("ismail.spool")
 
 SPILL_BYTES = 1 << 20  # a message larger than this is kept in a temp file while it is read
+FLUSH_FILE = "flush"   # queue/flush: made by `queue flush` (another process), taken by the scheduler
 
 
 class MessageBuffer:
