@@ -10,6 +10,9 @@ Layout under ``DATA/queue/``::
     tmp/                 files being written, and spill files of large messages
     journal/             the server's journal segments (journal.py)
     corrupt/             entries that could not be read, set aside for a person to look at
+    spare/               empty files made ahead for local deliveries (store/spares.py)
+    flush                made by `queue flush` from another process: the running server
+                         removes it within a second and retries every entry (scheduler.py)
 
 An entry is one file: written to tmp/ and renamed into messages/.  In the server it
 is committed by its copy in the journal, whose fdatasync serves every message written
