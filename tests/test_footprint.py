@@ -9,7 +9,6 @@ and the threads are read from /proc.
 """
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
