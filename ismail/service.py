@@ -638,6 +638,11 @@ class StagedMessage:
         self.server, self.envelope, self.body = server, envelope, body
         self.staged, self.before = staged, before
 
+    @property
+    def local(self) -> bool:
+        """For our own mailboxes only (a Maildir file each), not mail to send on."""
+        return isinstance(self.staged, Staged)
+
     def durable(self) -> None:
         """Wait for the journal's sync; ``finish`` then waits for nothing."""
         if self.staged is not None:

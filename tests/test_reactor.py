@@ -14,7 +14,7 @@ from unittest import mock
 
 from ismail.net import reactor as reactor_module
 from ismail.store import maildir
-from tests.support import ServerProcess, SMTPTalk
+from tests.support import ServerProcess, SMTPTalk, queued_entries, queued_message
 from tests.test_receiver import ReceiverTestCase, maildir_files
 
 
@@ -141,8 +141,8 @@ class ReactorTest(unittest.TestCase):
         self.assertRegex(other.cmd("NOOP"), rb"^250 ")
 
     def test_commands_sent_right_after_the_dot_are_answered_after_its_250(self) -> None:
-        # A worker stores the message and the loop serves what follows: what the client
-        # sends without waiting for the 250 must still be answered after it.
+        # The message is stored (by the loop itself: the client is alone) and what the
+        # client sends without waiting for the 250 must still be answered after it.
         c = self.talk()
         c.cmd("EHLO eager.test")
         rounds = 100
@@ -260,31 +260,142 @@ class SlowPlacingTest(ReceiverTestCase):
         self.assertEqual(len(texts), clients * per_client + 2 * later)
 
 
-class FollowUpTest(ReceiverTestCase):
-    """With one client, the thread that sends a message's 250 also answers what the client
-    sends next, if it comes at once (net.reactor._follow_up): the QUIT, or the next
-    message's commands.  Whatever it is, the client must get the answers the loop would
-    give, and what it cannot answer without waiting goes on as usual."""
+class OneClientCase(ReceiverTestCase):
+    """An in-process server and one client sending messages to ``RCPT``."""
+    RCPT = "user@example.test"
 
     def setUp(self) -> None:
         self.ms = self.start_inprocess({"trusted_networks": ["127.0.0.0/8"]})
 
-    def waiting_longer(self):
-        """The settling thread waits a whole second for the next command (a busy test
-        machine may take longer than the usual millisecond to send it)."""
-        return mock.patch.object(reactor_module, "FOLLOW_UP_SECONDS", 1.0)
-
     def send_one(self, t: SMTPTalk, n: int) -> None:
         self.assertRegex(t.cmd("MAIL FROM:<a@example.test>"), rb"^250 ")
-        self.assertRegex(t.cmd("RCPT TO:<user@example.test>"), rb"^250 ")
+        self.assertRegex(t.cmd(f"RCPT TO:<{self.RCPT}>"), rb"^250 ")
         self.assertRegex(t.cmd("DATA"), rb"^354 ")
         self.assertRegex(t.cmd(message(n) + b"."), rb"^250 2\.0\.0 Ok: queued as ")
+
+    def up_to_data(self, t: SMTPTalk, helo: str) -> None:
+        """Greeting, EHLO, MAIL, RCPT and DATA: the message's text comes next."""
+        self.assertRegex(t.reply(), rb"^220 ")
+        self.assertRegex(t.cmd(f"EHLO {helo}"), rb"^250")
+        self.assertRegex(t.cmd("MAIL FROM:<a@example.test>"), rb"^250 ")
+        self.assertRegex(t.cmd(f"RCPT TO:<{self.RCPT}>"), rb"^250 ")
+        self.assertRegex(t.cmd("DATA"), rb"^354 ")
+
+
+class LoneClientTest(OneClientCase):
+    """With one client connected, the loop itself makes its message for our own mailboxes
+    durable, puts it in place and answers (net.reactor._settle_here): nobody else waits
+    for the loop meanwhile.  The client must get the answers it always gets; a second
+    client, a pipelined QUIT and a server stopping must change nothing but the path."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        # Placing a message counts as quick up to a second here (a busy test machine may
+        # take longer than the usual half millisecond, and the loop then leaves it to the
+        # settling thread: SlowPlacingTest).
+        quick = mock.patch.object(reactor_module, "LOOP_PLACE_MAX", 1.0)
+        quick.start()
+        self.addCleanup(quick.stop)
 
     def stored(self, count: int) -> list[bytes]:
         deadline = time.monotonic() + 10
         while len(maildir_files(self.data_dir)) < count and time.monotonic() < deadline:
             time.sleep(0.02)
         return [p.read_bytes() for p in maildir_files(self.data_dir)]
+
+    def assert_stored_once(self, numbers, count: int) -> None:
+        texts = self.stored(count)
+        self.assertEqual(len(texts), count)
+        for n in numbers:
+            self.assertEqual(sum(x.endswith(f"body of message {n}\n".encode()) for x in texts), 1, n)
+        self.assertEqual(list((self.data_dir / "mailboxes" / "example.test" / "user" / "tmp").iterdir()), [])
+
+    def test_a_lone_clients_messages_are_settled_by_the_loop(self) -> None:
+        reactor = self.ms.reactor
+        with SMTPTalk(self.port, timeout=15) as t:
+            self.assertRegex(t.reply(), rb"^220 ")
+            self.assertRegex(t.cmd("EHLO lone.test"), rb"^250")
+            for n in range(3):
+                self.send_one(t, n)
+                # In new/ by the time the client hears its 250, as ever.
+                self.assertEqual(len(maildir_files(self.data_dir)), n + 1)
+            self.assertRegex(t.cmd("NOOP"), rb"^250 ")
+            self.assertRegex(t.cmd("QUIT"), rb"^221 ")
+            self.assertEqual(t.sock.recv(100), b"", "the connection ends after the 221")
+        self.assertEqual((reactor.settled_here, reactor.followed), (3, 0))
+        self.assert_stored_once(range(3), 3)
+        # The slot went back: the per-host limit lets the next connections in.
+        for n in range(12):
+            with SMTPTalk(self.port, timeout=15) as t:
+                self.assertRegex(t.reply(), rb"^220 ")
+                self.assertRegex(t.cmd("QUIT"), rb"^221 ")
+
+    def test_with_a_second_client_connected_the_settling_thread_answers(self) -> None:
+        reactor = self.ms.reactor
+        with SMTPTalk(self.port, timeout=15) as a, SMTPTalk(self.port, timeout=15) as b:
+            a.reply()
+            b.reply()
+            a.cmd("EHLO a.test")
+            self.assertRegex(b.cmd("EHLO b.test"), rb"^250")
+            self.send_one(a, 1)
+            self.assertEqual(reactor.settled_here, 0, "the loop settled a message while another client was connected")
+            self.assertRegex(b.cmd("NOOP"), rb"^250 ")
+            self.assertRegex(b.cmd("QUIT"), rb"^221 ")
+            self.assertEqual(b.sock.recv(100), b"")
+            deadline = time.monotonic() + 10
+            while self.ms.limiter.total > 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.send_one(a, 2)  # alone now
+            self.assertRegex(a.cmd("QUIT"), rb"^221 ")
+        self.assertEqual(reactor.settled_here, 1)
+        self.assert_stored_once((1, 2), 2)
+
+    def test_a_quit_sent_with_the_message_is_answered_after_its_250(self) -> None:
+        with SMTPTalk(self.port, timeout=15) as t:
+            self.up_to_data(t, "hasty.test")
+            t.send(message(1) + b".\r\nNOOP\r\nQUIT\r\n")
+            self.assertRegex(t.reply(), rb"^250 2\.0\.0 Ok: queued as ")
+            self.assertRegex(t.reply(), rb"^250 ")
+            self.assertRegex(t.reply(), rb"^221 ")
+            self.assertEqual(t.sock.recv(100), b"")
+        self.assertEqual(self.ms.reactor.settled_here, 1)
+        self.assert_stored_once((1,), 1)
+
+    def test_a_server_stopping_says_so_after_the_250(self) -> None:
+        with SMTPTalk(self.port, timeout=15) as t:
+            self.up_to_data(t, "late.test")
+            with mock.patch.object(self.ms.gate, "stopping", True):
+                self.assertRegex(t.cmd(message(1) + b"."), rb"^250 2\.0\.0 Ok: queued as ")
+                self.assertRegex(t.reply(), rb"^421 4\.3\.2 ")
+                self.assertEqual(t.sock.recv(100), b"")
+        self.assertEqual(self.ms.reactor.settled_here, 1)
+        self.assert_stored_once((1,), 1)
+        deadline = time.monotonic() + 10
+        while self.ms.limiter.total and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(self.ms.limiter.total, 0, "the slot went back")
+
+
+class FollowUpTest(OneClientCase):
+    """With one client sending mail on (to a SmartHost; the loop settles a lone client's
+    local mail itself), the thread that sends a message's 250 also answers what the
+    client sends next, if it comes at once (net.reactor._follow_up): the QUIT, or the
+    next message's commands.  Whatever it is, the client must get the answers the loop
+    would give, and what it cannot answer without waiting goes on as usual."""
+
+    RCPT = "friend@remote.test"
+
+    def waiting_longer(self):
+        """The settling thread waits a whole second for the next command (a busy test
+        machine may take longer than the usual millisecond to send it)."""
+        return mock.patch.object(reactor_module, "FOLLOW_UP_SECONDS", 1.0)
+
+    def stored(self, count: int) -> list[bytes]:
+        """The texts of the messages queued to be sent on (the SmartHost never answers)."""
+        deadline = time.monotonic() + 10
+        while len(queued_entries(self.data_dir)) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [queued_message(self.data_dir, qid) for qid in queued_entries(self.data_dir)]
 
     def test_commands_right_after_the_250_and_the_quit_are_answered(self) -> None:
         reactor = self.ms.reactor
@@ -297,9 +408,10 @@ class FollowUpTest(ReceiverTestCase):
             self.assertRegex(t.cmd("QUIT"), rb"^221 ")
             self.assertEqual(t.sock.recv(100), b"", "the connection ends after the 221")
         self.assertGreaterEqual(before, 2, "the MAILs after the 250s were not answered at once")
+        self.assertEqual(reactor.settled_here, 0, "mail to send on is settled by the settling thread")
         texts = self.stored(3)
         for n in range(3):
-            self.assertEqual(sum(x.endswith(f"body of message {n}\n".encode()) for x in texts), 1)
+            self.assertEqual(sum(x.endswith(f"body of message {n}\r\n".encode()) for x in texts), 1)
         # The slot went back: the per-host limit lets the next connections in.
         for n in range(12):
             with SMTPTalk(self.port, timeout=15) as t:
@@ -311,14 +423,14 @@ class FollowUpTest(ReceiverTestCase):
             t.reply()
             t.cmd("EHLO lone.test")
             self.send_one(t, 1)
-            t.send(b"MAIL FROM:<a@example.test>\r\nRCPT TO:<user@example.test>\r\n"
+            t.send(b"MAIL FROM:<a@example.test>\r\nRCPT TO:<friend@remote.test>\r\n"
                    b"RCPT TO:<nobody@example.test>\r\nDATA\r\n")
             codes = [t.reply()[:3] for _ in range(4)]
             self.assertEqual(codes, [b"250", b"250", b"550", b"354"])
             self.assertRegex(t.cmd(message(2) + b"."), rb"^250 ")
             # The text of a message sent at once after a 250 (the client does not wait for
             # the 354, as a broken client might) is refused as the loop refuses it.
-            t.send(b"MAIL FROM:<a@example.test>\r\nRCPT TO:<user@example.test>\r\nDATA\r\n"
+            t.send(b"MAIL FROM:<a@example.test>\r\nRCPT TO:<friend@remote.test>\r\nDATA\r\n"
                    + message(3) + b".\r\n")
             answers = b""
             deadline = time.monotonic() + 10

@@ -203,6 +203,11 @@ class Session(Routing):
         """Input received and not yet fed (what a client pipelined after a staged message)."""
         return bool(self._buf)
 
+    @property
+    def pending_local(self) -> bool:
+        """Is the staged message (``pending``) for our own mailboxes only?"""
+        return self.pending is not None and self.pending[0].local
+
     def _stageable(self, size: int) -> bool:
         """Can the end of the message under way (``size`` bytes at most so far) be staged:
         stored without waiting for the disk, its 250 sent by ``settle()`` later?  Mail for
