@@ -28,7 +28,7 @@ calls (9-10 thread switches per message at 10 sessions, 3-5 now, and a third les
 the interpreter's time).  When one client is connected and its message is for our own
 mailboxes, the loop settles it itself (``_settle_here``): nobody else is waiting for
 the loop, and the hand-over to the settling thread and back cost two wake-ups of a
-sleeping thread a message (local mail at 1 session +12-20 %, 12 interleaved pairs).
+sleeping thread a message (local mail at 1 session +12-16 %, 12 interleaved pairs).
 For mail to send on only (the queue's threads want the lock then: the loop settling it
 measured 20 % slower), where the loop has nobody else to serve, and where placing one
 takes longer than LOOP_PLACE_MAX, the settling thread answers itself.  With one client
