@@ -202,31 +202,31 @@ class Connection:
                               "was reached") from None
             raise Failure(f"{stage}: timed out after {self.o.timeout:g} s") from None
 
-    def _recv(self, stage: str):
-        sock = self.sock
-        if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-            yield from self._wait(stage, READ)  # a reply is never there the moment we ask
+    def _io(self, stage: str, call, arg, blocked: int):
+        """``call(arg)`` on the non-blocking socket, waiting whenever it would block (for
+        ``blocked``, or for what TLS asks)."""
         while True:
             try:
-                return sock.recv(65536)
-            except (BlockingIOError, ssl.SSLWantReadError):
+                return call(arg)
+            except BlockingIOError:
+                yield from self._wait(stage, blocked)
+            except ssl.SSLWantReadError:
                 yield from self._wait(stage, READ)
             except ssl.SSLWantWriteError:
                 yield from self._wait(stage, WRITE)
             except OSError as e:
                 raise Failure(f"{stage}: {e.strerror or e}") from None
 
+    def _recv(self, stage: str):
+        sock = self.sock
+        if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            yield from self._wait(stage, READ)  # a reply is never there the moment we ask
+        return (yield from self._io(stage, sock.recv, 65536, READ))
+
     def _send(self, stage: str, data: bytes):
         view = memoryview(data)
         while view:
-            try:
-                view = view[self.sock.send(view):]
-            except (BlockingIOError, ssl.SSLWantWriteError):
-                yield from self._wait(stage, WRITE)
-            except ssl.SSLWantReadError:
-                yield from self._wait(stage, READ)
-            except OSError as e:
-                raise Failure(f"{stage}: {e.strerror or e}") from None
+            view = view[(yield from self._io(stage, self.sock.send, view, WRITE)):]
 
     def reply(self, stage: str, expect: tuple[int, ...]):
         """The lines of one reply (code included); Failure unless its code is expected."""
@@ -279,16 +279,7 @@ class Connection:
                                         do_handshake_on_connect=False)
         except OSError as e:
             raise Failure(f"STARTTLS: {e.strerror or e}") from None
-        while True:
-            try:
-                self.sock.do_handshake()
-                return
-            except ssl.SSLWantReadError:
-                yield from self._wait("STARTTLS", READ)
-            except ssl.SSLWantWriteError:
-                yield from self._wait("STARTTLS", WRITE)
-            except OSError as e:
-                raise Failure(f"STARTTLS: {e.strerror or e}") from None
+        yield from self._io("STARTTLS", lambda _: self.sock.do_handshake(), None, READ)
 
     def _ehlo(self):
         name = self.o.ehlo.encode()
