@@ -2,20 +2,20 @@
 
 Postfix's ``smtp-source``, built in (standard library only, so it runs on Windows too).
 SESSIONS sessions share MESSAGES numbered messages; by default each message has a
-connection of its own (greeting, EHLO, MAIL, RCPT, DATA, the text, QUIT), as
-smtp-source does, and ``--per-connection N`` sends up to N over one.  One thread drives
-every session, as smtp-source's one process does, with non-blocking sockets and a
-selector: each session is a generator that yields what it waits for.  (A thread per
-session measured 0.72-0.83 of smtp-source's rate against a server doing ~2,000
-messages/s: ten threads taking the interpreter's lock from each other at every reply;
-one loop 0.95-1.06.)  Commands go one
-at a time (smtp-source has no pipelining either); ``--pipelining`` sends MAIL, RCPT and
-DATA together when the server offers PIPELINING.
+connection of its own (greeting, EHLO, MAIL, RCPT, DATA, the text, QUIT), as smtp-source
+does, and ``--per-connection N`` sends up to N over one.  One thread drives every
+session, as smtp-source's one process does, with non-blocking sockets and a selector:
+each session is a generator that yields what it waits for.  (A thread per session
+measured 0.72-0.83 of smtp-source's rate against a server doing ~2,000 messages/s: ten
+threads taking the interpreter's lock from each other at every reply; one loop
+0.88-0.97, medians of bench/loadtest_check.py.)  Commands go one at a time (smtp-source
+has no pipelining either); ``--pipelining`` sends MAIL, RCPT and DATA together when the
+server offers PIPELINING.
 
 The client is a lean one on raw sockets: no smtplib, the commands prepared once, the
-address looked up once, one system call per read or write.  Every
-message is BYTES long with CRLF line ends (headers with a unique Message-ID and Subject,
-then lines of 76 characters) and dot-stuffed on the way out.
+address looked up once, the selector's registrations changed only when a wait changes.
+Every message is BYTES long with CRLF line ends (headers with a unique Message-ID and Subject, then lines of 76
+characters) and dot-stuffed on the way out.
 
 Latency is per message: from the connect (or, on a reused connection, from the end of
 the message before) to the 250 after the text.  A refused command counts as an error for
