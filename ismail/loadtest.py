@@ -14,8 +14,8 @@ server offers PIPELINING.
 
 The client is a lean one on raw sockets: no smtplib, the commands prepared once, the
 address looked up once, the selector's registrations changed only when a wait changes.
-Every message is BYTES long with CRLF line ends (headers with a unique Message-ID and Subject, then lines of 76
-characters) and dot-stuffed on the way out.
+Every message is BYTES long with CRLF line ends (headers with a unique Message-ID and
+Subject, then lines of 76 characters) and dot-stuffed on the way out.
 
 Latency is per message: from the connect (or, on a reused connection, from the end of
 the message before) to the 250 after the text.  A refused command counts as an error for
