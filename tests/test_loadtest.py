@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -117,6 +118,28 @@ class WithoutISMailTest(unittest.TestCase):
             self.assertEqual(figure(r.stdout, "stopped"), "--max-seconds 1 reached")
             self.assertIn("2 x  greeting: no answer when --max-seconds 1 was reached", r.stdout)
             self.assertIn("98 not sent", r.stdout)
+
+    @unittest.skipIf(os.name == "nt", "sends SIGINT (Ctrl+C) to the process")
+    def test_ctrl_c_stops_at_once_and_reports(self):
+        with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never greets
+            p = subprocess.Popen([sys.executable, "-m", "ismail", "loadtest",
+                                  f"127.0.0.1:{silent.getsockname()[1]}", "-s", "2", "-m", "100"],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 stdin=subprocess.DEVNULL)
+            try:
+                time.sleep(1.0)  # both sessions wait for a greeting that never comes
+                asked = time.monotonic()
+                p.send_signal(signal.SIGINT)
+                out, err = p.communicate(timeout=20)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        self.assertLess(time.monotonic() - asked, 5, "a silent server is not waited out")
+        self.assertEqual(p.returncode, 1, out + err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(figure(out, "stopped"), "interrupted (Ctrl+C)")
+        self.assertEqual(figure(out, "messages"), "2 sent, 0 accepted, 98 not sent")
 
 
 class AgainstISMailTest(unittest.TestCase):
