@@ -76,6 +76,16 @@ FOLLOW_UP_SECONDS = 0.001  # how long the settling thread waits for a lone clien
 SETTLE_SAMPLES = 16      # how many recent settle times give the cost of one (the least of them)
 
 
+def _after_reply(after: Callable[[], None] | None) -> None:
+    """What a settled message leaves for after its reply (its log line: not between the
+    sync and the reply)."""
+    if after is not None:
+        try:
+            after()
+        except Exception:
+            log.exception("SMTP loop: after a reply")
+
+
 class Reactor:
     def __init__(self, gate: "Gate") -> None:
         self.gate = gate
@@ -231,30 +241,11 @@ class Reactor:
         client that connects now waits for this sync before its greeting."""
         session = conn.session
         session.durable()
-        began = time.perf_counter()
-        try:
-            out += session.settle()
-        except Exception:
-            log.exception("SMTP loop: answering a stored message failed")
-            session.closing = True
-        self._recent.append(time.perf_counter() - began)
-        self._settle_cost = min(self._recent)
+        out += self._settled(session, 0.0)
         self.settled_here += 1
         after, session.after_reply = session.after_reply, None
-        if self.gate.stopping and not session.closing and not session.buffered:
-            out += session.shutdown_reply()  # as the loop says it after any reply
-        if session.closing:
-            conn.proto.limiter.release(conn.slot)  # before the goodbye, as in _readable
-        if self._send(self._conns[conn], conn, out):
-            if session.closing:
-                self._end(conn)
-            elif session.buffered:  # the client pipelined more after its message
-                self._to_worker(conn, b"", None)
-        if after is not None:  # the log line: not between the sync and the reply
-            try:
-                after()
-            except Exception:
-                log.exception("SMTP loop: after a reply")
+        self._reply(conn, out)
+        _after_reply(after)
 
     def _settle_run(self, waiting: queue.SimpleQueue) -> None:
         """One thread takes the staged messages in the order they were staged, all that
@@ -291,28 +282,30 @@ class Reactor:
         """Put staged messages whose sync is done in place and answer them (in the loop,
         or in the settling thread); ``ahead``: the seconds each one's file took to write
         ahead (the cost of a message is the sum)."""
-        recent = self._recent
         for (listener, conn, out), spent in zip(batch, ahead):
             session = conn.session
-            began = time.perf_counter() - spent
-            try:
-                out += session.settle()
-            except Exception:
-                log.exception("SMTP loop: answering a stored message failed")
-                session.closing = True
-            recent.append(time.perf_counter() - began)
-            self._settle_cost = min(recent)
+            out += self._settled(session, spent)
             after, session.after_reply = session.after_reply, None
             try:
                 self._resume(listener, conn, out, follow)
             except Exception:
                 log.exception("SMTP loop: serving a connection failed")
                 listener.finish(conn)
-            if after is not None:  # the log line: not between the sync and the reply
-                try:
-                    after()
-                except Exception:
-                    log.exception("SMTP loop: after a reply")
+            _after_reply(after)
+
+    def _settled(self, session, spent: float) -> bytes:
+        """``session.settle()``: the staged message put in place, its reply; its cost
+        (with ``spent`` writing its file ahead) joins the recent ones."""
+        began = time.perf_counter() - spent
+        try:
+            out = session.settle()
+        except Exception:
+            log.exception("SMTP loop: answering a stored message failed")
+            session.closing = True
+            out = b""
+        self._recent.append(time.perf_counter() - began)
+        self._settle_cost = min(self._recent)
+        return out
 
     def _resume(self, listener: "Listener", conn: "Connection", out: bytes, follow: bool = False) -> None:
         """(The settling thread) the reply sent, the connection goes back to the loop, or
@@ -420,16 +413,23 @@ class Reactor:
         if getattr(session, "pending", None) is not None:
             self._settle(conn, out)
             return
+        self._reply(conn, out)
+
+    def _reply(self, conn: "Connection", out: bytes) -> None:
+        """(The loop) send what the session answered, then end the connection, hand it to
+        a worker or tell the client the server is stopping, as the session now needs."""
+        session = conn.session
         if session.closing:
             conn.proto.limiter.release(conn.slot)  # before the goodbye: a client reconnecting at once fits
         elif session.delay or session.starttls:  # what follows the reply may wait
             self._to_worker(conn, None, out)
             return
-        listener = self._conns[conn]
-        if out and not self._send(listener, conn, out):
+        if out and not self._send(self._conns[conn], conn, out):
             return
         if session.closing:
             self._end(conn)
+        elif session.buffered:  # what a client pipelined after a settled message
+            self._to_worker(conn, b"", None)
         elif self.gate.stopping and not session.in_transaction:
             self._say_last(conn, session.shutdown_reply())
 
