@@ -17,7 +17,7 @@ import time
 import unittest
 
 from ismail.loadtest import Messages, Options, body, dot_stuff, percentile
-from ismail.loadtest_cli import parse_target
+from ismail.loadtest_cli import MAX_SESSIONS, parse_target
 from tests.security_support import PASSWORD, USER, SelfSignedCertificate
 from tests.support import ROOT, ServerProcess, free_port, without_trace
 
@@ -86,12 +86,16 @@ class WithoutISMailTest(unittest.TestCase):
     def test_bad_arguments_exit_2_naming_the_option(self):
         for args, named in ((["no-port:"], "HOST:PORT"), (["127.0.0.1:99999"], "HOST:PORT"),
                             (["127.0.0.1:2525", "-s", "0"], "-s/--sessions"),
+                            (["127.0.0.1:2525", "-s", str(MAX_SESSIONS + 1)], "-s/--sessions"),
                             (["127.0.0.1:2525", "-m", "many"], "-m/--messages"),
                             (["127.0.0.1:2525", "--timeout", "0"], "--timeout")):
             r = loadtest(*args)
             self.assertEqual(r.returncode, 2, (args, r.stderr))
             self.assertIn(f"argument {named}", r.stderr)
             self.assertNotIn("Traceback", r.stderr)
+        # The allowed range is named (one thread's selector: 500 sockets where it is select()).
+        self.assertIn(f"out of range (1 to {MAX_SESSIONS})",
+                      loadtest("127.0.0.1:2525", "-s", str(MAX_SESSIONS + 1)).stderr)
 
     def test_nothing_listening_is_an_error_reported_at_once(self):
         port = free_port()
