@@ -139,13 +139,13 @@ class CrashTest(unittest.TestCase):
         for t in self.threads:
             t.join(20)
 
-    def run_and_kill(self, recipients: list[str], run_id: str) -> Load:
-        """Load the server from THREADS clients, SIGKILL it mid-flight, wait for the clients."""
+    def run_and_kill(self, recipients: list[str], run_id: str, threads: int = THREADS) -> Load:
+        """Load the server from ``threads`` clients, SIGKILL it mid-flight, wait for the clients."""
         server = self.server
         server.start()
         load = self.load = Load(server.port, recipients, run_id)
         self.threads = [threading.Thread(target=load.client, args=(i,), name=f"crash-client-{i}",
-                                         daemon=True) for i in range(THREADS)]
+                                         daemon=True) for i in range(threads)]
         started = time.monotonic()
         for t in self.threads:
             t.start()
@@ -219,7 +219,14 @@ class CrashTest(unittest.TestCase):
         self.assertEqual(self.server.count(LOCAL), before + 1)
 
     def test_kill_during_local_deliveries(self):
-        load = self.run_and_kill([LOCAL], "local")
+        self.kill_during_local(self.run_and_kill([LOCAL], "local"))
+
+    def test_kill_during_one_clients_local_deliveries(self):
+        # One client alone, mail for our own mailbox: the SMTP loop makes each message
+        # durable, puts it in place and answers it itself (net.reactor, _settle_here).
+        self.kill_during_local(self.run_and_kill([LOCAL], "lone", threads=1))
+
+    def kill_during_local(self, load: Load) -> None:
         # Even before any clean-up, what sits in new/ must be complete (rename is atomic).
         found = self.parse_maildir(load)
         self.check_acknowledged_stored_once(load, found)
@@ -278,7 +285,14 @@ class CrashTest(unittest.TestCase):
         # Queued files are written without an fsync of their own: the queue's journal holds
         # them until they are delivered or checkpointed.  A power cut (unlike a kill) can
         # take such a file, or its data; the journal must bring every acknowledged one back.
-        load = self.run_and_kill([REMOTE], "power")
+        self.power_cut_queue(self.run_and_kill([REMOTE], "power"))
+
+    def test_one_client_sending_on_then_lose_unsynced_queue_files(self):
+        # The same with one client alone: the settling thread answers each message and
+        # then, briefly, the client's next command itself (net.reactor, _follow_up).
+        self.power_cut_queue(self.run_and_kill([REMOTE], "lonesendon", threads=1))
+
+    def power_cut_queue(self, load: Load) -> None:
         queue = self.server.data_dir / "queue"
         held, _ = journal_holds(queue / "journal")
         acked = sorted(qid for qid in load.acked.values() if qid in held)
@@ -314,7 +328,13 @@ class CrashTest(unittest.TestCase):
         # into new/ are synced at the journal's next checkpoint (every half second).  A
         # power cut can take those of the last moment, or their data; the journal must
         # bring each back, once, complete, while those checkpointed are left as they are.
-        load = self.run_and_kill([LOCAL], "localpower")
+        self.power_cut_local(self.run_and_kill([LOCAL], "localpower"))
+
+    def test_one_client_then_lose_unsynced_local_files(self):
+        # The same with one client alone, whose messages the SMTP loop settles itself.
+        self.power_cut_local(self.run_and_kill([LOCAL], "lonepower", threads=1))
+
+    def power_cut_local(self, load: Load) -> None:
         box = self.server.maildir(LOCAL)
         _, held = journal_holds(self.server.data_dir / "queue" / "journal")
         # A delivery killed between its journal record and its rename into new/ was never
