@@ -1,11 +1,15 @@
 """The SMTP loop's selector (ismail/net/poller.py): epoll on Linux, the selectors
 module elsewhere, behind the same calls.  Both are checked here on whatever this
-machine has; the loop itself is checked end to end by test_reactor and the SMTP tests."""
+machine has; the loop itself is checked end to end by test_reactor and the SMTP tests,
+and on select() (Windows' path) by test_loop_select."""
+import os
 import select
+import selectors
 import socket
 import threading
 import time
 import unittest
+from unittest import mock
 
 from ismail.net.poller import EpollPoller, SelectorsPoller, make_poller
 
@@ -86,7 +90,12 @@ class EpollPollerTest(_PollerCases, unittest.TestCase):
     make = EpollPoller
 
     def test_is_the_default_here_and_sees_registrations_while_waiting(self):
-        self.assertIsInstance(make_poller(), EpollPoller)
+        with mock.patch.dict(os.environ):
+            os.environ.pop("ISMAIL_POLLER", None)
+            default = make_poller()
+        self.addCleanup(default.close)
+        self.assertIsInstance(default, EpollPoller)
+        self.assertEqual(default.name, "epoll")
         a, b = self.pairs[0]
         b.send(b"x")
         # Another thread registers a readable socket while the loop's thread waits:
@@ -97,6 +106,19 @@ class EpollPollerTest(_PollerCases, unittest.TestCase):
 
 class SelectorsPollerTest(_PollerCases, unittest.TestCase):
     make = SelectorsPoller
+
+
+class SelectPollerTest(_PollerCases, unittest.TestCase):
+    """select() itself, what Windows has, and the switch that picks it anywhere."""
+    make = staticmethod(lambda: SelectorsPoller(selectors.SelectSelector))
+
+    def test_the_switch_picks_select(self):
+        with mock.patch.dict(os.environ, {"ISMAIL_POLLER": "select"}):
+            chosen = make_poller()
+        self.addCleanup(chosen.close)
+        self.assertIsInstance(chosen, SelectorsPoller)
+        self.assertEqual(chosen.name, "select")
+        self.assertFalse(chosen.threadsafe)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,13 @@ with an error or a hang-up counts as readable: its read says which), ``close()``
 ``threadsafe`` is true when another thread may register while the loop waits and the
 loop sees it without being woken (epoll's nature; select() only looks at the sockets
 it was given).
+
+The environment variable ISMAIL_POLLER=select makes the loop use select() where epoll
+exists too: Windows' path, which the tests then run on Linux (tests/test_loop_select.py).
 """
 from __future__ import annotations
 
+import os
 import select
 import selectors
 import socket
@@ -28,6 +32,7 @@ _MAX_EVENTS = 256  # readable sockets taken per wake; any more are reported at t
 
 class EpollPoller:
     threadsafe = True
+    name = "epoll"
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -75,8 +80,9 @@ class EpollPoller:
 class SelectorsPoller:
     threadsafe = False
 
-    def __init__(self) -> None:
-        self._sel = selectors.DefaultSelector()
+    def __init__(self, kind: type[selectors.BaseSelector] = selectors.DefaultSelector) -> None:
+        self._sel = kind()
+        self.name = self._sel.__class__.__name__.removesuffix("Selector").lower()  # "select" on Windows
         # kqueue and devpoll see sockets registered while they wait, but take_back's
         # hand-over through the loop is only skipped where that was measured (epoll).
 
@@ -97,5 +103,8 @@ class SelectorsPoller:
 
 
 def make_poller() -> EpollPoller | SelectorsPoller:
-    """epoll where there is one (Linux), else the selectors module's best."""
+    """epoll where there is one (Linux), else the selectors module's best; select()
+    with ISMAIL_POLLER=select (module docstring)."""
+    if os.environ.get("ISMAIL_POLLER") == "select":
+        return SelectorsPoller(selectors.SelectSelector)
     return EpollPoller() if hasattr(select, "epoll") else SelectorsPoller()

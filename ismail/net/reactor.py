@@ -112,6 +112,7 @@ class Reactor:
             self._listeners.add(listener)
             if self._thread is None:
                 self._sel = make_poller()
+                log.info("SMTP loop: waits with %s", self._sel.name)
                 self._wake_r, self._wake_w = socket.socketpair()
                 self._wake_r.setblocking(False)
                 self._wake_w.setblocking(False)
