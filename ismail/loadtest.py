@@ -415,7 +415,8 @@ class LoadTest:
     def _drive(self, sessions: list) -> None:
         """Step every session until it ends: each yields ``(socket, events, until)``, and is
         resumed when the socket is ready, or has _Expired thrown in at ``until``."""
-        sel = self._selector = selectors.DefaultSelector()
+        sel = self._selector = (selectors.SelectSelector() if os.environ.get("ISMAIL_POLLER") == "select"
+                                else selectors.DefaultSelector())  # select(): as on Windows (net.poller)
         ready: deque = deque((session, None) for session in sessions)
         until: dict = {}  # waiting session -> when its wait runs out
         live = set(sessions)

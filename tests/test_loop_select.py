@@ -5,7 +5,7 @@ it waits; Windows has only select(), with which a worker hands a connection back
 the loop itself (net.poller, net.reactor.take_back).  Here the loop's own tests run again
 with ISMAIL_POLLER=select, which makes the loop use select() on Linux too: the servers
 the tests start in-process, and the `python3 -m ismail run` processes they start (which
-inherit the environment).
+inherit the environment).  `ismail loadtest` honours it as well.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 import unittest
 from unittest import mock
 
-from tests import test_crash, test_hostile, test_reactor, test_receiver
+from tests import test_crash, test_hostile, test_loadtest, test_reactor, test_receiver
 from tests.support import ServerProcess, SMTPTalk
 
 
@@ -123,6 +123,20 @@ class CrashWithTLSAndAuthTest(OnSelect, test_hostile.CrashWithTLSAndAuthTest):
 
 # No acknowledged message lost under a SIGKILL, eight clients or one.
 class CrashTest(OnSelect, test_crash.CrashTest):
+    pass
+
+
+# The load generator's one loop drives its sessions on select() too (Windows' only
+# selector): connects refused and timed out, Ctrl+C, a real server, STARTTLS and AUTH.
+class LoadTestWithoutISMailTest(OnSelect, test_loadtest.WithoutISMailTest):
+    pass
+
+
+class LoadTestAgainstISMailTest(OnSelect, test_loadtest.AgainstISMailTest):
+    pass
+
+
+class LoadTestTLSAndLoginTest(OnSelect, test_loadtest.TLSAndLoginTest):
     pass
 
 
