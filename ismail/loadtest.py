@@ -43,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from .loadtest_cli import DEFAULT_TO
+from .net.poller import select_forced
 from .net.sockets import client_tls_context, no_delay
 
 MAX_REPLY_BYTES = 65536       # a server that says more than this in one reply is not answering
@@ -415,8 +416,8 @@ class LoadTest:
     def _drive(self, sessions: list) -> None:
         """Step every session until it ends: each yields ``(socket, events, until)``, and is
         resumed when the socket is ready, or has _Expired thrown in at ``until``."""
-        sel = self._selector = (selectors.SelectSelector() if os.environ.get("ISMAIL_POLLER") == "select"
-                                else selectors.DefaultSelector())  # select(): as on Windows (net.poller)
+        sel = self._selector = (selectors.SelectSelector() if select_forced()  # as on Windows
+                                else selectors.DefaultSelector())
         ready: deque = deque((session, None) for session in sessions)
         until: dict = {}  # waiting session -> when its wait runs out
         live = set(sessions)

@@ -102,9 +102,15 @@ class SelectorsPoller:
         self._sel.close()
 
 
+def select_forced() -> bool:
+    """ISMAIL_POLLER=select: select() wanted where something better exists (module
+    docstring; the load generator's loop honours it too)."""
+    return os.environ.get("ISMAIL_POLLER") == "select"
+
+
 def make_poller() -> EpollPoller | SelectorsPoller:
     """epoll where there is one (Linux), else the selectors module's best; select()
-    with ISMAIL_POLLER=select (module docstring)."""
-    if os.environ.get("ISMAIL_POLLER") == "select":
+    with ISMAIL_POLLER=select."""
+    if select_forced():
         return SelectorsPoller(selectors.SelectSelector)
     return EpollPoller() if hasattr(select, "epoll") else SelectorsPoller()
