@@ -308,21 +308,20 @@ class CrashTest(unittest.TestCase):
         # Queued files are written without an fsync of their own: the queue's journal holds
         # them until they are delivered or checkpointed.  A power cut (unlike a kill) can
         # take such a file, or its data; the journal must bring every acknowledged one back.
-        self.power_cut_queue(self.run_and_kill_holding(self.queued_held, MIN_ACKS_BEFORE_KILL,
-                                                       [REMOTE], "power"))
+        self.power_cut_queue("power")
 
     def test_one_client_sending_on_then_lose_unsynced_queue_files(self):
         # The same with one client alone: the settling thread answers each message and
         # then, briefly, the client's next command itself (net.reactor, _follow_up).
-        self.power_cut_queue(self.run_and_kill_holding(self.queued_held, MIN_ACKS_BEFORE_KILL,
-                                                       [REMOTE], "lonesendon", threads=1))
+        self.power_cut_queue("lonesendon", threads=1)
 
     def queued_held(self) -> int:
         """Acknowledged queued messages the journal holds (run_and_kill_holding)."""
         held, _ = journal_holds(self.server.data_dir / "queue" / "journal")
         return sum(qid in held for qid in self.load.acked.values())
 
-    def power_cut_queue(self, load: Load) -> None:
+    def power_cut_queue(self, run_id: str, threads: int = THREADS) -> None:
+        load = self.run_and_kill_holding(self.queued_held, MIN_ACKS_BEFORE_KILL, [REMOTE], run_id, threads)
         queue = self.server.data_dir / "queue"
         held, _ = journal_holds(queue / "journal")
         acked = sorted(qid for qid in load.acked.values() if qid in held)
@@ -358,20 +357,19 @@ class CrashTest(unittest.TestCase):
         # into new/ are synced at the journal's next checkpoint (every half second).  A
         # power cut can take those of the last moment, or their data; the journal must
         # bring each back, once, complete, while those checkpointed are left as they are.
-        self.power_cut_local(self.run_and_kill_holding(self.local_held, LOCAL_HELD_NEEDED,
-                                                       [LOCAL], "localpower"))
+        self.power_cut_local("localpower")
 
     def test_one_client_then_lose_unsynced_local_files(self):
         # The same with one client alone, whose messages the SMTP loop settles itself.
-        self.power_cut_local(self.run_and_kill_holding(self.local_held, LOCAL_HELD_NEEDED,
-                                                       [LOCAL], "lonepower", threads=1))
+        self.power_cut_local("lonepower", threads=1)
 
     def local_held(self) -> int:
         """Local deliveries the journal holds whose files are in new/ (run_and_kill_holding)."""
         _, held = journal_holds(self.server.data_dir / "queue" / "journal")
         return sum(path.exists() for path in held)
 
-    def power_cut_local(self, load: Load) -> None:
+    def power_cut_local(self, run_id: str, threads: int = THREADS) -> None:
+        load = self.run_and_kill_holding(self.local_held, LOCAL_HELD_NEEDED, [LOCAL], run_id, threads)
         box = self.server.maildir(LOCAL)
         _, held = journal_holds(self.server.data_dir / "queue" / "journal")
         # A delivery killed between its journal record and its rename into new/ was never
