@@ -178,13 +178,15 @@ class DirSync:
 
 def atomic_write(path: Path, data: bytes | tuple[bytes, ...], mode: int | None = None,
                  tmp_dir: Path | None = None, dirsync: "DirSync | None" = None,
-                 sync: bool = True) -> None:
+                 sync: bool = True, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` (bytes, or pieces written one after another) so that
     a reader sees the old or the new file, never half.
 
     ``tmp_dir`` (same file system) keeps the temporary file out of a folder that
     others list, such as the queue; ``dirsync`` shares the folder's fsync.  Without
-    ``sync`` neither the file nor its folder is synced (the queue's journal covers it).
+    ``sync`` neither the file nor its folder is synced (the queue's journal covers it);
+    without ``sync_dir`` only the file is, and the caller syncs the folder once for
+    several renames.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = (tmp_dir or path.parent) / f".{path.name}.{_PID}.{next_serial()}.tmp"
@@ -199,7 +201,7 @@ def atomic_write(path: Path, data: bytes | tuple[bytes, ...], mode: int | None =
         except OSError:
             pass
         raise
-    if not sync:
+    if not sync or not sync_dir:
         return
     if dirsync is None:
         fsync_dir(path.parent)

@@ -135,6 +135,49 @@ class MailStoreTest(StoreCase):
             for sub in ("new", "cur", "tmp"):
                 self.assertTrue((self.root / f".{name}" / sub).is_dir())
 
+    @unittest.skipIf(os.name == "nt", "Windows cannot sync a directory (NTFS journals renames)")
+    def test_special_folders_are_durable_when_made(self):
+        """Each folder is synced before it is renamed into place, and the account's folder
+        after the last rename (the folders and the subscriptions file), so a power cut
+        after the login loses none of them."""
+        events = []
+        real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
+
+        def fsync(fd):
+            events.append(("sync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
+            return real_fsync(fd)
+
+        def rename(src, dst):
+            events.append(("rename", Path(src), Path(dst)))
+            return real_rename(src, dst)
+
+        def replace(src, dst):
+            events.append(("rename", Path(src), Path(dst)))
+            return real_replace(src, dst)
+
+        if not Path("/proc/self/fd").is_dir():
+            self.skipTest("needs /proc to name a synced file")
+        root = self.root.resolve()
+        with mock.patch("os.fsync", fsync), mock.patch("os.rename", rename), \
+                mock.patch("os.replace", replace):
+            self.assertEqual(self.store.ensure_special(), ["Sent", "Drafts", "Trash", "Junk"])
+        renames = [i for i, e in enumerate(events) if e[0] == "rename"]
+        self.assertEqual(sorted(e[2].name for e in events if e[0] == "rename"),
+                         [".Drafts", ".Junk", ".Sent", ".Trash", "subscriptions"])
+        for i in renames:  # a folder built under a private name, or the new subscriptions file
+            self.assertIn(("sync", events[i][1].resolve()), events[:i],
+                          f"{events[i][2].name} not synced before its rename")
+        self.assertEqual(events[-1], ("sync", root), "the account's folder is not synced last")
+        self.assertEqual(sum(1 for e in events if e[0] == "sync"), 6)
+        self.assertEqual(self.store.subscriptions(), ["INBOX", "Sent", "Drafts", "Trash", "Junk"])
+
+    def test_a_users_own_spelling_of_a_special_folder_is_kept(self):
+        self.store.create("sent")  # made by a mail program before the first login here
+        self.assertEqual(self.store.ensure_special(), ["Drafts", "Trash", "Junk"])
+        self.assertEqual(self.store.ensure_special(), [])
+        self.assertEqual([i.name for i in self.store.list()], ["INBOX", "Drafts", "Junk", "Trash", "sent"])
+        self.assertEqual(self.store.subscriptions(), ["INBOX", "Drafts", "Trash", "Junk"])
+
     def test_user_unsubscribe_survives_ensure_special(self):
         self.store.ensure_special()
         self.store.unsubscribe("Junk")

@@ -112,18 +112,34 @@ class MailStore:
         return infos
 
     def ensure_special(self) -> list[str]:
-        """Create Sent, Drafts, Trash and Junk where missing; returns the names created."""
+        """Create Sent, Drafts, Trash and Junk where missing; returns the names created.
+
+        A new account's first login makes all four, so they share their syncs: each is
+        built and synced under a private name, then all are renamed into place and the
+        subscriptions replaced, and one fsync of the account's folder covers every
+        rename (6 syncs instead of 14).
+        """
+        if (self.root / SUBSCRIPTIONS).exists() and all(self.exists(n) for n in SPECIAL_USE):
+            return []
         created = []
-        first_time = not (self.root / SUBSCRIPTIONS).exists()
-        for name in SPECIAL_USE:
-            if not self.exists(name):
+        with self._locked():
+            first_time = not (self.root / SUBSCRIPTIONS).exists()
+            found = self._folders()
+            for name in SPECIAL_USE:
+                if self.exists(name):
+                    continue
                 try:
-                    self.create(name)
-                    created.append(name)
-                except FolderExists:  # "sent" exists: the user's spelling wins
-                    pass
-        if created or first_time:
-            self._change_subscriptions(add=([INBOX] if first_time else []) + created)
+                    self._check_free(name, found)  # "sent" exists: the user's spelling wins
+                except FolderExists:
+                    continue
+                self._make(name, sync_root=False)
+                created.append(name)
+            if created or first_time:
+                self._change_subscriptions(add=([INBOX] if first_time else []) + created,
+                                           held=True, sync_root=False)
+                fsync_dir(self.root)
+        for name in created:
+            log.info("created folder %s in %s", name, self.root)
         return created
 
     def status(self, name: str) -> FolderStatus:
@@ -167,14 +183,19 @@ class MailStore:
             self._make(norm)
         log.info("created folder %s in %s", norm, self.root)
 
-    def _make(self, name: str) -> None:
-        """Build the folder under a private name, then rename it into place in one step."""
+    def _make(self, name: str, sync_root: bool = True) -> None:
+        """Build the folder under a private name, then rename it into place in one step.
+
+        Without ``sync_root`` the caller syncs the account's folder (once for several).
+        The empty ``maildirfolder`` marker is for other Maildir programs and, like tmp/,
+        new/ and cur/, needs no sync of its own: the sync of its folder records it.
+        """
         work = self.root / (_NEW_PREFIX + unique_name())
         work.mkdir()
         try:
             for sub in ("tmp", "new", "cur"):
                 (work / sub).mkdir()
-            write_new_file(work / MARKER, ())
+            write_new_file(work / MARKER, (), sync=False)
             fsync_dir(work)
             os.rename(work, self.root / names.dirname(name))
         except OSError as e:
@@ -182,7 +203,8 @@ class MailStore:
             if (self.root / names.dirname(name)).exists():
                 raise FolderExists(f"folder {name} already exists") from None
             raise FolderError(f"could not create folder {name}: {e.strerror or e}") from None
-        fsync_dir(self.root)
+        if sync_root:
+            fsync_dir(self.root)
 
     def delete(self, name: str) -> None:
         """Delete an empty-of-children folder and its messages. INBOX cannot be deleted."""
@@ -260,16 +282,18 @@ class MailStore:
     def unsubscribe(self, name: str) -> None:
         self._change_subscriptions(remove=[names.normalize(name)])
 
-    def _change_subscriptions(self, add=(), remove=(), held: bool = False) -> None:
+    def _change_subscriptions(self, add=(), remove=(), held: bool = False,
+                              sync_root: bool = True) -> None:
+        """Without ``sync_root`` the caller syncs the account's folder after the rename."""
         if not held:
             with self._locked():
-                return self._change_subscriptions(add, remove, held=True)
+                return self._change_subscriptions(add, remove, held=True, sync_root=sync_root)
         current = self.subscriptions()
         wanted = [n for n in current if n not in set(remove)]
         wanted += [n for n in add if n not in wanted]
         if wanted != current or not (self.root / SUBSCRIPTIONS).exists():
-            retry_windows(atomic_write, self.root / SUBSCRIPTIONS,
-                          "".join(n + "\n" for n in wanted).encode("utf-8"))
+            data = "".join(n + "\n" for n in wanted).encode("utf-8")
+            retry_windows(lambda: atomic_write(self.root / SUBSCRIPTIONS, data, sync_dir=sync_root))
 
     # -- housekeeping ----------------------------------------------------------------------------------
     def _remove_leftovers(self) -> None:
