@@ -36,7 +36,7 @@ from .store.autoreply import AutoReplies, AutoReplyError
 from .store.dedupe import DuplicateFilter, top_received
 from .store.routes import RouteError, Routes
 from .config import ListenEntry, Settings
-from .fsutil import DirSync, new_queue_id
+from .fsutil import DirSync, make_dirs, new_queue_id
 from .net.guard import Guard
 from .net.limits import ConnectionLimiter
 from .store.folders_box import use_measured_slack
@@ -131,7 +131,7 @@ class MailServer:
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.data_dir)
             self.accounts.load()
             self.addresses.load()
             self.routes.load()

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, make_dirs
 from ..platform.protect import ProtectError, protect, unprotect
 from . import rsa
 from .dkim import dns_record_value
@@ -155,7 +155,7 @@ class KeyStore:
         with self._lock:
             selector = self.default_selector(domain, selector)
             folder = self.dir / domain
-            folder.mkdir(parents=True, exist_ok=True)
+            make_dirs(folder)
             pem = rsa.private_key_to_pem(key).decode("ascii")
             path = folder / f"{selector}.pem"
             if path.exists():  # never overwrite a key: mail signed with it may still be under way

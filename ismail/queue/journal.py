@@ -88,7 +88,7 @@ import time
 import zlib
 from pathlib import Path
 
-from ..fsutil import _O_NEW, _write_all, atomic_write, fsync_dir, new_queue_id, write_new_file
+from ..fsutil import _O_NEW, _write_all, atomic_write, fsync_dir, make_dirs, new_queue_id, write_new_file
 
 log = logging.getLogger("ismail.spool")
 
@@ -280,7 +280,7 @@ class Journal:
         """Bring back what the segments a crash left hold; remove them.  Returns how many
         message files (queued or local) were written again.  Call before the queue is read,
         with no server."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.folder)
         (self.folder / SPARE_NAME).unlink(missing_ok=True)  # made ahead, never written to
         segments = sorted(p for p in self.folder.iterdir() if p.suffix == ".jnl" and p.stem.isdigit())
         queued: dict[str, bytes] = {}
@@ -291,7 +291,7 @@ class Journal:
             if segment_header(data) is None:
                 if data.strip(b"\0") and not HEADER.startswith(data.rstrip(b"\0")):
                     corrupt = self.messages.parent / "corrupt"
-                    corrupt.mkdir(parents=True, exist_ok=True)
+                    make_dirs(corrupt)
                     os.replace(path, corrupt / f"{path.stem}.{time.time_ns()}.jnl")  # never over another
                     log.error("queue journal %s is not an ISMail journal (it starts %r): set aside in %s",
                               path.name, data[:20], corrupt)
@@ -339,7 +339,7 @@ class Journal:
                     # message is set aside where the queue keeps what it cannot use, never
                     # dropped; if even that fails, the start fails and the segment stays.
                     corrupt = self.messages.parent / "corrupt"
-                    corrupt.mkdir(parents=True, exist_ok=True)
+                    make_dirs(corrupt)
                     kept = corrupt / f"{lid}.{n}.eml"
                     kept.unlink(missing_ok=True)
                     write_new_file(kept, (message,))
@@ -366,8 +366,7 @@ class Journal:
         if same:
             fsync_file(path)
             return False
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(tmp.parent, path.parent)
         tmp.unlink(missing_ok=True)
         write_new_file(tmp, (message,))
         os.replace(tmp, path)

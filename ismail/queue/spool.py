@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..fsutil import DirSync, atomic_write, fsync_dir, next_serial, remove_quietly, write_new_file
+from ..fsutil import (DirSync, atomic_write, fsync_dir, make_dirs, next_serial, remove_quietly,
+                      write_new_file)
 from .journal import JOURNAL_MAX, Journal
 
 log = logging.getLogger("ismail.spool")
@@ -183,8 +184,7 @@ class Spool:
         Returns the ids of every complete entry, oldest first.
         """
         self.close()
-        for d in (self.messages, self.tmp, self.corrupt):
-            d.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.messages, self.tmp, self.corrupt)
         for leftover in self.tmp.iterdir():
             remove_quietly(leftover)
         if self.use_journal:
@@ -383,7 +383,7 @@ class Spool:
 
     def set_aside(self, queue_id: str, why: str) -> None:
         self.write_out(queue_id)
-        self.corrupt.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.corrupt)
         for ext in ("state", "json", "msg", "eml"):
             src = self._path(queue_id, ext)
             if src.exists():

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..fsutil import atomic_write, file_lock
+from ..fsutil import atomic_write, file_lock, make_dirs
 
 log = logging.getLogger("ismail.accounts")
 
@@ -136,9 +136,8 @@ def _dummy_hash() -> str:
 
 
 def ensure_maildir(path: Path) -> None:
-    """Create path/new, path/cur and path/tmp (parents ok, existing ok)."""
-    for sub in ("new", "cur", "tmp"):
-        (Path(path) / sub).mkdir(parents=True, exist_ok=True)
+    """Create path/new, path/cur and path/tmp (parents ok, existing ok), durably."""
+    make_dirs(*(Path(path) / sub for sub in ("new", "cur", "tmp")))
 
 
 @dataclass

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..fsutil import DirSync, fsync_dir, remove_quietly, unique_name, write_new_file
+from ..fsutil import DirSync, fsync_dir, make_dirs, remove_quietly, unique_name, write_new_file
 from ..queue.journal import JOURNAL_MAX, Journal, fsync_file
 from ..queue.spool import MessageBuffer
 from .spares import SpareFiles, fill
@@ -89,14 +89,8 @@ def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
 
 
 def _make_folders(boxes: list[Path]) -> bool:
-    """Create the tmp/ new/ cur/ that are missing; True if there were any."""
-    made = False
-    for box in boxes:
-        for sub in ("tmp", "new", "cur"):
-            if not (box / sub).is_dir():
-                (box / sub).mkdir(parents=True, exist_ok=True)
-                made = True
-    return made
+    """Create the tmp/ new/ cur/ that are missing, durably; True if there were any."""
+    return make_dirs(*(box / sub for box in boxes for sub in ("tmp", "new", "cur")))
 
 
 def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: DirSync | None,
