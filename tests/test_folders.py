@@ -8,6 +8,7 @@ with SIGKILL in the middle of appends, copies, moves and expunges, and a folder 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -135,11 +136,10 @@ class MailStoreTest(StoreCase):
             for sub in ("new", "cur", "tmp"):
                 self.assertTrue((self.root / f".{name}" / sub).is_dir())
 
-    @unittest.skipIf(os.name == "nt", "Windows cannot sync a directory (NTFS journals renames)")
-    def test_special_folders_are_durable_when_made(self):
-        """Each folder is synced before it is renamed into place, and the account's folder
-        after the last rename (the folders and the subscriptions file), so a power cut
-        after the login loses none of them."""
+    def recorded(self):
+        """Patches that record each fsync (by the path synced) and each rename, in order."""
+        if os.name == "nt" or not Path("/proc/self/fd").is_dir():
+            self.skipTest("needs /proc to name a synced folder (Windows syncs no folders)")
         events = []
         real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
 
@@ -147,19 +147,23 @@ class MailStoreTest(StoreCase):
             events.append(("sync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
             return real_fsync(fd)
 
-        def rename(src, dst):
-            events.append(("rename", Path(src), Path(dst)))
-            return real_rename(src, dst)
+        def renamer(real):
+            def rename(src, dst):
+                events.append(("rename", Path(src), Path(dst)))
+                return real(src, dst)
+            return rename
+        stack = contextlib.ExitStack()
+        stack.enter_context(mock.patch("os.fsync", fsync))
+        stack.enter_context(mock.patch("os.rename", renamer(real_rename)))
+        stack.enter_context(mock.patch("os.replace", renamer(real_replace)))
+        return stack, events
 
-        def replace(src, dst):
-            events.append(("rename", Path(src), Path(dst)))
-            return real_replace(src, dst)
-
-        if not Path("/proc/self/fd").is_dir():
-            self.skipTest("needs /proc to name a synced file")
-        root = self.root.resolve()
-        with mock.patch("os.fsync", fsync), mock.patch("os.rename", rename), \
-                mock.patch("os.replace", replace):
+    def test_special_folders_are_durable_when_made(self):
+        """Each folder is synced before it is renamed into place, and the account's folder
+        after the last rename (the folders and the subscriptions file), so a power cut
+        after the login loses none of them."""
+        stack, events = self.recorded()
+        with stack:
             self.assertEqual(self.store.ensure_special(), ["Sent", "Drafts", "Trash", "Junk"])
         renames = [i for i, e in enumerate(events) if e[0] == "rename"]
         self.assertEqual(sorted(e[2].name for e in events if e[0] == "rename"),
@@ -167,8 +171,25 @@ class MailStoreTest(StoreCase):
         for i in renames:  # a folder built under a private name, or the new subscriptions file
             self.assertIn(("sync", events[i][1].resolve()), events[:i],
                           f"{events[i][2].name} not synced before its rename")
-        self.assertEqual(events[-1], ("sync", root), "the account's folder is not synced last")
+        self.assertEqual(events[-1], ("sync", self.root.resolve()), "the account's folder is not synced last")
         self.assertEqual(sum(1 for e in events if e[0] == "sync"), 6)
+        self.assertEqual(self.store.subscriptions(), ["INBOX", "Sent", "Drafts", "Trash", "Junk"])
+
+    def test_special_folders_made_before_a_failure_are_kept_and_recorded(self):
+        real_make = MailStore._make
+
+        def make(store, name, sync_root=True):
+            if name == "Trash":
+                raise FolderError("could not create folder Trash: No space left on device")
+            return real_make(store, name, sync_root)
+        stack, events = self.recorded()
+        with stack, mock.patch.object(MailStore, "_make", make):
+            with self.assertRaises(FolderError):
+                self.store.ensure_special()
+        self.assertTrue(self.store.exists("Sent") and self.store.exists("Drafts"))
+        self.assertEqual(self.store.subscriptions(), ["INBOX", "Sent", "Drafts"])
+        self.assertEqual(events[-1], ("sync", self.root.resolve()), "the folders made are not recorded")
+        self.assertEqual(self.store.ensure_special(), ["Trash", "Junk"])  # the next login
         self.assertEqual(self.store.subscriptions(), ["INBOX", "Sent", "Drafts", "Trash", "Junk"])
 
     def test_a_users_own_spelling_of_a_special_folder_is_kept(self):

@@ -124,19 +124,21 @@ class MailStore:
         with self._locked():
             first_time = not (self.root / SUBSCRIPTIONS).exists()
             found = self._folders()
-            for name in SPECIAL_USE:
-                if self.exists(name):
-                    continue
-                try:
-                    self._check_free(name, found)  # "sent" exists: the user's spelling wins
-                except FolderExists:
-                    continue
-                self._make(name, sync_root=False)
-                created.append(name)
-            if created or first_time:
-                self._change_subscriptions(add=([INBOX] if first_time else []) + created,
-                                           held=True, sync_root=False)
-                fsync_dir(self.root)
+            try:
+                for name in SPECIAL_USE:
+                    if self.exists(name):
+                        continue
+                    try:
+                        self._check_free(name, found)  # "sent" exists: the user's spelling wins
+                        self._make(name, sync_root=False)
+                    except FolderExists:
+                        continue
+                    created.append(name)
+            finally:  # those made before a failure are kept: subscribed and recorded too
+                if created or first_time:
+                    self._change_subscriptions(add=([INBOX] if first_time else []) + created,
+                                               held=True, sync_root=False)
+                    fsync_dir(self.root)
         for name in created:
             log.info("created folder %s in %s", name, self.root)
         return created
