@@ -7,6 +7,7 @@ pass by skipping.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import tempfile
 import time
 import unittest
 from pathlib import Path
+from unittest import mock
 
 from ismail.queue.dns import DNSError, Resolver
 
@@ -57,6 +59,35 @@ def require_program(test: unittest.TestCase, name: str, path: str | None = None)
 # could not start and the test met "connection refused".
 TEST_PORTS = range(20000, 32000)
 _handed_out: set[int] = set()
+
+
+@contextlib.contextmanager
+def recorded_syncs(test: unittest.TestCase):
+    """Within the block, each fsync as ("sync", the path synced) and each rename or
+    replace as ("rename", source, target), in order, in the list it gives.  Skips the
+    test where a synced descriptor cannot be named (no /proc; Windows syncs no folders)."""
+    if os.name == "nt" or not Path("/proc/self/fd").is_dir():
+        test.skipTest("needs /proc to name a synced file or folder")
+    events: list[tuple] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append(("sync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def recording(real):
+        def rename(src, dst):
+            events.append(("rename", Path(src), Path(dst)))
+            return real(src, dst)
+        return rename
+    with mock.patch("os.fsync", fsync), mock.patch("os.rename", recording(os.rename)), \
+            mock.patch("os.replace", recording(os.replace)):
+        yield events
+
+
+def synced(events: list[tuple]) -> list[Path]:
+    """The paths synced, in order (from recorded_syncs)."""
+    return [e[1] for e in events if e[0] == "sync"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -8,7 +8,6 @@ with SIGKILL in the middle of appends, copies, moves and expunges, and a folder 
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -28,6 +27,8 @@ from ismail.store.folders import (Changes, FolderError, FolderExists, KeywordLim
 from ismail.store.folders_box import Box
 from ismail.store.folders_flags import INFO_SEP
 from ismail.store.uidlist import CorruptIndex, parse
+
+from tests.support import recorded_syncs
 
 ROOT = Path(__file__).resolve().parent.parent
 MSG = b"From: a@example.test\r\nSubject: hello\r\n\r\nline one\r\nline two\r\n"
@@ -136,34 +137,11 @@ class MailStoreTest(StoreCase):
             for sub in ("new", "cur", "tmp"):
                 self.assertTrue((self.root / f".{name}" / sub).is_dir())
 
-    def recorded(self):
-        """Patches that record each fsync (by the path synced) and each rename, in order."""
-        if os.name == "nt" or not Path("/proc/self/fd").is_dir():
-            self.skipTest("needs /proc to name a synced folder (Windows syncs no folders)")
-        events = []
-        real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
-
-        def fsync(fd):
-            events.append(("sync", Path(os.readlink(f"/proc/self/fd/{fd}"))))
-            return real_fsync(fd)
-
-        def renamer(real):
-            def rename(src, dst):
-                events.append(("rename", Path(src), Path(dst)))
-                return real(src, dst)
-            return rename
-        stack = contextlib.ExitStack()
-        stack.enter_context(mock.patch("os.fsync", fsync))
-        stack.enter_context(mock.patch("os.rename", renamer(real_rename)))
-        stack.enter_context(mock.patch("os.replace", renamer(real_replace)))
-        return stack, events
-
     def test_special_folders_are_durable_when_made(self):
         """Each folder is synced before it is renamed into place, and the account's folder
         after the last rename (the folders and the subscriptions file), so a power cut
         after the login loses none of them."""
-        stack, events = self.recorded()
-        with stack:
+        with recorded_syncs(self) as events:
             self.assertEqual(self.store.ensure_special(), ["Sent", "Drafts", "Trash", "Junk"])
         renames = [i for i, e in enumerate(events) if e[0] == "rename"]
         self.assertEqual(sorted(e[2].name for e in events if e[0] == "rename"),
@@ -182,8 +160,7 @@ class MailStoreTest(StoreCase):
             if name == "Trash":
                 raise FolderError("could not create folder Trash: No space left on device")
             return real_make(store, name, sync_root)
-        stack, events = self.recorded()
-        with stack, mock.patch.object(MailStore, "_make", make):
+        with recorded_syncs(self) as events, mock.patch.object(MailStore, "_make", make):
             with self.assertRaises(FolderError):
                 self.store.ensure_special()
         self.assertTrue(self.store.exists("Sent") and self.store.exists("Drafts"))

@@ -33,7 +33,7 @@ from ismail.store import folders_box
 from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
 from ismail.service import MailServer
-from tests.support import ROOT, ServerProcess, SMTPTalk, free_port
+from tests.support import ROOT, ServerProcess, SMTPTalk, free_port, recorded_syncs, synced
 
 USER = "user@example.test"
 REPLY_LINE = re.compile(rb"[2-5][0-9]{2}[ -][^\r\n]*\r\n")
@@ -702,6 +702,36 @@ class StartTests(ReceiverTestCase):
         self.assertGreaterEqual(slack, folders_box.MTIME_SLACK_FLOOR)
         probes = [p for p in self.data_dir.rglob(folders_box.PROBE_PREFIX + "*")]
         self.assertEqual(probes, [], "the probe folder is gone")
+
+
+class FreshMachineTests(ReceiverTestCase):
+    def test_every_folder_a_fresh_server_makes_is_recorded_on_disk(self) -> None:
+        """A first start on a fresh machine and a first message: the data folder, the
+        account's Maildir, the queue's folders - each folder made has its entry in the
+        folder above synced, so a power cut after the 250 cannot take the folder away,
+        and the message in it with it."""
+        base = Path(tempfile.mkdtemp(prefix="ismail-fresh-")).resolve()
+        self.addCleanup(shutil.rmtree, base, True)
+        data_dir = base / "data"
+        self.port = free_port()
+        self.raw = settings_dict(self.port)
+        settings, _ = from_dict(self.raw)
+        with recorded_syncs(self) as events:
+            AccountStore(data_dir).add(USER, "secret-pw", sorted(settings.local_domains()))
+            self.ms, self.data_dir = MailServer(settings, data_dir), data_dir
+            self.ms.start()
+            try:
+                talk = self.greeted()
+                self.assertRegex(self.send_message(talk, b"Subject: first\r\n\r\nhello\r\n"), rb"^250 ")
+                talk.close()
+            finally:
+                self.ms.stop(5.0)
+        self.assertEqual(len(maildir_files(data_dir)), 1)
+        recorded = set(synced(events))
+        made = [d for d in (data_dir, *data_dir.rglob("*")) if d.is_dir()]
+        self.assertIn(data_dir / "mailboxes" / "example.test" / "user" / "new", made)
+        self.assertEqual([d for d in made if d.parent not in recorded], [],
+                         "folders whose entry was never synced")
 
 
 class StopTests(ReceiverTestCase):

@@ -13,6 +13,8 @@ from ismail.fsutil import DirSync
 from ismail.store import maildir
 from ismail.queue.spool import SPILL_BYTES, MessageBuffer, QueueEntry, QueuedRecipient, Spool
 
+from tests.support import recorded_syncs, synced
+
 
 def buffer_of(spill: Path, *parts: bytes) -> MessageBuffer:
     buf = MessageBuffer(spill)
@@ -202,28 +204,19 @@ class MaildirTest(unittest.TestCase):
         self.assertEqual([p.name for p in (self.box("a") / "new").iterdir()], [placed.name])
         self.assertTrue((self.box("a") / "cur").is_dir())
 
-    @unittest.skipIf(not Path("/proc/self/fd").is_dir(), "needs /proc to name a synced folder")
     def test_a_mailbox_made_by_its_first_message_is_durable_with_it(self):
         """The folders made for a mailbox's first message are recorded on disk before the
         delivery returns: a power cut after the 250 must not take the new Maildir, and the
         message with it, away."""
-        synced = []
-        real_fsync = os.fsync
-
-        def fsync(fd):
-            synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
-            return real_fsync(fd)
-
-        with mock.patch("os.fsync", fsync):
+        with recorded_syncs(self) as events:
             [placed] = maildir.deliver([self.box("a")], b"", buffer_of(self.dir, b"first\r\n"))
         base = self.dir.resolve()
         for folder in (base, base / "mailboxes", base / "mailboxes" / "example.test",
                        base / "mailboxes" / "example.test" / "a", placed.parent.resolve()):
-            self.assertIn(folder, synced)
-        synced.clear()
-        with mock.patch("os.fsync", fsync):  # the next message: its own syncs only
+            self.assertIn(folder, synced(events))
+        with recorded_syncs(self) as events:  # the next message: its own syncs only
             maildir.deliver([self.box("a")], b"", buffer_of(self.dir, b"second\r\n"))
-        self.assertNotIn(base / "mailboxes" / "example.test", synced)
+        self.assertNotIn(base / "mailboxes" / "example.test", synced(events))
 
     def test_a_missing_file_with_every_folder_there_is_an_error_not_a_loop(self):
         maildir.deliver([self.box("a")], b"", buffer_of(self.dir, b"x\r\n"))
@@ -252,30 +245,22 @@ class MakeDirsTest(unittest.TestCase):
     def setUp(self):
         self.dir = Path(tempfile.mkdtemp(prefix="ismail-makedirs-")).resolve()
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
-        self.synced = []
-        real_fsync = os.fsync
 
-        def fsync(fd):
-            self.synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
-            return real_fsync(fd)
-        if os.name != "nt" and Path("/proc/self/fd").is_dir():
-            patcher = mock.patch("os.fsync", fsync)
-            patcher.start()
-            self.addCleanup(patcher.stop)
-
-    def test_missing_folders_are_made_and_each_parent_synced_once(self):
+    def test_missing_folders_are_made_with_their_parents(self):
         a = self.dir / "a"
         self.assertTrue(fsutil.make_dirs(a / "b" / "new", a / "b" / "cur", self.dir / "x"))
         for d in (a / "b" / "new", a / "b" / "cur", self.dir / "x"):
             self.assertTrue(d.is_dir(), d)
-        if os.name != "nt" and Path("/proc/self/fd").is_dir():
-            self.assertEqual(sorted(self.synced), sorted([self.dir, a, a / "b"]))
+        self.assertFalse(fsutil.make_dirs(a / "b" / "new", self.dir))
 
-    def test_folders_that_exist_make_nothing_and_sync_nothing(self):
-        (self.dir / "a" / "new").mkdir(parents=True)
-        self.synced.clear()
-        self.assertFalse(fsutil.make_dirs(self.dir / "a" / "new", self.dir))
-        self.assertEqual(self.synced, [])
+    def test_each_folder_made_is_recorded_by_a_sync_of_its_parent_once(self):
+        a = self.dir / "a"
+        with recorded_syncs(self) as events:
+            fsutil.make_dirs(a / "b" / "new", a / "b" / "cur", self.dir / "x")
+        self.assertEqual(sorted(synced(events)), sorted([self.dir, a, a / "b"]))
+        with recorded_syncs(self) as events:
+            fsutil.make_dirs(a / "b" / "new", self.dir)
+        self.assertEqual(events, [], "folders that exist need no sync")
 
     def test_a_file_in_the_way_is_an_error(self):
         (self.dir / "a").write_bytes(b"not a folder")

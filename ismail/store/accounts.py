@@ -325,7 +325,7 @@ class AccountStore:
         made elsewhere a moment ago is overwritten."""
         with self._lock:
             try:
-                self.data_dir.mkdir(parents=True, exist_ok=True)
+                make_dirs(self.data_dir)
             except OSError as e:
                 raise AccountError(f"Could not create the data folder {self.data_dir}: "
                                    f"{e.strerror or e}.") from e

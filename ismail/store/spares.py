@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from ..fsutil import _O_NEW, remove_quietly, unique_name, write_chunks
+from ..fsutil import _O_NEW, make_dirs, remove_quietly, unique_name, write_chunks
 
 log = logging.getLogger("ismail.spares")
 
@@ -64,7 +64,7 @@ class SpareFiles:
         pool = cls(root)
         try:
             pool.clear()
-            mailbox_root.mkdir(parents=True, exist_ok=True)
+            make_dirs(mailbox_root)  # the Maildirs' folder: made durably, as they are
             for folder in pool.folders:
                 folder.mkdir(parents=True, exist_ok=True)
             if root.stat().st_dev != mailbox_root.stat().st_dev:
