@@ -70,6 +70,12 @@ def make_dirs(*paths: Path) -> bool:
     return bool(made)
 
 
+def make_maildirs(*boxes: Path) -> bool:
+    """The tmp/ new/ cur/ of each Maildir that are missing, made durably (make_dirs);
+    True if any was made."""
+    return make_dirs(*(Path(box) / sub for box in boxes for sub in ("tmp", "new", "cur")))
+
+
 WRITE_BYTES = 1 << 16  # pieces are gathered up to this size before they are written
 O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # os.open for reading; Windows: no newline translation
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)

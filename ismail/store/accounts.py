@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..fsutil import atomic_write, file_lock, make_dirs
+from ..fsutil import atomic_write, file_lock, make_dirs, make_maildirs
 
 log = logging.getLogger("ismail.accounts")
 
@@ -137,7 +137,7 @@ def _dummy_hash() -> str:
 
 def ensure_maildir(path: Path) -> None:
     """Create path/new, path/cur and path/tmp (parents ok, existing ok), durably."""
-    make_dirs(*(Path(path) / sub for sub in ("new", "cur", "tmp")))
+    make_maildirs(path)
 
 
 @dataclass

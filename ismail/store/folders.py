@@ -38,7 +38,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..fsutil import atomic_write, fsync_dir, make_dirs, unique_name, write_new_file
+from ..fsutil import atomic_write, fsync_dir, make_maildirs, unique_name, write_new_file
 from . import folders_names as names
 from .folders_box import Box
 from .folders_flags import KeywordLimit  # noqa: F401
@@ -68,7 +68,7 @@ class MailStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        make_dirs(*(self.root / sub for sub in ("tmp", "new", "cur")))
+        make_maildirs(self.root)
         self._remove_leftovers()
 
     # -- names and paths -------------------------------------------------------------------------

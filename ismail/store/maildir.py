@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from ..fsutil import DirSync, fsync_dir, make_dirs, remove_quietly, unique_name, write_new_file
+from ..fsutil import DirSync, fsync_dir, make_maildirs, remove_quietly, unique_name, write_new_file
 from ..queue.journal import JOURNAL_MAX, Journal, fsync_file
 from ..queue.spool import MessageBuffer
 from .spares import SpareFiles, fill
@@ -83,14 +83,9 @@ def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
     except FileNotFoundError:
         # A mailbox never written to, or whose folders were removed: made now, and the
         # delivery tried once more (asking first would cost a stat at every message).
-        if not _make_folders(boxes):
+        if not make_maildirs(*boxes):
             raise
         return _deliver(boxes, header, body, dirsync, before_commit, journal)
-
-
-def _make_folders(boxes: list[Path]) -> bool:
-    """Create the tmp/ new/ cur/ that are missing, durably; True if there were any."""
-    return make_dirs(*(box / sub for box in boxes for sub in ("tmp", "new", "cur")))
 
 
 def _deliver(boxes: list[Path], header: bytes, body: MessageBuffer, dirsync: DirSync | None,
@@ -217,7 +212,7 @@ class Staged:
             try:
                 return self._place(lid, dirsync)
             except FileNotFoundError:
-                if not _make_folders(self.boxes):
+                if not make_maildirs(*self.boxes):
                     raise
                 return self._place(lid, dirsync)
         except BaseException:

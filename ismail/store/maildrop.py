@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..fsutil import O_READ, fsync_dir, make_dirs
+from ..fsutil import O_READ, fsync_dir, make_maildirs
 from .folders_box import settled_after
 
 log = logging.getLogger("ismail.maildrop")
@@ -204,7 +204,7 @@ class Maildrop:
         self._closed = False
         self._listing: dict[str, Path] | None = None  # during commit
         self._total: int | None = None  # total_size
-        make_dirs(*(mailbox / sub for sub in ("new", "cur", "tmp")))  # an account that has had no mail yet
+        make_maildirs(mailbox)  # an account that has had no mail yet
         # Answers derived from the whole snapshot (POP3's LIST and UIDL), shared by every
         # session that gets the same remembered listing.
         self.memo: dict[str, bytes] = {}
