@@ -11,9 +11,9 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+from ismail.fsutil import make_maildirs
 from ismail.store import accounts
-from ismail.store.accounts import (AccountError, AccountStore, ensure_maildir, hash_password,
-                             verify_password)
+from ismail.store.accounts import AccountError, AccountStore, hash_password, verify_password
 
 DOMAINS = ["localhost", "example.test"]
 
@@ -367,11 +367,11 @@ class HashTests(unittest.TestCase):
             with self.subTest(stored=stored):
                 self.assertFalse(verify_password("pw", stored))  # type: ignore[arg-type]
 
-    def test_ensure_maildir(self) -> None:
+    def test_make_maildirs(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "a" / "b"
-            ensure_maildir(path)
-            ensure_maildir(path)  # idempotent
+            make_maildirs(path)
+            make_maildirs(path)  # idempotent
             mailbox.Maildir(path, create=False)
             self.assertEqual(sorted(p.name for p in path.iterdir()), ["cur", "new", "tmp"])
 

@@ -135,11 +135,6 @@ def _dummy_hash() -> str:
     return hash_password(secrets.token_urlsafe(16))
 
 
-def ensure_maildir(path: Path) -> None:
-    """Create path/new, path/cur and path/tmp (parents ok, existing ok), durably."""
-    make_maildirs(path)
-
-
 @dataclass
 class AccountInfo:
     address: str
@@ -190,7 +185,7 @@ def _split(address: str) -> tuple[str, str]:
 
 def _make_mailbox(addr: str, mailbox: Path) -> None:
     try:
-        ensure_maildir(mailbox)
+        make_maildirs(mailbox)
     except OSError as e:
         raise AccountError(f"Could not create the mailbox folder {mailbox} for {addr}: "
                            f"{e.strerror or e}.") from e
