@@ -340,6 +340,29 @@ class CourierUnitTest(unittest.TestCase):
             self.assertEqual(self.dest.count(token), 1)
             self.assertNotIn(c.pid, (None, first))
 
+    @unittest.skipUnless(hasattr(signal, "SIGKILL"), "POSIX: the process listens on a socket file")
+    def test_a_killed_process_leaves_nothing_in_the_temporary_folder(self):
+        # Its listening socket sits in a pymp- folder of TEMP, which only its own orderly
+        # exit removes: one folder more for every crash, else.
+        c = Courier(self.stats, self.data_dir, "mx.example.test")
+        self.addCleanup(c.close)
+        self.assertTrue(self.deliver(c, "tok-" + uuid.uuid4().hex)["b@remote.test"].sent)
+        killed, folder = c.pid, Path(c._address).parent
+        self.assertTrue(folder.name.startswith("pymp-") and folder.is_dir(), folder)
+        os.kill(killed, signal.SIGKILL)
+        # (gone for the Courier too: a killed leader is a zombie before its threads end)
+        wait_until(lambda: c.pid is None, 10, "the killed process to be gone")
+        with self.assertLogs("ismail.courier", logging.WARNING):
+            self.deliver(c, "tok-" + uuid.uuid4().hex)   # finds it gone, starts another
+        token = "tok-" + uuid.uuid4().hex
+        self.assertTrue(self.deliver(c, token)["b@remote.test"].sent)
+        self.assertNotIn(c.pid, (None, killed))
+        self.assertFalse(folder.exists(), list(folder.iterdir()) if folder.exists() else None)
+        second = Path(c._address).parent
+        self.assertTrue(second.is_dir())
+        c.close()   # the new one exits in order and takes its folder with it
+        self.assertFalse(second.exists())
+
     def test_a_refused_connection_is_logged_here(self):
         c = Courier(self.stats, self.data_dir, "mx.example.test")
         self.addCleanup(c.close)

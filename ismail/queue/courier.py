@@ -188,10 +188,10 @@ class Courier:
         """Stop the process (its open connections are closed by it, or with it)."""
         with self._lock:
             self._closed = True
-            proc, self._proc = self._proc, None
+            proc, self._proc, address = self._proc, None, self._address
             self._generation += 1
         if proc is not None:
-            _stop(proc, timeout)
+            _stop(proc, timeout, address)
 
     @property
     def pid(self) -> int | None:
@@ -204,9 +204,9 @@ class Courier:
             if (proc is None or self._in_flight
                     or time.monotonic() - self._last_used < IDLE_STOP_SECONDS):
                 return
-            self._proc = None
+            self._proc, address = None, self._address   # (a new process has a new one)
             self._generation += 1   # every thread is between requests: the next one reconnects
-        _stop(proc, 5.0)
+        _stop(proc, 5.0, address)
         log.info("delivery process stopped after %.0f s without mail to send", IDLE_STOP_SECONDS)
 
     # -- requests -------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ class Courier:
                 log.warning("the delivery process ended (exit code %s); starting it again",
                             proc.returncode)
                 self._proc = None
-                _stop(proc, 1.0)
+                _stop(proc, 1.0, self._address)
             if time.monotonic() < self._no_start_until:
                 return None, b"", 0
             try:
@@ -388,7 +388,10 @@ def _start(data_dir: Path) -> tuple[subprocess.Popen, object, bytes]:
     return proc, address, authkey
 
 
-def _stop(proc: subprocess.Popen, timeout: float) -> None:
+def _stop(proc: subprocess.Popen, timeout: float, address=None) -> None:
+    """End the process (it stops by itself at the end of its input) and, once it is gone,
+    clear what a killed one leaves behind: on POSIX its listening socket, in a ``pymp-``
+    folder of the temporary folder that only its own orderly exit removes."""
     import subprocess
     try:
         if proc.stdin is not None:
@@ -400,3 +403,11 @@ def _stop(proc: subprocess.Popen, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    if isinstance(address, str) and not address.startswith(("\\\\", "\0")):
+        socket_path = Path(address)   # a file's path, not a Windows pipe or an abstract name
+        try:
+            socket_path.unlink()
+            if socket_path.parent.name.startswith("pymp-"):
+                socket_path.parent.rmdir()   # only when empty: nothing else of anyone's goes
+        except OSError:
+            pass   # already gone: it exited in order, as it usually does
