@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -280,6 +281,7 @@ class CourierUnitTest(unittest.TestCase):
         self.addCleanup(self.dest.close)
         self.stats = Stats()
         self.data_dir = Path(tempfile.mkdtemp(prefix="ismail-courier-"))
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
 
     def deliver(self, c: Courier, token: str) -> dict:
         dests = [Destination("127.0.0.1", "127.0.0.1", self.dest.port, "none", smarthost=True)]
@@ -388,6 +390,7 @@ class CourierBatchTest(unittest.TestCase):
         self.addCleanup(self.recorder.close)
         self.stats = Stats()
         self.data_dir = Path(tempfile.mkdtemp(prefix="ismail-courier-"))
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
 
     def items(self, count: int) -> tuple[list, list[str]]:
         dests = [Destination("127.0.0.1", "127.0.0.1", self.recorder.port, "none", smarthost=True)]
