@@ -13,6 +13,7 @@ cleaned up through addCleanup even when a test fails.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import os
 import random
@@ -26,9 +27,13 @@ import tempfile
 import threading
 import time
 import unittest
+import weakref
 from pathlib import Path
 from unittest import mock
 
+from ismail import service
+from ismail.fsutil import new_queue_id
+from ismail.queue.spool import QueueEntry, QueuedRecipient, file_head
 from ismail.store import folders_box
 from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
@@ -732,6 +737,73 @@ class FreshMachineTests(ReceiverTestCase):
         self.assertIn(data_dir / "mailboxes" / "example.test" / "user" / "new", made)
         self.assertEqual([d for d in made if d.parent not in recorded], [],
                          "folders whose entry was never synced")
+
+
+class BigQueueTests(ReceiverTestCase):
+    """A big queue at the start is kept out of the collector's full collections (whose pause
+    grows with it) until the stop; what leaves the queue is still freed."""
+
+    def start_with_queue(self, count: int) -> list[str]:
+        data_dir = Path(tempfile.mkdtemp(prefix="ismail-bigq-"))
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        messages = data_dir / "queue" / "messages"
+        messages.mkdir(parents=True)
+        body, later = b"Subject: deferred\r\n\r\nold\r\n", time.time() + 7200
+        ids = []
+        for _ in range(count):
+            e = QueueEntry(id=new_queue_id(), sender="a@example.test",
+                           recipients=[QueuedRecipient("b@remote.test", attempts=1, last_error="4.4.1 x")],
+                           arrival=time.time() - 600, size=len(body), attempts=1, next_try=later,
+                           last_error="4.4.1 x")
+            (messages / f"{e.id}.msg").write_bytes(file_head(e) + body)
+            ids.append(e.id)
+        self.port = free_port()
+        self.raw = settings_dict(self.port)
+        settings = from_dict(self.raw)[0]
+        AccountStore(data_dir).add(USER, "secret-pw", sorted(settings.local_domains()))
+        self.ms, self.data_dir = MailServer(settings, data_dir), data_dir
+        self.ms.start()
+        return ids
+
+    def test_a_big_queue_is_frozen_at_the_start_and_collected_again_after_the_stop(self) -> None:
+        self.assertEqual(gc.get_freeze_count(), 0, "something else froze this test process")
+        self.addCleanup(gc.unfreeze)   # whatever happens below, the test process is not left frozen
+        with mock.patch.object(service, "FREEZE_QUEUE_LENGTH", 30):
+            ids = self.start_with_queue(30)
+        stopped = False
+        try:
+            entries = {e.id: e for e in self.ms.qmgr.entries()}
+            self.assertEqual(sorted(entries), sorted(ids))
+            tracked = {id(o) for o in gc.get_objects()}   # what a full collection goes through
+            self.assertEqual([i for i, e in entries.items() if id(e) in tracked], [])
+            # A message that leaves the queue is freed all the same.
+            gone = weakref.ref(entries.pop(ids[0]))
+            self.assertTrue(self.ms.qmgr.delete(ids[0]))
+            gc.collect()
+            self.assertIsNone(gone(), "a deleted entry was kept")
+            self.assertEqual(len(self.ms.qmgr.entries()), 29)
+            # New mail goes on as usual.
+            talk = self.greeted()
+            self.assertRegex(self.send_message(talk, b"Subject: new\r\n\r\nhello\r\n"), rb"^250 ")
+            talk.close()
+            self.assertEqual(len(maildir_files(self.data_dir)), 1)
+            self.ms.stop(5.0)
+            stopped = True
+        finally:
+            if not stopped:
+                self.ms.stop(5.0)
+        self.assertEqual(gc.get_freeze_count(), 0, "still frozen after the stop")
+        tracked = {id(o) for o in gc.get_objects()}
+        self.assertTrue(all(id(e) in tracked for e in entries.values()))
+
+    def test_a_queue_shorter_than_the_mark_is_left_to_the_collector(self) -> None:
+        self.assertEqual(gc.get_freeze_count(), 0, "something else froze this test process")
+        self.addCleanup(gc.unfreeze)
+        with mock.patch.object(service, "FREEZE_QUEUE_LENGTH", 30):
+            self.start_with_queue(29)
+        self.addCleanup(self.ms.stop, 5.0)
+        self.assertEqual(len(self.ms.qmgr.entries()), 29)
+        self.assertEqual(gc.get_freeze_count(), 0)
 
 
 class StopTests(ReceiverTestCase):
