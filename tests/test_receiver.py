@@ -796,6 +796,20 @@ class BigQueueTests(ReceiverTestCase):
         tracked = {id(o) for o in gc.get_objects()}
         self.assertTrue(all(id(e) in tracked for e in entries.values()))
 
+    def test_the_queue_read_at_the_start_keeps_each_repeated_text_once(self) -> None:
+        # 100,000 deferred entries took 1.2 KB each with every sender and error its own copy.
+        ids = self.start_with_queue(3)
+        self.addCleanup(self.ms.stop, 5.0)
+        a, b, c = (next(e for e in self.ms.qmgr.entries() if e.id == i) for i in ids)
+        for x, y in ((a, b), (b, c)):
+            self.assertEqual((x.sender, x.last_error, x.recipients[0].address, x.recipients[0].state),
+                             ("a@example.test", "4.4.1 x", "b@remote.test", "pending"))
+            self.assertIs(x.sender, y.sender)
+            self.assertIs(x.last_error, y.last_error)
+            self.assertIs(x.recipients[0].address, y.recipients[0].address)
+            self.assertIs(x.recipients[0].last_error, y.recipients[0].last_error)
+        self.assertEqual(len({a.id, b.id, c.id}), 3)
+
     def test_a_queue_shorter_than_the_mark_is_left_to_the_collector(self) -> None:
         self.assertEqual(gc.get_freeze_count(), 0, "something else froze this test process")
         self.addCleanup(gc.unfreeze)

@@ -121,6 +121,26 @@ class SpoolTest(unittest.TestCase):
         self.assertEqual(list(self.spool.messages.iterdir()), [])
         self.assertEqual(list(self.spool.tmp.iterdir()), [])
 
+    def test_entries_read_together_share_their_equal_texts_and_nothing_else(self):
+        for qid in ("0000000000000001", "0000000000000002"):
+            self.spool.enqueue(self.entry(qid), b"", buffer_of(self.spool.tmp, b"x\r\n"))
+        odd = json.loads(self.entry("0000000000000003").to_json())
+        odd["helo"] = 5   # not text: left as it is, not an error
+        (self.spool.messages / "0000000000000003.json").write_text(json.dumps(odd))
+        (self.spool.messages / "0000000000000003.eml").write_bytes(b"x\r\n")
+        strings: dict[str, str] = {}
+        one, two, three = (self.spool.load(q, strings) for q in self.spool.list_ids())
+        self.assertEqual(one, self.entry("0000000000000001"))
+        self.assertEqual(two, self.entry("0000000000000002"))
+        self.assertIs(one.sender, two.sender)
+        self.assertIs(one.recipients[0].address, three.recipients[0].address)
+        self.assertEqual(three.helo, 5)
+        self.assertIsNot(one.extra, two.extra)   # only texts are shared, never what changes
+        self.assertIsNot(one.recipients[0], two.recipients[0])
+        two.recipients[0].state = "sent"
+        self.assertEqual(one.recipients[0].state, "pending")
+        self.assertIsNot(self.spool.load("0000000000000001").sender, one.sender)   # alone: its own
+
     def test_state_update_and_remove(self):
         self.spool.enqueue(self.entry(), b"", buffer_of(self.spool.tmp, b"x\r\n"))
         e = self.spool.load("0000000000001000")

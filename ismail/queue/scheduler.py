@@ -217,9 +217,10 @@ class QueueManager:
         """The entries that were on disk when the server started (an unreadable one is
         reported and set aside by the spool)."""
         loaded: list[QueueEntry] = []
+        strings: dict[str, str] = {}   # equal texts of the entries kept once (spool.QueueEntry)
         for qid in queued_ids:
             try:
-                loaded.append(self.spool.load(qid))
+                loaded.append(self.spool.load(qid, strings))
             except (ValueError, OSError) as e:
                 log.error("%s", e)
         with self._cond:
