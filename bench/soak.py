@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""A soak: one ISMail under a steady mixed load for a while, watched for leaks and losses.
+
+    python3 bench/soak.py [--minutes 15] [--report 30]
+
+Run by hand from the project root (Linux, as root or not), never in CI: it needs Postfix's
+/usr/sbin/smtp-source and /usr/sbin/smtp-sink (the postfix package; its system instance
+need not run).  Nothing leaves loopback: the SmartHost is smtp-sink on 127.0.0.1 and the
+anti-spam DNS checks are off.
+
+One ISMail (`python3 -m ismail --data-dir DIR run`, DIR a temporary folder) with POP3 and
+IMAP on loopback, 127.0.0.0/8 trusted, DKIM signing as a new server sets it up, and two
+accounts.  Four loads run side by side until the time is up:
+
+- local mail: smtp-source, 4 sessions, batches of 500 messages of 2 KiB, taking turns to
+  imap@example.test and pop@example.test;
+- relayed mail: the same to friend@remote.test (DKIM-signed, sent on to smtp-sink);
+- an IMAP reader (imaplib): LOGIN, SELECT INBOX, UID FETCH of up to 200 whole messages,
+  \\Deleted, EXPUNGE, LOGOUT, again and again;
+- a POP3 reader (poplib): USER/PASS, RETR and DELE of up to 200 messages, QUIT.
+
+Every --report seconds it prints the server's resident size, threads and open files, the
+delivery process's resident size, and the counts so far.  When the time is up the loads
+stop, the queue and both mailboxes are drained, and it checks that every message
+smtp-source had accepted was read by the reader of its account or reached smtp-sink, and
+that the logs hold no ERROR or Traceback.  The last line says PASS or FAIL.
+"""
+from __future__ import annotations
+
+import argparse
+import imaplib
+import json
+import os
+import poplib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE, SINK = "/usr/sbin/smtp-source", "/usr/sbin/smtp-sink"
+PASSWORD = "soak-password-1"
+BATCH, SESSIONS, LENGTH = 500, 4, 2048
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_banner(port: int, timeout: float = 60.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 1) as s:
+                if s.recv(512)[:1] in (b"2", b"+", b"*"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"nothing answered on port {port} within {timeout:.0f} s")
+
+
+class Sink:
+    """smtp-sink on loopback, counting what it was given (its -c counter)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.log = folder / "sink.log"
+        argv = [SINK, "-c", f"127.0.0.1:{self.port}", "1000"]
+        if os.geteuid() == 0:
+            argv[1:1] = ["-u", "nobody"]
+        self.proc = subprocess.Popen(argv, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        wait_banner(self.port)
+
+    def count(self) -> int:
+        tail = self.log.read_bytes()[-300:].decode("latin-1")
+        recs = [r for r in tail.replace("\n", "\r").split("\r") if "mesg=" in r]
+        return int(recs[-1].rsplit("mesg=", 1)[1].split()[0]) if recs else 0
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent = {"imap": 0, "pop": 0, "relay": 0}
+        self.read = {"imap": 0, "pop": 0}
+        self.failures: list[str] = []
+
+    def add(self, table: dict, key: str, n: int) -> None:
+        with self.lock:
+            table[key] += n
+
+    def fail(self, what: str) -> None:
+        with self.lock:
+            self.failures.append(what)
+        print(f"  ! {what}", flush=True)
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return dict(line.split(":", 1) for line in lines if ":" in line)
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def smtp_load(port: int, counts: Counts, stop: threading.Event, targets: list[tuple[str, str]]) -> None:
+    turn = 0
+    while not stop.is_set():
+        key, rcpt = targets[turn % len(targets)]
+        turn += 1
+        r = subprocess.run([SOURCE, "-s", str(SESSIONS), "-m", str(BATCH), "-l", str(LENGTH),
+                            "-f", "sender@example.test", "-t", rcpt, f"127.0.0.1:{port}"],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0 or r.stderr.strip():
+            # Which messages of the batch were taken is unknown: the counts stop being exact.
+            counts.fail(f"smtp-source to {rcpt}: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            return
+        counts.add(counts.sent, key, BATCH)
+
+
+def imap_round(port: int, counts: Counts) -> int:
+    m = imaplib.IMAP4("127.0.0.1", port, timeout=60)
+    try:
+        m.login("imap@example.test", PASSWORD)
+        m.select("INBOX")
+        typ, data = m.uid("SEARCH", None, "ALL")
+        uids = data[0].split()[:200]
+        if uids:
+            typ, rows = m.uid("FETCH", b",".join(uids).decode(), "(BODY.PEEK[])")
+            bodies = [r[1] for r in rows if isinstance(r, tuple)]
+            if len(bodies) != len(uids) or not all(b.count(b"\r\n") > 2 for b in bodies):
+                counts.fail(f"IMAP: {len(bodies)} bodies for {len(uids)} UIDs")
+            m.uid("STORE", b",".join(uids).decode(), "+FLAGS.SILENT", r"(\Deleted)")
+            m.expunge()
+        counts.add(counts.read, "imap", len(uids))
+        m.logout()
+        return len(uids)
+    finally:
+        try:
+            m.shutdown()
+        except OSError:
+            pass
+
+
+def pop_round(port: int, counts: Counts) -> int:
+    p = poplib.POP3("127.0.0.1", port, timeout=60)
+    try:
+        p.user("pop@example.test")
+        p.pass_(PASSWORD)
+        n = min(p.stat()[0], 200)
+        for i in range(1, n + 1):
+            lines = p.retr(i)[1]
+            if len(lines) < 3:
+                counts.fail(f"POP3: message {i} has {len(lines)} lines")
+            p.dele(i)
+        p.quit()
+        counts.add(counts.read, "pop", n)
+        return n
+    finally:
+        try:
+            p.close()
+        except OSError:
+            pass
+
+
+def reader(round_fn, port: int, counts: Counts, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            if round_fn(port, counts) == 0:
+                time.sleep(0.5)
+        except Exception as e:  # a reader that fails is a finding, not a reason to stop
+            counts.fail(f"{round_fn.__name__}: {e!r}")
+            time.sleep(1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=15.0)
+    ap.add_argument("--report", type=float, default=30.0, help="seconds between reports")
+    args = ap.parse_args()
+    for tool in (SOURCE, SINK):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(f"{tool} is missing (apt-get install postfix)")
+    folder = Path(tempfile.mkdtemp(prefix="ismail-soak-"))
+    sink = server = None
+    try:
+        sink = Sink(folder)
+        data = folder / "data"
+        data.mkdir()
+        port, pop_port, imap_port = free_port(), free_port(), free_port()
+        (data / "ismail.json").write_text(json.dumps({
+            "server_name": "soak.example.test", "primary_domain": "example.test",
+            "listen": [f"127.0.0.1:{port}"], "tls": {"self_signed": False},
+            "pop3": {"listen": [f"127.0.0.1:{pop_port}"], "allow_plaintext": True},
+            "imap": {"listen": [f"127.0.0.1:{imap_port}"], "allow_plaintext": True},
+            "incoming": {"max_connections": 100, "max_per_host": 10},
+            "outgoing": {"max_connections": 20}, "trusted_networks": ["127.0.0.0/8"],
+            "antispam": {"rdns": "off", "spf": "off", "dkim": "off", "dmarc": "off",
+                         "connection_rate": 0},
+            "smarthost": {"enabled": True, "host": "127.0.0.1", "port": sink.port,
+                          "exclusive": True, "tls": "none"}}))
+        cli = [sys.executable, "-m", "ismail", "--data-dir", str(data)]
+        for account in ("imap@example.test", "pop@example.test"):
+            subprocess.run(cli + ["account", "add", account], input=PASSWORD + "\n", text=True,
+                           cwd=ROOT, check=True, capture_output=True)
+        server = subprocess.Popen(cli + ["run"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=(folder / "run.log").open("wb"))
+        for p in (port, pop_port, imap_port):
+            wait_banner(p)
+        print(f"ISMail pid {server.pid}, SMTP {port}, POP3 {pop_port}, IMAP {imap_port}; "
+              f"{args.minutes:g} minutes", flush=True)
+
+        counts, stop = Counts(), threading.Event()
+        loads = [
+            threading.Thread(target=smtp_load, args=(port, counts, stop, [
+                ("imap", "imap@example.test"), ("pop", "pop@example.test")])),
+            threading.Thread(target=smtp_load, args=(port, counts, stop, [("relay", "friend@remote.test")])),
+        ]
+        readers = [threading.Thread(target=reader, args=(imap_round, imap_port, counts, stop)),
+                   threading.Thread(target=reader, args=(pop_round, pop_port, counts, stop))]
+        for t in loads + readers:
+            t.start()
+        started = time.monotonic()
+        end = started + args.minutes * 60
+        print(" minute  server-RSS  threads  files  delivery-RSS   local sent/read   relayed sent/at sink",
+              flush=True)
+        samples = []
+        while True:
+            now = time.monotonic()
+            st = proc_status(server.pid)
+            kids = children(server.pid)
+            kid_rss = sum(int(proc_status(k).get("VmRSS", "0 kB").split()[0]) for k in kids)
+            rss = int(st.get("VmRSS", "0 kB").split()[0])
+            threads = int(st.get("Threads", "0"))
+            files = len(os.listdir(f"/proc/{server.pid}/fd")) if server.poll() is None else 0
+            with counts.lock:
+                local_sent = counts.sent["imap"] + counts.sent["pop"]
+                local_read = counts.read["imap"] + counts.read["pop"]
+                relayed = counts.sent["relay"]
+            samples.append((now - started, rss, threads, files))
+            print(f" {(now - started) / 60:6.1f}  {rss / 1024:8.1f} MB  {threads:7d}  {files:5d}"
+                  f"  {kid_rss / 1024:9.1f} MB   {local_sent:7d} / {local_read:<7d}  "
+                  f"{relayed:7d} / {sink.count()}", flush=True)
+            if server.poll() is not None:
+                counts.fail(f"the server ended (exit {server.returncode})")
+                break
+            if now >= end:
+                break
+            time.sleep(min(args.report, max(0.1, end - now)))
+
+        stop.set()
+        for t in loads:
+            t.join(660)
+        for t in readers:
+            t.join(120)
+        # Drain: everything relayed reaches the sink, both mailboxes are read to the end.
+        deadline = time.monotonic() + 300
+        while sink.count() < counts.sent["relay"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for round_fn, p in ((imap_round, imap_port), (pop_round, pop_port)):
+            for _ in range(10_000):
+                if round_fn(p, counts) == 0:
+                    break
+        ok = not counts.failures
+        for key in ("imap", "pop"):
+            if counts.read[key] != counts.sent[key]:
+                ok = False
+                print(f"  ! {key}: {counts.sent[key]} sent, {counts.read[key]} read")
+        if sink.count() != counts.sent["relay"]:
+            ok = False
+            print(f"  ! relayed: {counts.sent['relay']} sent, {sink.count()} at the sink")
+        server.terminate()
+        server.wait(60)
+        logs = (folder / "run.log").read_text(errors="replace")
+        for path in (data / "logs").glob("*.log"):
+            logs += path.read_text(errors="replace")
+        bad = [line for line in logs.splitlines() if re.search(r"\bERROR\b|Traceback|CRITICAL", line)]
+        if bad:
+            ok = False
+            print(f"  ! {len(bad)} ERROR/Traceback lines in the logs, the first: {bad[:3]}")
+        first = next((s for s in samples if s[0] >= 120), samples[0])
+        last = samples[-1]
+        print(f"local mail: {counts.sent['imap']} + {counts.sent['pop']} sent, "
+              f"{counts.read['imap']} + {counts.read['pop']} read (IMAP + POP3); relayed: "
+              f"{counts.sent['relay']} sent, {sink.count()} at the sink")
+        print(f"from minute {first[0] / 60:.1f} to {last[0] / 60:.1f}: server RSS {first[1] / 1024:.1f} -> "
+              f"{last[1] / 1024:.1f} MB, threads {first[2]} -> {last[2]}, open files {first[3]} -> {last[3]}")
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
+    finally:
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.wait()
+        if sink is not None:
+            sink.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
