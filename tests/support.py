@@ -381,6 +381,25 @@ def journal_holds(folder: Path) -> tuple[dict[str, bytes], list[Path]]:
             [path for lid, paths in local.items() if lid not in ended for path in paths])
 
 
+def write_deferred(data_dir: Path, count: int) -> list[str]:
+    """``count`` deferred queue entries (next try in two hours) written straight into
+    DATA/queue/messages as the spool writes them, for a server to find at its start."""
+    from ismail.fsutil import new_queue_id
+    from ismail.queue.spool import QueueEntry, QueuedRecipient, file_head
+    messages = Path(data_dir) / "queue" / "messages"
+    messages.mkdir(parents=True, exist_ok=True)
+    body, later = b"Subject: deferred\r\n\r\nold\r\n", time.time() + 7200
+    ids = []
+    for _ in range(count):
+        e = QueueEntry(id=new_queue_id(), sender="a@example.test",
+                       recipients=[QueuedRecipient("b@remote.test", attempts=1, last_error="4.4.1 x")],
+                       arrival=time.time() - 600, size=len(body), attempts=1, next_try=later,
+                       last_error="4.4.1 x")
+        (messages / f"{e.id}.msg").write_bytes(file_head(e) + body)
+        ids.append(e.id)
+    return ids
+
+
 def queued_entries(data_dir: Path) -> dict:
     """queue id -> QueueEntry of every message a server (in any process) has queued and not
     yet finished: the entries with a file, and those its journal holds whose file is not

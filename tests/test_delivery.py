@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 
-from ismail.fsutil import new_queue_id
-from ismail.queue.spool import QueueEntry, QueuedRecipient, Spool, file_head
-from tests.support import Dnsmasq, ServerProcess, cli, free_port, queued_entries, require_program
+from ismail.queue.spool import Spool
+from tests.support import Dnsmasq, ServerProcess, cli, free_port, queued_entries, require_program, write_deferred
 
 AS_ROOT = getattr(os, "geteuid", lambda: 1)() == 0
 FAST_RETRY = {"first_seconds": 1, "max_interval_seconds": 2, "lifetime_hours": 1}
@@ -298,15 +297,7 @@ class SmartHostTest(DeliveryCase):
         # wait, acknowledged, until the next start (seen once in CI under load).
         sink = self.sink(name="smarthost")
         s = self.server({"smarthost": smarthost(sink.port), "retry": FAST_RETRY}, start=False)
-        messages = s.data_dir / "queue" / "messages"
-        messages.mkdir(parents=True, exist_ok=True)
-        body, later = b"Subject: deferred\r\n\r\nold\r\n", time.time() + 7200
-        for _ in range(20000):
-            e = QueueEntry(id=new_queue_id(), sender="a@example.test",
-                           recipients=[QueuedRecipient("b@remote.test", attempts=1, last_error="4.4.1 x")],
-                           arrival=time.time() - 600, size=len(body), attempts=1, next_try=later,
-                           last_error="4.4.1 x")
-            (messages / f"{e.id}.msg").write_bytes(file_head(e) + body)
+        write_deferred(s.data_dir, 20000)
         s.start()  # returns at the greeting, while the 20,000 entries are still being read
         token = new_token()
         qid = submit(s.port, "user@example.test", ["x@remote.test"], token)

@@ -32,13 +32,11 @@ from pathlib import Path
 from unittest import mock
 
 from ismail import service
-from ismail.fsutil import new_queue_id
-from ismail.queue.spool import QueueEntry, QueuedRecipient, file_head
 from ismail.store import folders_box
 from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
 from ismail.service import MailServer
-from tests.support import ROOT, ServerProcess, SMTPTalk, free_port, recorded_syncs, synced
+from tests.support import ROOT, ServerProcess, SMTPTalk, free_port, recorded_syncs, synced, write_deferred
 
 USER = "user@example.test"
 REPLY_LINE = re.compile(rb"[2-5][0-9]{2}[ -][^\r\n]*\r\n")
@@ -746,17 +744,7 @@ class BigQueueTests(ReceiverTestCase):
     def start_with_queue(self, count: int) -> list[str]:
         data_dir = Path(tempfile.mkdtemp(prefix="ismail-bigq-"))
         self.addCleanup(shutil.rmtree, data_dir, True)
-        messages = data_dir / "queue" / "messages"
-        messages.mkdir(parents=True)
-        body, later = b"Subject: deferred\r\n\r\nold\r\n", time.time() + 7200
-        ids = []
-        for _ in range(count):
-            e = QueueEntry(id=new_queue_id(), sender="a@example.test",
-                           recipients=[QueuedRecipient("b@remote.test", attempts=1, last_error="4.4.1 x")],
-                           arrival=time.time() - 600, size=len(body), attempts=1, next_try=later,
-                           last_error="4.4.1 x")
-            (messages / f"{e.id}.msg").write_bytes(file_head(e) + body)
-            ids.append(e.id)
+        ids = write_deferred(data_dir, count)
         self.port = free_port()
         self.raw = settings_dict(self.port)
         settings = from_dict(self.raw)[0]
