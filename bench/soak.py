@@ -42,6 +42,8 @@ import threading
 import time
 from pathlib import Path
 
+from dkim_bench import Sink   # smtp-sink on loopback, counting what it was given (as queue_bench)
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, SINK = "/usr/sbin/smtp-source", "/usr/sbin/smtp-sink"
 PASSWORD = "soak-password-1"
@@ -65,28 +67,6 @@ def wait_banner(port: int, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"nothing answered on port {port} within {timeout:.0f} s")
-
-
-class Sink:
-    """smtp-sink on loopback, counting what it was given (its -c counter)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.log = folder / "sink.log"
-        argv = [SINK, "-c", f"127.0.0.1:{self.port}", "1000"]
-        if os.geteuid() == 0:
-            argv[1:1] = ["-u", "nobody"]
-        self.proc = subprocess.Popen(argv, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        wait_banner(self.port)
-
-    def count(self) -> int:
-        tail = self.log.read_bytes()[-300:].decode("latin-1")
-        recs = [r for r in tail.replace("\n", "\r").split("\r") if "mesg=" in r]
-        return int(recs[-1].rsplit("mesg=", 1)[1].split()[0]) if recs else 0
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 class Counts:
@@ -316,7 +296,8 @@ def main() -> int:
             server.kill()
             server.wait()
         if sink is not None:
-            sink.close()
+            sink.proc.terminate()
+            sink.proc.wait(30)
         shutil.rmtree(folder, ignore_errors=True)
 
 
