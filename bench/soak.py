@@ -42,21 +42,16 @@ import threading
 import time
 from pathlib import Path
 
-from dkim_bench import Sink   # smtp-sink on loopback, counting what it was given (as queue_bench)
+# smtp-sink on loopback counting what it was given, and a free loopback port (as queue_bench)
+from dkim_bench import SINK, SOURCE, Sink, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE, SINK = "/usr/sbin/smtp-source", "/usr/sbin/smtp-sink"
 PASSWORD = "soak-password-1"
 BATCH, SESSIONS, LENGTH = 500, 4, 2048
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_banner(port: int, timeout: float = 60.0) -> None:
+    """Any of SMTP's, POP3's and IMAP's greetings (dkim_bench's waits for SMTP's 220 only)."""
     end = time.time() + timeout
     while time.time() < end:
         try:
