@@ -49,6 +49,7 @@ from .smtp.policy import Policy
 from .net.listener import Gate, Listener, Protocol, WorkerPool
 from .net.reactor import Reactor
 from .net.selfsigned import self_signed_files
+from .platform.memory import map_big_blocks
 from .mailauth.keystore import KeyStore, KeyStoreError, keys_missing
 from .mailauth.signing import signing_domain
 from .mailauth.srs import SRS
@@ -440,13 +441,14 @@ class MailServer:
         """SMTP AUTH: "ok", "failed", or "banned" (``ip`` is banned, or this failure banned it).
 
         Password checks run one at a time in one thread: scrypt takes 16 MB for each
-        check, and the C library keeps that memory in every thread that ever ran one;
-        one at a time also caps what a password-guessing crowd can cost.
+        check, which glibc would keep in every thread that ever ran one (and, without
+        platform/memory.py, in that one thread too); one at a time also caps what a
+        password-guessing crowd can cost.
         """
         if self.guard.refused(ip):
             return "banned"  # a connection opened before the ban gets no more guesses
         ok = (self.accounts.verified_before(address, password)
-              or self._password_checker.submit(self.accounts.check_password, address, password).result())
+              or self._password_checker.submit(_check_password, self.accounts, address, password).result())
         if ok:
             self.guard.login_succeeded(ip)
             if count:
@@ -725,6 +727,11 @@ class _ImapBackend(_Pop3Backend):
 
 def _password_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check")
+
+
+def _check_password(accounts: AccountStore, address: str, password: str) -> bool:
+    map_big_blocks()   # scrypt's 16 MB block unmapped when freed, not kept by glibc
+    return accounts.check_password(address, password)
 
 
 def dns_records(settings: Settings, data_dir: Path, domain: str, ips: list[str] | tuple = ()) -> list:

@@ -9,6 +9,7 @@ and the threads are read from /proc.
 """
 from __future__ import annotations
 
+import base64
 import socket
 import sys
 import time
@@ -68,6 +69,56 @@ class IdleConnectionsTest(unittest.TestCase):
             self.assertTrue(c.recv(512).startswith(b"250"))
         print(f"\n  {CLIENTS} idle connections: {rss_mb:.1f} MB resident, threads {threads_before} -> "
               f"{status['Threads']}", file=sys.stderr)
+
+
+def _rss_mb(pid: int) -> float:
+    return int(_status(pid)["VmRSS"].split()[0]) / 1024
+
+
+def _smtp_login(port: int, address: str) -> bytes:
+    """One SMTP session that logs in with AUTH PLAIN; the AUTH reply."""
+    with socket.create_connection(("127.0.0.1", port), 30) as c:
+        f = c.makefile("rb")
+
+        def reply() -> bytes:
+            line = f.readline()
+            while line[3:4] == b"-":
+                line = f.readline()
+            return line
+        reply()
+        c.sendall(b"EHLO client.example.test\r\n")
+        reply()
+        token = base64.b64encode(f"\0{address}\0secret-pw".encode()).decode()
+        c.sendall(f"AUTH PLAIN {token}\r\n".encode())
+        answer = reply()
+        c.sendall(b"QUIT\r\n")
+        reply()
+        return answer
+
+
+@unittest.skipUnless(sys.platform.startswith("linux"), "reads the server's size from /proc")
+class PasswordCheckMemoryTest(unittest.TestCase):
+    def test_password_checks_give_their_16_mb_back(self) -> None:
+        """Each account's first login runs scrypt, which takes 16 MB for a moment; a server
+        that has checked a few passwords is no bigger than one that checked one.  (glibc
+        used to keep that block from the second check on: +16 MB for good.)"""
+        accounts = tuple(f"user{i}@example.test" for i in range(5))
+        server = ServerProcess(accounts=accounts).start()
+        self.addCleanup(server.cleanup)
+        pid = server.proc.pid
+        # The first check loads the login code and leaves glibc's threshold raised.
+        self.assertTrue(_smtp_login(server.port, accounts[0]).startswith(b"235"))
+        time.sleep(0.2)
+        before = _rss_mb(pid)
+        for address in accounts[1:]:
+            answer = _smtp_login(server.port, address)
+            self.assertTrue(answer.startswith(b"235"), (address, answer))
+        time.sleep(0.2)
+        after = _rss_mb(pid)
+        self.assertLess(after - before, 6, f"resident size {before:.1f} -> {after:.1f} MB after "
+                                           f"{len(accounts) - 1} more password checks")
+        print(f"\n  {len(accounts) - 1} more password checks: {before:.1f} -> {after:.1f} MB resident",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
