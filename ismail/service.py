@@ -49,7 +49,6 @@ from .smtp.policy import Policy
 from .net.listener import Gate, Listener, Protocol, WorkerPool
 from .net.reactor import Reactor
 from .net.selfsigned import self_signed_files
-from .platform.memory import map_big_blocks
 from .mailauth.keystore import KeyStore, KeyStoreError, keys_missing
 from .mailauth.signing import signing_domain
 from .mailauth.srs import SRS
@@ -448,7 +447,7 @@ class MailServer:
         if self.guard.refused(ip):
             return "banned"  # a connection opened before the ban gets no more guesses
         ok = (self.accounts.verified_before(address, password)
-              or self._password_checker.submit(_check_password, self.accounts, address, password).result())
+              or self._password_checker.submit(self.accounts.check_password, address, password).result())
         if ok:
             self.guard.login_succeeded(ip)
             if count:
@@ -727,11 +726,6 @@ class _ImapBackend(_Pop3Backend):
 
 def _password_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check")
-
-
-def _check_password(accounts: AccountStore, address: str, password: str) -> bool:
-    map_big_blocks()   # scrypt's 16 MB block unmapped when freed, not kept by glibc
-    return accounts.check_password(address, password)
 
 
 def dns_records(settings: Settings, data_dir: Path, domain: str, ips: list[str] | tuple = ()) -> list:

@@ -9,7 +9,8 @@ that had checked two passwords (a second account, or a bot guessing at AUTH) sta
 bigger for good: 20 idle IMAP clients of 10 accounts, 50.2 MB resident against 34.2 MB
 with the threshold fixed (2026-12-07).
 
-``map_big_blocks`` fixes glibc's thresholds once, before the first password check: blocks
+``map_big_blocks`` fixes glibc's thresholds once, before the first scrypt (a password
+checked or set, store/accounts.py): blocks
 of MAP_FROM bytes or more always get a mapping of their own, and a heap whose free top
 grows past TRIM_FROM is trimmed.  (Fixing them turns glibc's sliding thresholds off; a
 message of 4 MB or more then takes a fresh mapping each time it is read, a few page
@@ -45,7 +46,7 @@ def _fix_thresholds() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes   # here: loaded with the first password check, on Linux only
+        import ctypes   # here: loaded with the first scrypt, on Linux only
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..fsutil import atomic_write, file_lock, make_dirs, make_maildirs
+from ..platform.memory import map_big_blocks
 
 log = logging.getLogger("ismail.accounts")
 
@@ -92,6 +93,7 @@ def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     if _scrypt is not None:
         try:
+            map_big_blocks()   # scrypt's 16 MB given back when freed (platform/memory.py)
             digest = _scrypt(_pw_bytes(password), salt=salt, n=SCRYPT_N, r=SCRYPT_R,
                              p=SCRYPT_P, dklen=SCRYPT_DKLEN)
             return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
@@ -112,6 +114,7 @@ def verify_password(password: str, stored: str) -> bool:
             if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
                     and 16 <= len(expected) <= 64):
                 return False
+            map_big_blocks()
             actual = _scrypt(_pw_bytes(password), salt=salt, n=n, r=r, p=p,
                              dklen=len(expected), maxmem=128 * 1024 * 1024)
         elif parts[0] == "pbkdf2_sha256" and len(parts) == 4:
