@@ -10,14 +10,15 @@ bigger for good: 20 idle IMAP clients of 10 accounts, 50.2 MB resident against 3
 with the threshold fixed (2026-12-07).
 
 ``map_big_blocks`` fixes glibc's thresholds once, before the first scrypt (a password
-checked or set, store/accounts.py): blocks
-of MAP_FROM bytes or more always get a mapping of their own, and a heap whose free top
-grows past TRIM_FROM is trimmed.  (Fixing them turns glibc's sliding thresholds off; a
-message of 4 MB or more then takes a fresh mapping each time it is read, a few page
-faults a MB, where it may have reused heap before.)
+checked or set, store/accounts.py): blocks of MAP_FROM bytes or more always get a mapping
+of their own, and a heap whose free top grows past TRIM_FROM is trimmed.  (Fixing them
+turns glibc's sliding thresholds off; a message of 4 MB or more then takes a fresh
+mapping each time it is read, a few page faults a MB, where it may have reused heap
+before.)
 
-Windows' heap gives blocks that size (made with VirtualAlloc) back by itself, and other
-C libraries have no mallopt: there this does nothing.
+Windows' heap makes blocks that size with VirtualAlloc and frees them with VirtualFree
+(as Microsoft documents it; not measured here), and other C libraries have no mallopt:
+there this does nothing.
 """
 from __future__ import annotations
 
