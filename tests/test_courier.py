@@ -365,6 +365,32 @@ class CourierUnitTest(unittest.TestCase):
         c.close()   # the new one exits in order and takes its folder with it
         self.assertFalse(second.exists())
 
+    @unittest.skipUnless(hasattr(signal, "SIGKILL"), "POSIX: the process listens on a socket file")
+    def test_a_process_that_stops_listening_as_it_ends_is_replaced_not_bypassed(self):
+        # A killed process's leader is a zombie before its threads end, and poll() says it
+        # runs: a delivery then finds its socket refusing.  It waits for the end and starts
+        # another, rather than logging an error and sending from the server's own process.
+        c = Courier(self.stats, self.data_dir, "mx.example.test")
+        self.addCleanup(c.close)
+        self.assertTrue(self.deliver(c, "tok-" + uuid.uuid4().hex)["b@remote.test"].sent)
+        ending = c.pid
+        Path(c._address).unlink()   # it listens no more; it has not ended yet
+        killer = threading.Timer(0.3, os.kill, (ending, signal.SIGKILL))
+        killer.start()
+        self.addCleanup(killer.cancel)
+        token, results = "tok-" + uuid.uuid4().hex, {}
+        with self.assertLogs("ismail.courier", logging.INFO) as logs:
+            # Another thread, as a delivery thread of the pool: it has no channel open yet.
+            t = threading.Thread(target=lambda: results.update(self.deliver(c, token)))
+            t.start()
+            t.join(30)
+        said = "\n".join(logs.output)
+        self.assertTrue(results["b@remote.test"].sent, results)
+        self.assertEqual(self.dest.count(token), 1)
+        self.assertNotIn("cannot reach the delivery process", said)
+        self.assertIn("delivery process started", said)
+        self.assertNotIn(c.pid, (None, ending))
+
     def test_a_refused_connection_is_logged_here(self):
         c = Courier(self.stats, self.data_dir, "mx.example.test")
         self.addCleanup(c.close)

@@ -70,6 +70,7 @@ CHILD_FLAG = "--delivery-process"
 START_TIMEOUT = 30.0     # seconds for the process to say where it listens
 RETRY_START_AFTER = 60.0  # after a start that failed, deliver in-process this long
 IDLE_STOP_SECONDS = 60.0  # no delivery for this long: the process is stopped until the next
+ENDING_WAIT = 2.0         # a process whose socket refuses may be ending: this long for its end
 
 
 def _dumps(message: tuple) -> bytes:
@@ -303,12 +304,35 @@ class Courier:
         try:
             conn = Client(address, authkey=authkey)
         except (OSError, EOFError) as e:
-            log.error("cannot reach the delivery process: %s", e)
-            return None
+            if self._ended(generation):   # it was ending (a kill): a new one takes over
+                address, authkey, generation = self._running()
+                try:
+                    conn = None if address is None else Client(address, authkey=authkey)
+                except (OSError, EOFError) as again:
+                    e, conn = again, None
+            if conn is None:
+                if address is not None:
+                    log.error("cannot reach the delivery process: %s", e)
+                return None
         self._local.conn, self._local.open, self._local.holding = conn, 0, False
         self._local.frames = Frames(conn)
         self._local.generation = generation
         return conn
+
+    def _ended(self, generation: int) -> bool:
+        """Has the process of ``generation`` ended, waiting up to ENDING_WAIT for it?  A
+        killed process's leader is a zombie before its threads end: poll() says it runs
+        while its socket already refuses."""
+        import subprocess
+        with self._lock:
+            proc = self._proc if self._generation == generation else None
+        if proc is None:
+            return True   # stopped or replaced meanwhile
+        try:
+            proc.wait(ENDING_WAIT)
+        except subprocess.TimeoutExpired:
+            return False  # it runs and does not answer: reported, the mail goes from here
+        return True
 
     def _drop_channel(self) -> None:
         conn = getattr(self._local, "conn", None)
