@@ -50,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from email.utils import formatdate
 from functools import partial
 from pathlib import Path
@@ -167,17 +168,16 @@ def tls_submit(port: int, counts: Counts, stop: threading.Event, rate: float) ->
         time.sleep(max(0.0, 1 / rate - (time.monotonic() - started)))
 
 
-def tls_account_check(port: int, ctx: ssl.SSLContext) -> tuple[int, int]:
-    """(messages, distinct Message-IDs) in the TLS account's INBOX, read once at the end."""
-    m = imaplib.IMAP4("127.0.0.1", port, timeout=120)
+@contextmanager
+def imap_login(port: int, address: str, tls: ssl.SSLContext | None, timeout: float = 60):
+    """An IMAP session logged in as ``address`` (after STARTTLS with ``tls``), shut at the end."""
+    m = imaplib.IMAP4("127.0.0.1", port, timeout=timeout)
     try:
-        m.starttls(ctx)
-        m.login("tls@example.test", PASSWORD)
-        m.select("INBOX", readonly=True)
-        typ, rows = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
-        ids = [r[1].strip() for r in rows if isinstance(r, tuple)]
+        if tls is not None:
+            m.starttls(tls)
+        m.login(address, PASSWORD)
+        yield m
         m.logout()
-        return len(ids), len(set(ids))
     finally:
         try:
             m.shutdown()
@@ -185,12 +185,17 @@ def tls_account_check(port: int, ctx: ssl.SSLContext) -> tuple[int, int]:
             pass
 
 
+def tls_account_check(port: int, ctx: ssl.SSLContext) -> tuple[int, int]:
+    """(messages, distinct Message-IDs) in the TLS account's INBOX, read once at the end."""
+    with imap_login(port, "tls@example.test", ctx, timeout=120) as m:
+        m.select("INBOX", readonly=True)
+        typ, rows = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        ids = [r[1].strip() for r in rows if isinstance(r, tuple)]
+    return len(ids), len(set(ids))
+
+
 def imap_round(port: int, counts: Counts, tls: ssl.SSLContext | None = None) -> int:
-    m = imaplib.IMAP4("127.0.0.1", port, timeout=60)
-    try:
-        if tls is not None:
-            m.starttls(tls)
-        m.login("imap@example.test", PASSWORD)
+    with imap_login(port, "imap@example.test", tls) as m:
         m.select("INBOX")
         typ, data = m.uid("SEARCH", None, "ALL")
         uids = data[0].split()[:200]
@@ -202,13 +207,7 @@ def imap_round(port: int, counts: Counts, tls: ssl.SSLContext | None = None) -> 
             m.uid("STORE", b",".join(uids).decode(), "+FLAGS.SILENT", r"(\Deleted)")
             m.expunge()
         counts.add(counts.read, "imap", len(uids))
-        m.logout()
-        return len(uids)
-    finally:
-        try:
-            m.shutdown()
-        except OSError:
-            pass
+    return len(uids)
 
 
 def pop_round(port: int, counts: Counts, tls: ssl.SSLContext | None = None) -> int:
