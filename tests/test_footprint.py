@@ -9,14 +9,14 @@ and the threads are read from /proc.
 """
 from __future__ import annotations
 
-import base64
 import socket
 import sys
 import time
 import unittest
 from pathlib import Path
 
-from tests.support import ServerProcess
+from tests.security_support import auth_plain, vm_rss_kb
+from tests.support import ServerProcess, SMTPTalk
 
 LIMIT_MB = 40          # issue 11's target for 100 idle connections
 CLIENTS = 100
@@ -71,28 +71,13 @@ class IdleConnectionsTest(unittest.TestCase):
               f"{status['Threads']}", file=sys.stderr)
 
 
-def _rss_mb(pid: int) -> float:
-    return int(_status(pid)["VmRSS"].split()[0]) / 1024
-
-
 def _smtp_login(port: int, address: str) -> bytes:
     """One SMTP session that logs in with AUTH PLAIN; the AUTH reply."""
-    with socket.create_connection(("127.0.0.1", port), 30) as c:
-        f = c.makefile("rb")
-
-        def reply() -> bytes:
-            line = f.readline()
-            while line[3:4] == b"-":
-                line = f.readline()
-            return line
-        reply()
-        c.sendall(b"EHLO client.example.test\r\n")
-        reply()
-        token = base64.b64encode(f"\0{address}\0secret-pw".encode()).decode()
-        c.sendall(f"AUTH PLAIN {token}\r\n".encode())
-        answer = reply()
-        c.sendall(b"QUIT\r\n")
-        reply()
+    with SMTPTalk(port, timeout=30) as t:
+        t.reply()
+        t.cmd("EHLO client.example.test")
+        answer = t.cmd(auth_plain(address))
+        t.cmd("QUIT")
         return answer
 
 
@@ -109,12 +94,12 @@ class PasswordCheckMemoryTest(unittest.TestCase):
         # The first check loads the login code and leaves glibc's threshold raised.
         self.assertTrue(_smtp_login(server.port, accounts[0]).startswith(b"235"))
         time.sleep(0.2)
-        before = _rss_mb(pid)
+        before = vm_rss_kb(pid) / 1024
         for address in accounts[1:]:
             answer = _smtp_login(server.port, address)
             self.assertTrue(answer.startswith(b"235"), (address, answer))
         time.sleep(0.2)
-        after = _rss_mb(pid)
+        after = vm_rss_kb(pid) / 1024
         self.assertLess(after - before, 6, f"resident size {before:.1f} -> {after:.1f} MB after "
                                            f"{len(accounts) - 1} more password checks")
         print(f"\n  {len(accounts) - 1} more password checks: {before:.1f} -> {after:.1f} MB resident",
