@@ -301,18 +301,17 @@ class Courier:
         if address is None:
             return None
         from multiprocessing.connection import Client   # here: a server that sends nothing never loads it
-        try:
-            conn = Client(address, authkey=authkey)
-        except (OSError, EOFError) as e:
-            if self._ended(generation):   # it was ending (a kill): a new one takes over
-                address, authkey, generation = self._running()
-                try:
-                    conn = None if address is None else Client(address, authkey=authkey)
-                except (OSError, EOFError) as again:
-                    e, conn = again, None
-            if conn is None:
-                if address is not None:
+        for retry in (False, True):
+            try:
+                conn = Client(address, authkey=authkey)
+                break
+            except (OSError, EOFError) as e:
+                if retry or not self._ended(generation):
                     log.error("cannot reach the delivery process: %s", e)
+                    return None
+            # It was ending (a kill): a new one takes over.
+            address, authkey, generation = self._running()
+            if address is None:
                 return None
         self._local.conn, self._local.open, self._local.holding = conn, 0, False
         self._local.frames = Frames(conn)
