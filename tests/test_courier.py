@@ -373,7 +373,7 @@ class CourierUnitTest(unittest.TestCase):
         c = Courier(self.stats, self.data_dir, "mx.example.test")
         self.addCleanup(c.close)
         self.assertTrue(self.deliver(c, "tok-" + uuid.uuid4().hex)["b@remote.test"].sent)
-        ending = c.pid
+        ending, folder = c.pid, Path(c._address).parent
         Path(c._address).unlink()   # it listens no more; it has not ended yet
         killer = threading.Timer(0.3, os.kill, (ending, signal.SIGKILL))
         killer.start()
@@ -390,6 +390,8 @@ class CourierUnitTest(unittest.TestCase):
         self.assertNotIn("cannot reach the delivery process", said)
         self.assertIn("delivery process started", said)
         self.assertNotIn(c.pid, (None, ending))
+        # Its pymp- folder goes with it, though its socket was gone already.
+        self.assertFalse(folder.exists(), list(folder.iterdir()) if folder.exists() else None)
 
     def test_a_refused_connection_is_logged_here(self):
         c = Courier(self.stats, self.data_dir, "mx.example.test")

@@ -430,7 +430,10 @@ def _stop(proc: subprocess.Popen, timeout: float, address=None) -> None:
         socket_path = Path(address)   # a file's path, not a Windows pipe or an abstract name
         try:
             socket_path.unlink()
-            if socket_path.parent.name.startswith("pymp-"):
-                socket_path.parent.rmdir()   # only when empty: nothing else of anyone's goes
         except OSError:
-            pass   # already gone: it exited in order, as it usually does
+            pass   # already gone: it exited in order (as it usually does), or was removed
+        if socket_path.parent.name.startswith("pymp-"):
+            try:
+                socket_path.parent.rmdir()   # only when empty: nothing else of anyone's goes
+            except OSError:
+                pass
