@@ -120,6 +120,7 @@ class MailServer:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards listener changes (start, apply, stop)
         self._frozen = False  # gc.freeze() after loading a big queue (FREEZE_QUEUE_LENGTH)
+        self._freeze_lock = threading.Lock()  # the queue's reading thread freezes, a stop thaws
 
     @property
     def stopping(self) -> bool:
@@ -179,13 +180,20 @@ class MailServer:
             self.qmgr.stop(0)
             self.spool.close()
             raise
-        self.qmgr.load(queued)  # after the listeners: a big queue does not delay serving
-        if len(queued) >= FREEZE_QUEUE_LENGTH and not self._frozen:
-            gc.freeze()
-            self._frozen = True
+        # After the listeners, in a thread: a big queue delays neither serving nor the
+        # end of the start (the window shows the server running while the queue is read).
+        self.qmgr.load_later(queued, self._queue_read)
         etrn.at_start(self.settings)  # our backup MX hosts: send what you hold for us now
         self._make_dkim_keys(self.settings)
         log.info("ISMail serving %s as %s", self.serving(), self.settings.server_name)
+
+    def _queue_read(self, count: int, seconds: float) -> None:
+        """(The queue's reading thread) every entry on disk at the start is read."""
+        log.info("read the %d message(s) waiting in the outgoing queue in %.1f s", count, seconds)
+        with self._freeze_lock:
+            if count >= FREEZE_QUEUE_LENGTH and not self._frozen and not self.gate.stopping:
+                gc.freeze()
+                self._frozen = True
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; wait up to ``grace`` seconds for sessions to end."""
@@ -221,9 +229,10 @@ class MailServer:
         left = self._open_connections()
         if left:
             log.warning("stopped with %d session(s) still open", left)
-        if self._frozen:  # collected as usual again: the window's process goes on after a stop
-            self._frozen = False
-            gc.unfreeze()
+        with self._freeze_lock:
+            if self._frozen:  # collected as usual again: the window's process goes on after a stop
+                self._frozen = False
+                gc.unfreeze()
         log.info("ISMail stopped; %s", self.stats.summary())
 
     def _open_connections(self) -> int:

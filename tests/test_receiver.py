@@ -32,6 +32,8 @@ from pathlib import Path
 from unittest import mock
 
 from ismail import service
+from ismail.admin import Admin
+from ismail.queue import scheduler
 from ismail.store import folders_box
 from ismail.store.accounts import AccountStore
 from ismail.config import from_dict
@@ -738,7 +740,9 @@ class FreshMachineTests(ReceiverTestCase):
 
 
 class BigQueueTests(ReceiverTestCase):
-    """A big queue at the start is kept out of the collector's full collections (whose pause
+    """A big queue at the start is read while the server already serves, and a stop does
+    not wait for the rest of it; flushes, ETRNs and deletions meanwhile reach the entries not
+    read yet.  Once read, it is kept out of the collector's full collections (whose pause
     grows with it) until the stop; what leaves the queue is still freed."""
 
     def start_with_queue(self, count: int) -> list[str]:
@@ -751,7 +755,114 @@ class BigQueueTests(ReceiverTestCase):
         AccountStore(data_dir).add(USER, "secret-pw", sorted(settings.local_domains()))
         self.ms, self.data_dir = MailServer(settings, data_dir), data_dir
         self.ms.start()
+        self.assertTrue(self.ms.qmgr.wait_loaded(60), "the queue was not read within 60 s")
         return ids
+
+    def start_reading_slowly(self, count: int, read_first: int = 20) -> list[str]:
+        """A server whose queue of ``count`` entries is read in chunks of 10, and whose
+        reading then stalls after ``read_first`` entries until self.go is set: it stands for
+        a big queue on a slow disk.  Asserts that start() returned while the reading stalled."""
+        data_dir = Path(tempfile.mkdtemp(prefix="ismail-bigq-"))
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        ids = write_deferred(data_dir, count)
+        self.port = free_port()
+        self.raw = settings_dict(self.port, {"retry": {"first_seconds": 60, "max_interval_seconds": 60}})
+        settings = from_dict(self.raw)[0]
+        AccountStore(data_dir).add(USER, "secret-pw", sorted(settings.local_domains()))
+        self.ms, self.data_dir = MailServer(settings, data_dir), data_dir
+        self.go = threading.Event()
+        stalled_before_start_returned: list[bool] = []
+        self.reads = calls = [0]
+        spool = self.ms.spool
+        read = spool.load
+
+        def slow_load(qid, strings=None):
+            calls[0] += 1
+            if calls[0] > read_first and not stalled_before_start_returned:
+                end = time.monotonic() + 20   # one file read: it ends when the server stops
+                while not self.go.wait(0.02) and not self.ms.qmgr._stopping and time.monotonic() < end:
+                    pass
+                if not self.go.is_set() and not self.ms.qmgr._stopping:
+                    stalled_before_start_returned.append(True)
+            return read(qid, strings)
+        spool.load = slow_load
+        chunk = mock.patch.object(scheduler, "LOAD_CHUNK", 10)
+        chunk.start()
+        self.addCleanup(chunk.stop)
+        self.ms.start()
+        self.assertEqual(stalled_before_start_returned, [], "start() waited for the whole queue")
+        self.addCleanup(self.go.set)
+        taken = read_first // 10 * 10   # whole chunks; the rest of what was read waits in the reader
+        deadline = time.monotonic() + 20
+        while len(self.ms.qmgr.entries()) < taken and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(len(self.ms.qmgr.entries()), taken, "the first chunks were not taken")
+        return ids
+
+    def wait_tried(self, ids: list[str], attempts: int) -> dict:
+        """The entries ``ids`` once each has had ``attempts`` tries (the SmartHost refuses)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            entries = {e.id: e for e in self.ms.qmgr.entries()}
+            if all(i in entries and entries[i].attempts >= attempts for i in ids):
+                return entries
+            time.sleep(0.05)
+        late = [i for i in ids if i not in entries or entries[i].attempts < attempts]
+        self.fail(f"{len(late)} of {len(ids)} entries were not tried again")
+
+    def test_the_server_serves_and_stops_while_a_big_queue_is_still_being_read(self) -> None:
+        ids = self.start_reading_slowly(50)
+        talk = self.greeted()
+        self.assertRegex(self.send_message(talk, b"Subject: new\r\n\r\nhello\r\n"), rb"^250 ")
+        talk.close()
+        self.assertEqual(len(maildir_files(self.data_dir)), 1)
+        reads = self.reads[0]
+        self.ms.stop(5.0)
+        self.assertEqual([t for t in threading.enumerate() if t.name == "queue-load"], [],
+                         "the queue's reading went on after the stop")
+        self.assertEqual(self.reads[0], reads, "the stop waited for more of the queue to be read")
+        self.assertEqual(len(self.ms.qmgr.entries()), 20, "entries were taken after the stop")
+        on_disk = sorted(p.stem for p in (self.data_dir / "queue" / "messages").glob("*.msg"))
+        self.assertEqual(on_disk, sorted(ids), "the queue lost entries")
+        # The next start reads all of them, each once.
+        self.ms = MailServer(from_dict(self.raw)[0], self.data_dir)
+        self.ms.start()
+        self.addCleanup(self.ms.stop, 5.0)
+        self.assertTrue(self.ms.qmgr.wait_loaded(30))
+        self.assertEqual(sorted(e.id for e in self.ms.qmgr.entries()), sorted(ids))
+        self.assertEqual(self.ms.stats.get("queue_length"), 50)
+
+    def test_retry_now_while_the_queue_is_read_reaches_the_entries_not_read_yet(self) -> None:
+        ids = self.start_reading_slowly(50)
+        self.addCleanup(self.ms.stop, 5.0)
+        admin = Admin(self.data_dir)
+        admin.server = self.ms
+        admin.queue_flush()   # the queue window's "Retry now"
+        self.go.set()
+        self.assertTrue(self.ms.qmgr.wait_loaded(30))
+        self.wait_tried(ids, 2)   # every one, not only the 20 taken before the flush
+
+    def test_a_deletion_while_the_queue_is_read_is_not_undone_by_the_reading(self) -> None:
+        ids = self.start_reading_slowly(50, read_first=25)   # 20 taken, 5 more read
+        self.addCleanup(self.ms.stop, 5.0)
+        admin = Admin(self.data_dir)
+        admin.server = self.ms
+        gone = [ids[22], ids[40]]   # one read but not yet taken, one not read yet
+        for qid in gone:
+            self.assertTrue(admin.queue_delete(qid))
+        self.go.set()
+        self.assertTrue(self.ms.qmgr.wait_loaded(30))
+        self.assertEqual(sorted(e.id for e in self.ms.qmgr.entries()), sorted(i for i in ids if i not in gone))
+        self.assertEqual(admin.queue_count(), 48)
+        self.assertEqual([p.name for i in gone for p in (self.data_dir / "queue" / "messages").glob(f"{i}.*")], [])
+
+    def test_an_etrn_while_the_queue_is_read_reaches_the_entries_not_read_yet(self) -> None:
+        ids = self.start_reading_slowly(40)
+        self.addCleanup(self.ms.stop, 5.0)
+        self.ms.qmgr.flush_domain("Remote.TEST")
+        self.go.set()
+        self.assertTrue(self.ms.qmgr.wait_loaded(30))
+        self.wait_tried(ids, 2)
 
     def test_a_big_queue_is_frozen_at_the_start_and_collected_again_after_the_stop(self) -> None:
         self.assertEqual(gc.get_freeze_count(), 0, "something else froze this test process")

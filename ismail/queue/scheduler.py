@@ -53,6 +53,7 @@ FRESH_BYTES = 32 * 1024 * 1024  # at most this much of newly queued mail is kept
 LANE_BATCH = 20        # messages in one delivery request at most
 LANE_BATCH_BYTES = 8 * 1024 * 1024   # and this much of their text
 LANE_PATIENCE = 0.05   # seconds a message waits for its lane's threads before it gets another
+LOAD_CHUNK = 1000      # entries read at the start are handed to the dispatcher this many at a time
 
 
 class _Plan:
@@ -197,13 +198,22 @@ class QueueManager:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.pool: DeliveryPool | None = None
+        # The entries on disk at the start are read by a thread of their own (load_later)
+        # while the server already serves.  What happens to entries meanwhile, for those
+        # not read yet: a flush (all due now), an ETRN (its domains due now), a deletion.
+        self._loader: threading.Thread | None = None
+        self._loaded = threading.Event()
+        self._loaded.set()
+        self._load_flush = False
+        self._load_domains: set[str] = set()
+        self._load_gone: set[str] = set()
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self, queued_ids: list[str] | None = None) -> None:
         """Take new mail from now on (the spool hands over each entry it commits) and
         start the delivery threads.  Called before the listeners open, so no message
         accepted while the server starts can miss the queue; the entries already on disk
-        come with ``load`` (given here, or called after the listeners are open)."""
+        come with ``load`` (given here), or ``load_later`` once the listeners are open."""
         self.pool = DeliveryPool(self.server.settings.outgoing.max_connections,
                                  on_idle=self.sender.close_idle,
                                  on_exit=lambda: self.sender.close_idle(force=True))
@@ -213,24 +223,73 @@ class QueueManager:
         if queued_ids:
             self.load(queued_ids)
 
-    def load(self, queued_ids: list[str]) -> None:
-        """The entries that were on disk when the server started (an unreadable one is
-        reported and set aside by the spool)."""
-        loaded: list[QueueEntry] = []
-        strings: dict[str, str] = {}   # equal texts of the entries kept once (spool.QueueEntry)
-        for qid in queued_ids:
+    def load_later(self, queued_ids: list[str], done: Callable[[int, float], None] | None = None) -> None:
+        """``load`` in a thread of its own; ``done(count, seconds)`` is called from it once
+        every entry is read (not when a stop cut the reading short).  With 100,000 entries
+        the reading takes seconds (more on Windows), and the server serves meanwhile: the
+        window shows it running, and a stop does not wait for the rest of the queue."""
+        if not queued_ids:
+            return
+        self._loaded.clear()
+
+        def run() -> None:
+            t = time.monotonic()
             try:
-                loaded.append(self.spool.load(qid, strings))
-            except (ValueError, OSError) as e:
-                log.error("%s", e)
+                count = self.load(queued_ids)
+                if done is not None and not self._stopping:
+                    done(count, time.monotonic() - t)
+            finally:
+                self._loaded.set()
+        self._loader = threading.Thread(target=run, name="queue-load", daemon=True)
+        self._loader.start()
+
+    def wait_loaded(self, timeout: float) -> bool:
+        """Whether the entries on disk at the start are all read (within ``timeout``)."""
+        return self._loaded.wait(timeout)
+
+    def load(self, queued_ids: list[str]) -> int:
+        """The entries that were on disk when the server started (an unreadable one is
+        reported and set aside by the spool), handed over LOAD_CHUNK at a time; how many
+        were taken.  A stop ends the reading at the next entry."""
+        strings: dict[str, str] = {}   # equal texts of the entries kept once (spool.QueueEntry)
+        taken = 0
+        for first in range(0, len(queued_ids), LOAD_CHUNK):
+            loaded: list[QueueEntry] = []
+            for qid in queued_ids[first:first + LOAD_CHUNK]:
+                if self._stopping:
+                    return taken
+                try:
+                    loaded.append(self.spool.load(qid, strings))
+                except FileNotFoundError:
+                    log.info("%s: gone from the queue before it was read (deleted)", qid)
+                except (ValueError, OSError) as e:
+                    log.error("%s", e)
+            taken += self._take_loaded(loaded)
         with self._cond:
-            fresh = [e for e in loaded if e.id not in self._entries]
+            self._load_flush = False
+            self._load_domains.clear()
+            self._load_gone.clear()
+        return taken
+
+    def _take_loaded(self, loaded: list[QueueEntry]) -> int:
+        with self._cond:
+            if self._stopping:
+                return 0
+            fresh = [e for e in loaded if e.id not in self._entries and e.id not in self._load_gone]
             for entry in fresh:
                 self._entries[entry.id] = entry
-                self._heap.append((entry.next_try, entry.id))
-            heapq.heapify(self._heap)
+                due = entry.next_try
+                if self._load_flush or (self._load_domains and self._waits_for(entry, self._load_domains)):
+                    due = 0.0
+                heapq.heappush(self._heap, (due, entry.id))
             self._cond.notify()
         self.stats.add("queue_length", len(fresh))
+        return len(fresh)
+
+    @staticmethod
+    def _waits_for(entry: QueueEntry, domains: set[str]) -> bool:
+        return any(r.state == "pending" and r.address.rpartition("@")[2].lower() in domains
+                   for r in entry.recipients)
 
     def stop(self, grace: float = 10.0) -> None:
         with self._cond:
@@ -240,6 +299,9 @@ class QueueManager:
                     self._busy.discard(qid)
                 lane.waiting.clear()
             self._cond.notify_all()
+        loader = self._loader
+        if loader is not None:
+            loader.join(5.0)  # it stops at its next entry
         if self.pool is not None:
             self.pool.stop()
         deadline = time.monotonic() + grace
@@ -281,6 +343,7 @@ class QueueManager:
     def flush(self) -> None:
         """Everything deferred is due now."""
         with self._cond:
+            self._load_flush = not self._loaded.is_set()  # and those not read yet, as they come
             self._heap = [(0.0, qid) for qid in self._entries if qid not in self._busy]
             heapq.heapify(self._heap)
             self._cond.notify()
@@ -290,9 +353,9 @@ class QueueManager:
         """ETRN: every message with a recipient waiting in ``domain`` is due now; how many."""
         domain = domain.lower()
         with self._cond:
-            waiting = [qid for qid, e in self._entries.items() if any(
-                r.state == "pending" and r.address.rpartition("@")[2].lower() == domain
-                for r in e.recipients)]
+            if not self._loaded.is_set():
+                self._load_domains.add(domain)  # and those not read yet, as they come
+            waiting = [qid for qid, e in self._entries.items() if self._waits_for(e, {domain})]
             for qid in waiting:
                 if qid in self._busy:
                     # Being tried right now (perhaps against a server that was still down):
@@ -307,6 +370,8 @@ class QueueManager:
         """Remove a message from the queue (a delivery under way finishes, then finds it gone)."""
         with self._cond:
             entry = self._entries.get(queue_id)
+            if not self._loaded.is_set():
+                self._load_gone.add(queue_id)  # not to be taken if the reading comes to it later
         self.spool.remove(queue_id)
         if entry is None:
             return False
