@@ -15,6 +15,14 @@ also checks that new mail is still relayed at the usual rate: the SmartHost is t
 Postfix's smtp-sink on loopback (the deferred entries wait two hours, so only new
 mail reaches it), and smtp-source sends 5,000 messages in 10 sessions once the queue
 is read; run it with N = 0 too, for the usual rate on this machine.
+
+    python3 bench/queue_bench.py N --window [--relay]
+
+measures the queue window (Tools > Queue) instead, with the server in the same process as
+in the .exe: how soon its first page shows when opened while the server starts, while it
+reads the queue, once it has, and (with --relay) while new mail is relayed; and how soon
+the start ends (the window then shows the server running) and the queue is read.
+Without a DISPLAY it runs itself under xvfb-run.
 """
 from __future__ import annotations
 
@@ -42,7 +50,9 @@ def free_port() -> int:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--relay"]
+    if "--window" in sys.argv and not os.environ.get("DISPLAY") and os.name != "nt":
+        os.execvp("xvfb-run", ["xvfb-run", "-a", sys.executable, *sys.argv])  # a virtual screen
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     n = int(args[0]) if args else 100_000
     data = Path(tempfile.mkdtemp(prefix="ismail-queue-bench-"))
     sink = None
@@ -50,7 +60,7 @@ def main() -> None:
         if "--relay" in sys.argv:
             from dkim_bench import Sink  # the same smtp-sink wrapper
             sink = Sink(data)
-        run(data, n, sink)
+        (run_window if "--window" in sys.argv else run)(data, n, sink)
     finally:
         if sink is not None:
             sink.proc.terminate()
@@ -60,7 +70,8 @@ def main() -> None:
             os.sync()   # the removal too, before a next run is measured
 
 
-def run(data: Path, n: int, sink=None) -> None:
+def write_queue(data: Path, n: int, sink=None) -> int:
+    """N deferred entries and the settings in DATA; returns the SMTP port."""
     messages = data / "queue" / "messages"
     messages.mkdir(parents=True)
     port = free_port()
@@ -88,6 +99,11 @@ def run(data: Path, n: int, sink=None) -> None:
         t = time.perf_counter()
         os.sync()
         print(f"synced in {time.perf_counter() - t:.1f} s", flush=True)
+    return port
+
+
+def run(data: Path, n: int, sink=None) -> None:
+    port = write_queue(data, n, sink)
     cli = [sys.executable, "-m", "ismail", "--data-dir", str(data)]
     t = time.perf_counter()
     server = subprocess.Popen(cli + ["run"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -119,6 +135,80 @@ def run(data: Path, n: int, sink=None) -> None:
     finally:
         server.terminate()
         server.wait(30)
+
+
+def run_window(data: Path, n: int, sink=None) -> None:
+    """The queue window (Tools > Queue) as a user meets it: the server runs in this process
+    beside the window, as in the .exe.  Opened while the server starts, while it reads the
+    queue, once it has, and (with --relay) while smtp-source sends through it.
+    Prints the seconds from opening to the first page shown, and the longest the window's
+    event loop was kept from a 20 ms heartbeat (what a user sees as a freeze)."""
+    import threading
+    import tkinter as tk
+    from gui.controller import Controller
+    from gui.queueview import QueueWindow
+
+    port = write_queue(data, n, sink)
+    root = tk.Tk()
+    root.geometry("400x300")
+    controller = Controller(data)
+    if not controller.load_settings():
+        raise SystemExit(f"settings: {controller.settings_problem}")
+    beats: list[float] = []
+
+    def beat() -> None:
+        beats.append(time.perf_counter())
+        root.after(20, beat)
+
+    def pump(condition, timeout: float, what: str) -> None:
+        end = time.perf_counter() + timeout
+        while not condition():
+            if time.perf_counter() > end:
+                raise SystemExit(f"{what}: not within {timeout} s")
+            root.update()
+            time.sleep(0.005)
+
+    def measure(label: str) -> None:
+        beats.clear()
+        beat()
+        t = time.perf_counter()
+        window = QueueWindow(root, controller)
+        opened = time.perf_counter() - t
+        pump(lambda: window.loaded, 120, f"{label}: the first page")
+        shown = time.perf_counter() - t
+        pump(lambda: time.perf_counter() - t > shown + 0.3, 5, "")
+        gaps = [b - a for a, b in zip(beats, beats[1:])]
+        print(f"queue window, {label}: open {opened:.2f} s, first page {shown:.2f} s "
+              f"({len(window.ids):,} ids), longest freeze {max(gaps, default=0):.2f} s", flush=True)
+        window.close()
+        root.update()
+
+    started: list[object] = []
+    t = time.perf_counter()
+    threading.Thread(target=lambda: started.append(controller.start()), daemon=True).start()
+    try:
+        pump(lambda: time.perf_counter() - t > 0.2, 5, "")
+        measure("while the server starts")
+        pump(lambda: started, 120, "the server's start")
+        if started[0] is not None:
+            raise SystemExit(f"the server did not start: {started[0]}")
+        print(f"server started {time.perf_counter() - t:.2f} s after the start was asked", flush=True)
+        qmgr = controller.server.qmgr
+        if not qmgr.wait_loaded(0):
+            measure("while the queue is read")
+        pump(lambda: qmgr.wait_loaded(0), 120, "the queue's reading")
+        print(f"queue read {time.perf_counter() - t:.2f} s after the start was asked", flush=True)
+        measure("the queue read")
+        if sink is not None:
+            load = threading.Thread(target=relay_rate, args=(port, sink), daemon=True)
+            load.start()
+            settle = time.perf_counter() + 1
+            pump(lambda: time.perf_counter() > settle, 10, "")
+            measure("while 10 sessions relay")
+            pump(lambda: not load.is_alive(), 600, "the relay load")
+    finally:
+        controller.stop()
+        root.destroy()
 
 
 def relay_rate(port: int, sink) -> None:
