@@ -745,15 +745,20 @@ class BigQueueTests(ReceiverTestCase):
     read yet.  Once read, it is kept out of the collector's full collections (whose pause
     grows with it) until the stop; what leaves the queue is still freed."""
 
-    def start_with_queue(self, count: int) -> list[str]:
+    def server_with_queue(self, count: int, overrides: dict | None = None) -> list[str]:
+        """self.ms, not started, on a data folder with ``count`` deferred entries (their ids)."""
         data_dir = Path(tempfile.mkdtemp(prefix="ismail-bigq-"))
         self.addCleanup(shutil.rmtree, data_dir, True)
         ids = write_deferred(data_dir, count)
         self.port = free_port()
-        self.raw = settings_dict(self.port)
+        self.raw = settings_dict(self.port, overrides)
         settings = from_dict(self.raw)[0]
         AccountStore(data_dir).add(USER, "secret-pw", sorted(settings.local_domains()))
         self.ms, self.data_dir = MailServer(settings, data_dir), data_dir
+        return ids
+
+    def start_with_queue(self, count: int) -> list[str]:
+        ids = self.server_with_queue(count)
         self.ms.start()
         self.assertTrue(self.ms.qmgr.wait_loaded(60), "the queue was not read within 60 s")
         return ids
@@ -762,14 +767,7 @@ class BigQueueTests(ReceiverTestCase):
         """A server whose queue of ``count`` entries is read in chunks of 10, and whose
         reading then stalls after ``read_first`` entries until self.go is set: it stands for
         a big queue on a slow disk.  Asserts that start() returned while the reading stalled."""
-        data_dir = Path(tempfile.mkdtemp(prefix="ismail-bigq-"))
-        self.addCleanup(shutil.rmtree, data_dir, True)
-        ids = write_deferred(data_dir, count)
-        self.port = free_port()
-        self.raw = settings_dict(self.port, {"retry": {"first_seconds": 60, "max_interval_seconds": 60}})
-        settings = from_dict(self.raw)[0]
-        AccountStore(data_dir).add(USER, "secret-pw", sorted(settings.local_domains()))
-        self.ms, self.data_dir = MailServer(settings, data_dir), data_dir
+        ids = self.server_with_queue(count, {"retry": {"first_seconds": 60, "max_interval_seconds": 60}})
         self.go = threading.Event()
         stalled_before_start_returned: list[bool] = []
         self.reads = calls = [0]
