@@ -11,9 +11,11 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
+from unittest import mock
 
 from ismail.admin import AccountError, Admin, FolderSummary, QueueEntry
 from ismail.config import from_dict
@@ -311,6 +313,26 @@ class RunningServerTest(unittest.TestCase):
         self.admin.queue_flush()
         self.assertFalse((self.data / "queue" / FLUSH_FILE).exists())
         wait_for(lambda: self.admin.queue_entry(qid).attempts == 2, what="the retry after the flush")
+
+    def test_retry_now_while_a_message_is_being_tried_tries_it_again_after(self) -> None:
+        # "Retry now" pressed while an attempt is under way (say against a server the user
+        # has just brought back): if that attempt defers the message, it goes again at once,
+        # not in an hour.  Here the flush comes after the attempt deferred the message and
+        # saved its state, before the attempt ends.
+        saved, go = threading.Event(), threading.Event()
+        save = self.server.spool.save
+
+        def slow_save(entry: QueueEntry) -> None:
+            save(entry)
+            saved.set()
+            go.wait(10)
+        with mock.patch.object(self.server.spool, "save", slow_save):
+            qid = self.server.inject("alice@example.test", ["bob@remote.test"], b"Subject: t\r\n\r\nx\r\n")
+            self.assertTrue(saved.wait(15), "the first attempt did not end")
+            self.assertEqual(self.admin.queue_entry(qid).attempts, 1)
+            self.admin.queue_flush()
+            go.set()
+            wait_for(lambda: self.admin.queue_entry(qid).attempts == 2, what="the retry after the flush")
 
     def test_the_flush_file_reaches_a_server_this_admin_does_not_hold(self) -> None:
         qid = self.deferred()

@@ -190,7 +190,7 @@ class QueueManager:
         self._entries: dict[str, QueueEntry] = {}
         self._heap: list[tuple[float, str]] = []
         self._busy: set[str] = set()
-        self._flush_again: set[str] = set()  # busy when an ETRN came: due again when done
+        self._flush_again: set[str] = set()  # busy when a flush or an ETRN came: due again when done
         self._fresh: dict[str, bytes] = {}  # messages not yet tried, as they were received
         self._fresh_bytes = 0
         self._lanes: dict[tuple, _Lane] = {}
@@ -346,6 +346,9 @@ class QueueManager:
             self._load_flush = not self._loaded.is_set()  # and those not read yet, as they come
             self._heap = [(0.0, qid) for qid in self._entries if qid not in self._busy]
             heapq.heapify(self._heap)
+            # Those being tried right now: if this attempt defers one, it goes again at
+            # once, not at its next try (as for an ETRN, below).
+            self._flush_again.update(qid for qid in self._busy if qid in self._entries)
             self._cond.notify()
         log.info("queue flush: %d message(s) due now", len(self._heap))
 
@@ -580,7 +583,7 @@ class QueueManager:
             with self._cond:
                 for qid in qids:
                     self._busy.discard(qid)
-                    if qid in self._flush_again:  # an ETRN came during this attempt
+                    if qid in self._flush_again:  # a flush or an ETRN came during this attempt
                         self._flush_again.discard(qid)
                         if qid in self._entries:
                             heapq.heappush(self._heap, (0.0, qid))
