@@ -67,12 +67,13 @@ log = logging.getLogger("ismail.service")
 KEYGEN_STOP_SECONDS = 30.0  # a stop waits this long for a DKIM key being made (OpenSSL: < 1 s)
 # With this many messages waiting at the start, every object there is once the queue's
 # reading thread has read them (the queue's entries among them) is kept out of the garbage
-# collector's full collections until the stop (gc.freeze).  A queue of 100,000 deferred messages is ~324,000 tracked objects: the next
-# full collection, due soon after the start as new mail comes in, stopped every thread for
-# 150-185 ms, and new mail was relayed at 0.95 of the empty queue's rate; frozen, at 1.00
-# (bench/queue_bench.py, medians of 5 interleaved rounds).  The entries are still freed as
-# they leave the queue (they hold no cycles, and there was no cyclic garbage to keep at that
-# point); a smaller queue costs a full collection a few ms, and stays as it is.
+# collector's full collections until the stop (gc.freeze).  A queue of 100,000 deferred
+# messages is ~324,000 tracked objects: the next full collection, due soon after the start
+# as new mail comes in, stopped every thread for 150-185 ms, and new mail was relayed at
+# 0.95 of the empty queue's rate; frozen, at 1.00 (bench/queue_bench.py, medians of 5
+# interleaved rounds).  The entries are still freed as they leave the queue (they hold no
+# cycles, and there was no cyclic garbage to keep at that point); a smaller queue costs a
+# full collection a few ms, and stays as it is.
 FREEZE_QUEUE_LENGTH = 10_000
 
 
