@@ -862,6 +862,46 @@ class BigQueueTests(ReceiverTestCase):
         self.assertTrue(self.ms.qmgr.wait_loaded(30))
         self.wait_tried(ids, 2)
 
+    def test_the_queue_reading_rests_after_new_mail_and_only_then(self) -> None:
+        # With 100,000 entries on disk, mail that came while they were read was relayed at
+        # half the usual rate: the reading shares the interpreter lock with the serving.
+        # Here the reading takes steps of 10 entries of ~20 ms each; a message comes during
+        # the third step.  The reading rests after that step (up to LOAD_REST_MAX), and
+        # after no other, so a queue read while nobody sends mail is read at full speed.
+        self.server_with_queue(60, {"retry": {"first_seconds": 60, "max_interval_seconds": 60}})
+        for name, value in (("LOAD_CHUNK", 10), ("LOAD_STEP", 10), ("LOAD_REST_MAX", 1.5)):
+            patch = mock.patch.object(scheduler, name, value)
+            patch.start()
+            self.addCleanup(patch.stop)
+        read, done = self.ms.spool.load, []   # when each read ended
+        at_25, mail_sent = threading.Event(), threading.Event()
+
+        def paced_load(qid, strings=None):
+            began = time.monotonic()
+            if len(done) == 25:   # in the third step: new mail comes meanwhile
+                at_25.set()
+                mail_sent.wait(20)
+                time.sleep(max(0.0, began + 0.25 - time.monotonic()))  # the step: >= 0.25 s
+            time.sleep(0.02)
+            entry = read(qid, strings)
+            done.append(time.monotonic())
+            return entry
+        self.ms.spool.load = paced_load
+        self.ms.start()
+        self.addCleanup(self.ms.stop, 5.0)
+        self.addCleanup(mail_sent.set)   # (first, if the test fails before it)
+        self.assertTrue(at_25.wait(20), "the reading did not come to the 26th entry")
+        talk = self.greeted()
+        self.assertRegex(self.send_message(talk, b"Subject: new\r\n\r\nhello\r\n"), rb"^250 ")
+        talk.close()
+        mail_sent.set()
+        self.assertTrue(self.ms.qmgr.wait_loaded(30))
+        self.assertEqual(len(done), 60)
+        gaps = {i: round(done[i] - done[i - 1], 2) for i in range(1, 60)}
+        self.assertGreaterEqual(gaps[30], 1.45, "no rest after the step in which mail came")
+        rests = {i: g for i, g in gaps.items() if g >= 0.75 and i not in (25, 30)}
+        self.assertEqual(rests, {}, "the reading rested though no mail came")
+
     def test_a_big_queue_is_frozen_at_the_start_and_collected_again_after_the_stop(self) -> None:
         self.assertEqual(gc.get_freeze_count(), 0, "something else froze this test process")
         self.addCleanup(gc.unfreeze)   # whatever happens below, the test process is not left frozen
