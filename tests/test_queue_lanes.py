@@ -80,7 +80,7 @@ class LaneTest(unittest.TestCase):
                 recorder.lane_jobs += 1
             run_lane(key)
         qm._run_lane = counted
-        qm.start([])
+        qm.start()
         self.addCleanup(qm.stop, 2.0)
         return server, qm, recorder
 

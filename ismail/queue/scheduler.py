@@ -214,19 +214,17 @@ class QueueManager:
         self._load_gone: set[str] = set()
 
     # -- life cycle -----------------------------------------------------------------------------
-    def start(self, queued_ids: list[str] | None = None) -> None:
+    def start(self) -> None:
         """Take new mail from now on (the spool hands over each entry it commits) and
         start the delivery threads.  Called before the listeners open, so no message
         accepted while the server starts can miss the queue; the entries already on disk
-        come with ``load`` (given here), or ``load_later`` once the listeners are open."""
+        come with ``load_later``, once the listeners are open."""
         self.pool = DeliveryPool(self.server.settings.outgoing.max_connections,
                                  on_idle=self.sender.close_idle,
                                  on_exit=lambda: self.sender.close_idle(force=True))
         self.spool.on_enqueue = self.add
         self._thread = threading.Thread(target=self._dispatch, name="qmgr", daemon=True)
         self._thread.start()
-        if queued_ids:
-            self.load(queued_ids)
 
     def load_later(self, queued_ids: list[str], done: Callable[[int, float], None] | None = None) -> None:
         """``load`` in a thread of its own; ``done(count, seconds)`` is called from it once
