@@ -481,6 +481,27 @@ class ViewTest(StoreCase):
             self.assertEqual(b"".join(iter(lambda: stream.read(7000), b"")), body)
         self.assertEqual(MailStore(self.root).open("INBOX").message(uid).internaldate, when)
 
+    def test_a_file_another_program_left_with_crlf_line_ends(self):
+        """CRLF on disk (Dovecot's mail_save_crlf, a .eml saved on Windows) is read as it
+        was: no CR doubled, a lone CR kept, the size what a FETCH sends; also with the CR
+        and the LF of one line end in two 64 KiB reads of a stream."""
+        small = b"Subject: crlf\r\nX: y\r\n\r\nbare\rcr\r\nlf only\n"
+        big = b"Subject: big\r\n\r\n" + b"a" * ((1 << 16) - 16 - 1) + b"\r\n" + b"b\r\n" * 40000
+        self.assertEqual(big[(1 << 16) - 1:(1 << 16) + 1], b"\r\n")
+        (self.root / "new" / "1700000001.other.host").write_bytes(small)
+        (self.root / "new" / "1700000002.other.host").write_bytes(big)
+        inbox = MailStore(self.root).open("INBOX")
+        refs = [m for m in inbox.messages if m.key.endswith(".other.host")]
+        want = [small.replace(b"only\n", b"only\r\n"), big]
+        self.assertEqual([m.size for m in refs], [len(w) for w in want])
+        for ref, text in zip(refs, want):   # (== rather than a diff of 150 kB)
+            self.assertTrue(inbox.read(ref.uid) == text, f"read of UID {ref.uid}")
+            with inbox.open_stream(ref.uid) as stream:
+                self.assertTrue(b"".join(iter(lambda: stream.read(7000), b"")) == text, "in pieces")
+            with inbox.open_stream(ref.uid) as stream:
+                self.assertTrue(stream.read() == text, "whole")
+        self.assertEqual(inbox.read_head(refs[0].uid, 1000), b"Subject: crlf\nX: y\n\nbare\rcr\nlf only\n")
+
     def test_unknown_uid(self):
         with self.assertRaises(NoSuchMessage):
             self.a.read(99)

@@ -353,6 +353,20 @@ class CurlTest(ClientCase):
         stored = [data for _, data in fetch_literals(m, "1:*", "(UID BODY.PEEK[])").values()]
         self.assertEqual(stored, [LOCAL])
 
+    def test_a_message_another_program_left_with_crlf_line_ends(self):
+        """A .eml saved on Windows and dropped into new/ (CRLF on disk): the message, its
+        text and a search of its header are what the file holds, no CR doubled."""
+        text = b"From: w@remote.test\r\nSubject: saved on Windows\r\n\r\nline one\r\nline two\r\n"
+        (self.server.maildir() / "new" / "1700000000.M1P1.windows").write_bytes(text)
+        found = self.got(self.url("INBOX?SUBJECT%20windows")).decode().split()
+        self.assertEqual(found[:2], ["*", "SEARCH"])
+        self.assertEqual(len(found), 3, found)
+        self.assertEqual(self.got(self.url(f"INBOX;MAILINDEX={found[2]}")), text)
+        self.assertEqual(self.got(self.url(f"INBOX;MAILINDEX={found[2]};SECTION=TEXT")),
+                         b"line one\r\nline two\r\n")
+        size = self.got(self.url("INBOX"), "--request", f"FETCH {found[2]} RFC822.SIZE").decode()
+        self.assertIn(f"RFC822.SIZE {len(text)})", size)
+
     def test_curl_without_tls_is_refused(self):
         curl = require_program(self, "curl")
         r = subprocess.run([curl, "--silent", "--max-time", "30", "--user", f"{USER}:{PASSWORD}",

@@ -342,6 +342,30 @@ class ReadTest(MaildropCase):
         many = b"".join(drop.read(0, 15000))
         self.assertEqual(many, crlf_head + b"".join(b"body %06d\r\n" % i for i in range(15000)))
 
+    def test_a_file_another_program_left_with_crlf_line_ends(self):
+        """CRLF on disk (Dovecot's mail_save_crlf, a .eml saved on Windows) goes out as it
+        was, not with a CR doubled; a lone CR stays; LIST's size is what RETR sends."""
+        crlf = b"Subject: crlf\r\nX: y\r\n\r\nb1\r\n.dot\r\nbare\rcr\r\nlf only\n"
+        write(self.box / "new" / "1700000000.other.host", crlf)
+        drop = self.opened()
+        wanted = b"Subject: crlf\r\nX: y\r\n\r\nb1\r\n.dot\r\nbare\rcr\r\nlf only\r\n"
+        self.assertEqual(b"".join(drop.read(0)), wanted)
+        self.assertEqual(drop.messages[0].size, len(wanted))
+        self.assertEqual(b"".join(drop.read(0, 1)), b"Subject: crlf\r\nX: y\r\n\r\nb1\r\n",
+                         "TOP finds the blank line of a CRLF header")
+
+    def test_a_crlf_cut_between_two_reads_is_one_line_end(self):
+        """The CR of a CRLF as the last byte of one 64 KiB read and its LF the first of the
+        next, also inside a line longer than LONG_LINE."""
+        first = b"Subject: cut\r\n\r\n" + b"a" * (CHUNK - 16 - 1) + b"\r"
+        self.assertEqual(len(first), CHUNK)
+        text = first + b"\nnext\r\n" + b"z" * (LONG_LINE - 1) + b"\r\nend\r\n"
+        write(self.box / "new" / "1700000000.other.host", text)
+        drop = self.opened()
+        got = b"".join(drop.read(0))
+        self.assertEqual(got, text)
+        self.assertEqual(drop.messages[0].size, len(text))
+
     def test_a_file_renamed_since_the_snapshot_is_still_found(self):
         path = self.deliver(b"Subject: moved\r\n\r\nbody\r\n")
         drop = self.opened()

@@ -112,6 +112,19 @@ class MpopTest(ClientCase):
         self.assertEqual(self.server.count(), 0)
 
 
+    def test_a_message_another_program_left_with_crlf_line_ends(self):
+        """A .eml saved on Windows and dropped into new/ (CRLF on disk) comes down as it
+        was, without a CR doubled in every line."""
+        text = b"From: w@remote.test\r\nSubject: saved on Windows\r\n\r\nline one\r\nline two\r\n"
+        (self.server.maildir() / "new" / "1700000000.M1P1.windows").write_bytes(text)
+        target = self.work / "crlf"
+        r = self.mpop(target, keep=True)
+        self.assertEqual(r.returncode, 0, r.stderr + r.stdout)
+        saved = [p.read_bytes() for p in (target / "new").iterdir()]
+        self.assertEqual(len(saved), len(MESSAGES) + 1)
+        mine = [m for m in saved if b"saved on Windows" in m]
+        self.assertEqual(mine, [text.replace(b"\r\n", b"\n")])
+
 class FetchmailTest(ClientCase):
     def fetchmail(self, keep: bool) -> subprocess.CompletedProcess:
         fetchmail = require_program(self, "fetchmail")

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from ..fsutil import fsync_dir, unique_name, write_new_file
 from .folders_flags import Keywords, split_name
 from .folders_model import NoSuchFolder, UidValidityChanged
+from .lineends import file_crlf_size, lf_blocks
 from .uidlist import CorruptIndex, Index, UidList, next_uidvalidity
 
 log = logging.getLogger("ismail.folders")
@@ -304,10 +305,7 @@ class Box:
         size = size_from_key(key)
         try:
             if size is None:
-                size = 0
-                with open(path, "rb") as f:
-                    while block := f.read(1 << 20):
-                        size += len(block) + block.count(b"\n")
+                size = file_crlf_size(path)
             date = None if date_from_key(key) is not None else os.stat(path).st_mtime
         except FileNotFoundError:
             return None, None
@@ -424,20 +422,22 @@ def discard(path: Path) -> None:
 
 
 class CrlfReader:
-    """A message file read with CRLF line ends, block by block (for large messages)."""
+    """A message file read with CRLF line ends (LF or CRLF on disk), block by block (for
+    large messages)."""
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
+        self._blocks = lf_blocks(f.read, 1 << 16)
         self._pending = memoryview(b"")
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
-            rest = bytes(self._pending) + self._f.read().replace(b"\n", b"\r\n")
+            rest = bytes(self._pending) + b"".join(self._blocks).replace(b"\n", b"\r\n")
             self._pending = memoryview(b"")
             return rest
         while not self._pending:
-            block = self._f.read(max(n, 1 << 16))
-            if not block:
+            block = next(self._blocks, None)
+            if block is None:
                 return b""
             self._pending = memoryview(block.replace(b"\n", b"\r\n"))
         out = bytes(self._pending[:n])

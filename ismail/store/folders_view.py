@@ -32,6 +32,7 @@ from ..fsutil import O_READ
 from .folders_box import Box, CrlfReader, Listing, date_from_key, settled_after, size_from_key
 from .folders_flags import INFO_SEP, SYSTEM_FLAGS, change_info, letters, normalize_flags
 from .folders_model import Changes, MessageRef, NoSuchMessage, UidValidityChanged
+from .lineends import file_crlf_size, to_crlf, to_lf
 from .folders_transfer import append_to, copy_into, move_into
 from .uidlist import retry_windows
 
@@ -311,13 +312,10 @@ class Folder:
         if size is None:
             size = index.sizes.get(key)
         if size is None:
-            size = 0
             try:
-                with open(sub / filename, "rb") as f:
-                    while block := f.read(1 << 20):
-                        size += len(block) + block.count(b"\n")
+                size = file_crlf_size(sub / filename)
             except FileNotFoundError:
-                pass
+                size = 0
         return size
 
     @staticmethod
@@ -516,21 +514,23 @@ class Folder:
 
     # -- reading --------------------------------------------------------------------------------------------
     def read(self, uid: int) -> bytes:
-        """The whole message with CRLF line ends (exactly ``size`` bytes)."""
-        return read_whole(self._open(uid, raw=True)).replace(b"\n", b"\r\n")
+        """The whole message with CRLF line ends (exactly ``size`` bytes), whether it has LF
+        or CRLF ones on disk."""
+        return to_crlf(read_whole(self._open(uid, raw=True)))
 
     def read_head(self, uid: int, limit: int) -> bytes:
-        """The message's first bytes as stored (LF line ends), up to its blank line after the
-        header if that comes within ``limit`` bytes (read in small steps: most headers are short)."""
+        """The message's first bytes with LF line ends (CRLF on disk read as LF), up to its
+        blank line after the header if that comes within ``limit`` bytes of the file (read in
+        small steps: most headers are short)."""
         fd = self._open(uid, raw=True)
         try:
             data = os.read(fd, min(limit, 8192))
-            while len(data) < limit and b"\n\n" not in data:
+            while len(data) < limit and b"\n\n" not in data and b"\n\r\n" not in data:
                 more = os.read(fd, min(limit - len(data), len(data) or 8192))
                 if not more:
                     break
                 data += more
-            return data
+            return to_lf(data)
         finally:
             os.close(fd)
 

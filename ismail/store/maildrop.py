@@ -15,21 +15,23 @@ Model
   POP3 wants 1-70 characters in 0x21-0x7E; a name outside that gets a stable stand-in,
   the SHA-1 of the name in hex (40 characters).
 * Sizes come from ``,W=`` so a large maildrop opens from its directory listing alone.
-  For other files the size is file size + number of LFs (each LF goes out as CRLF),
-  computed once and remembered in the registry by (file, size on disk, mtime).
+  For other files the size is counted with CRLF line ends (a file on disk may have
+  LF or CRLF ones: store/lineends.py), computed once and remembered in the registry
+  by (file, size on disk, mtime).
 * Order: by the delivery time at the front of the unique name (seconds, then the
   ``M<microseconds>`` of the middle part), then the unique name, then the file name;
   names that do not start with a time (not a Maildir writer we know) come after, by
   unique name.  The unique name as tie-break keeps the order across flag changes.
-* ``read`` streams the file with CRLF line ends in ~64 KiB chunks of whole lines.  A
-  file that moved since the snapshot (another program read it or changed its flags) is
-  looked up by its unique name in new/ and cur/.
+* ``read`` streams the file with CRLF line ends (whichever it had on disk) in ~64 KiB
+  chunks of whole lines.  A file that moved since the snapshot (another program read it
+  or changed its flags) is looked up by its unique name in new/ and cur/.
 * ``commit`` is the UPDATE state: unlink the deleted, move the retrieved to cur/ with the
   S flag, fsync both folders once.  Nothing else changes the Maildir, so a dropped
   connection or a crash before ``commit`` deletes nothing.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -41,6 +43,7 @@ from typing import Callable, Iterator
 
 from ..fsutil import O_READ, fsync_dir, make_maildirs
 from .folders_box import settled_after
+from .lineends import crlf_size, lf_blocks
 
 log = logging.getLogger("ismail.maildrop")
 
@@ -186,11 +189,8 @@ class Maildrops:
 
 
 def _count_crlf_size(path: str) -> int:
-    size = 0
     with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            size += len(block) + block.count(b"\n")
-    return size
+        return crlf_size(f.read, CHUNK)
 
 
 # -- one session's maildrop --------------------------------------------------------------------
@@ -557,11 +557,11 @@ class MessageReader:
 
 
 def _lf_blocks(fd: int) -> Iterator[bytes]:
-    """The file in blocks of whole LF lines; the last may lack its LF, and a line longer
-    than LONG_LINE comes in pieces."""
+    """The file in blocks of whole LF lines (a CRLF on disk read as LF); the last may lack
+    its LF, and a line longer than LONG_LINE comes in pieces."""
     pending: list[bytes] = []
     pending_len = 0
-    while block := os.read(fd, CHUNK):
+    for block in lf_blocks(functools.partial(os.read, fd), CHUNK):
         cut = block.rfind(b"\n") + 1
         if not cut:
             pending.append(block)
