@@ -574,6 +574,29 @@ class PersistenceTest(StoreCase):
         (self.root / "ismail-uidlist").unlink()
         self.assertGreater(MailStore(self.root).open("INBOX").uidvalidity, inbox.uidvalidity)
 
+    def test_sizes_an_older_ismail_counted_are_measured_again_once(self):
+        """Before C1 a CRLF on disk counted as two line ends: such an index's W sizes are
+        measured again when the folder is first opened, and written back with C1."""
+        crlf = b"Subject: old\r\n\r\nbody\r\n"
+        for sub in ("new", "cur", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "new" / "1700000001.other.host").write_bytes(crlf)
+        (self.root / "new" / "1700000002.lf.host").write_bytes(b"a\nb\n")
+        (self.root / "ismail-uidlist").write_bytes(
+            b"ismail-uidlist 1 V5 N3 R1\n1 1700000001.other.host W%d\n2 1700000002.lf.host W6\n"
+            % (len(crlf) + crlf.count(b"\n")))
+        with self.assertLogs("ismail.folders", "INFO") as logs:
+            inbox = MailStore(self.root).open("INBOX")
+        self.assertIn("measured the sizes of 2 message(s) again", "\n".join(logs.output))
+        self.assertEqual([(m.uid, m.size) for m in inbox.messages], [(1, len(crlf)), (2, 6)])
+        self.assertEqual(inbox.uidvalidity, 5, "the UIDs stay")
+        written = (self.root / "ismail-uidlist").read_bytes()
+        self.assertEqual(written, b"ismail-uidlist 1 V5 N3 R1 C1\n1 1700000001.other.host W%d\n"
+                                  b"2 1700000002.lf.host W6\n" % len(crlf))
+        with mock.patch("ismail.store.folders_box.file_crlf_size") as measure:
+            self.assertEqual(MailStore(self.root).open("INBOX").message(1).size, len(crlf))
+        measure.assert_not_called()
+
     def test_parser_is_strict(self):
         good = b"ismail-uidlist 1 V5 N9 R3\n1 a\n2 b W10 T1.5\n"
         index = parse(good)

@@ -259,10 +259,30 @@ class Box:
             index = Index(next_uidvalidity(self.root, above))
             self.write_locked(index)
             return index
+        if not index.crlf_sizes:
+            index.crlf_sizes = True
+            if index.sizes:
+                self._measure_again(index)
+                self.write_locked(index)
+                return index
         self._index, self._index_stat = index, stat
         if stat is not None:
             SHARED_INDEXES.put(self.path, stat, index, read_at)
         return index
+
+    def _measure_again(self, index: Index) -> None:
+        """The sizes of an index an older ISMail wrote: it counted a CRLF on disk as two
+        line ends.  Once per folder, for the files whose names carry no size."""
+        listing = self.scan()
+        for key in list(index.sizes):
+            where = listing.get(key)
+            if where is None:
+                continue   # gone: its line goes at the next refresh
+            try:
+                index.sizes[key] = file_crlf_size(where[0] / where[1])
+            except FileNotFoundError:
+                pass
+        log.info("folder %s: measured the sizes of %d message(s) again", self.name, len(index.sizes))
 
     @property
     def index_stat(self) -> tuple | None:

@@ -3,15 +3,18 @@
 The Maildir files are the truth about which messages exist; this small text file
 is the truth about their UIDs.  It sits in the folder's directory::
 
-    ismail-uidlist 1 V1717171717 N43 R40
+    ismail-uidlist 1 V1717171717 N43 R40 C1
     1 1717171717.M52P7Q1.host,S=120,W=124
     2 1717171790.M10P7Q2.host,S=99,W=101
     41 courier-name W2048 T1717000000.5
 
-The header names the format version, UIDVALIDITY (V), UIDNEXT (N) and the first UID
-no session has been told is \\Recent (R).  Each line is ``uid key`` (the key is the
-file name up to the Maildir info, ``:2,...``), in increasing UID order, plus a
-``W`` token (size with CRLF line ends) when the key carries no ``,W=``, and a ``T``
+The header names the format version, UIDVALIDITY (V), UIDNEXT (N), the first UID
+no session has been told is \\Recent (R), and C1: the W sizes count a CRLF on disk as
+one line end (store/lineends.py).  An index without C1 was written by an ISMail that
+counted it as two; the folder measures those sizes again once (an older ISMail reads
+C1 and drops it, and its sizes are then measured again too).  Each line is ``uid key``
+(the key is the file name up to the Maildir info, ``:2,...``), in increasing UID order,
+plus a ``W`` token (size with CRLF line ends) when the key carries no ``,W=``, and a ``T``
 token (internal date) when it differs from the time the name starts with.
 
 Rules, as in Dovecot:
@@ -146,6 +149,7 @@ class Index:
     uids: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)   # only keys without ",W="
     dates: dict[str, float] = field(default_factory=dict)  # only dates not in the name
+    crlf_sizes: bool = True   # the sizes count CRLF on disk as one line end (C1)
 
     def add(self, key: str, size: int | None = None, date: float | None = None) -> int:
         """Give ``key`` the next UID. A key seen before loses its old UID: UIDs are never reused."""
@@ -163,7 +167,7 @@ class Index:
 
     def copy(self) -> "Index":
         return Index(self.uidvalidity, self.uidnext, self.first_recent,
-                     dict(self.uids), dict(self.sizes), dict(self.dates))
+                     dict(self.uids), dict(self.sizes), dict(self.dates), self.crlf_sizes)
 
     def remove(self, key: str) -> int | None:
         self.sizes.pop(key, None)
@@ -171,7 +175,8 @@ class Index:
         return self.uids.pop(key, None)
 
     def to_bytes(self) -> bytes:
-        out = [f"{MAGIC} {VERSION} V{self.uidvalidity} N{self.uidnext} R{self.first_recent}\n"]
+        out = [f"{MAGIC} {VERSION} V{self.uidvalidity} N{self.uidnext} R{self.first_recent}"
+               f"{' C1' if self.crlf_sizes else ''}\n"]
         sizes, dates = self.sizes, self.dates
         for key, uid in self.uids.items():
             if key in sizes or key in dates:
@@ -206,7 +211,7 @@ def parse(data: bytes) -> Index:
     validity = fields.get("V", 0)
     if not 0 < validity <= MAX_UID or "N" not in fields:
         raise CorruptIndex("header without a valid UIDVALIDITY and UIDNEXT")
-    index = Index(validity, fields["N"], fields.get("R", 1))
+    index = Index(validity, fields["N"], fields.get("R", 1), crlf_sizes=fields.get("C", 0) >= 1)
     uids, sizes, dates = index.uids, index.sizes, index.dates
     last = 0
     try:
