@@ -502,6 +502,16 @@ class ViewTest(StoreCase):
                 self.assertTrue(stream.read() == text, "whole")
         self.assertEqual(inbox.read_head(refs[0].uid, 1000), b"Subject: crlf\nX: y\n\nbare\rcr\nlf only\n")
 
+    def test_an_append_with_a_cr_before_a_line_end_reads_back_at_its_size(self):
+        """A client's CR CR LF: the file holds no CRLF (a reader would take it for a line
+        end), the stray CR is dropped, and the size is what a FETCH sends."""
+        for data in (b"Subject: x\r\n\r\na\rb\r\r\nc\r\n", b"a\r", b"\r\r\r\n"):
+            uid = self.a.append(data)
+            ref = self.a.refresh().added[0]
+            self.assertNotIn(b"\r\n", ref.path.read_bytes(), data)
+            self.assertEqual(self.a.read(uid), data.replace(b"\r\r\r\n", b"\r\n").replace(b"\r\r\n", b"\r\n"))
+            self.assertEqual(ref.size, len(self.a.read(uid)), data)
+
     def test_unknown_uid(self):
         with self.assertRaises(NoSuchMessage):
             self.a.read(99)

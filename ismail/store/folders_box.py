@@ -22,7 +22,7 @@ from typing import BinaryIO
 from ..fsutil import fsync_dir, unique_name, write_new_file
 from .folders_flags import Keywords, split_name
 from .folders_model import NoSuchFolder, UidValidityChanged
-from .lineends import file_crlf_size, lf_blocks
+from .lineends import file_crlf_size, lf_blocks, to_disk
 from .uidlist import CorruptIndex, Index, UidList, next_uidvalidity
 
 log = logging.getLogger("ismail.folders")
@@ -389,18 +389,17 @@ class Box:
             counts[1] += chunk.count(b"\n")
             return chunk
 
-        def chunks():
+        def blocks():
             if isinstance(source, (bytes, bytearray, memoryview)):
-                yield count(bytes(source).replace(b"\r\n", b"\n"))
+                yield bytes(source)
                 return
             with open(source, "rb") as f:
-                carry = b""
                 while block := f.read(1 << 20):
-                    block = carry + block
-                    carry = b"\r" if block.endswith(b"\r") else b""
-                    yield count((block[:-1] if carry else block).replace(b"\r\n", b"\n"))
-                if carry:
-                    yield count(carry)
+                    yield block
+
+        def chunks():
+            for chunk in to_disk(blocks()):
+                yield count(chunk)
 
         try:
             write_new_file(path, chunks())

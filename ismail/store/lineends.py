@@ -6,10 +6,17 @@ programs leave CRLF in a Maildir (Dovecot with mail_save_crlf, some synchroniser
 each one line end and go out as CRLF, and a CR not followed by LF is a byte of the
 text.  That is how Dovecot reads a Maildir too.  A message's size with CRLF line ends
 (what POP3 lists and IMAP calls RFC822.SIZE) counts each line end as two octets.
+
+ISMail writes LF, and never a CR right before an LF (``to_disk``): a CR CR LF from a
+client would otherwise be read back as CR LF, one octet short of the size its name
+records.  Such a CR is dropped, as Dovecot drops it when it stores with LF.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import re
+from typing import Callable, Iterable, Iterator
+
+_CRS_BEFORE_LF = re.compile(rb"\r+\n")
 
 
 def to_lf(block: bytes) -> bytes:
@@ -53,3 +60,22 @@ def file_crlf_size(path) -> int:
     """The size with CRLF line ends of the file at ``path``."""
     with open(path, "rb") as f:
         return crlf_size(f.read)
+
+
+def to_disk(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The pieces of a message as ISMail stores them: each CRLF as LF, and any CRs right
+    before an LF dropped, also where a piece ends between them.  Empty pieces are left out."""
+    carry = b""
+    for chunk in chunks:
+        if carry:
+            chunk, carry = carry + chunk, b""
+        if chunk[-1:] == b"\r":   # what follows may be an LF
+            cut = len(chunk.rstrip(b"\r"))
+            chunk, carry = chunk[:cut], chunk[cut:]
+        out = chunk.replace(b"\r\n", b"\n")
+        if b"\r" in out and b"\r\n" in out:   # a CR CR LF (a CR alone stays)
+            out = _CRS_BEFORE_LF.sub(b"\n", chunk)
+        if out:
+            yield out
+    if carry:
+        yield carry

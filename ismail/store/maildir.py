@@ -25,6 +25,7 @@ from typing import Callable
 from ..fsutil import DirSync, fsync_dir, make_maildirs, remove_quietly, unique_name, write_new_file
 from ..queue.journal import JOURNAL_MAX, Journal, fsync_file
 from ..queue.spool import MessageBuffer
+from .lineends import to_disk
 from .spares import SpareFiles, fill
 
 log = logging.getLogger("ismail.maildir")
@@ -47,18 +48,15 @@ class _Sizes:
 
 
 def _lf_chunks(header: bytes, body: MessageBuffer, sizes: _Sizes):
-    """The message with CRLF turned into LF, even where a chunk boundary splits a CRLF."""
-    yield sizes.count(header.replace(b"\r\n", b"\n"))
-    carry = b""
-    for chunk in body.chunks():
-        chunk = carry + chunk
-        if chunk.endswith(b"\r"):
-            chunk, carry = chunk[:-1], b"\r"
-        else:
-            carry = b""
-        yield sizes.count(chunk.replace(b"\r\n", b"\n"))
-    if carry:
-        yield sizes.count(carry)
+    """The message as it is stored (lineends.to_disk): CRLF turned into LF, even where a
+    chunk boundary splits a CRLF."""
+    for chunk in to_disk(_pieces(header, body)):
+        yield sizes.count(chunk)
+
+
+def _pieces(header: bytes, body: MessageBuffer):
+    yield header
+    yield from body.chunks()
 
 
 def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
