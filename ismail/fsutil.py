@@ -210,7 +210,7 @@ class DirSync:
 
 def atomic_write(path: Path, data: bytes | tuple[bytes, ...], mode: int | None = None,
                  tmp_dir: Path | None = None, dirsync: "DirSync | None" = None,
-                 sync: bool = True, sync_dir: bool = True) -> None:
+                 sync: bool = True, sync_dir: bool = True, make_parent: bool = True) -> None:
     """Replace ``path`` with ``data`` (bytes, or pieces written one after another) so that
     a reader sees the old or the new file, never half.
 
@@ -218,9 +218,12 @@ def atomic_write(path: Path, data: bytes | tuple[bytes, ...], mode: int | None =
     others list, such as the queue; ``dirsync`` shares the folder's fsync.  Without
     ``sync`` neither the file nor its folder is synced (the queue's journal covers it);
     without ``sync_dir`` only the file is, and the caller syncs the folder once for
-    several renames.
+    several renames.  Without ``make_parent`` a missing folder is FileNotFoundError
+    rather than made: a file that belongs in a folder someone may delete (a mail folder's
+    index) must not bring back an empty one.
     """
-    make_dirs(path.parent)
+    if make_parent:
+        make_dirs(path.parent)
     tmp = (tmp_dir or path.parent) / f".{path.name}.{_PID}.{next_serial()}.tmp"
     try:
         write_new_file(tmp, data if isinstance(data, tuple) else (data,), sync=sync)

@@ -3,10 +3,13 @@ LIST, LSUB, STATUS and APPEND, over a real MailStore (see test_imap_session for 
 from __future__ import annotations
 
 import re
+import shutil
 import unittest
 from datetime import datetime
+from unittest import mock
 
-from ismail.store import utf7
+from ismail.store import folders_flags, utf7
+from ismail.store.folders_box import Box
 from tests.test_imap_session import MSG, SessionCase
 
 
@@ -216,6 +219,54 @@ class AppendTest(SessionCase):
         c = self.client(select="INBOX")
         reply = c.send(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(MSG), MSG))
         self.assertRegex(reply, r"^\* 1 EXISTS\r\n\* 1 RECENT\r\na OK \[APPENDUID \d+ 1\]")
+
+    def test_a_folder_deleted_by_another_session_during_a_command(self):
+        """Another mail program deletes the folder while APPEND, COPY or STATUS works in
+        it: NO with the code of a missing folder, as if the command had come after the
+        deletion, and no internal error in the log; the session goes on."""
+        c = self.client(select="INBOX")
+        c.send(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(MSG), MSG))
+        write_tmp, index, index_locked = Box.write_tmp, Box.index, Box.index_locked
+
+        def deleted_first(original):
+            def run(box, *args, **kw):
+                if box.name == "Work":
+                    shutil.rmtree(box.path)   # the other session's DELETE, at the worst moment
+                return original(box, *args, **kw)
+            return run
+
+        cases = [("b APPEND Work {1+}\r\nx\r\n", "write_tmp", write_tmp, "b NO [TRYCREATE]"),
+                 ("c COPY 1 Work\r\n", "index_locked", index_locked, "c NO [TRYCREATE]"),
+                 ("d MOVE 1 Work\r\n", "index_locked", index_locked, "d NO [TRYCREATE]"),
+                 ("d MOVE 1 Work\r\n", "index", index, "d NO [TRYCREATE]"),
+                 ("e STATUS Work (MESSAGES)\r\n", "index", index, "e NO [NONEXISTENT]"),
+                 ("h EXAMINE Work\r\n", "index", index, "h NO [NONEXISTENT]")]
+        for line, method, original, answer in cases:
+            self.assertIn("OK", c.say("x CREATE Work"))
+            with mock.patch.object(Box, method, deleted_first(original)), \
+                    self.assertNoLogs("ismail", "ERROR"):
+                reply = c.send(line.encode())
+            self.assertIn(answer, reply, line)
+            self.assertFalse((self.root / ".Work").exists(), (line, method, sorted(str(p) for p in (self.root / ".Work").rglob("*"))))
+        self.assertIn("OK", c.say("x CREATE Work"))
+        write = folders_flags.atomic_write
+
+        def written_then_deleted(path, *args, **kw):   # the DELETE just after the keywords' file
+            write(path, *args, **kw)
+            shutil.rmtree(path.parent)
+
+        with mock.patch.object(folders_flags, "atomic_write", written_then_deleted), \
+                self.assertNoLogs("ismail", "ERROR"):
+            self.assertIn("g NO [TRYCREATE]", c.send(b"g APPEND Work (Later) {1+}\r\nx\r\n"))
+        self.assertIn("f OK", c.say("f SELECT INBOX"))
+        self.assertEqual(len(self.store().open("INBOX").messages), 1, "MOVE moved nothing")
+        # the folder another session has selected, deleted while it looks for news
+        self.assertIn("OK", c.say("x CREATE Work"))
+        other = self.client(select="Work")
+        other.s.selected.folder._box.uidlist.path.touch()   # looks changed: it is read again
+        with mock.patch.object(Box, "index", deleted_first(index)), self.assertNoLogs("ismail", "ERROR"):
+            self.assertIn("* BYE The selected folder was deleted or renamed", other.say("n NOOP"))
+        self.assertTrue(other.s.closing)
 
     def test_too_large_is_refused_before_the_continuation(self):
         c = self.client(max_message_bytes=1000)

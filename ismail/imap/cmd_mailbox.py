@@ -15,9 +15,11 @@ EXPUNGEs.
 """
 from __future__ import annotations
 
+import logging
 import re
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from ..store.folders import (SEP, FolderError, FolderExists, Folder, KeywordLimit, NoSuchFolder)
 from ..store.folders_names import normalize
@@ -29,6 +31,8 @@ from .selected import Selected
 if TYPE_CHECKING:
     from .parser import Command
     from .session import ImapSession
+
+log = logging.getLogger("ismail.imap")
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
 MONTHS = {m: i for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)}
@@ -56,11 +60,33 @@ def open_folder(s: "ImapSession", name: str, missing_code: str = "NONEXISTENT") 
     if s.selected is not None and _same(s.selected.name, name):
         return s.selected.folder
     try:
-        return s.store.open(name)
+        with folder_may_vanish(s, (name, missing_code)):
+            return s.store.open(name)
     except NoSuchFolder:
         raise No(f"there is no folder {name}", missing_code) from None
     except ValueError as e:
         raise No(str(e), "CANNOT") from None
+
+
+@contextmanager
+def folder_may_vanish(s: "ImapSession", *folders: tuple[str, str]) -> Iterator[None]:
+    """A command at work in the ``folders`` ((name, response code) pairs): another session
+    or program may delete one meanwhile.  Then the command answers NO with that folder's
+    code, as if it had come after the deletion, rather than an internal error; what it
+    had written there went with the folder."""
+    try:
+        yield
+    except FileNotFoundError:
+        for name, code in folders:
+            try:
+                gone = not s.store.exists(name)
+            except (ValueError, OSError):
+                gone = False
+            if gone:
+                log.info("%s: %s: folder %s was deleted while a command worked in it",
+                         s.client_ip, s.authenticated, name)
+                raise No(f"there is no folder {name} (it was deleted meanwhile)", code) from None
+        raise
 
 
 # --- SELECT and EXAMINE --------------------------------------------------------------------
@@ -80,12 +106,13 @@ def _select(s: "ImapSession", c: "Command", readonly: bool) -> Done:
     name = mailbox(arg)
     s.select(None)
     try:
-        folder = s.store.open(name)
+        with folder_may_vanish(s, (name, "NONEXISTENT")):
+            folder = s.store.open(name)
+            sel = Selected(folder, readonly)
     except NoSuchFolder:
         raise No(f"there is no folder {name}", "NONEXISTENT") from None
     except ValueError as e:
         raise No(str(e), "CANNOT") from None
-    sel = Selected(folder, readonly)
     s.respond(sel.flag_lines())
     s.untagged(b"%d EXISTS" % len(sel.uids))
     s.untagged(b"%d RECENT" % sel.recent_count())
@@ -171,7 +198,8 @@ def status(s: "ImapSession", c: "Command") -> Done:
         if item not in STATUS_ITEMS:
             raise Bad(f"unknown STATUS item {item[:40] or 'that is not an atom'}")
     try:
-        st = s.store.status(name)
+        with folder_may_vanish(s, (name, "NONEXISTENT")):
+            st = s.store.status(name)
     except NoSuchFolder:
         raise No(f"there is no folder {name}", "NONEXISTENT") from None
     except ValueError as e:
@@ -204,7 +232,8 @@ def append(s: "ImapSession", c: "Command") -> Done:
         raise No("an empty message cannot be stored")
     dest = open_folder(s, name, "TRYCREATE")
     try:
-        uid = dest.append(bytes(message), flags, date)
+        with folder_may_vanish(s, (name, "TRYCREATE")):
+            uid = dest.append(bytes(message), flags, date)
     except KeywordLimit as e:
         raise No(str(e), "LIMIT") from None
     except ValueError as e:   # an unknown system flag

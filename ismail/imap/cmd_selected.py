@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..store.folders import KeywordLimit
-from .cmd_mailbox import open_folder
+from .cmd_mailbox import folder_may_vanish, open_folder
 from .commands import SELECTED, Done, No, arity, command, compress, mailbox, sequence_set
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ def copy(s: "ImapSession", c: "Command") -> Done:
     if not uids:
         return Done(label)
     try:
-        pairs = s.selected.folder.copy(uids, dest)
+        with folder_may_vanish(s, (name, "TRYCREATE"), (s.selected.name, "NONEXISTENT")):
+            pairs = s.selected.folder.copy(uids, dest)
     except KeywordLimit as e:
         raise No(str(e), "LIMIT") from None
     if not pairs:
@@ -106,7 +107,8 @@ def move(s: "ImapSession", c: "Command") -> Done:
     if not uids:
         return Done(label)
     try:
-        pairs = sel.folder.move(uids, dest)
+        with folder_may_vanish(s, (name, "TRYCREATE"), (sel.name, "NONEXISTENT")):
+            pairs = sel.folder.move(uids, dest)
     except KeywordLimit as e:
         raise No(str(e), "LIMIT") from None
     if pairs:

@@ -489,16 +489,26 @@ class ImapSession:
             self._synced_at, self._synced_batch = time.perf_counter(), self._batch
             return out
         except OSError as e:   # the disk may be back next time; the client loses nothing
-            log.error("%s: %s: cannot look at %s: %s", self.client_ip, self.authenticated,
-                      self.selected.name, e)
-            return []
+            if not (isinstance(e, FileNotFoundError) and self._selected_is_gone()):
+                log.error("%s: %s: cannot look at %s: %s", self.client_ip, self.authenticated,
+                          self.selected.name, e)
+                return []
+            return self._selected_gone(NoSuchFolder(f"folder {self.selected.name} was deleted"))
         except (NoSuchFolder, UidValidityChanged) as e:
-            log.info("%s: %s: %s", self.client_ip, self.authenticated, e)
-            self.closing = True
-            self.selected = None
-            why = "UIDVALIDITY changed" if isinstance(e, UidValidityChanged) else \
-                "was deleted or renamed"
-            return [b"* BYE The selected folder %s\r\n" % why.encode()]
+            return self._selected_gone(e)
+
+    def _selected_is_gone(self) -> bool:
+        try:
+            return not self.store.exists(self.selected.name)
+        except (ValueError, OSError):
+            return False
+
+    def _selected_gone(self, e: Exception) -> list[bytes]:
+        log.info("%s: %s: %s", self.client_ip, self.authenticated, e)
+        self.closing = True
+        self.selected = None
+        why = "UIDVALIDITY changed" if isinstance(e, UidValidityChanged) else "was deleted or renamed"
+        return [b"* BYE The selected folder %s\r\n" % why.encode()]
 
     def _tagged(self, tag: str, status: str, code: str, text: str) -> None:
         if status == "BAD":

@@ -15,6 +15,7 @@ Keywords are matched without regard to case and keep the spelling first used.
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Iterable
@@ -154,10 +155,13 @@ class Keywords:
                     names.append(kw)
             text = "".join(f"{n} {name}\n" for n, name in enumerate(names) if name)
             # A reader without the lock may have the file open: on Windows that blocks a replace.
-            retry_windows(atomic_write, self.path, text.encode("utf-8"))
+            retry_windows(lambda: atomic_write(self.path, text.encode("utf-8"), make_parent=False))
             self._stat = None
             self.reload()
-        return {kw: self.find(kw) for kw in keywords}  # type: ignore[misc]
+        table = {kw: self.find(kw) for kw in keywords}
+        if None in table.values():   # the file went with the folder, deleted meanwhile
+            raise FileNotFoundError(errno.ENOENT, "the folder's keywords are gone", str(self.path))
+        return table  # type: ignore[return-value]
 
     def name_of(self, letter: str) -> str | None:
         n = ord(letter) - 97

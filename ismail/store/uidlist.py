@@ -286,8 +286,9 @@ class UidList:
         return parse(data)
 
     def write(self, index: Index) -> None:
-        """Replace the file durably. The caller holds the lock."""
-        atomic_write(self.path, index.to_bytes())
+        """Replace the file durably. The caller holds the lock.  FileNotFoundError if the
+        folder is gone (another session deleted it): it is not made again."""
+        atomic_write(self.path, index.to_bytes(), make_parent=False)
 
     def set_aside(self, reason: str) -> Path:
         """Move a bad index out of the way (never overwrite it: a person may want to look)."""
