@@ -411,9 +411,9 @@ def _check_listen(errors: list[FieldError], key: str, value: Any, settings: Sett
     pairs = [(e.host, e.port) for e in entries]
     if len(pairs) != len(set(pairs)):
         errors.append(_err(key, value, "lists one address and port twice"))
-    if any(e.tls for e in entries) and not settings.tls.certificate:
-        errors.append(_err(key, value, 'has a "tls" listener, which needs '
-                           "tls.certificate and tls.key"))
+    if any(e.tls for e in entries) and not settings.tls.certificate and settings.tls.self_signed is False:
+        errors.append(_err(key, value, 'has a "tls" listener, which needs tls.certificate and '
+                           "tls.key, or tls.self_signed true (a certificate ISMail makes itself)"))
     if not submission and any(e.submission for e in entries):
         errors.append(_err(key, value, 'has the "submission" flag, which only SMTP knows '
                            '(allowed here: "tls")'))

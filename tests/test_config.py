@@ -176,7 +176,12 @@ class ListenTest(unittest.TestCase):
                          [("0.0.0.0", 25, False, False), ("0.0.0.0", 465, True, False),
                           ("::", 587, False, True)])
         self.assertIn("unknown flag 'fast'", self.refused(["0.0.0.0:25 fast"]))
-        self.assertIn("tls.certificate", self.refused(["0.0.0.0:465 tls"]))
+        # a "tls" port needs a certificate: one configured, or the one ISMail makes itself
+        from_dict({"listen": ["0.0.0.0:465 tls"]})
+        with self.assertRaises(ConfigError) as cm:
+            from_dict({"listen": ["0.0.0.0:465 tls"], "tls": {"self_signed": False}})
+        self.assertIn('listen = ["0.0.0.0:465 tls"] has a "tls" listener, which needs tls.certificate',
+                      str(cm.exception))
         self.assertIn("twice", self.refused(["127.0.0.1:25", "127.0.0.1:25 submission"]))
 
     def test_tls_files_go_together_and_blocked_networks_are_checked(self) -> None:

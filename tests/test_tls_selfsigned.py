@@ -1,17 +1,20 @@
 """TLS out of the box (issue 12): with no certificate configured, the first start makes a
 self-signed one for server_name, and STARTTLS (SMTP), STLS (POP3) and STARTTLS (IMAP)
-work at once - checked with OpenSSL's own client, the way an administrator would."""
+work at once, and so do TLS-from-the-first-byte ports (IMAPS 993, POP3S 995, SMTPS 465)
+- checked with OpenSSL's own client, the way an administrator would."""
 from __future__ import annotations
 
 import os
 import re
+import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import unittest
 from pathlib import Path
 
-from tests.support import ServerProcess, require_program
+from tests.support import ServerProcess, _another_port, require_program
 
 SETTINGS = {"tls": {"self_signed": True}, "dkim": {"auto_keys": False}}
 
@@ -84,6 +87,45 @@ class SelfSignedTest(unittest.TestCase):
         self.assertEqual((cert2.read_bytes(), key2.read_bytes()), before)
         self.assertRegex(s_client(self.openssl, self.server.port, "smtp", ca=cert2),
                          r"Verify return code: 0 \(ok\)")
+
+
+class ImplicitTlsTest(unittest.TestCase):
+    def test_imaps_pop3s_and_smtps_ports_use_it_without_a_certificate_configured(self) -> None:
+        """Phones offer "SSL/TLS" on 993 first: such a port works with the certificate
+        ISMail made, as STARTTLS does, instead of the settings being refused."""
+        server = ServerProcess(SETTINGS)
+        self.addCleanup(server.cleanup)
+        taken = {server.port, server.pop3_port, server.imap_port}
+        ports = {name: _another_port(taken) for name in ("smtps", "pop3s", "imaps")}
+        server.settings["listen"].append(f"127.0.0.1:{ports['smtps']} tls")
+        server.settings["pop3"] = {"listen": [f"127.0.0.1:{server.pop3_port}", f"127.0.0.1:{ports['pop3s']} tls"]}
+        server.settings["imap"] = {"listen": [f"127.0.0.1:{server.imap_port}", f"127.0.0.1:{ports['imaps']} tls"]}
+        server.write_settings()
+        server.start()
+        cert = sorted((server.data_dir / "tls").glob("*.crt"))[0]
+        ctx = ssl.create_default_context(cafile=str(cert))   # verifies it, and the name
+        for name, port in ports.items():
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="mx.example.test") as tls:
+                greeting = tls.recv(1024)
+                self.assertRegex(greeting, {"smtps": rb"^220 ", "pop3s": rb"^\+OK", "imaps": rb"^\* OK"}[name])
+                self.assertIn(tls.version(), ("TLSv1.2", "TLSv1.3"))
+        with socket.create_connection(("127.0.0.1", ports["imaps"]), timeout=30) as raw, \
+                ctx.wrap_socket(raw, server_hostname="mx.example.test") as tls:
+            tls.recv(1024)
+            tls.sendall(b"a LOGIN user@example.test secret-pw\r\n")
+            self.assertIn(b"a OK", tls.recv(4096), "a password is welcome over TLS")
+
+    def test_without_a_certificate_of_any_kind_a_tls_port_is_refused_by_name(self) -> None:
+        server = ServerProcess({"tls": {"self_signed": False}, "dkim": {"auto_keys": False}})
+        self.addCleanup(server.cleanup)
+        server.settings["imap"] = {"listen": [f"127.0.0.1:{server.imap_port} tls"]}
+        server.write_settings()
+        r = subprocess.run([sys.executable, "-m", "ismail", "--data-dir", str(server.data_dir), "run"],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn('imap.listen', r.stderr)
+        self.assertIn("tls.self_signed", r.stderr)
 
 
 class NotWantedTest(unittest.TestCase):
