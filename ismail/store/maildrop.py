@@ -31,7 +31,6 @@ Model
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -43,7 +42,7 @@ from typing import Callable, Iterator
 
 from ..fsutil import O_READ, fsync_dir, make_maildirs
 from .folders_box import settled_after
-from .lineends import crlf_size, lf_blocks
+from .lineends import crlf_size
 
 log = logging.getLogger("ismail.maildrop")
 
@@ -557,11 +556,19 @@ class MessageReader:
 
 
 def _lf_blocks(fd: int) -> Iterator[bytes]:
-    """The file in blocks of whole LF lines (a CRLF on disk read as LF); the last may lack
-    its LF, and a line longer than LONG_LINE comes in pieces."""
+    """The file in blocks of whole LF lines (a CRLF on disk read as LF, as lineends.lf_blocks
+    does, inline: this is every RETR's loop); the last may lack its LF, and a line longer
+    than LONG_LINE comes in pieces."""
     pending: list[bytes] = []
     pending_len = 0
-    for block in lf_blocks(functools.partial(os.read, fd), CHUNK):
+    cr = b""   # a CR that ended the last read: an LF may follow
+    while block := os.read(fd, CHUNK):
+        if cr:
+            block, cr = cr + block, b""
+        if b"\r" in block:
+            if block[-1:] == b"\r":
+                block, cr = block[:-1], b"\r"
+            block = block.replace(b"\r\n", b"\n")
         cut = block.rfind(b"\n") + 1
         if not cut:
             pending.append(block)
@@ -574,6 +581,9 @@ def _lf_blocks(fd: int) -> Iterator[bytes]:
         yield b"".join(pending)
         pending = [block[cut:]]
         pending_len = len(block) - cut
+    if cr:
+        pending.append(cr)
+        pending_len += 1
     if pending_len:
         yield b"".join(pending)
 
