@@ -216,7 +216,7 @@ def cmd_run(data_dir: Path) -> int:
     try:
         try:
             server.start()
-        except StartupError as e:
+        except (StartupError, AccountError) as e:   # e.g. accounts.json damaged: a sentence, no traceback
             raise CommandError(str(e)) from e
         while not stop.wait(0.5):
             pass

@@ -10,7 +10,7 @@ import unittest
 from pathlib import Path
 
 from ismail import __version__
-from tests.support import ROOT, cli
+from tests.support import ROOT, cli, free_port
 
 
 class CliTest(unittest.TestCase):
@@ -88,6 +88,20 @@ class CliTest(unittest.TestCase):
             r = cli(self.dir, *args, stdin="pw\n")
             self.assertOneLineError(r, 1, "accounts.json")
         self.assertEqual(accounts.read_text(), "{ this is not json")
+
+    def test_run_with_a_corrupt_accounts_file_says_so_in_one_line(self):
+        """The server refuses to start (setting the file aside would refuse every account's
+        mail): one sentence naming the file, not a traceback, and the file left alone."""
+        self.write({"primary_domain": "example.test", "listen": [f"127.0.0.1:{free_port()}"],
+                    "pop3": {"enabled": False}, "imap": {"enabled": False},
+                    "tls": {"self_signed": False}, "dkim": {"auto_keys": False},
+                    "smarthost": {"enabled": True, "host": "127.0.0.1", "port": 9, "exclusive": True,
+                                  "tls": "none"}})
+        accounts = self.dir / "accounts.json"
+        accounts.write_text('{"accounts": [garbage')
+        r = cli(self.dir, "run", timeout=60)
+        self.assertOneLineError(r, 1, "accounts.json", "not valid JSON", "fix or restore it")
+        self.assertEqual(accounts.read_text(), '{"accounts": [garbage')
 
     def test_queue_list_goes_on_past_an_unreadable_entry(self):
         from ismail.fsutil import new_queue_id
