@@ -48,6 +48,7 @@ from .store.maildrop import Maildrop, Maildrops
 from .smtp.policy import Policy
 from .net.listener import Gate, Listener, Protocol, WorkerPool
 from .net.reactor import Reactor
+from .net import selfsigned
 from .net.selfsigned import self_signed_files
 from .mailauth.keystore import KeyStore, KeyStoreError, keys_missing
 from .mailauth.signing import signing_domain
@@ -785,10 +786,22 @@ def tls_context(settings: Settings, data_dir: Path | None = None) -> ssl.SSLCont
         if not settings.tls.self_signed or data_dir is None:
             return None
         try:
-            cert_path, key_path = self_signed_files(data_dir, settings.server_name)
-        except (OSError, ValueError) as e:
-            raise StartupError(f"cannot make a self-signed TLS certificate in {data_dir}: {e}") from e
-        cert, key = str(cert_path), str(key_path)
+            return _self_signed_context(settings.server_name, data_dir)
+        except StartupError as e:   # ISMail's own files, damaged: kept aside, made again, once
+            selfsigned.set_aside(data_dir, settings.server_name, str(e))
+            return _self_signed_context(settings.server_name, data_dir)
+    return _context(cert, key)
+
+
+def _self_signed_context(server_name: str, data_dir: Path) -> ssl.SSLContext:
+    try:
+        cert_path, key_path = self_signed_files(data_dir, server_name)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"cannot make a self-signed TLS certificate in {data_dir}: {e}") from e
+    return _context(str(cert_path), str(key_path))
+
+
+def _context(cert: str, key: str) -> ssl.SSLContext:
     for name, path in (("certificate", cert), ("key", key)):
         if not Path(path).is_file():
             raise StartupError(f"cannot use the TLS {name} {path}: no such file")

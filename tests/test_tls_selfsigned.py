@@ -89,6 +89,30 @@ class SelfSignedTest(unittest.TestCase):
                          r"Verify return code: 0 \(ok\)")
 
 
+class DamagedTest(unittest.TestCase):
+    def test_a_damaged_certificate_of_its_own_is_kept_aside_and_made_again(self) -> None:
+        """ISMail's own certificate file spoilt (a disk error, an edit): the server still
+        starts, with a new certificate, and the damaged files are kept, renamed."""
+        server = ServerProcess(SETTINGS).start()
+        self.addCleanup(server.cleanup)
+        tls_dir = server.data_dir / "tls"
+        [cert] = tls_dir.glob("*.crt")
+        server.stop()
+        cert.write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
+        server.start()
+        kept = sorted(p.name for p in tls_dir.glob("*.damaged-*"))
+        self.assertEqual([n.split(".damaged-")[0] for n in kept],
+                         [cert.name, cert.name.replace(".crt", ".key")], kept)
+        ctx = ssl.create_default_context(cafile=str(cert))   # the new one, verified
+        with socket.create_connection(("127.0.0.1", server.imap_port), timeout=30) as raw:
+            raw.recv(1024)
+            raw.sendall(b"a STARTTLS\r\n")
+            self.assertIn(b"a OK", raw.recv(1024))
+            with ctx.wrap_socket(raw, server_hostname="mx.example.test") as tls:
+                self.assertIn(tls.version(), ("TLSv1.2", "TLSv1.3"))
+        self.assertIn("could not be used", server.log_text())
+
+
 class ImplicitTlsTest(unittest.TestCase):
     def test_imaps_pop3s_and_smtps_ports_use_it_without_a_certificate_configured(self) -> None:
         """Phones offer "SSL/TLS" on 993 first: such a port works with the certificate

@@ -13,8 +13,10 @@ a file, so on Windows it relies on the profile folder's own permissions.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
+import time
 from pathlib import Path
 
 from ..fsutil import atomic_write
@@ -27,11 +29,29 @@ KEY_BITS = 2048
 _lock = threading.Lock()
 
 
-def self_signed_files(data_dir: Path, server_name: str) -> tuple[Path, Path]:
-    """(certificate, key) for ``server_name`` under DATA/tls/, made if they do not exist."""
+def _paths(data_dir: Path, server_name: str) -> tuple[Path, Path]:
     safe = re.sub(r"[^A-Za-z0-9.-]", "_", server_name.lower()) or "server"
     folder = Path(data_dir) / FOLDER
-    cert, key_path = folder / f"{safe}.self-signed.crt", folder / f"{safe}.self-signed.key"
+    return folder / f"{safe}.self-signed.crt", folder / f"{safe}.self-signed.key"
+
+
+def set_aside(data_dir: Path, server_name: str, reason: str) -> None:
+    """Move a self-made certificate and key that cannot be used out of the way (renamed
+    ``.damaged-<time>``, never deleted), so that the next ``self_signed_files`` makes new ones."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with _lock:
+        for path in _paths(data_dir, server_name):
+            if path.exists():
+                dest = path.with_name(f"{path.name}.damaged-{stamp}")
+                os.replace(path, dest)
+                log.warning("the self-signed TLS file %s could not be used (%s): kept as %s, and a "
+                            "new certificate is made (mail programs will ask again whether to "
+                            "trust it)", path, reason, dest.name)
+
+
+def self_signed_files(data_dir: Path, server_name: str) -> tuple[Path, Path]:
+    """(certificate, key) for ``server_name`` under DATA/tls/, made if they do not exist."""
+    cert, key_path = _paths(data_dir, server_name)
     with _lock:
         if cert.is_file() and key_path.is_file():
             return cert, key_path
