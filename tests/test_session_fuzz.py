@@ -108,7 +108,7 @@ SEQUENCES = ["1", "*", "1:*", "1:*", "2", "*:3", "1,3,5", "4:*", "0", "429496729
 NAMES = ["INBOX", "Sent", "Trash", "Junk", "a", "a/b", "a/b/c", '""', "../x", "a/../../b", "..", ".",
          "&", "&-", "&AGE", "&Jjo-", "x" * 300, "a.b", "INBOX/sub", "inbox", "/x", "x/", "a//b", "*",
          "%", '"a b"', "{3}\r\nabc", "{3+}\r\nabc", "NIL", "a\\b", "CON", "nul", "a:b", "x?y",
-         '"caf\\u00e9"', "Entw&APw-rfe", "a%2Eb"]
+         '"caf\\u00e9"', "{5}\r\ncaf\u00e9", "caf\u00e9", "Entw&APw-rfe", "a%2Eb"]
 SECTIONS = ["", "HEADER", "TEXT", "1", "2", "3", "1.2", "2.MIME", "0", "1.0", "2.1", "2.1.1", "2.1.2",
             "2.HEADER", "2.TEXT", "HEADER.FIELDS (From To)", "HEADER.FIELDS.NOT (Subject)",
             "HEADER.FIELDS ()", "99", "1.HEADER", "4294967296", "MIME", "1.MIME", "3.MIME",
@@ -272,6 +272,10 @@ class ImapFuzzTest(FuzzCase):
         rng = random.Random(seed)
         self.root = self.dir / f"seed{seed}" / "example.test" / "user"
         backend = ImapBackend(self.root)
+        if seed % 2 == 0:   # with a quota (cmd_quota wraps APPEND, COPY and MOVE): 12 KB
+            backend.quota = lambda address: (sum(p.stat().st_size for p in self.root.rglob("*")
+                                                 if p.parent.name in ("cur", "new")), 12_000)
+            backend.quota_changed = lambda address, added=0: None
         for data in MESSAGES:
             self.deliver(data)
         commands = ImapCommands(rng)
