@@ -237,6 +237,23 @@ class LoginTest(SessionCase):
         self.assertNotIn("+ ", reply)
         self.assertIn("b OK", c.say("b NOOP"))
 
+    def test_a_big_non_synchronising_literal_before_login_ends_the_session(self):
+        """LITERAL+ commits the client to send the octets unasked: before login the server
+        will not read a stranger's gigabytes to find the next command (Dovecot's login
+        does the same); a small one is still skipped and the session goes on."""
+        c = self.client(login=False)
+        reply = c.say("a FROB {300+}\r\n" + "x" * 300)
+        self.assertIn("a BAD unknown command FROB", reply)
+        self.assertIn("b OK", c.say("b NOOP"), "300 octets read through")
+        reply = c.say(f"c LOGIN {USER} {{{4 << 30}+}}")
+        self.assertEqual(reply, "c BAD literal too large before login\r\n* BYE Literal too large\r\n")
+        self.assertTrue(c.s.closing)
+        self.assertEqual(c.send(b"x" * 100_000 + b"\r\nd NOOP\r\n"), "", "nothing more is read")
+        after = self.client()   # logged in: a too-big APPEND is read through and refused
+        reply = after.send(b"e APPEND INBOX {2000000+}\r\n" + b"x" * 2_000_000 + b"\r\nf NOOP\r\n")
+        self.assertIn("e NO [TOOBIG]", reply)
+        self.assertIn("f OK", reply)
+
     def test_authenticate_plain_with_initial_response(self):
         c = self.client(login=False)
         self.assertRegex(c.say(f"a AUTHENTICATE PLAIN {plain()}"), r"^a OK \[CAPABILITY ")

@@ -34,7 +34,9 @@ Decisions
   `max_literal` bounds each literal and the sum of a command's literals.  A command
   over a limit is discarded to its end: a synchronising literal is refused at once
   (the client sends nothing more until told), the octets of a non-synchronising one
-  are skipped as they arrive.  A client that sends a refused synchronising literal
+  are skipped as they arrive, up to ``skip_limit`` octets (a bigger one is a fatal
+  BadCommand: before login the session ends rather than read a stranger's gigabytes,
+  as Dovecot's login does).  A client that sends a refused synchronising literal
   anyway gets its octets read as commands, as RFC 3501 §7.5 allows.
 * NUL is refused everywhere but in literal8, 8-bit everywhere but in literals.
 * ``$`` (SEARCHRES, RFC 5182) is not supported: parse_sequence_set refuses it.
@@ -83,10 +85,13 @@ class Continue:
 
 @dataclass
 class BadCommand:
-    """Answer ``tag BAD reason`` (tag "*" when no valid tag was read); `name` if known."""
+    """Answer ``tag BAD reason`` (tag "*" when no valid tag was read); `name` if known.
+    ``fatal``: a non-synchronising literal over ``skip_limit`` follows, which the reader
+    will not read through; the session ends."""
     tag: str
     reason: str
     name: str = ""
+    fatal: bool = False
 
 
 class _Bad(Exception):
@@ -98,9 +103,12 @@ class _Bad(Exception):
 class CommandReader:
     """Bytes in (`feed`), commands out (`next`); see the module docstring."""
 
-    def __init__(self, max_literal: int, max_line: int = 65536) -> None:
+    def __init__(self, max_literal: int, max_line: int = 65536, skip_limit: int | None = None) -> None:
         self.max_literal = max_literal
         self.max_line = max_line
+        # The most octets of a refused non-synchronising literal read and thrown away
+        # (None: any number); before login, a stranger's gigabytes are not worth reading.
+        self.skip_limit = skip_limit
         self._buf = bytearray()
         self._pos = 0                        # first unread octet
         self._scan = 0                       # where the search for LF goes on
@@ -307,12 +315,16 @@ class CommandReader:
 
     def _discard(self, header: re.Match | None) -> BadCommand | None:
         """The command is bad: skip a non-synchronising literal, else report it now."""
+        fatal = False
         if header is not None and header.group(3):
-            self._want, self._skip = int(header.group(2)), True
-            return None
+            size = int(header.group(2))
+            if self.skip_limit is None or size <= self.skip_limit:
+                self._want, self._skip = size, True
+                return None
+            fatal = True
         cmd, reason = self._cmd or _Partial(), self._bad
         self._cmd = self._bad = None
-        return BadCommand(cmd.tag, reason, cmd.name)
+        return BadCommand(cmd.tag, reason, cmd.name, fatal)
 
 
 # A pipelining client sends the same command again and again, one message number apart

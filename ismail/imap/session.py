@@ -100,7 +100,7 @@ class ImapSession:
         self.lines = 0                      # progress: commands, literal chunks, IDLE ticks
         self.errors = 0
         self.fetched = self.appended = self.expunged = 0
-        self._reader = CommandReader(PRE_AUTH_LITERAL, MAX_LINE)
+        self._reader = CommandReader(PRE_AUTH_LITERAL, MAX_LINE, skip_limit=PRE_AUTH_LITERAL)
         self._out: Output = []
         self._waiting: tuple[Command, Callable[[bytes], None]] | None = None  # raw-line mode
         self._idle_since: float | None = None
@@ -162,7 +162,7 @@ class ImapSession:
         """The handshake after STARTTLS succeeded: what came before it is forgotten."""
         self.starttls = False
         self.tls_active = True
-        self._reader = CommandReader(PRE_AUTH_LITERAL, MAX_LINE)
+        self._reader = CommandReader(PRE_AUTH_LITERAL, MAX_LINE, skip_limit=PRE_AUTH_LITERAL)
         self._waiting = None
 
     def timeout_reply(self) -> bytes:
@@ -212,6 +212,7 @@ class ImapSession:
     def logged_in(self, address: str, store: MailStore) -> None:
         self.authenticated, self.store, self.state = address, store, AUTH
         self._reader.max_literal = self.max_message_bytes
+        self._reader.skip_limit = None   # a user's too-big APPEND is read through: NO [TOOBIG]
 
     def select(self, selected: Selected | None) -> None:
         """Enter (or, with None, leave) the selected state; nothing is expunged."""
@@ -297,6 +298,9 @@ class ImapSession:
             self._tagged(bad.tag, "BAD", "", f"{LITERAL_TOO_LARGE} before login")
         else:
             self._tagged(bad.tag, "BAD", "", bad.reason)
+        if bad.fatal and not self.closing:
+            self._out.append(b"* BYE Literal too large\r\n")
+            self.closing = True
 
     def _execute(self, cmd: Command) -> Iterator[bytes] | None:
         """Run ``cmd``: its answer is queued, or it is a generator to stream (returned,
