@@ -42,7 +42,7 @@ from typing import Callable, Iterator
 
 from ..fsutil import O_READ, fsync_dir, make_maildirs
 from .folders_box import settled_after
-from .lineends import crlf_size
+from .lineends import file_crlf_size
 
 log = logging.getLogger("ismail.maildrop")
 
@@ -187,11 +187,6 @@ class Maildrops:
         return self._sizes.get(key, {})
 
 
-def _count_crlf_size(path: str) -> int:
-    with open(path, "rb") as f:
-        return crlf_size(f.read, CHUNK)
-
-
 # -- one session's maildrop --------------------------------------------------------------------
 class Maildrop:
     """One session's view of a mailbox, from login to QUIT (or a dropped connection)."""
@@ -294,7 +289,7 @@ class Maildrop:
             if cached is not None and cached[:2] == (st.st_size, st.st_mtime_ns):
                 size = cached[2]
             else:
-                size = _count_crlf_size(path)
+                size = file_crlf_size(path)
         except FileNotFoundError:
             return -1  # taken away while we listed
         except OSError as e:
