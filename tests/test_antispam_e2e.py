@@ -174,6 +174,15 @@ class AntispamE2E(unittest.TestCase):
         with socket.create_connection(("127.0.0.1", server.port), timeout=10,
                                       source_address=("127.0.0.5", 0)) as s:
             self.assertTrue(s.recv(512).startswith(b"220"))
+        # A client that goes on in a loop is one line in the mail log, not one a refusal.
+        for _ in range(100):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                          source_address=("127.0.0.4", 0)) as s:
+                self.assertTrue(s.recv(512).startswith(b"421 4.7.0"))
+        lines = [line for line in server.log_text().splitlines()
+                 if "refused SMTP connection from 127.0.0.4" in line]
+        self.assertEqual(len(lines), 1, lines[:5])
+        self.assertIn("more than 5 a minute (more in the next 60 s are counted", lines[0])
 
     def test_early_talker_refused_every_time_with_the_pause_on(self) -> None:
         server = self.server(greeting_pause_ms=150)

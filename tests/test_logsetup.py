@@ -11,7 +11,7 @@ import time
 import unittest
 from pathlib import Path
 
-from ismail.logsetup import LOG_FORMAT, MailLogHandler, _Formatter
+from ismail.logsetup import LOG_FORMAT, MailLogHandler, Repeats, _Formatter
 
 
 class MailLogTest(unittest.TestCase):
@@ -91,3 +91,56 @@ class MailLogTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RepeatsTest(unittest.TestCase):
+    """A flood of one warning (a client refused in a loop) is one line a minute and a count."""
+
+    def setUp(self):
+        self.now = 1000.0
+        self.repeats = Repeats(logging.getLogger("ismail.test-repeats"), clock=lambda: self.now)
+
+    def said(self, events):
+        with self.assertLogs("ismail.test-repeats", "WARNING") as cm:
+            logging.getLogger("ismail.test-repeats").warning("marker")
+            for key, what, msg, args in events:
+                self.repeats.warning(key, what, msg, *args)
+        return [r.getMessage() for r in cm.records[1:]]
+
+    def refusal(self, ip):
+        return (ip, f"connections refused from {ip}", "refused connection from %s", (ip,))
+
+    def test_a_flood_is_one_line_then_a_count_when_the_minute_is_over(self):
+        lines = self.said([self.refusal("192.0.2.1")] * 5000)
+        self.assertEqual(len(lines), 1, lines[:3])
+        self.assertIn("refused connection from 192.0.2.1", lines[0])
+        self.assertIn("more in the next 60 s are counted", lines[0])
+        self.now += 59.0
+        self.assertEqual(self.said([self.refusal("192.0.2.1")]), [])
+        self.now += 1.5
+        lines = self.said([self.refusal("192.0.2.1")])
+        self.assertEqual(lines, ["connections refused from 192.0.2.1: 5000 more in the last 60 s, "
+                                 "not logged one by one",
+                                 "refused connection from 192.0.2.1 (more in the next 60 s are "
+                                 "counted, not logged one by one)"])
+
+    def test_each_key_is_said_and_a_quiet_key_is_counted_when_another_speaks(self):
+        lines = self.said([self.refusal("192.0.2.1"), self.refusal("192.0.2.2"),
+                           self.refusal("192.0.2.1")])
+        self.assertEqual([line.split(" (")[0] for line in lines],
+                         ["refused connection from 192.0.2.1", "refused connection from 192.0.2.2"])
+        self.now += 61
+        lines = self.said([self.refusal("192.0.2.3")])
+        self.assertEqual(lines[0], "connections refused from 192.0.2.1: 1 more in the last 60 s, "
+                                   "not logged one by one")
+        self.assertEqual(len(lines), 2, lines)  # 192.0.2.2 had no more: nothing to count
+        self.assertIn("192.0.2.3", lines[1])
+
+    def test_many_keys_are_bounded(self):
+        repeats = Repeats(logging.getLogger("ismail.test-repeats"), max_keys=100, clock=lambda: self.now)
+        self.repeats = repeats
+        lines = self.said([self.refusal(f"10.0.{n // 256}.{n % 256}") for n in range(1000)] * 2)
+        self.assertLessEqual(len(repeats._open), 101)
+        # Every address was said the first time; one pushed out early is said again, never lost.
+        self.assertTrue(all(any(f"from 10.0.{n // 256}.{n % 256} " in line for line in lines)
+                            for n in range(1000)))

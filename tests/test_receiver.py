@@ -332,6 +332,31 @@ class InProcessLimitTests(_LimitTests, ReceiverTestCase):
     def start(self, overrides: dict) -> None:
         self.start_inprocess(overrides)
 
+    def test_a_client_refused_in_a_loop_is_one_log_line_not_thousands(self) -> None:
+        # Before, each refusal was a line: a client connecting in a loop pushed the mail
+        # log's whole history out (50 MB) in a minute or two.
+        self.start({"incoming": {"max_connections": 10, "max_per_host": 2}})
+        self.open_many("127.0.0.3", 2)
+        others = self.open_many([f"127.0.0.{n}" for n in range(4, 11)])  # 9 of 10 open
+        with self.assertLogs("ismail.receiver", "WARNING") as cm:
+            for n in range(150):
+                talk, first = self.connect("127.0.0.3")
+                self.assertRegex(first, PER_HOST_421)
+                talk.close()
+            others += self.open_many("127.0.0.11")  # 10 of 10: a crowd meets the total limit
+            for n in range(150):
+                talk, first = self.connect(f"127.0.0.{20 + n % 50}")
+                self.assertRegex(first, TOTAL_421)
+                talk.close()
+        refused = [r.getMessage() for r in cm.records if "refused SMTP connection" in r.getMessage()]
+        self.assertEqual(len(refused), 2, refused)  # one for the host, one for the total limit
+        self.assertIn("from 127.0.0.3: per-host limit reached (more in the next 60 s are counted",
+                      refused[0] if "per-host" in refused[0] else refused[1])
+        self.assertEqual(self.stat("connections_refused_per_host_limit"), 150)
+        self.assertEqual(self.stat("connections_refused_total_limit"), 150)
+        for talk in others:  # still served
+            self.assert_reply(talk, "NOOP", r"250 2\.0\.0")
+
 
 class RealProcessLimitTests(_LimitTests, ReceiverTestCase):
     """The same, against `python3 -m ismail run` (no stats: it is another process)."""

@@ -39,6 +39,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..config import ListenEntry
+from ..logsetup import Repeats
 from ..stats import Stats
 from .guard import Guard
 from .limits import PER_HOST, ConnectionLimiter, Slot
@@ -144,6 +145,7 @@ class Gate:
         self.stopping = False
         self.tls_context: ssl.SSLContext | None = None
         self.handshake_seconds = HANDSHAKE_SECONDS  # antispam.tls_handshake_seconds
+        self.refusals = Repeats(log)  # refused connections: one line a minute per address
 
 
 class Protocol:
@@ -332,7 +334,12 @@ class _Handler(socketserver.BaseRequestHandler):
 def _refuse(gate: Gate, proto: Protocol, sock: socket.socket, ip: str, which: str) -> None:
     kind = "per_host" if which == PER_HOST else "total"
     gate.stats.add(f"{proto.counter}connections_refused_{kind}_limit")
-    log.warning("refused %s connection from %s: %s limit reached", proto.name, ip, which)
+    if which == PER_HOST:
+        key, what = (proto.name, ip), f"{proto.name} connections refused from {ip} ({which} limit)"
+    else:  # a crowd of addresses at the total limit: one line a minute for all of them
+        key, what = (proto.name, which), f"{proto.name} connections refused ({which} limit)"
+    gate.refusals.warning(key, what, "refused %s connection from %s: %s limit reached",
+                      proto.name, ip, which)
     _say(sock, proto.refusal(which))
 
 

@@ -5,6 +5,7 @@ import logging
 
 from ..antispam.engine import Antispam
 from ..config import ListenEntry
+from ..logsetup import Repeats
 from ..net.limits import PER_HOST, ConnectionLimiter
 from ..net.listener import Protocol
 from .policy import Policy
@@ -22,6 +23,7 @@ class SmtpProtocol(Protocol):
     def __init__(self, limiter: ConnectionLimiter, backend: Server, policy: Policy,
                  antispam: Antispam | None = None) -> None:
         super().__init__(limiter)
+        self.refusals = Repeats(log)
         self.backend = backend
         # Both replaced by MailServer.apply; a session keeps the ones it started with.
         self.policy = policy
@@ -32,8 +34,9 @@ class SmtpProtocol(Protocol):
         antispam = self.antispam
         if antispam is None or self.policy.is_trusted(ip) or antispam.admit(ip):
             return None
-        log.warning("refused SMTP connection from %s: more than %d a minute", ip,
-                    antispam.spam.connection_rate)
+        self.refusals.warning(ip, f"SMTP connections refused from {ip} (rate)",
+                              "refused SMTP connection from %s: more than %d a minute", ip,
+                              antispam.spam.connection_rate)
         return reply(421, "4.7.0", f"{self.policy.settings.server_name} Error: too many "
                                    "connections from your address, try again later")
 
