@@ -57,15 +57,19 @@ class RecordingServer:
     hang_up_after_mail  close the connection right after the MAIL reply
     data_354_anyway     answer DATA with 354 even with no recipient (a broken server)
     vanish_on_message   close without a reply after the text of message number N (1-based)
+    text_replies        {N: lines}: what to answer the text of message N with instead (a
+                        broken server or a middlebox: lines without a reply code)
     port        the port to listen on (0: any free one)
     """
 
     def __init__(self, pipelining: bool = True, refuse: dict[str, str] | None = None,
                  mail_reply: str | None = None, hang_up_after_mail: bool = False,
-                 data_354_anyway: bool = False, vanish_on_message: int = 0, port: int = 0) -> None:
+                 data_354_anyway: bool = False, vanish_on_message: int = 0,
+                 text_replies: dict[int, list[str]] | None = None, port: int = 0) -> None:
         self.pipelining, self.refuse = pipelining, refuse or {}
         self.mail_reply, self.hang_up_after_mail = mail_reply, hang_up_after_mail
         self.data_354_anyway, self.vanish_on_message = data_354_anyway, vanish_on_message
+        self.text_replies = text_replies or {}
         self.connections: list[Connection] = []
         self.messages: list[Received] = []
         self.texts_seen = 0   # message texts ended with "." (taken or not)
@@ -154,6 +158,9 @@ class RecordingServer:
         if self.texts_seen == self.vanish_on_message:
             return "HANG UP"  # the message could have been taken: no reply ever comes
         text, state["text"] = b"".join(state["text"]), None
+        if self.texts_seen in self.text_replies:
+            state["mail"], state["rcpts"] = None, []
+            return "\r\n".join(self.text_replies[self.texts_seen])  # and the text is not taken
         self.messages.append(Received(state["mail"] or "", list(state["rcpts"]), text))
         state["mail"], state["rcpts"] = None, []
         return f"250 2.0.0 Ok: queued as Q{len(self.messages)}"
@@ -332,6 +339,21 @@ class PipelinedTransactionTest(PipeliningCase):
         self.assertEqual({res.text for res in results.values()}, {"421 4.3.2 Service shutting down"})
         self.assertEqual(sender.stats.get("outgoing_current"), 0)  # counted down once, not twice
 
+    def test_a_mail_reply_without_a_reply_code_defers_and_never_bounces(self):
+        # Before, smtplib's code -1 passed for an accepted MAIL; the RCPTs then got the
+        # server's 503 "need MAIL", and the message bounced for good.
+        for pipelining in (True, False):
+            with self.subTest(pipelining=pipelining):
+                server, sender = self.start(pipelining=pipelining, mail_reply="sender ok")
+                results = self.deliver(sender, message(uuid.uuid4().hex))
+                for rcpt in RCPTS:
+                    self.assertFalse(results[rcpt].sent, results[rcpt])
+                    self.assertFalse(results[rcpt].permanent, results[rcpt])
+                    self.assertIn("'sender ok', which is no SMTP reply", results[rcpt].text)
+                self.assertEqual(server.texts_seen, 0, "no message text was sent")
+                if not pipelining:
+                    self.assertEqual(server.verbs(), ["EHLO", "MAIL"], "nothing after the MAIL")
+
     def test_broken_server_354_with_no_recipient_gets_a_lone_dot_then_rset(self):
         refuse = {r: f"550 5.7.1 <{r}>: Relay access denied" for r in RCPTS}
         server, sender = self.start(refuse=refuse, data_354_anyway=True)
@@ -460,6 +482,30 @@ class BatchTest(PipeliningCase):
         self.assertEqual(len(server.connections), 2)
         sender.close_idle(force=True)
         self.assertEqual(sender.stats.get("outgoing_current"), 0)
+
+    def test_a_reply_out_of_step_never_counts_as_another_messages_delivery(self):
+        # A server (or a middlebox in front of it) that answers a text with lines that are no
+        # SMTP reply, or with more replies than commands, puts every later reply on the
+        # connection out of step.  Whatever it did, no message may count as delivered that
+        # the server did not take, none may bounce, and the rest go on a new connection.
+        cases = [["garbage", "250 2.0.0 Ok: taken after all"], ["queue file write error", "451 4.3.0 no"],
+                 ["250-one", "not a reply line", "250 two"], ["250 2.0.0 Ok", "250 2.0.0 Ok again"],
+                 ["250 2.0.0 Ok", "354 go ahead"], ["2"]]
+        for lines in cases:
+            for broken in (1, 2):
+                with self.subTest(lines=lines, message=broken):
+                    server, sender = self.start(text_replies={broken: lines})
+                    texts = [message(uuid.uuid4().hex) for _ in range(5)]
+                    results, reported = self.batch(sender, texts)
+                    self.assertEqual(sorted(reported), [0, 1, 2, 3, 4])
+                    taken = [texts.index(m.data) for m in server.messages]
+                    self.assertEqual(len(taken), len(set(taken)), "no text twice")
+                    for i, result in enumerate(results):
+                        result = result["bob@remote.test"]
+                        self.assertFalse(result.permanent, (i, result))
+                        if i != broken - 1:  # (its own reply may say anything)
+                            self.assertEqual(result.sent, i in taken, (i, result, taken))
+                    self.assertGreaterEqual(len(taken), 3, "the messages after it still went")
 
     def test_a_bug_with_one_message_defers_it_and_the_held_one_and_the_rest_still_go(self):
         server, sender = self.start()

@@ -84,6 +84,66 @@ def replies(smtp: smtplib.SMTP, commands: list[str], prefix: bytes = b"") -> Ite
         yield smtp.getreply()
 
 
+# A reply line (RFC 5321 §4.2): a code from 200 to 599, then a space, a hyphen (more lines
+# follow) or the end of the line.
+_REPLY_LINE = re.compile(rb"[2-5][0-9][0-9](?:[ -]|\r?\n?$)")
+MAX_REPLY_LINES = 1000  # a multi-line reply longer than this is a server talking nonsense
+
+
+class ProtocolError(smtplib.SMTPException):
+    """The server said something that is no SMTP reply.  Which command the following
+    replies belong to is then unknown, so the connection is closed at once."""
+
+
+class CheckedReplies:
+    """``smtplib.SMTP.getreply`` that refuses what is no SMTP reply, for the sender.
+
+    smtplib takes a line without a reply code as a reply of its own (code -1) and leaves
+    what follows to be read as the reply to the next command.  With PIPELINING (or a
+    server that answers one command twice) every later reply is then read as another
+    command's: a RCPT's 250 could pass for the end of a message that was never taken.  A
+    line that is no reply line closes the connection instead, and the messages it carried
+    wait in the queue: at worst sent twice, never lost.  (Postfix reads such lines as part
+    of the reply and warns that mail may be lost with PIPELINING.)
+    """
+
+    def getreply(self):
+        lines = []
+        if self.file is None:
+            self.file = self.sock.makefile("rb")
+        while True:
+            try:
+                line = self.file.readline(smtplib._MAXLINE + 1)
+            except OSError as e:
+                self.close()
+                raise smtplib.SMTPServerDisconnected(f"Connection unexpectedly closed: {e}")
+            if not line:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            if len(line) > smtplib._MAXLINE:
+                self.close()
+                raise smtplib.SMTPResponseException(500, "Line too long.")
+            if not _REPLY_LINE.match(line):
+                self.close()
+                text = line.rstrip(b"\r\n").decode("utf-8", "replace")[:80]
+                raise ProtocolError(f"protocol error: the server answered {text!r}, "
+                                    "which is no SMTP reply")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            if line[3:4] != b"-":
+                return int(line[:3]), b"\n".join(lines)
+            if len(lines) >= MAX_REPLY_LINES:
+                self.close()
+                raise ProtocolError(f"protocol error: a reply of more than {MAX_REPLY_LINES} lines")
+
+
+class SMTP(CheckedReplies, smtplib.SMTP):
+    pass
+
+
+class SMTP_SSL(CheckedReplies, smtplib.SMTP_SSL):
+    pass
+
+
 def wire_text(data: bytes) -> bytes:
     """The message as it goes after DATA's 354: dot-stuffed, ended with CRLF "." CRLF."""
     # Every line that starts with a dot gets one more (RFC 5321 §4.5.2).  bytes.replace

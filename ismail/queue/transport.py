@@ -439,10 +439,10 @@ class Transport:
         try:
             address = self._address_of(dest)
             if dest.tls == "tls":
-                smtp = smtplib.SMTP_SSL(local_hostname=name, timeout=CONNECT_TIMEOUT,
-                                        context=client_tls_context(dest.verify))
+                smtp = pipeline.SMTP_SSL(local_hostname=name, timeout=CONNECT_TIMEOUT,
+                                         context=client_tls_context(dest.verify))
             else:
-                smtp = smtplib.SMTP(local_hostname=name, timeout=CONNECT_TIMEOUT)
+                smtp = pipeline.SMTP(local_hostname=name, timeout=CONNECT_TIMEOUT)
             smtp._host = dest.host  # the name TLS checks the certificate against; we connect to the IP
             code, text = smtp.connect(address, dest.port)
             no_delay(smtp.sock)
@@ -492,8 +492,15 @@ class Transport:
         try:
             if end_data:
                 pipeline.end_empty(smtp)
-            smtp.rset()
+            code, _text = smtp.rset()
         except (OSError, smtplib.SMTPException):
+            self._drop(smtp)
+            return
+        if code != 250:
+            # An answer to something else (a server that answers a command twice): every
+            # later reply would be out of step.  Closed without QUIT, which such a server
+            # may take as message text and never answer.
+            smtp.close()
             self._drop(smtp)
 
     def _drop(self, smtp: smtplib.SMTP) -> None:
