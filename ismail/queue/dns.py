@@ -553,7 +553,12 @@ class Resolver:
         deadline = time.monotonic() + self.timeout
         try:
             with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                sock.sendto(_build_query(qid, name, qtype), server)
+                # Connected: a server that is not running (its port closed, as when a local
+                # resolver is down) answers with ICMP, and the recv fails at once with
+                # ConnectionRefused (ConnectionReset on Windows) instead of waiting out the
+                # time-out on every attempt.  Datagrams from elsewhere never reach us.
+                sock.connect(server)
+                sock.send(_build_query(qid, name, qtype))
                 while (left := deadline - time.monotonic()) > 0:
                     sock.settimeout(left)
                     try:
