@@ -460,6 +460,31 @@ class LocalDeliveryTest(unittest.TestCase):
         self.crash_and_restart(lambda: None)
         self.assertEqual(len(files(self.box / "new")), 1)
 
+    def test_a_new_mailbox_made_at_the_same_moment_by_another_delivery(self):
+        # Two first deliveries to a mailbox that does not exist yet (two bounces to the
+        # postmaster): both find no tmp/, and the other one makes the folders first.  This
+        # one then found nothing left to make and gave up with FileNotFoundError; the
+        # bounce it carried was lost.
+        real = maildir.make_maildirs
+
+        def the_other_delivery_first(*boxes):
+            real(*boxes)
+            return real(*boxes)
+
+        text = b"Subject: first\r\n\r\nhello\r\n"
+        for way in ("deliver", "stage"):
+            with self.subTest(way=way):
+                box = self.dir / "mail" / "example.test" / f"new-{way}"
+                with mock.patch.object(maildir, "make_maildirs", the_other_delivery_first):
+                    if way == "deliver":
+                        placed = self.deliver(text, [box])
+                    else:
+                        staged = maildir.stage([box], b"Return-Path: <a@b.test>\r\n",
+                                               body(self.spool.tmp, text), self.spool.journal)
+                        placed = staged.place()
+                self.assertEqual([p.parent for p in placed], [box / "new"])
+                self.assertTrue(placed[0].read_bytes().endswith(b"hello\n"))
+
     def test_a_large_message_is_synced_on_its_own(self):
         with mock.patch("ismail.store.maildir.fsync_dir", wraps=maildir.fsync_dir) as dirsync:
             placed = self.deliver(b"Subject: big\r\n\r\n" + b"z" * JOURNAL_MAX + b"\r\n")

@@ -81,8 +81,9 @@ def deliver(mailboxes: list[Path], header: bytes, body: MessageBuffer,
     except FileNotFoundError:
         # A mailbox never written to, or whose folders were removed: made now, and the
         # delivery tried once more (asking first would cost a stat at every message).
-        if not make_maildirs(*boxes):
-            raise
+        # Tried again also when there was nothing left to make: another delivery to the
+        # new mailbox may have made its folders since this one failed.
+        make_maildirs(*boxes)
         return _deliver(boxes, header, body, dirsync, before_commit, journal)
 
 
@@ -209,9 +210,8 @@ class Staged:
         try:
             try:
                 return self._place(lid, dirsync)
-            except FileNotFoundError:
-                if not make_maildirs(*self.boxes):
-                    raise
+            except FileNotFoundError:  # as in deliver()
+                make_maildirs(*self.boxes)
                 return self._place(lid, dirsync)
         except BaseException:
             self.journal.ended(self.lid)  # not delivered after all: the record must not bring it back
