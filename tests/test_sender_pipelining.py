@@ -59,17 +59,20 @@ class RecordingServer:
     vanish_on_message   close without a reply after the text of message number N (1-based)
     text_replies        {N: lines}: what to answer the text of message N with instead (a
                         broken server or a middlebox: lines without a reply code)
+    text_delays         {N: seconds}: wait this long before answering the text of message N
     port        the port to listen on (0: any free one)
     """
 
     def __init__(self, pipelining: bool = True, refuse: dict[str, str] | None = None,
                  mail_reply: str | None = None, hang_up_after_mail: bool = False,
                  data_354_anyway: bool = False, vanish_on_message: int = 0,
-                 text_replies: dict[int, list[str]] | None = None, port: int = 0) -> None:
+                 text_replies: dict[int, list[str]] | None = None,
+                 text_delays: dict[int, float] | None = None, port: int = 0) -> None:
         self.pipelining, self.refuse = pipelining, refuse or {}
         self.mail_reply, self.hang_up_after_mail = mail_reply, hang_up_after_mail
         self.data_354_anyway, self.vanish_on_message = data_354_anyway, vanish_on_message
         self.text_replies = text_replies or {}
+        self.text_delays = text_delays or {}
         self.connections: list[Connection] = []
         self.messages: list[Received] = []
         self.texts_seen = 0   # message texts ended with "." (taken or not)
@@ -155,6 +158,7 @@ class RecordingServer:
             state["text"].append((line[1:] if line.startswith(b".") else line) + b"\r\n")
             return None
         self.texts_seen += 1
+        time.sleep(self.text_delays.get(self.texts_seen, 0))
         if self.texts_seen == self.vanish_on_message:
             return "HANG UP"  # the message could have been taken: no reply ever comes
         text, state["text"] = b"".join(state["text"]), None

@@ -196,6 +196,7 @@ class QueueManager:
         self._heap: list[tuple[float, str]] = []
         self._busy: set[str] = set()
         self._flush_again: set[str] = set()  # busy when a flush or an ETRN came: due again when done
+        self._after_busy: dict[str, float] = {}  # next try of an entry whose attempt is not over
         self._fresh: dict[str, bytes] = {}  # messages not yet tried, as they were received
         self._fresh_bytes = 0
         self._lanes: dict[tuple, _Lane] = {}
@@ -575,6 +576,8 @@ class QueueManager:
                 concluded[p] = True
                 entry, plan = plans[p]
                 self._guarded(entry, lambda e: self._conclude(e, plan, [r or {} for r in got[p]]))
+                with self._cond:  # its attempt is over, whatever the others of the batch do
+                    self._release(entry.id)
 
             def arrived(index: int, results: dict[str, Result]) -> None:
                 p, i = owner[index]
@@ -601,12 +604,20 @@ class QueueManager:
         finally:
             with self._cond:
                 for qid in qids:
-                    self._busy.discard(qid)
-                    if qid in self._flush_again:  # a flush or an ETRN came during this attempt
-                        self._flush_again.discard(qid)
-                        if qid in self._entries:
-                            heapq.heappush(self._heap, (0.0, qid))
-                            self._cond.notify()
+                    self._release(qid)
+
+    def _release(self, qid: str) -> None:
+        """(Under the lock) ``qid``'s attempt is over: its next try goes on the heap now."""
+        if qid not in self._busy:
+            return
+        self._busy.discard(qid)
+        when = self._after_busy.pop(qid, None)
+        if qid in self._flush_again:  # a flush or an ETRN came during this attempt
+            self._flush_again.discard(qid)
+            when = 0.0
+        if when is not None and qid in self._entries:
+            heapq.heappush(self._heap, (when, qid))
+            self._cond.notify()
 
     def _guarded(self, entry: QueueEntry, step):
         """``step(entry)``'s value; on a failure (the disk, or a bug, which must not strand
@@ -669,7 +680,17 @@ class QueueManager:
                                               f" hours: {r.last_error}"))
         left = [r for r in left if r.state == "pending"]
         if failed:
-            self._bounce(entry, data, failed)
+            try:
+                self._bounce(entry, data, failed)
+            except BaseException:
+                # The report could not be stored: its recipients stay to be tried again
+                # (a refusal for good will come again, and its report with it), rather
+                # than be marked done with nobody told.  Those sent stay sent.
+                bounced = {f.address for f in failed}
+                for r in entry.recipients:
+                    if r.state == "bounced" and r.address in bounced:
+                        r.state = "pending"
+                raise
         if not left:
             self.spool.remove(entry.id)
             self._forget(entry)
@@ -739,9 +760,16 @@ class QueueManager:
         if entry is None:
             return
         with self._cond:
-            if entry.id in self._entries:
-                heapq.heappush(self._heap, (when, entry.id))
-                self._cond.notify()
+            if entry.id not in self._entries:
+                return
+            if entry.id in self._busy:
+                # Its attempt is not over (a batch's other messages are still going): the
+                # dispatcher drops a turn it finds under way, so the turn waits for _release.
+                # (Pushed at once, a retry due before the batch ended was lost for good.)
+                self._after_busy[entry.id] = when
+                return
+            heapq.heappush(self._heap, (when, entry.id))
+            self._cond.notify()
 
     def _forget(self, entry: QueueEntry) -> None:
         with self._cond:
