@@ -22,9 +22,12 @@ def main() -> int:
                     yield t
         suite = unittest.TestSuite(keep(suite))
     result = unittest.TextTestRunner(verbosity=2).run(suite)
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    # A test counts once however many of its subtests failed, and a failed test whose
+    # clean-up failed too is one failure (they made "-1 passed").
+    failing = {getattr(test, "test_case", test).id() for test, _ in result.failures + result.errors}
+    failed = len(failing | {test.id() for test in result.unexpectedSuccesses})
     skipped = len(result.skipped)
-    passed = result.testsRun - failed - skipped
+    passed = max(0, result.testsRun - failed - skipped)
     print(f"tests: {passed} passed, {failed} failed, {skipped} skipped", flush=True)
     return 0 if failed == 0 and result.testsRun > 0 else 1
 
